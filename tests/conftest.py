@@ -1,0 +1,6 @@
+"""Test-wide fixtures. Real servers only: see tests/support/."""
+
+pytest_plugins = [
+    "tests.support.services",
+    "tests.support.kube",
+]
