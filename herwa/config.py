@@ -1,0 +1,283 @@
+"""Typed configuration read from ``HERWA_*`` environment variables.
+
+Each section has its own prefix (``HERWA_POSTGRES_DSN``, ``HERWA_BOT_FLUSH_INTERVAL_SECONDS``, …)
+and is loaded on its own, so a role only fails on the settings it actually uses. Every
+validation error is turned into a :class:`ConfigError` that names the environment variable and
+never repeats the value of a secret.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import AfterValidator, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names the environment variable."""
+
+
+def _check_url(value: str, schemes: tuple[str, ...]) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in schemes:
+        raise ValueError(f"must start with one of {', '.join(s + '://' for s in schemes)}")
+    if not parts.hostname and not parts.path:
+        raise ValueError("has no host")
+    return value
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, safe for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def _postgres_dsn(value: SecretStr) -> SecretStr:
+    _check_url(value.get_secret_value(), ("postgresql", "postgres"))
+    return value
+
+
+def _redis_url(value: SecretStr) -> SecretStr:
+    _check_url(value.get_secret_value(), ("redis", "rediss", "unix"))
+    return value
+
+
+def _clickhouse_url(value: SecretStr) -> SecretStr:
+    _check_url(value.get_secret_value(), ("http", "https"))
+    return value
+
+
+def _timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("is not an IANA time zone name such as Europe/Berlin") from None
+    return value
+
+
+PostgresDsn = Annotated[SecretStr, AfterValidator(_postgres_dsn)]
+RedisUrl = Annotated[SecretStr, AfterValidator(_redis_url)]
+ClickHouseUrl = Annotated[SecretStr, AfterValidator(_clickhouse_url)]
+TimeZoneName = Annotated[str, AfterValidator(_timezone)]
+Seconds = Annotated[float, Field(gt=0)]
+
+
+class _Section(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+
+class PostgresSettings(_Section):
+    """Postgres: configuration store and staging area."""
+
+    model_config = SettingsConfigDict(env_prefix="HERWA_POSTGRES_")
+
+    dsn: PostgresDsn = Field(description="postgresql://user:password@host:port/database")
+    pool_min_size: int = Field(1, ge=0, le=100)
+    pool_max_size: int = Field(10, ge=1, le=500)
+    connect_timeout_seconds: Seconds = 10.0
+
+
+class RedisSettings(_Section):
+    """Redis: shard leases, open voice sessions, usage counters, command cache."""
+
+    model_config = SettingsConfigDict(env_prefix="HERWA_REDIS_")
+
+    url: RedisUrl = Field(description="redis://host:port/db")
+    key_prefix: str = Field("herwa:", pattern=r"^[A-Za-z0-9_.:-]{0,64}$")
+
+
+class ClickHouseSettings(_Section):
+    """ClickHouse: analytics. The read-only URL serves every user-facing query."""
+
+    model_config = SettingsConfigDict(env_prefix="HERWA_CLICKHOUSE_")
+
+    url: ClickHouseUrl = Field(description="http://user:password@host:8123/database")
+    readonly_url: ClickHouseUrl | None = Field(
+        None, description="the same for a user with readonly access; defaults to url"
+    )
+    connect_timeout_seconds: Seconds = 10.0
+    query_timeout_seconds: Seconds = 30.0
+
+    def query_url(self) -> SecretStr:
+        return self.readonly_url or self.url
+
+
+class DiscordSettings(_Section):
+    """How the bot reaches Discord (or the project's simulator)."""
+
+    model_config = SettingsConfigDict(env_prefix="HERWA_DISCORD_")
+
+    token: SecretStr | None = Field(None, description="the bot token; never logged")
+    api_base: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="REST base URL override, e.g. the simulator's http://127.0.0.1:PORT/api/v10",
+    )
+    gateway_url: str | None = Field(
+        None, pattern=r"^wss?://", description="gateway URL override (the simulator's)"
+    )
+    shard_count: int | None = Field(
+        None, ge=1, le=100_000, description="total shards; default: Discord's recommendation"
+    )
+    message_content_intent: bool = Field(
+        False, description="request the privileged MESSAGE_CONTENT intent"
+    )
+
+    def require_token(self) -> SecretStr:
+        if self.token is None or not self.token.get_secret_value().strip():
+            raise ConfigError("HERWA_DISCORD_TOKEN: required for the bot but not set")
+        return self.token
+
+
+class TelemetrySettings(_Section):
+    """Metrics/health HTTP port and logging. Tracing reads the standard OTEL_* variables."""
+
+    model_config = SettingsConfigDict(env_prefix="HERWA_TELEMETRY_")
+
+    host: str = "0.0.0.0"  # noqa: S104 - pods expose /metrics to Prometheus on the pod IP
+    port: int = Field(9100, ge=0, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+
+class BotSettings(_Section):
+    """The sharded capture bot."""
+
+    model_config = SettingsConfigDict(env_prefix="HERWA_BOT_")
+
+    pod_name: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$",
+        description="stable member identity; defaults to the host name",
+    )
+    flush_interval_seconds: Seconds = Field(1.0, le=60)
+    flush_max_rows: int = Field(5000, ge=1, le=100_000)
+    buffer_max_rows: int = Field(200_000, ge=1000, le=10_000_000)
+    shutdown_grace_seconds: Seconds = Field(25.0, le=3600)
+    member_heartbeat_seconds: Seconds = Field(5.0, le=300)
+    member_ttl_seconds: Seconds = Field(15.0, le=900)
+    voice_session_max_hours: Seconds = Field(24.0, le=24 * 30)
+    backfill_window_hours: Seconds = Field(24.0, le=24 * 30)
+    snapshot_hour_utc: int = Field(0, ge=0, le=23)
+    count_bot_messages: bool = False
+
+
+class EtlSettings(_Section):
+    """The batch ETL from Postgres staging into ClickHouse."""
+
+    model_config = SettingsConfigDict(env_prefix="HERWA_ETL_")
+
+    batch_rows: int = Field(50_000, ge=1000, le=1_000_000)
+    deadline_seconds: Seconds = Field(600.0, le=86_400)
+    retention_hours: Seconds = Field(72.0, le=24 * 365)
+    pushgateway_url: str | None = Field(None, pattern=r"^https?://")
+
+
+class OperatorSettings(_Section):
+    """The GuildSubscription operator."""
+
+    model_config = SettingsConfigDict(env_prefix="HERWA_OPERATOR_")
+
+    namespace: str | None = Field(
+        None, pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", description="default: all"
+    )
+    platform_file: str = Field(
+        "/etc/herwa/platform.yaml", description="tiers, features and commands (ConfigMap)"
+    )
+    drift_check_seconds: Seconds = Field(60.0, le=3600)
+
+
+class GuildDefaults(_Section):
+    """Defaults for guilds that have not configured anything themselves."""
+
+    model_config = SettingsConfigDict(env_prefix="HERWA_GUILD_")
+
+    timezone: TimeZoneName = "UTC"
+
+
+S = TypeVar("S", bound=_Section)
+
+_SECRET_FIELDS = {"dsn", "url", "readonly_url", "token"}
+
+
+def load(section: type[S], **overrides: Any) -> S:
+    """Read one section from the environment, or raise :class:`ConfigError`."""
+    try:
+        return section(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(section, exc)) from None
+
+
+def _describe(section: type[_Section], exc: ValidationError) -> str:
+    prefix = str(section.model_config.get("env_prefix", ""))
+    lines = []
+    for error in exc.errors(include_url=False):
+        field = str(error["loc"][0]) if error["loc"] else ""
+        variable = (prefix + field).upper()
+        message = error["msg"]
+        if error["type"] == "missing":
+            message = "required but not set"
+        # Secret values are never echoed; for the rest the value helps the operator.
+        elif field not in _SECRET_FIELDS and isinstance(error.get("input"), str):
+            message = f"{message} (got {error['input']!r})"
+        lines.append(f"{variable}: {_sentence(message)}")
+    return "; ".join(lines)
+
+
+def _sentence(message: str) -> str:
+    message = re.sub(r"^Value error, ", "", message)
+    return message[:1].lower() + message[1:]
+
+
+@cache
+def postgres() -> PostgresSettings:
+    return load(PostgresSettings)
+
+
+@cache
+def redis() -> RedisSettings:
+    return load(RedisSettings)
+
+
+@cache
+def clickhouse() -> ClickHouseSettings:
+    return load(ClickHouseSettings)
+
+
+@cache
+def discord() -> DiscordSettings:
+    return load(DiscordSettings)
+
+
+@cache
+def telemetry() -> TelemetrySettings:
+    return load(TelemetrySettings)
+
+
+@cache
+def bot() -> BotSettings:
+    return load(BotSettings)
+
+
+@cache
+def etl() -> EtlSettings:
+    return load(EtlSettings)
+
+
+@cache
+def operator() -> OperatorSettings:
+    return load(OperatorSettings)
+
+
+@cache
+def guild_defaults() -> GuildDefaults:
+    return load(GuildDefaults)

@@ -1,0 +1,72 @@
+"""Structured logging shared by every role.
+
+Secrets registered here (the Discord token, store passwords) are replaced in every formatted
+record, whichever library produced the line: a token that reaches a log line by accident — an
+exception message, a URL in an HTTP error — is still never written out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from datetime import UTC, datetime
+from typing import Literal
+
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+
+# Fields of a LogRecord that are not user-supplied `extra=` values.
+_STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
+def register_secret(value: str | None) -> None:
+    """Never write ``value`` to any log line from now on."""
+    if value and len(value) >= 4:  # a shorter "secret" would mangle ordinary words
+        with _secrets_lock:
+            _secrets.add(value)
+
+
+def redact(text: str) -> str:
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return redact(json.dumps(entry, default=str))
+
+
+class _ConsoleFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+def setup_logging(
+    level: str = "INFO", fmt: Literal["json", "console"] = "json", stream: object = None
+) -> None:
+    handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else _ConsoleFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # discord.py logs every gateway payload at DEBUG; keep it at INFO unless asked explicitly.
+    if level != "DEBUG":
+        logging.getLogger("discord").setLevel(logging.INFO)

@@ -1,0 +1,9 @@
+"""Versioned schema for Postgres and ClickHouse, applied by ``herwa migrate``.
+
+Migrations are plain SQL files named ``NNNN_what.sql`` under ``postgres/`` and ``clickhouse/``.
+An applied file must never change: its checksum is recorded and compared on every run.
+"""
+
+from herwa.schema._migrate import Migration, MigrationError, MigrationReport, discover, migrate
+
+__all__ = ["Migration", "MigrationError", "MigrationReport", "discover", "migrate"]

@@ -1,0 +1,59 @@
+"""Clients for the three stores, created from settings the same way by every role.
+
+Each role creates one Postgres pool, one Redis client and one ClickHouse client at start-up and
+closes them on shutdown; nothing else in the code base opens connections of its own.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import clickhouse_connect
+from pydantic import SecretStr
+from redis.asyncio import Redis
+
+from herwa.config import ClickHouseSettings, PostgresSettings, RedisSettings
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.asyncclient import AsyncClient
+
+
+def _secret(value: SecretStr | str) -> str:
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+
+async def postgres_pool(settings: PostgresSettings, **kwargs: Any) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        _secret(settings.dsn),
+        min_size=settings.pool_min_size,
+        max_size=settings.pool_max_size,
+        timeout=settings.connect_timeout_seconds,
+        **kwargs,
+    )
+
+
+async def postgres_connection(dsn: SecretStr | str, timeout: float = 10.0) -> asyncpg.Connection:
+    return await asyncpg.connect(_secret(dsn), timeout=timeout)
+
+
+def redis_client(settings: RedisSettings) -> Redis:
+    return Redis.from_url(_secret(settings.url), decode_responses=False)
+
+
+async def clickhouse_client(
+    settings: ClickHouseSettings, *, readonly: bool = False, **kwargs: Any
+) -> AsyncClient:
+    """A ClickHouse client; ``readonly`` picks the read-only user for user-facing queries."""
+    url = settings.query_url() if readonly else settings.url
+    return await clickhouse_url_client(
+        url,
+        connect_timeout=settings.connect_timeout_seconds,
+        send_receive_timeout=settings.query_timeout_seconds,
+        **kwargs,
+    )
+
+
+async def clickhouse_url_client(url: SecretStr | str, **kwargs: Any) -> AsyncClient:
+    client: AsyncClient = await clickhouse_connect.get_async_client(dsn=_secret(url), **kwargs)
+    return client
