@@ -11,6 +11,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 LOOPBACK = "127.0.0.1"
 
@@ -83,19 +84,24 @@ def spawn(launch: Launch, log_path: Path) -> subprocess.Popen[bytes]:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            user=launch.user,
-            group=_primary_group(launch.user),
-            extra_groups=[] if launch.user is not None else None,
             close_fds=True,
+            **as_user(launch.user),
         )
 
 
-def _primary_group(user: str | None) -> int | None:
+def as_user(user: str | None) -> dict[str, Any]:
+    """subprocess kwargs that drop to `user` completely.
+
+    `user=` alone keeps root's gid and groups, and then a root-owned directory with only the
+    "others" search bit (as we set on PGDATA's parents) is *not* traversable: the group class
+    (root, no bits) wins over "others".
+    """
     if user is None:
-        return None
+        return {}
     import pwd
 
-    return pwd.getpwnam(user).pw_gid
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
 def stop_process(
