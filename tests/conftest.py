@@ -2,5 +2,6 @@
 
 pytest_plugins = [
     "tests.support.services",
+    "tests.support.schema",
     "tests.support.kube",
 ]

@@ -69,8 +69,8 @@ def discover(store: Store) -> list[Migration]:
         )
     migrations.sort(key=lambda m: m.version)
     versions = [m.version for m in migrations]
-    if versions != list(range(1, len(versions) + 1)):
-        raise MigrationError(f"{store} migrations must be numbered 1..n without gaps: {versions}")
+    if len(set(versions)) != len(versions):
+        raise MigrationError(f"{store} has two migrations with one version: {versions}")
     return migrations
 
 
@@ -106,6 +106,13 @@ def _check_applied(store: Store, applied: dict[int, str], known: list[Migration]
                 f"{store} migration {version:04d}_{migration.name} was changed after it was "
                 "applied; add a new migration instead of editing an applied one"
             )
+    newest = max(applied, default=0)
+    late = [m for m in known if m.version not in applied and m.version < newest]
+    if late:
+        raise MigrationError(
+            f"{store} migration {late[0].version:04d}_{late[0].name} is older than the applied "
+            f"version {newest}; give it a number above {newest}"
+        )
 
 
 async def _migrate_postgres(conn: asyncpg.Connection, report: MigrationReport) -> None:
