@@ -30,6 +30,7 @@ class SnowflakeFactory:
         self._bits = ((worker & 0x1F) << 17) | ((process & 0x1F) << 12)
         self._last_ms = -1
         self._inc = 0
+        self._exact: dict[int, int] = {}
 
     def make(self, ms: int) -> int:
         # Never backwards: a caller whose clock lags reuses the last millisecond. Streams that
@@ -43,3 +44,12 @@ class SnowflakeFactory:
                 self._last_ms += 1
                 self._inc = 0
         return ((self._last_ms - DISCORD_EPOCH_MS) << 22) | self._bits | self._inc
+
+    def at(self, ms: int) -> int:
+        """An id with exactly this timestamp (for world objects created at arbitrary past
+        times: account creation, guild creation). Unique per factory."""
+        inc = self._exact.get(ms, 0)
+        if inc > 0xFFF:
+            raise ValueError(f"more than 4096 ids at {ms}")
+        self._exact[ms] = inc + 1
+        return ((ms - DISCORD_EPOCH_MS) << 22) | self._bits | inc

@@ -278,7 +278,7 @@ class World:
     def new_user(self, rng: random.Random, created_ms: int, *, bot: bool = False) -> User:
         self._user_seq += 1
         n = self._user_seq
-        uid = self._ids.make(created_ms)
+        uid = self._ids.at(created_ms)
         name = f"{'bot' if bot else 'user'}{n}"
         return User(id=uid, username=name, global_name=None if bot else f"User {n}", bot=bot)
 
@@ -288,7 +288,7 @@ class World:
             # Consecutive guilds one day and one millisecond apart: their timestamp bits (and so
             # their shards) differ for every shard count, unlike ids minted in one millisecond.
             created = _WORLD_ORIGIN_MS + i * (_DAY_MS + 1)
-            gid = self._ids.make(created)
+            gid = self._ids.at(created)
             owner_created = created - rng.randrange(30, 1500) * _DAY_MS
             owner = Member(self.new_user(rng, owner_created), created, weight=2.0)
             guild = Guild(
@@ -325,14 +325,14 @@ class World:
             self.guilds[gid] = guild
 
     def _add_channel(self, guild: Guild, ctype: int, name: str, pos: int, created: int) -> Channel:
-        ch = Channel(self._ids.make(created), guild.id, ctype, name, pos, created_ms=created)
+        ch = Channel(self._ids.at(created), guild.id, ctype, name, pos, created_ms=created)
         guild.channels[ch.id] = ch
         self.channels[ch.id] = ch
         return ch
 
     def add_thread(self, guild: Guild, parent: Channel, owner_id: int, created: int,
                    name: str) -> Channel:
-        ch = Channel(self._ids.make(created), guild.id, PUBLIC_THREAD, name, 0,
+        ch = Channel(self._ids.at(created), guild.id, PUBLIC_THREAD, name, 0,
                      parent_id=parent.id, owner_id=owner_id, created_ms=created)
         guild.channels[ch.id] = ch
         self.channels[ch.id] = ch

@@ -1,0 +1,93 @@
+"""Slash-command interactions: what the simulator sends and what the bot answers.
+
+The bot's answer arrives over REST (callback, then possibly an edit of ``@original`` and
+follow-ups) and may carry files; every file is kept so a test can read the chart bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+Json = dict[str, Any]
+
+# Interaction callback types.
+CHANNEL_MESSAGE = 4
+DEFERRED_CHANNEL_MESSAGE = 5
+DEFERRED_UPDATE = 6
+UPDATE_MESSAGE = 7
+
+
+@dataclass
+class StoredFile:
+    id: int
+    filename: str
+    content_type: str
+    data: bytes
+
+
+@dataclass
+class InteractionRecord:
+    id: int
+    token: str
+    guild_id: int | None
+    channel_id: int
+    user_id: int
+    name: str
+    options: list[Json]
+    response_type: int | None = None
+    original: Json | None = None
+    followups: list[Json] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    responded: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def result(self, files: dict[int, StoredFile], *, include_bytes: bool = False) -> Json:
+        def msg(m: Json | None) -> Json | None:
+            if m is None:
+                return None
+            out = {
+                "id": m["id"],
+                "content": m.get("content", ""),
+                "embeds": m.get("embeds", []),
+                "flags": m.get("flags", 0),
+                "attachments": m.get("attachments", []),
+            }
+            if include_bytes:
+                for a in out["attachments"]:
+                    f = files.get(int(a["id"]))
+                    if f is not None:
+                        a["data_base64"] = base64.b64encode(f.data).decode()
+            return out
+
+        return {
+            "interaction_id": str(self.id),
+            "name": self.name,
+            "guild_id": str(self.guild_id) if self.guild_id else None,
+            "response_type": self.response_type,
+            "deferred": self.response_type == DEFERRED_CHANNEL_MESSAGE,
+            "complete": self.done.is_set(),
+            "original": msg(self.original),
+            "followups": [msg(f) for f in self.followups],
+        }
+
+
+class InteractionStore:
+    def __init__(self) -> None:
+        self.by_id: dict[int, InteractionRecord] = {}
+        self.by_token: dict[str, InteractionRecord] = {}
+        self.files: dict[int, StoredFile] = {}
+
+    def new_token(self) -> str:
+        return "aW50ZXJhY3Rpb24" + secrets.token_urlsafe(48)
+
+    def add(self, rec: InteractionRecord) -> None:
+        self.by_id[rec.id] = rec
+        self.by_token[rec.token] = rec
+
+    async def wait(self, interaction_id: int, timeout: float) -> InteractionRecord:
+        rec = self.by_id[interaction_id]
+        await asyncio.wait_for(rec.done.wait(), timeout)
+        return rec

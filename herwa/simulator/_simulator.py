@@ -1,0 +1,339 @@
+"""The simulator as one object: world, gateway, REST, scenario engine, ledger, control API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+import socket
+import time
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from herwa.simulator._activity import Activity, ScenarioConfig
+from herwa.simulator._app import AppState
+from herwa.simulator._faults import inject
+from herwa.simulator._gateway import (
+    GUILD_MEMBERS,
+    GUILD_PRESENCES,
+    MESSAGE_CONTENT,
+    Gateway,
+    GatewayConfig,
+    Session,
+)
+from herwa.simulator._history import History
+from herwa.simulator._interactions import InteractionStore
+from herwa.simulator._ledger import Ledger
+from herwa.simulator._rest import API_PREFIX, RateLimit, Rest
+from herwa.simulator._snowflake import SnowflakeFactory
+from herwa.simulator._world import TEXT, User, World, WorldConfig
+
+Json = dict[str, Any]
+
+# Not a secret: the simulator accepts exactly this made-up token unless told otherwise.
+DEFAULT_TOKEN = "SIMULATED.bot-token.herwa"  # noqa: S105
+_DAY_MS = 86_400_000
+# Above this many bytes queued on any connection the pump waits: TCP-style backpressure, so the
+# rate a benchmark sees is what the slowest consumer can take.
+_HIGH_WATER = 4 * 1024 * 1024
+
+
+@dataclass
+class SimulatorConfig:
+    seed: int = 1
+    guilds: int = 3
+    token: str = DEFAULT_TOKEN
+    application_id: int = 0  # 0: derived from the seed
+    host: str = "127.0.0.1"
+    port: int = 0
+    privileged_intents: int = GUILD_MEMBERS | GUILD_PRESENCES | MESSAGE_CONTENT
+    recommended_shards: int | None = None
+    history_rate: tuple[int, float] = (50, 1.0)
+    record_deliveries: bool = True
+    store_history: bool = True
+    world: WorldConfig | None = None
+    scenario: ScenarioConfig | None = None
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+
+
+class Simulator:
+    """A local Discord for the real discord.py client.
+
+    ``async with Simulator(SimulatorConfig(guilds=4)) as sim:`` binds 127.0.0.1 on a free port;
+    ``sim.env()`` gives the settings a bot needs to connect to it.
+    """
+
+    def __init__(self, config: SimulatorConfig | None = None, **overrides: Any) -> None:
+        cfg = config or SimulatorConfig()
+        for k, v in overrides.items():
+            if not hasattr(cfg, k):
+                raise TypeError(f"unknown simulator option {k!r}")
+            setattr(cfg, k, v)
+        if cfg.host not in ("127.0.0.1", "localhost"):
+            raise ValueError("the simulator only binds the loopback interface")
+        self.config = cfg
+        ids = SnowflakeFactory(worker=4)
+        app_id = cfg.application_id or ids.make(1_500_000_000_000 + cfg.seed)
+        bot = User(app_id, "herwa", None, bot=True)
+        self.app = AppState(cfg.token, app_id, bot, cfg.privileged_intents)
+        world_cfg = cfg.world or WorldConfig(guilds=cfg.guilds)
+        scenario = cfg.scenario or ScenarioConfig(seed=cfg.seed)
+        self.world = World(world_cfg, random.Random(scenario.seed), bot)
+        self.ledger = Ledger(record_deliveries=cfg.record_deliveries)
+        self.history = History(enabled=cfg.store_history)
+        self.interactions = InteractionStore()
+        self.gateway = Gateway(self.app, self.world, self.ledger, cfg.gateway)
+        self.gateway._on_member_request = self._member_chunks
+        self.activity = Activity(world=self.world, app=self.app, gateway=self.gateway,
+                                 ledger=self.ledger, history=self.history,
+                                 interactions=self.interactions, config=scenario)
+        self.rest = Rest(self, RateLimit(*cfg.history_rate))
+        self.url = ""
+        self.ws_url = ""
+        self._runner: web.AppRunner | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self.rate = 0.0
+        self._replay: tuple[int, float, float] | None = None  # (start ms, speed, t0 monotonic)
+        for g in self.world.guilds.values():
+            self.ledger.member_count(g.id, int(time.time() * 1000), len(g.members))
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> Simulator:
+        from herwa.simulator._control import control_routes
+
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/gateway", self.gateway.handle)
+        app.router.add_get("/gateway/", self.gateway.handle)
+        app.router.add_routes(control_routes(self))
+        app.router.add_routes(self.rest.routes())
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.config.port))
+        port = sock.getsockname()[1]
+        site = web.SockSite(self._runner, sock, shutdown_timeout=1.0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{port}"
+        self.ws_url = f"ws://127.0.0.1:{port}/gateway"
+        self.gateway.ws_url = self.ws_url
+        self.gateway.start()
+        return self
+
+    async def stop(self) -> None:
+        await self.stop_activity()
+        await self.gateway.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> Simulator:
+        return await self.start()
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+    @property
+    def api_base(self) -> str:
+        return self.url + API_PREFIX
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def env(self) -> dict[str, str]:
+        """Environment settings that point a Herwa bot at this simulator."""
+        return {
+            "HERWA_DISCORD_TOKEN": self.config.token,
+            "HERWA_DISCORD_API_BASE": self.api_base,
+            "HERWA_DISCORD_GATEWAY_URL": self.ws_url,
+        }
+
+    # -- world queries ----------------------------------------------------------------------
+    def recommended_shards(self) -> int:
+        if self.config.recommended_shards:
+            return self.config.recommended_shards
+        return max(1, math.ceil(len(self.world.guilds) / 1000))
+
+    @staticmethod
+    def shard_of(guild_id: int, shard_count: int) -> int:
+        return (guild_id >> 22) % shard_count
+
+    def sessions(self) -> list[Session]:
+        return list(self.gateway.sessions.values())
+
+    def world_summary(self) -> Json:
+        return {
+            "application_id": str(self.app.application_id),
+            "bot_user_id": str(self.app.bot_user.id),
+            "guilds": [
+                {
+                    "id": str(g.id),
+                    "name": g.name,
+                    "timezone": g.timezone,
+                    "member_count": len(g.members),
+                    "channels": [{"id": str(c.id), "type": c.type, "name": c.name,
+                                  "parent_id": str(c.parent_id) if c.parent_id else None}
+                                 for c in g.channels.values()],
+                    "voice": [str(u) for u in g.voice],
+                    "members": [str(u) for u in g.members],
+                }
+                for g in self.world.guilds.values()
+            ],
+        }
+
+    # -- clock and activity -----------------------------------------------------------------
+    def now_ms(self) -> int:
+        wall = int(time.time() * 1000)
+        if self._replay is None:
+            return wall
+        start, speed, t0 = self._replay
+        virtual = start + int((time.monotonic() - t0) * speed * 1000)
+        if virtual >= wall:
+            self._replay = None  # history has caught up with the present
+            return wall
+        return virtual
+
+    def step(self, count: int = 1, *, family: str | None = None,
+             at_ms: int | None = None) -> list[str]:
+        """Emit ``count`` random events now (or at ``at_ms``); returns their families."""
+        return [self.activity.step(at_ms if at_ms is not None else self.now_ms(), family=family)
+                for _ in range(count)]
+
+    def run_steps(self, count: int, *, start_ms: int, step_ms: int,
+                  family: str | None = None) -> list[str]:
+        """Deterministic: event i happens at ``start_ms + i * step_ms`` (same seed, same
+        ledger)."""
+        return [self.activity.step(start_ms + i * step_ms, family=family) for i in range(count)]
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        # Transports expose their buffer size but signal no "drained" event we could await.
+        while self.gateway.backlog() > _HIGH_WATER and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.002)
+
+    async def burst(self, count: int, *, family: str | None = "message",
+                    chunk: int = 256) -> float:
+        """Emit ``count`` events as fast as the consumers take them; returns events/s."""
+        t0 = time.perf_counter()
+        done = 0
+        while done < count:
+            n = min(chunk, count - done)
+            now = self.now_ms()
+            step = self.activity.step
+            for _ in range(n):
+                step(now, family=family)
+            done += n
+            await self.drain()
+            await asyncio.sleep(0)
+        return count / max(1e-9, time.perf_counter() - t0)
+
+    def start_activity(self, rate: float, *, replay_from_ms: int | None = None,
+                       speed: float = 1.0) -> None:
+        """Emit about ``rate`` events per second until stopped. With ``replay_from_ms`` the
+        event timestamps start in the past and run ``speed`` times faster than the wall clock
+        until they reach the present (weeks of history in minutes)."""
+        self.rate = rate
+        if replay_from_ms is not None:
+            self._replay = (replay_from_ms, speed, time.monotonic())
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.get_running_loop().create_task(self._run_pump())
+
+    def set_rate(self, rate: float) -> None:
+        self.rate = rate
+
+    async def stop_activity(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
+            self._pump = None
+        self._replay = None
+
+    async def _run_pump(self) -> None:
+        last = time.monotonic()
+        carry = 0.0
+        while True:
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            carry += (now - last) * self.rate
+            last = now
+            n = int(carry)
+            carry -= n
+            for _ in range(n):
+                self.activity.step(self.now_ms())
+            if self.gateway.backlog() > _HIGH_WATER:
+                await self.drain()
+                carry = 0.0  # backpressure: do not catch up with what the consumer refused
+
+    def create_history(self, *, days: float, messages_per_day: int,
+                       end_ms: int | None = None) -> int:
+        """Messages in the past (ids carry their historic timestamps), reachable only through
+        channel history: the bot was not there to receive them. Returns how many."""
+        end = end_ms if end_ms is not None else int(time.time() * 1000) - 60_000
+        start = end - int(days * _DAY_MS)
+        rng = self.activity.rng
+        total = int(days * messages_per_day)
+        times = sorted(rng.randrange(start, end) for _ in range(total))
+        act = self.activity
+        for t in times:
+            guild = act.pick_guild(t)
+            texts = [c for c in guild.channels.values() if c.type == TEXT]
+            member = act._pick_author(guild)
+            channel = rng.choice(texts)
+            kind = rng.choices(act._kinds, cum_weights=act._kind_cum)[0]
+            if kind == "reply" and not act._recent.get(channel.id):
+                kind = "text"
+            act.post_message(guild.id, channel.id, member.user.id, kind, at_ms=t,
+                             historical=True)
+        return total
+
+    # -- faults, commands, tokens -----------------------------------------------------------
+    async def inject_fault(self, fault: str, shard_id: int, *, seconds: float = 5.0) -> int:
+        return await inject(self.gateway, fault, shard_id, seconds=seconds)
+
+    def revoke_token(self) -> None:
+        self.app.revoke(self.app.token)
+
+    async def invoke_command(self, guild_id: int, name: str, options: list[Json] | None = None,
+                             *, channel_id: int | None = None, user_id: int | None = None,
+                             timeout: float = 10.0, include_bytes: bool = False) -> Json:
+        """Invoke a slash command as a member and wait for the bot's complete response."""
+        guild = self.world.guilds[guild_id]
+        if channel_id is None:
+            channel_id = next(c.id for c in guild.channels.values() if c.type == TEXT)
+        if user_id is None:
+            user_id = guild.owner_id
+        rec = self.activity.invoke_command(guild_id, channel_id, user_id, name, options or [],
+                                           at_ms=self.now_ms())
+        await self.interactions.wait(rec.id, timeout)
+        # Follow-ups usually come right after the original; give them a moment.
+        await asyncio.sleep(0.05)
+        return rec.result(self.interactions.files, include_bytes=include_bytes)
+
+    def _member_chunks(self, session: Session, d: Json) -> None:
+        gids = d.get("guild_id")
+        for gid in gids if isinstance(gids, list) else [gids]:
+            guild = self.world.guilds.get(int(str(gid)))
+            if guild is None or not session.covers(guild.id):
+                continue
+            members = [m.payload() for m in guild.members.values()]
+            limit = int(d.get("limit") or 0)
+            if d.get("query"):
+                members = [m for m in members
+                           if m["user"]["username"].startswith(str(d["query"]))]
+            if limit:
+                members = members[:limit]
+            chunks = [members[i:i + 1000] for i in range(0, len(members), 1000)] or [[]]
+            for i, chunk in enumerate(chunks):
+                body: Json = {"guild_id": str(guild.id), "members": chunk, "chunk_index": i,
+                              "chunk_count": len(chunks), "not_found": []}
+                if d.get("nonce"):
+                    body["nonce"] = d["nonce"]
+                session.push(b"GUILD_MEMBERS_CHUNK", orjson.dumps(body))
