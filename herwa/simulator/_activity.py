@@ -43,29 +43,100 @@ FAMILIES = ("message", "edit", "delete", "voice", "member", "thread", "command")
 
 # Relative activity per local hour (0..23): quiet nights, a lunch bump, evening peak.
 DIURNAL = (
-    0.35, 0.22, 0.14, 0.09, 0.07, 0.08, 0.15, 0.3, 0.5, 0.65, 0.75, 0.85,
-    0.95, 0.9, 0.85, 0.85, 0.9, 1.0, 1.15, 1.3, 1.4, 1.35, 1.1, 0.7,
+    0.35,
+    0.22,
+    0.14,
+    0.09,
+    0.07,
+    0.08,
+    0.15,
+    0.3,
+    0.5,
+    0.65,
+    0.75,
+    0.85,
+    0.95,
+    0.9,
+    0.85,
+    0.85,
+    0.9,
+    1.0,
+    1.15,
+    1.3,
+    1.4,
+    1.35,
+    1.1,
+    0.7,
 )
 # Monday..Sunday: weekends are busier for community servers.
 WEEKLY = (0.9, 0.9, 0.95, 0.95, 1.05, 1.25, 1.2)
 
 _WORDS = (
-    "hey", "all", "lol", "gg", "nice", "when", "is", "the", "raid", "tonight", "anyone", "up",
-    "for", "a", "game", "check", "this", "out", "what", "do", "you", "think", "about", "the",
-    "new", "patch", "i", "agree", "no", "way", "that", "is", "wild", "brb", "ok", "sounds",
+    "hey",
+    "all",
+    "lol",
+    "gg",
+    "nice",
+    "when",
+    "is",
+    "the",
+    "raid",
+    "tonight",
+    "anyone",
+    "up",
+    "for",
+    "a",
+    "game",
+    "check",
+    "this",
+    "out",
+    "what",
+    "do",
+    "you",
+    "think",
+    "about",
+    "the",
+    "new",
+    "patch",
+    "i",
+    "agree",
+    "no",
+    "way",
+    "that",
+    "is",
+    "wild",
+    "brb",
+    "ok",
+    "sounds",
     "good",
 )
+
+
+@dataclass(frozen=True)
 class ScenarioConfig:
     """The random policy. Weights are relative, not probabilities."""
 
     seed: int = 1
-    families: dict[str, float] = field(default_factory=lambda: {
-        "message": 0.82, "edit": 0.03, "delete": 0.02, "voice": 0.07,
-        "member": 0.03, "thread": 0.01, "command": 0.02,
-    })
-    kinds: dict[str, float] = field(default_factory=lambda: {
-        "text": 0.78, "attachment": 0.08, "embed": 0.05, "sticker": 0.04, "reply": 0.05,
-    })
+    families: dict[str, float] = field(
+        default_factory=lambda: {
+            "message": 0.82,
+            "edit": 0.03,
+            "delete": 0.02,
+            "voice": 0.07,
+            "member": 0.03,
+            "thread": 0.01,
+            "command": 0.02,
+        }
+    )
+    kinds: dict[str, float] = field(
+        default_factory=lambda: {
+            "text": 0.78,
+            "attachment": 0.08,
+            "embed": 0.05,
+            "sticker": 0.04,
+            "reply": 0.05,
+        }
+    )
     bot_author_share: float = 0.05
     thread_message_share: float = 0.1
     max_cohort: int = 5
@@ -155,15 +226,24 @@ class Activity:
             names = self.app.command_names(guild.id)
             if names and guild.text_channels():
                 user = self._pick_author(guild, humans_only=True)
-                self.invoke_command(guild.id, rng.choice(guild.text_channels()).id,
-                                    user.user.id, rng.choice(names), [], at_ms=at_ms)
+                self.invoke_command(
+                    guild.id,
+                    rng.choice(guild.text_channels()).id,
+                    user.user.id,
+                    rng.choice(names),
+                    [],
+                    at_ms=at_ms,
+                )
                 return fam
         self._message_random(guild, at_ms)
         return "message"
 
     def _pick_author(self, guild: Guild, *, humans_only: bool = False) -> Member:
-        members = [m for m in guild.members.values() if m.weight > 0
-                   and (not humans_only or not m.user.bot)]
+        members = [
+            m
+            for m in guild.members.values()
+            if m.weight > 0 and (not humans_only or not m.user.bot)
+        ]
         if not humans_only and self.rng.random() < self.config.bot_author_share:
             bots = [m for m in members if m.user.bot]
             if bots:
@@ -214,8 +294,11 @@ class Activity:
         # Keep roughly a tenth of the members in voice: join more often when few are in.
         want_join = len(in_voice) < max(1, len(guild.members) // 10) or rng.random() < 0.3
         if want_join:
-            candidates = [m for uid, m in guild.members.items()
-                          if uid not in guild.voice and uid != self.world.bot_user.id]
+            candidates = [
+                m
+                for uid, m in guild.members.items()
+                if uid not in guild.voice and uid != self.world.bot_user.id
+            ]
             if candidates:
                 m = rng.choices(candidates, weights=[c.weight for c in candidates])[0]
                 self.voice_join(guild.id, m.user.id, rng.choice(channels).id, at_ms=at_ms)
@@ -243,14 +326,18 @@ class Activity:
             for _ in range(cohort):
                 self.member_join(guild.id, at_ms=at_ms)
         else:
-            leavers = [uid for uid, m in guild.members.items()
-                       if not m.user.bot and uid != guild.owner_id and uid not in guild.voice]
+            leavers = [
+                uid
+                for uid, m in guild.members.items()
+                if not m.user.bot and uid != guild.owner_id and uid not in guild.voice
+            ]
             for uid in rng.sample(leavers, min(cohort, max(0, len(leavers) - 5))):
                 self.member_leave(guild.id, uid, at_ms=at_ms)
 
     # -- actions ----------------------------------------------------------------------------
-    def message_payload(self, guild: Guild, channel: Channel, member: Member, kind: str,
-                        mid: int, at_ms: int) -> Json:
+    def message_payload(
+        self, guild: Guild, channel: Channel, member: Member, kind: str, mid: int, at_ms: int
+    ) -> Json:
         rng = self.rng
         content = " ".join(rng.choices(_WORDS, k=rng.randint(2, 12)))
         d: Json = {
@@ -277,33 +364,57 @@ class Activity:
             aid = self.ids.make(at_ms)
             name = f"image{aid % 1000}.png"
             d["content"] = content if rng.random() < 0.3 else ""
-            d["attachments"] = [{
-                "id": str(aid), "filename": name, "size": rng.randint(10_000, 4_000_000),
-                "url": f"https://cdn.discordapp.com/attachments/{channel.id}/{aid}/{name}",
-                "proxy_url": f"https://media.discordapp.net/attachments/{channel.id}/{aid}/{name}",
-                "content_type": "image/png", "width": 800, "height": 600,
-            }]
+            d["attachments"] = [
+                {
+                    "id": str(aid),
+                    "filename": name,
+                    "size": rng.randint(10_000, 4_000_000),
+                    "url": f"https://cdn.discordapp.com/attachments/{channel.id}/{aid}/{name}",
+                    "proxy_url": f"https://media.discordapp.net/attachments/{channel.id}/{aid}/{name}",
+                    "content_type": "image/png",
+                    "width": 800,
+                    "height": 600,
+                }
+            ]
         elif kind == "embed":
             url = f"https://example.com/article/{mid % 100000}"
             d["content"] = url
-            d["embeds"] = [{"type": "link", "url": url, "title": "An article",
-                            "description": "Something worth reading."}]
+            d["embeds"] = [
+                {
+                    "type": "link",
+                    "url": url,
+                    "title": "An article",
+                    "description": "Something worth reading.",
+                }
+            ]
         elif kind == "sticker":
             d["content"] = ""
             d["sticker_items"] = [{"id": "749054660769218631", "name": "Wave", "format_type": 3}]
         elif kind == "reply":
             ref_id = rng.choice(self._recent[channel.id])
             d["type"] = 19
-            d["message_reference"] = {"type": 0, "message_id": str(ref_id),
-                                      "channel_id": str(channel.id), "guild_id": str(guild.id)}
+            d["message_reference"] = {
+                "type": 0,
+                "message_id": str(ref_id),
+                "channel_id": str(channel.id),
+                "guild_id": str(guild.id),
+            }
             ref = self.history.get(ref_id)
             d["referenced_message"] = (
                 {k: v for k, v in ref.items() if k != "referenced_message"} if ref else None
             )
         return d
 
-    def post_message(self, guild_id: int, channel_id: int, author_id: int, kind: str = "text",
-                     *, at_ms: int, historical: bool = False) -> int:
+    def post_message(
+        self,
+        guild_id: int,
+        channel_id: int,
+        author_id: int,
+        kind: str = "text",
+        *,
+        at_ms: int,
+        historical: bool = False,
+    ) -> int:
         guild = self.world.guilds[guild_id]
         channel = guild.channels[channel_id]
         member = guild.members[author_id]
@@ -311,20 +422,28 @@ class Activity:
             raise ValueError("a reply needs an earlier message in the channel")
         mid = (self.history_ids if historical else self.ids).make(at_ms)
         d = self.message_payload(guild, channel, member, kind, mid, at_ms)
-        self.ledger.message(MessageRecord(
-            id=mid, guild_id=guild_id, channel_id=channel_id,
-            thread_parent_id=channel.parent_id if channel.type == PUBLIC_THREAD else None,
-            author_id=author_id, kind=kind, is_bot=member.user.bot, created_ms=at_ms,
-            historical=historical,
-        ))
+        self.ledger.message(
+            MessageRecord(
+                id=mid,
+                guild_id=guild_id,
+                channel_id=channel_id,
+                thread_parent_id=channel.parent_id if channel.type == PUBLIC_THREAD else None,
+                author_id=author_id,
+                kind=kind,
+                is_bot=member.user.bot,
+                created_ms=at_ms,
+                historical=historical,
+            )
+        )
         self.history.add(channel_id, d)
         recent = self._recent.setdefault(channel_id, [])
         recent.append(mid)
         if len(recent) > 20:
             del recent[0]
         if not historical:
-            self.gateway.dispatch("MESSAGE_CREATE", guild_id, d, intent=GUILD_MESSAGES, key=mid,
-                                  strip=strip_content)
+            self.gateway.dispatch(
+                "MESSAGE_CREATE", guild_id, d, intent=GUILD_MESSAGES, key=mid, strip=strip_content
+            )
         return mid
 
     def edit_message(self, message_id: int, *, at_ms: int) -> None:
@@ -335,8 +454,14 @@ class Activity:
         stored["content"] = (stored.get("content") or "") + " (edited)"
         stored["edited_timestamp"] = iso_from_ms(at_ms)
         self.ledger.edit(message_id)
-        self.gateway.dispatch("MESSAGE_UPDATE", rec.guild_id, stored, intent=GUILD_MESSAGES,
-                              key=message_id, strip=strip_content)
+        self.gateway.dispatch(
+            "MESSAGE_UPDATE",
+            rec.guild_id,
+            stored,
+            intent=GUILD_MESSAGES,
+            key=message_id,
+            strip=strip_content,
+        )
 
     def delete_message(self, message_id: int) -> None:
         rec = self.ledger.messages[message_id]
@@ -347,32 +472,38 @@ class Activity:
             if message_id in ids:
                 ids.remove(message_id)
         self.ledger.delete(message_id)
-        d = {"id": str(message_id), "channel_id": str(rec.channel_id),
-             "guild_id": str(rec.guild_id)}
-        self.gateway.dispatch("MESSAGE_DELETE", rec.guild_id, d, intent=GUILD_MESSAGES,
-                              key=message_id)
+        d = {
+            "id": str(message_id),
+            "channel_id": str(rec.channel_id),
+            "guild_id": str(rec.guild_id),
+        }
+        self.gateway.dispatch(
+            "MESSAGE_DELETE", rec.guild_id, d, intent=GUILD_MESSAGES, key=message_id
+        )
 
-    def create_thread(self, guild_id: int, parent_id: int, owner_id: int, *, at_ms: int,
-                      name: str | None = None) -> int:
+    def create_thread(
+        self, guild_id: int, parent_id: int, owner_id: int, *, at_ms: int, name: str | None = None
+    ) -> int:
         guild = self.world.guilds[guild_id]
         parent = guild.channels[parent_id]
-        ch = self.world.add_thread(guild, parent, owner_id, at_ms,
-                                   name or f"thread-{len(guild.threads()) + 1}")
+        ch = self.world.add_thread(
+            guild, parent, owner_id, at_ms, name or f"thread-{len(guild.threads()) + 1}"
+        )
         self.ledger.thread(guild_id)
         d = {**ch.payload(), "newly_created": True}
         self.gateway.dispatch("THREAD_CREATE", guild_id, d, intent=GUILDS, key=ch.id)
         return ch.id
 
-    def _voice_dispatch(self, guild: Guild, uid: int, vs: VoiceState | None,
-                        channel_id: int | None) -> None:
+    def _voice_dispatch(
+        self, guild: Guild, uid: int, vs: VoiceState | None, channel_id: int | None
+    ) -> None:
         member = guild.members.get(uid)
         if vs is not None:
             d = vs.payload(guild.id, member)
         else:
             d = VoiceState(uid, 0, "").payload(guild.id, member)
         d["channel_id"] = str(channel_id) if channel_id else None
-        self.gateway.dispatch("VOICE_STATE_UPDATE", guild.id, d, intent=GUILD_VOICE_STATES,
-                              key=uid)
+        self.gateway.dispatch("VOICE_STATE_UPDATE", guild.id, d, intent=GUILD_VOICE_STATES, key=uid)
 
     def voice_join(self, guild_id: int, user_id: int, channel_id: int, *, at_ms: int) -> None:
         guild = self.world.guilds[guild_id]
@@ -394,8 +525,9 @@ class Activity:
         self.ledger.voice(guild_id, "move")
         self._voice_dispatch(guild, user_id, vs, channel_id)
 
-    def voice_mute(self, guild_id: int, user_id: int, muted: bool, *, at_ms: int,
-                   deaf: bool | None = None) -> None:
+    def voice_mute(
+        self, guild_id: int, user_id: int, muted: bool, *, at_ms: int, deaf: bool | None = None
+    ) -> None:
         guild = self.world.guilds[guild_id]
         vs = guild.voice[user_id]
         vs.self_mute = muted
@@ -405,8 +537,9 @@ class Activity:
         self.ledger.voice(guild_id, "mute")
         self._voice_dispatch(guild, user_id, vs, vs.channel_id)
 
-    def voice_leave(self, guild_id: int, user_id: int, *, at_ms: int,
-                    reason: str = "leave") -> float:
+    def voice_leave(
+        self, guild_id: int, user_id: int, *, at_ms: int, reason: str = "leave"
+    ) -> float:
         guild = self.world.guilds[guild_id]
         vs = guild.voice.pop(user_id)
         rec = self._voice_sessions.pop((guild_id, user_id))
@@ -421,8 +554,7 @@ class Activity:
         m = self.world.add_member(guild, self.rng, at_ms)
         self.ledger.member_join(guild_id, at_ms, len(guild.members))
         d = {**m.payload(), "guild_id": str(guild_id)}
-        self.gateway.dispatch("GUILD_MEMBER_ADD", guild_id, d, intent=GUILD_MEMBERS,
-                              key=m.user.id)
+        self.gateway.dispatch("GUILD_MEMBER_ADD", guild_id, d, intent=GUILD_MEMBERS, key=m.user.id)
         return m.user.id
 
     def member_leave(self, guild_id: int, user_id: int, *, at_ms: int) -> None:
@@ -432,18 +564,26 @@ class Activity:
         m = guild.members.pop(user_id)
         self.ledger.member_leave(guild_id, at_ms, len(guild.members))
         d = {"guild_id": str(guild_id), "user": m.user.payload()}
-        self.gateway.dispatch("GUILD_MEMBER_REMOVE", guild_id, d, intent=GUILD_MEMBERS,
-                              key=user_id)
+        self.gateway.dispatch("GUILD_MEMBER_REMOVE", guild_id, d, intent=GUILD_MEMBERS, key=user_id)
 
-    def invoke_command(self, guild_id: int, channel_id: int, user_id: int, name: str,
-                       options: list[Json], *, at_ms: int) -> InteractionRecord:
+    def invoke_command(
+        self,
+        guild_id: int,
+        channel_id: int,
+        user_id: int,
+        name: str,
+        options: list[Json],
+        *,
+        at_ms: int,
+    ) -> InteractionRecord:
         guild = self.world.guilds[guild_id]
         channel = guild.channels[channel_id]
         member = guild.members[user_id]
         cmd = self.app.find_command(name, guild_id)
         iid = self.ids.make(at_ms)
-        rec = InteractionRecord(iid, self.interactions.new_token(), guild_id, channel_id, user_id,
-                                name, options)
+        rec = InteractionRecord(
+            iid, self.interactions.new_token(), guild_id, channel_id, user_id, name, options
+        )
         self.interactions.add(rec)
         self.ledger.command(guild_id, name)
         d: Json = {

@@ -65,6 +65,7 @@ class AppState:
 
     def command_names(self, guild_id: int) -> list[str]:
         names = {str(c["name"]) for c in self.global_commands if c.get("type", 1) == 1}
-        names.update(str(c["name"]) for c in self.guild_commands.get(guild_id, [])
-                     if c.get("type", 1) == 1)
+        names.update(
+            str(c["name"]) for c in self.guild_commands.get(guild_id, []) if c.get("type", 1) == 1
+        )
         return sorted(names)

@@ -36,30 +36,49 @@ def control_routes(sim: Simulator) -> list[web.RouteDef]:
         return json_response(sim.ledger.message_rows(int(gid) if gid else None))
 
     async def ledger_voice(request: web.Request) -> web.Response:
-        return json_response([
-            {"guild_id": str(v.guild_id), "user_id": str(v.user_id),
-             "channel_id": str(v.channel_id), "join_ms": v.join_ms, "leave_ms": v.leave_ms,
-             "seconds": v.seconds, "moves": v.moves, "mute_changes": v.mute_changes,
-             "ended_by": v.ended_by}
-            for v in sim.ledger.voice_sessions
-        ])
+        return json_response(
+            [
+                {
+                    "guild_id": str(v.guild_id),
+                    "user_id": str(v.user_id),
+                    "channel_id": str(v.channel_id),
+                    "join_ms": v.join_ms,
+                    "leave_ms": v.leave_ms,
+                    "seconds": v.seconds,
+                    "moves": v.moves,
+                    "mute_changes": v.mute_changes,
+                    "ended_by": v.ended_by,
+                }
+                for v in sim.ledger.voice_sessions
+            ]
+        )
 
     async def ledger_deliveries(request: web.Request) -> web.Response:
         q = request.query
-        return json_response(sim.ledger.delivery_rows(
-            session_id=q.get("session_id"),
-            shard_id=int(q["shard_id"]) if "shard_id" in q else None,
-        ))
+        return json_response(
+            sim.ledger.delivery_rows(
+                session_id=q.get("session_id"),
+                shard_id=int(q["shard_id"]) if "shard_id" in q else None,
+            )
+        )
 
     async def world(request: web.Request) -> web.Response:
         return json_response(sim.world_summary())
 
     async def sessions(request: web.Request) -> web.Response:
-        return json_response([
-            {"session_id": s.id, "shard": [s.shard_id, s.shard_count], "intents": s.intents,
-             "seq": s.seq, "connected": s.connected, "replayed": s.replayed}
-            for s in sim.sessions()
-        ])
+        return json_response(
+            [
+                {
+                    "session_id": s.id,
+                    "shard": [s.shard_id, s.shard_count],
+                    "intents": s.intents,
+                    "seq": s.seq,
+                    "connected": s.connected,
+                    "replayed": s.replayed,
+                }
+                for s in sim.sessions()
+            ]
+        )
 
     async def env(request: web.Request) -> web.Response:
         return json_response(sim.env())
@@ -71,9 +90,11 @@ def control_routes(sim: Simulator) -> list[web.RouteDef]:
 
     async def start(request: web.Request) -> web.Response:
         b = await _body(request)
-        sim.start_activity(float(b.get("rate", 10.0)),
-                           replay_from_ms=b.get("replay_from_ms"),
-                           speed=float(b.get("speed", 1.0)))
+        sim.start_activity(
+            float(b.get("rate", 10.0)),
+            replay_from_ms=b.get("replay_from_ms"),
+            speed=float(b.get("speed", 1.0)),
+        )
         return json_response({"rate": sim.rate})
 
     async def pace(request: web.Request) -> web.Response:
@@ -93,8 +114,11 @@ def control_routes(sim: Simulator) -> list[web.RouteDef]:
     async def fault(request: web.Request) -> web.Response:
         b = await _body(request)
         try:
-            n = await sim.inject_fault(request.match_info["fault"], int(b.get("shard_id", 0)),
-                                       seconds=float(b.get("seconds", 5.0)))
+            n = await sim.inject_fault(
+                request.match_info["fault"],
+                int(b.get("shard_id", 0)),
+                seconds=float(b.get("seconds", 5.0)),
+            )
         except FaultError as exc:
             return error(409, str(exc))
         return json_response({"sessions": n})
@@ -103,7 +127,9 @@ def control_routes(sim: Simulator) -> list[web.RouteDef]:
         b = await _body(request)
         try:
             result = await sim.invoke_command(
-                int(b["guild_id"]), str(b["name"]), b.get("options") or [],
+                int(b["guild_id"]),
+                str(b["name"]),
+                b.get("options") or [],
                 channel_id=int(b["channel_id"]) if b.get("channel_id") else None,
                 user_id=int(b["user_id"]) if b.get("user_id") else None,
                 timeout=float(b.get("timeout", 10.0)),
@@ -121,8 +147,9 @@ def control_routes(sim: Simulator) -> list[web.RouteDef]:
 
     async def history(request: web.Request) -> web.Response:
         b = await _body(request)
-        n = sim.create_history(days=float(b.get("days", 14)),
-                               messages_per_day=int(b.get("messages_per_day", 500)))
+        n = sim.create_history(
+            days=float(b.get("days", 14)), messages_per_day=int(b.get("messages_per_day", 500))
+        )
         return json_response({"messages": n})
 
     async def revoke(request: web.Request) -> web.Response:

@@ -276,9 +276,7 @@ class Gateway:
             seq, live = s.push(name, body)
             n += 1
             if record:
-                self.ledger.delivered(
-                    Delivery(event, key, guild_id, s.id, s.shard_id, seq, live)
-                )
+                self.ledger.delivered(Delivery(event, key, guild_id, s.id, s.shard_id, seq, live))
         self.ledger.events_emitted[event] += 1
         if n == 0:
             self.ledger.undelivered.append((event, key, guild_id))
@@ -297,8 +295,13 @@ class Gateway:
         compress = request.query.get("compress") == "zlib-stream"
         conn = Connection(ws, request, compress)
         self.connections.add(conn)
-        conn.send_op(10, {"heartbeat_interval": self.config.heartbeat_interval_ms,
-                          "_trace": ["herwa-simulator"]})
+        conn.send_op(
+            10,
+            {
+                "heartbeat_interval": self.config.heartbeat_interval_ms,
+                "_trace": ["herwa-simulator"],
+            },
+        )
         try:
             async for msg in ws:
                 if msg.type is not WSMsgType.TEXT and msg.type is not WSMsgType.BINARY:
@@ -385,21 +388,29 @@ class Gateway:
                 await c.close(CLOSE_AUTH_FAILED, "Authentication failed.")
             return
         # A new session for the same shard (and shard count) replaces the old one.
-        for old in [s for s in self.sessions.values()
-                    if s.token == token and s.shard_id == shard_id
-                    and s.shard_count == shard_count]:
+        for old in [
+            s
+            for s in self.sessions.values()
+            if s.token == token and s.shard_id == shard_id and s.shard_count == shard_count
+        ]:
             del self.sessions[old.id]
             if old.conn is not None and old.conn is not conn:
                 await old.conn.close(CLOSE_SESSION_TIMED_OUT, "Session replaced")
-        sess = Session(secrets.token_hex(16), token, shard_id, shard_count, intents,
-                       self.config.resume_buffer)
+        sess = Session(
+            secrets.token_hex(16), token, shard_id, shard_count, intents, self.config.resume_buffer
+        )
         sess.conn = conn
         conn.session = sess
         self.sessions[sess.id] = sess
         ready = {
             "v": 10,
-            "user": {**self.app.bot_user.payload(), "verified": True, "mfa_enabled": False,
-                     "flags": 0, "email": None},
+            "user": {
+                **self.app.bot_user.payload(),
+                "verified": True,
+                "mfa_enabled": False,
+                "flags": 0,
+                "email": None,
+            },
             "guilds": [{"id": str(g), "unavailable": True} for g in owned],
             "session_id": sess.id,
             "session_type": "normal",

@@ -39,8 +39,15 @@ class History:
     def count(self, channel_id: int) -> int:
         return len(self._ids.get(channel_id, []))
 
-    def query(self, channel_id: int, *, limit: int = 50, before: int | None = None,
-              after: int | None = None, around: int | None = None) -> list[Json]:
+    def query(
+        self,
+        channel_id: int,
+        *,
+        limit: int = 50,
+        before: int | None = None,
+        after: int | None = None,
+        around: int | None = None,
+    ) -> list[Json]:
         """Discord's semantics: newest first for before/none/around; for ``after``, the
         ``limit`` messages immediately after the id (the oldest ones), still newest first."""
         ids = self._ids.get(channel_id, [])
@@ -48,11 +55,11 @@ class History:
             i = bisect.bisect_left(ids, around)
             half = limit // 2
             lo = max(0, i - half)
-            sel = ids[lo:lo + limit]
+            sel = ids[lo : lo + limit]
         elif after is not None:
             i = bisect.bisect_right(ids, after)
-            sel = ids[i:i + limit]
+            sel = ids[i : i + limit]
         else:
             hi = bisect.bisect_left(ids, before) if before is not None else len(ids)
-            sel = ids[max(0, hi - limit):hi]
+            sel = ids[max(0, hi - limit) : hi]
         return [self._msgs[m] for m in reversed(sel)]

@@ -143,26 +143,32 @@ class Ledger:
         n = 0
         total = 0.0
         for v in self.voice_sessions:
-            if v.guild_id == guild_id and v.leave_ms is not None and (
-                user_id is None or v.user_id == user_id
+            if (
+                v.guild_id == guild_id
+                and v.leave_ms is not None
+                and (user_id is None or v.user_id == user_id)
             ):
                 n += 1
                 total += v.seconds
         return n, total
 
-    def messages_in(self, guild_id: int, *, channel_id: int | None = None,
-                    include_deleted: bool = True) -> list[MessageRecord]:
+    def messages_in(
+        self, guild_id: int, *, channel_id: int | None = None, include_deleted: bool = True
+    ) -> list[MessageRecord]:
         return [
-            m for m in self.messages.values()
+            m
+            for m in self.messages.values()
             if m.guild_id == guild_id
             and (channel_id is None or m.channel_id == channel_id)
             and (include_deleted or not m.deleted)
         ]
 
-    def deliveries_for(self, *, session_id: str | None = None,
-                       shard_id: int | None = None) -> list[Delivery]:
+    def deliveries_for(
+        self, *, session_id: str | None = None, shard_id: int | None = None
+    ) -> list[Delivery]:
         return [
-            d for d in self.deliveries
+            d
+            for d in self.deliveries
             if (session_id is None or d.session_id == session_id)
             and (shard_id is None or d.shard_id == shard_id)
         ]
@@ -208,11 +214,15 @@ class Ledger:
 
     def message_rows(self, guild_id: int | None = None) -> list[Json]:
         return [
-            {k: (str(v) if k.endswith("id") and isinstance(v, int) else v)
-             for k, v in asdict(m).items()}
-            for m in self.messages.values() if guild_id is None or m.guild_id == guild_id
+            {
+                k: (str(v) if k.endswith("id") and isinstance(v, int) else v)
+                for k, v in asdict(m).items()
+            }
+            for m in self.messages.values()
+            if guild_id is None or m.guild_id == guild_id
         ]
 
-    def delivery_rows(self, *, session_id: str | None = None,
-                      shard_id: int | None = None) -> list[Json]:
+    def delivery_rows(
+        self, *, session_id: str | None = None, shard_id: int | None = None
+    ) -> list[Json]:
         return [asdict(d) for d in self.deliveries_for(session_id=session_id, shard_id=shard_id)]

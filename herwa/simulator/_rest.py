@@ -32,10 +32,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 API_PREFIX = "/api/v10"
 
 
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None,
-                  ) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, headers=headers,
-                        content_type="application/json")
+def json_response(
+    data: Any,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data), status=status, headers=headers, content_type="application/json"
+    )
 
 
 def error(status: int, message: str, code: int = 0) -> web.Response:
@@ -90,10 +94,12 @@ class Rest:
             web.get(p + "/applications/@me", self.authed(self.application)),
             web.get(p + "/applications/{app}/commands", self.authed(self.get_commands)),
             web.put(p + "/applications/{app}/commands", self.authed(self.put_commands)),
-            web.get(p + "/applications/{app}/guilds/{guild}/commands",
-                    self.authed(self.get_commands)),
-            web.put(p + "/applications/{app}/guilds/{guild}/commands",
-                    self.authed(self.put_commands)),
+            web.get(
+                p + "/applications/{app}/guilds/{guild}/commands", self.authed(self.get_commands)
+            ),
+            web.put(
+                p + "/applications/{app}/guilds/{guild}/commands", self.authed(self.put_commands)
+            ),
             web.get(p + "/channels/{channel}", self.authed(self.get_channel)),
             web.get(p + "/channels/{channel}/messages", self.authed(self.channel_messages)),
             web.get(p + "/guilds/{guild}", self.authed(self.get_guild)),
@@ -125,20 +131,29 @@ class Rest:
     async def gateway_bot(self, request: web.Request) -> web.Response:
         gw = self.sim.gateway
         cfg = gw.config
-        return json_response({
-            "url": self.sim.ws_url,
-            "shards": self.sim.recommended_shards(),
-            "session_start_limit": {
-                "total": cfg.session_start_total,
-                "remaining": max(0, cfg.session_start_total - gw.session_starts_used),
-                "reset_after": 86_400_000,
-                "max_concurrency": cfg.max_concurrency,
-            },
-        })
+        return json_response(
+            {
+                "url": self.sim.ws_url,
+                "shards": self.sim.recommended_shards(),
+                "session_start_limit": {
+                    "total": cfg.session_start_total,
+                    "remaining": max(0, cfg.session_start_total - gw.session_starts_used),
+                    "reset_after": 86_400_000,
+                    "max_concurrency": cfg.max_concurrency,
+                },
+            }
+        )
 
     async def me(self, request: web.Request) -> web.Response:
-        return json_response({**self.sim.app.bot_user.payload(), "verified": True,
-                              "mfa_enabled": False, "flags": 0, "locale": "en-US"})
+        return json_response(
+            {
+                **self.sim.app.bot_user.payload(),
+                "verified": True,
+                "mfa_enabled": False,
+                "flags": 0,
+                "locale": "en-US",
+            }
+        )
 
     async def application(self, request: web.Request) -> web.Response:
         return json_response(self.sim.app.application_payload())
@@ -156,26 +171,30 @@ class Rest:
             return error(403, "Missing Access", 50001)
         body = await request.json(loads=orjson.loads)
         guild = request.match_info.get("guild")
-        old = {c["name"]: c for c in
-               (app.guild_commands.get(int(guild), []) if guild else app.global_commands)}
+        old = {
+            c["name"]: c
+            for c in (app.guild_commands.get(int(guild), []) if guild else app.global_commands)
+        }
         app.command_version += 1
         out: list[Json] = []
         for cmd in body:
             prev = old.get(cmd["name"])
             ids = self.sim.activity.ids
-            out.append({
-                "type": 1,
-                "description": "",
-                "options": [],
-                "default_member_permissions": None,
-                "dm_permission": True,
-                "nsfw": False,
-                **cmd,
-                "id": prev["id"] if prev else str(ids.make(int(time.time() * 1000))),
-                "application_id": str(app.application_id),
-                "version": str(app.command_version),
-                **({"guild_id": guild} if guild else {}),
-            })
+            out.append(
+                {
+                    "type": 1,
+                    "description": "",
+                    "options": [],
+                    "default_member_permissions": None,
+                    "dm_permission": True,
+                    "nsfw": False,
+                    **cmd,
+                    "id": prev["id"] if prev else str(ids.make(int(time.time() * 1000))),
+                    "application_id": str(app.application_id),
+                    "version": str(app.command_version),
+                    **({"guild_id": guild} if guild else {}),
+                }
+            )
         if guild:
             app.guild_commands[int(guild)] = out
         else:
@@ -212,8 +231,11 @@ class Rest:
         allowed, headers = self.history_limit.hit(f"{cid}:messages")
         if not allowed:
             retry = float(headers["Retry-After"])
-            return json_response({"message": "You are being rate limited.",
-                                  "retry_after": retry, "global": False}, 429, headers)
+            return json_response(
+                {"message": "You are being rate limited.", "retry_after": retry, "global": False},
+                429,
+                headers,
+            )
         q = request.query
         try:
             limit = int(q.get("limit", "50"))
@@ -224,8 +246,7 @@ class Rest:
             return error(400, "Invalid Form Body", 50035)
         if not 1 <= limit <= 100:
             return error(400, "Invalid Form Body", 50035)
-        msgs = self.sim.history.query(cid, limit=limit, before=before, after=after,
-                                      around=around)
+        msgs = self.sim.history.query(cid, limit=limit, before=before, after=after, around=around)
         if not self.sim.app.privileged_intents & (1 << 15):
             from herwa.simulator._activity import strip_content
 
@@ -250,9 +271,11 @@ class Rest:
                 payload = orjson.loads(raw)
             elif name.startswith("files["):
                 idx = name[6:-1]
-                files[idx] = (part.filename or f"file{idx}",
-                              part.headers.get("Content-Type", "application/octet-stream"),
-                              bytes(raw))
+                files[idx] = (
+                    part.filename or f"file{idx}",
+                    part.headers.get("Content-Type", "application/octet-stream"),
+                    bytes(raw),
+                )
         inner = payload.get("data", payload)
         attachments: list[Json] = []
         described = {str(a.get("id")): a for a in inner.get("attachments", [])}
@@ -262,10 +285,17 @@ class Rest:
             fname = meta.get("filename") or filename
             self.sim.interactions.files[fid] = StoredFile(fid, fname, ctype, blob)
             url = f"{self.sim.url}/_sim/attachments/{fid}/{fname}"
-            attachments.append({"id": str(fid), "filename": fname, "size": len(blob),
-                                "url": url, "proxy_url": url, "content_type": ctype,
-                                **({"description": meta["description"]}
-                                   if meta.get("description") else {})})
+            attachments.append(
+                {
+                    "id": str(fid),
+                    "filename": fname,
+                    "size": len(blob),
+                    "url": url,
+                    "proxy_url": url,
+                    "content_type": ctype,
+                    **({"description": meta["description"]} if meta.get("description") else {}),
+                }
+            )
         # Attachments kept from an earlier version of the message are listed without a file.
         kept = [a for a in inner.get("attachments", []) if str(a.get("id")) not in files]
         inner["attachments"] = kept + attachments
@@ -296,9 +326,12 @@ class Rest:
             "webhook_id": str(app.application_id),
             "application_id": str(app.application_id),
             "interaction_metadata": {
-                "id": str(rec.id), "type": 2, "name": rec.name,
+                "id": str(rec.id),
+                "type": 2,
+                "name": rec.name,
                 "user": self.sim.world.guilds[rec.guild_id].members[rec.user_id].user.payload()
-                if rec.guild_id else None,
+                if rec.guild_id
+                else None,
                 "authorizing_integration_owners": {},
             },
         }
@@ -319,9 +352,11 @@ class Rest:
         if rtype in (CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE, UPDATE_MESSAGE):
             msg = self._bot_message(rec, data if rtype != DEFERRED_CHANNEL_MESSAGE else {})
             rec.original = msg
-            interaction.update(response_message_id=msg["id"],
-                               response_message_loading=rtype == DEFERRED_CHANNEL_MESSAGE,
-                               response_message_ephemeral=bool(int(data.get("flags") or 0) & 64))
+            interaction.update(
+                response_message_id=msg["id"],
+                response_message_loading=rtype == DEFERRED_CHANNEL_MESSAGE,
+                response_message_ephemeral=bool(int(data.get("flags") or 0) & 64),
+            )
             resource["message"] = msg
             if rtype != DEFERRED_CHANNEL_MESSAGE:
                 rec.done.set()
@@ -385,8 +420,11 @@ class Rest:
             return error(404, "Unknown Webhook", 10015)
         body = await self._read_message_body(request)
         msg = self._bot_message(rec, body)
-        if rec.original is not None and rec.response_type == DEFERRED_CHANNEL_MESSAGE \
-                and not rec.done.is_set():
+        if (
+            rec.original is not None
+            and rec.response_type == DEFERRED_CHANNEL_MESSAGE
+            and not rec.done.is_set()
+        ):
             # A follow-up to a deferred response edits the loading message, as on Discord.
             msg["id"] = rec.original["id"]
             rec.original = msg

@@ -89,9 +89,15 @@ class Simulator:
         self.interactions = InteractionStore()
         self.gateway = Gateway(self.app, self.world, self.ledger, cfg.gateway)
         self.gateway._on_member_request = self._member_chunks
-        self.activity = Activity(world=self.world, app=self.app, gateway=self.gateway,
-                                 ledger=self.ledger, history=self.history,
-                                 interactions=self.interactions, config=scenario)
+        self.activity = Activity(
+            world=self.world,
+            app=self.app,
+            gateway=self.gateway,
+            ledger=self.ledger,
+            history=self.history,
+            interactions=self.interactions,
+            config=scenario,
+        )
         self.rest = Rest(self, RateLimit(*cfg.history_rate))
         self.url = ""
         self.ws_url = ""
@@ -135,8 +141,9 @@ class Simulator:
     async def __aenter__(self) -> Simulator:
         return await self.start()
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.stop()
 
     @property
@@ -178,9 +185,15 @@ class Simulator:
                     "name": g.name,
                     "timezone": g.timezone,
                     "member_count": len(g.members),
-                    "channels": [{"id": str(c.id), "type": c.type, "name": c.name,
-                                  "parent_id": str(c.parent_id) if c.parent_id else None}
-                                 for c in g.channels.values()],
+                    "channels": [
+                        {
+                            "id": str(c.id),
+                            "type": c.type,
+                            "name": c.name,
+                            "parent_id": str(c.parent_id) if c.parent_id else None,
+                        }
+                        for c in g.channels.values()
+                    ],
                     "voice": [str(u) for u in g.voice],
                     "members": [str(u) for u in g.members],
                 }
@@ -200,14 +213,18 @@ class Simulator:
             return wall
         return virtual
 
-    def step(self, count: int = 1, *, family: str | None = None,
-             at_ms: int | None = None) -> list[str]:
+    def step(
+        self, count: int = 1, *, family: str | None = None, at_ms: int | None = None
+    ) -> list[str]:
         """Emit ``count`` random events now (or at ``at_ms``); returns their families."""
-        return [self.activity.step(at_ms if at_ms is not None else self.now_ms(), family=family)
-                for _ in range(count)]
+        return [
+            self.activity.step(at_ms if at_ms is not None else self.now_ms(), family=family)
+            for _ in range(count)
+        ]
 
-    def run_steps(self, count: int, *, start_ms: int, step_ms: int,
-                  family: str | None = None) -> list[str]:
+    def run_steps(
+        self, count: int, *, start_ms: int, step_ms: int, family: str | None = None
+    ) -> list[str]:
         """Deterministic: event i happens at ``start_ms + i * step_ms`` (same seed, same
         ledger)."""
         return [self.activity.step(start_ms + i * step_ms, family=family) for i in range(count)]
@@ -218,8 +235,7 @@ class Simulator:
         while self.gateway.backlog() > _HIGH_WATER and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.002)
 
-    async def burst(self, count: int, *, family: str | None = "message",
-                    chunk: int = 256) -> float:
+    async def burst(self, count: int, *, family: str | None = "message", chunk: int = 256) -> float:
         """Emit ``count`` events as fast as the consumers take them; returns events/s."""
         t0 = time.perf_counter()
         done = 0
@@ -234,8 +250,9 @@ class Simulator:
             await asyncio.sleep(0)
         return count / max(1e-9, time.perf_counter() - t0)
 
-    def start_activity(self, rate: float, *, replay_from_ms: int | None = None,
-                       speed: float = 1.0) -> None:
+    def start_activity(
+        self, rate: float, *, replay_from_ms: int | None = None, speed: float = 1.0
+    ) -> None:
         """Emit about ``rate`` events per second until stopped. With ``replay_from_ms`` the
         event timestamps start in the past and run ``speed`` times faster than the wall clock
         until they reach the present (weeks of history in minutes)."""
@@ -272,8 +289,9 @@ class Simulator:
                 await self.drain()
                 carry = 0.0  # backpressure: do not catch up with what the consumer refused
 
-    def create_history(self, *, days: float, messages_per_day: int,
-                       end_ms: int | None = None) -> int:
+    def create_history(
+        self, *, days: float, messages_per_day: int, end_ms: int | None = None
+    ) -> int:
         """Messages in the past (ids carry their historic timestamps), reachable only through
         channel history: the bot was not there to receive them. Returns how many."""
         end = end_ms if end_ms is not None else int(time.time() * 1000) - 60_000
@@ -290,8 +308,7 @@ class Simulator:
             kind = rng.choices(act._kinds, cum_weights=act._kind_cum)[0]
             if kind == "reply" and not act._recent.get(channel.id):
                 kind = "text"
-            act.post_message(guild.id, channel.id, member.user.id, kind, at_ms=t,
-                             historical=True)
+            act.post_message(guild.id, channel.id, member.user.id, kind, at_ms=t, historical=True)
         return total
 
     # -- faults, commands, tokens -----------------------------------------------------------
@@ -301,17 +318,26 @@ class Simulator:
     def revoke_token(self) -> None:
         self.app.revoke(self.app.token)
 
-    async def invoke_command(self, guild_id: int, name: str, options: list[Json] | None = None,
-                             *, channel_id: int | None = None, user_id: int | None = None,
-                             timeout: float = 10.0, include_bytes: bool = False) -> Json:
+    async def invoke_command(
+        self,
+        guild_id: int,
+        name: str,
+        options: list[Json] | None = None,
+        *,
+        channel_id: int | None = None,
+        user_id: int | None = None,
+        timeout: float = 10.0,
+        include_bytes: bool = False,
+    ) -> Json:
         """Invoke a slash command as a member and wait for the bot's complete response."""
         guild = self.world.guilds[guild_id]
         if channel_id is None:
             channel_id = next(c.id for c in guild.channels.values() if c.type == TEXT)
         if user_id is None:
             user_id = guild.owner_id
-        rec = self.activity.invoke_command(guild_id, channel_id, user_id, name, options or [],
-                                           at_ms=self.now_ms())
+        rec = self.activity.invoke_command(
+            guild_id, channel_id, user_id, name, options or [], at_ms=self.now_ms()
+        )
         await self.interactions.wait(rec.id, timeout)
         # Follow-ups usually come right after the original; give them a moment.
         await asyncio.sleep(0.05)
@@ -326,14 +352,18 @@ class Simulator:
             members = [m.payload() for m in guild.members.values()]
             limit = int(d.get("limit") or 0)
             if d.get("query"):
-                members = [m for m in members
-                           if m["user"]["username"].startswith(str(d["query"]))]
+                members = [m for m in members if m["user"]["username"].startswith(str(d["query"]))]
             if limit:
                 members = members[:limit]
-            chunks = [members[i:i + 1000] for i in range(0, len(members), 1000)] or [[]]
+            chunks = [members[i : i + 1000] for i in range(0, len(members), 1000)] or [[]]
             for i, chunk in enumerate(chunks):
-                body: Json = {"guild_id": str(guild.id), "members": chunk, "chunk_index": i,
-                              "chunk_count": len(chunks), "not_found": []}
+                body: Json = {
+                    "guild_id": str(guild.id),
+                    "members": chunk,
+                    "chunk_index": i,
+                    "chunk_count": len(chunks),
+                    "not_found": [],
+                }
                 if d.get("nonce"):
                     body["nonce"] = d["nonce"]
                 session.push(b"GUILD_MEMBERS_CHUNK", orjson.dumps(body))

@@ -309,8 +309,9 @@ class World:
             pos = 0
             names = ["general", "random", "memes", "help", "announcements", "dev"]
             for k in range(cfg.text_channels):
-                self._add_channel(guild, TEXT, names[k % len(names)] + ("" if k < 6 else str(k)),
-                                  pos, created + 1)
+                self._add_channel(
+                    guild, TEXT, names[k % len(names)] + ("" if k < 6 else str(k)), pos, created + 1
+                )
                 pos += 1
             for k in range(cfg.voice_channels):
                 self._add_channel(guild, VOICE, f"Voice {k + 1}", pos, created + 2)
@@ -330,16 +331,26 @@ class World:
         self.channels[ch.id] = ch
         return ch
 
-    def add_thread(self, guild: Guild, parent: Channel, owner_id: int, created: int,
-                   name: str) -> Channel:
-        ch = Channel(self._ids.at(created), guild.id, PUBLIC_THREAD, name, 0,
-                     parent_id=parent.id, owner_id=owner_id, created_ms=created)
+    def add_thread(
+        self, guild: Guild, parent: Channel, owner_id: int, created: int, name: str
+    ) -> Channel:
+        ch = Channel(
+            self._ids.at(created),
+            guild.id,
+            PUBLIC_THREAD,
+            name,
+            0,
+            parent_id=parent.id,
+            owner_id=owner_id,
+            created_ms=created,
+        )
         guild.channels[ch.id] = ch
         self.channels[ch.id] = ch
         return ch
 
-    def add_member(self, guild: Guild, rng: random.Random, joined_ms: int,
-                   *, bot: bool = False) -> Member:
+    def add_member(
+        self, guild: Guild, rng: random.Random, joined_ms: int, *, bot: bool = False
+    ) -> Member:
         account_ms = joined_ms - rng.randrange(1, 2000) * _DAY_MS
         user = self.new_user(rng, account_ms, bot=bot)
         # Pareto(1.2): a heavy tail, the usual shape of per-user message counts.
