@@ -169,6 +169,14 @@ class BotSettings(_Section):
     backfill_window_hours: Seconds = Field(24.0, le=24 * 30)
     snapshot_hour_utc: int = Field(0, ge=0, le=23)
     count_bot_messages: bool = False
+    identify_window_seconds: Seconds = Field(
+        5.0, le=60, description="one IDENTIFY per max_concurrency bucket per this window"
+    )
+    max_concurrency: int | None = Field(
+        None, ge=1, le=1024, description="IDENTIFY buckets; default: from /gateway/bot"
+    )
+    guild_ready_timeout_seconds: Seconds = Field(2.0, le=60)
+    backfill_enabled: bool = True
 
 
 class EtlSettings(_Section):
