@@ -26,9 +26,13 @@ async def main() -> None:
     intents = discord.Intents.default()
     intents.members = True
     intents.message_content = True
-    client = discord.Client(intents=intents, shard_id=int(shard_id),
-                            shard_count=int(shard_count), chunk_guilds_at_startup=False,
-                            guild_ready_timeout=0.2)
+    client = discord.Client(
+        intents=intents,
+        shard_id=int(shard_id),
+        shard_count=int(shard_count),
+        chunk_guilds_at_startup=False,
+        guild_ready_timeout=0.2,
+    )
 
     @client.event
     async def on_ready() -> None:

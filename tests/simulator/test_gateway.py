@@ -19,8 +19,9 @@ def _human(sim_guild_members: dict[int, object], bot_id: int) -> int:
     raise AssertionError("no human member")
 
 
-async def test_every_event_type_arrives_with_correct_ids(make_sim: SimFactory,
-                                                         bots: list[Bot]) -> None:
+async def test_every_event_type_arrives_with_correct_ids(
+    make_sim: SimFactory, bots: list[Bot]
+) -> None:
     sim = await make_sim(guilds=2, seed=3)
     bot = Bot(make_client())
     bots.append(bot)
@@ -30,7 +31,8 @@ async def test_every_event_type_arrives_with_correct_ids(make_sim: SimFactory,
     assert {g["id"] for g in created} == {str(g) for g in sim.world.guilds}
     ready = bot.raw.of("READY")[0]
     assert ready["resume_gateway_url"] == sim.ws_url
-    assert bot.client.user is not None and bot.client.user.id == sim.app.bot_user.id
+    assert bot.client.user is not None
+    assert bot.client.user.id == sim.app.bot_user.id
 
     g = next(iter(sim.world.guilds.values()))
     text = g.text_channels()[0]
@@ -39,8 +41,10 @@ async def test_every_event_type_arrives_with_correct_ids(make_sim: SimFactory,
     uid = _human(g.members, sim.app.bot_user.id)
     a = sim.activity
     t = now_ms()
-    ids = {k: a.post_message(g.id, text.id, uid, k, at_ms=t)
-           for k in ("text", "attachment", "embed", "sticker", "reply")}
+    ids = {
+        k: a.post_message(g.id, text.id, uid, k, at_ms=t)
+        for k in ("text", "attachment", "embed", "sticker", "reply")
+    }
     thread_id = a.create_thread(g.id, text.id, uid, at_ms=t)
     in_thread = a.post_message(g.id, thread_id, uid, "text", at_ms=t)
     a.edit_message(ids["text"], at_ms=t)
@@ -64,12 +68,12 @@ async def test_every_event_type_arrives_with_correct_ids(make_sim: SimFactory,
     assert [int(m["id"]) for m in bot.raw.of("MESSAGE_UPDATE")] == [ids["text"]]
     assert [int(m["id"]) for m in bot.raw.of("MESSAGE_DELETE")] == [ids["embed"]]
     (thread,) = bot.raw.of("THREAD_CREATE")
-    assert int(thread["id"]) == thread_id and thread["parent_id"] == str(text.id)
+    assert int(thread["id"]) == thread_id
+    assert thread["parent_id"] == str(text.id)
     assert thread["type"] == 11
 
     states = bot.raw.of("VOICE_STATE_UPDATE")
-    assert [s["channel_id"] for s in states] == [str(voice.id), str(stage.id), str(stage.id),
-                                                 None]
+    assert [s["channel_id"] for s in states] == [str(voice.id), str(stage.id), str(stage.id), None]
     assert [s["self_mute"] for s in states] == [False, False, True, True]
     assert all(s["user_id"] == str(uid) and s["guild_id"] == str(g.id) for s in states)
     assert sim.ledger.voice_totals(g.id, user_id=uid) == (1, 61.5)
@@ -86,17 +90,21 @@ async def test_every_event_type_arrives_with_correct_ids(make_sim: SimFactory,
     for mid, m in by_id.items():
         rec = sim.ledger.messages[mid]
         assert m.created_at == dt.datetime.fromtimestamp(rec.created_ms / 1000, tz=dt.UTC)
-        assert m.author.id == rec.author_id and m.guild is not None and m.guild.id == g.id
+        assert m.author.id == rec.author_id
+        assert m.guild is not None
+        assert m.guild.id == g.id
     assert isinstance(by_id[in_thread].channel, discord.Thread)
     assert by_id[ids["reply"]].type is discord.MessageType.reply
     assert by_id[ids["sticker"]].stickers
     assert by_id[ids["attachment"]].attachments
     guild = bot.client.get_guild(g.id)
-    assert guild is not None and guild.member_count == len(g.members)
+    assert guild is not None
+    assert guild.member_count == len(g.members)
 
 
-async def test_without_message_content_payloads_are_stripped(make_sim: SimFactory,
-                                                             bots: list[Bot]) -> None:
+async def test_without_message_content_payloads_are_stripped(
+    make_sim: SimFactory, bots: list[Bot]
+) -> None:
     sim = await make_sim(guilds=1, seed=4)
     bot = Bot(make_client(intents=intents(members=False, content=False)))
     bots.append(bot)
@@ -111,20 +119,25 @@ async def test_without_message_content_payloads_are_stripped(make_sim: SimFactor
     a.member_join(g.id, at_ms=t)
     sentinel = a.post_message(g.id, text.id, uid, "text", at_ms=t)
     await bot.raw.wait_for(
-        lambda: any(m["id"] == str(sentinel) for m in bot.raw.of("MESSAGE_CREATE")))
+        lambda: any(m["id"] == str(sentinel) for m in bot.raw.of("MESSAGE_CREATE"))
+    )
     got = {int(m["id"]): m for m in bot.raw.of("MESSAGE_CREATE")}
     for mid in ids.values():
         m = got[mid]
-        assert m["content"] == "" and m["embeds"] == [] and m["attachments"] == []
+        assert m["content"] == ""
+        assert m["embeds"] == []
+        assert m["attachments"] == []
     # What remains lets the bot classify some kinds without the privileged intent.
     assert got[ids["sticker"]]["sticker_items"]
-    assert got[ids["reply"]]["type"] == 19 and got[ids["reply"]]["message_reference"]
+    assert got[ids["reply"]]["type"] == 19
+    assert got[ids["reply"]]["message_reference"]
     assert bot.raw.of("GUILD_MEMBER_ADD") == []  # no GUILD_MEMBERS intent, no member events
     assert sim.ledger.guilds[g.id].joins == 1
 
 
-async def test_resume_after_drop_replays_missed_events(make_sim: SimFactory,
-                                                       bots: list[Bot]) -> None:
+async def test_resume_after_drop_replays_missed_events(
+    make_sim: SimFactory, bots: list[Bot]
+) -> None:
     sim = await make_sim(guilds=2, seed=5)
     bot = Bot(make_client())
     bots.append(bot)
@@ -155,8 +168,11 @@ async def test_resume_after_drop_replays_missed_events(make_sim: SimFactory,
     assert set(got) == set(sent)  # none lost
     assert [s.id for s in sim.sessions()] == [session.id]  # resumed, not re-identified
     assert session.replayed >= 30
-    offline = [d for d in sim.ledger.deliveries_for(session_id=session.id)
-               if d.event == "MESSAGE_CREATE" and not d.connected]
+    offline = [
+        d
+        for d in sim.ledger.deliveries_for(session_id=session.id)
+        if d.event == "MESSAGE_CREATE" and not d.connected
+    ]
     assert len(offline) == 30
     seqs = [e["s"] for e in bot.raw.events if e.get("op") == 0]
     assert seqs == sorted(seqs)  # replay keeps the order
@@ -189,7 +205,7 @@ async def test_reconnect_and_invalidate(make_sim: SimFactory, bots: list[Bot]) -
 
 
 async def test_bad_token_is_refused(make_sim: SimFactory) -> None:
-    sim = await make_sim(guilds=1)
+    await make_sim(guilds=1)
     client = make_client()
     with pytest.raises(discord.LoginFailure):
         await asyncio.wait_for(client.start("not-the-token"), 10)

@@ -18,8 +18,12 @@ def tiny_png() -> bytes:
         return len(data).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
 
     ihdr = (1).to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-            + chunk(b"IDAT", zlib.compress(b"\x00\x00")) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00\x00"))
+        + chunk(b"IEND", b"")
+    )
 
 
 async def test_interaction_round_trip_with_file(make_sim: SimFactory, bots: list[Bot]) -> None:
@@ -38,7 +42,8 @@ async def test_interaction_round_trip_with_file(make_sim: SimFactory, bots: list
         embed = discord.Embed(title=f"Activity, last {days} days", description="42 messages")
         embed.set_image(url="attachment://chart.png")
         await interaction.edit_original_response(
-            embed=embed, attachments=[discord.File(io.BytesIO(png), filename="chart.png")])
+            embed=embed, attachments=[discord.File(io.BytesIO(png), filename="chart.png")]
+        )
         await interaction.followup.send("csv coming soon", ephemeral=True)
 
     @tree.command(name="ping", description="latency")
@@ -55,12 +60,14 @@ async def test_interaction_round_trip_with_file(make_sim: SimFactory, bots: list
     assert sorted(c["name"] for c in sim.app.global_commands) == ["activity", "ping"]
 
     pong = await sim.invoke_command(guild_id, "ping")
-    assert pong["response_type"] == 4 and pong["original"]["content"] == "pong"
+    assert pong["response_type"] == 4
+    assert pong["original"]["content"] == "pong"
 
-    result = await sim.invoke_command(guild_id, "activity",
-                                      [{"name": "days", "type": 4, "value": 30}],
-                                      include_bytes=True)
-    assert result["deferred"] and result["complete"]
+    result = await sim.invoke_command(
+        guild_id, "activity", [{"name": "days", "type": 4, "value": 30}], include_bytes=True
+    )
+    assert result["deferred"]
+    assert result["complete"]
     original = result["original"]
     assert original["embeds"][0]["title"] == "Activity, last 30 days"
     (att,) = original["attachments"]
@@ -68,20 +75,24 @@ async def test_interaction_round_trip_with_file(make_sim: SimFactory, bots: list
     stored = sim.interactions.files[int(att["id"])]
     assert stored.data == png
     (follow,) = result["followups"]
-    assert follow["content"] == "csv coming soon" and follow["flags"] & 64
+    assert follow["content"] == "csv coming soon"
+    assert follow["flags"] & 64
 
     # The interaction the bot saw carried the right ids.
     inter = seen[-1]
-    assert inter.guild_id == guild_id and inter.user.id == sim.world.guilds[guild_id].owner_id
-    assert inter.command is not None and inter.command.name == "activity"
+    assert inter.guild_id == guild_id
+    assert inter.user.id == sim.world.guilds[guild_id].owner_id
+    assert inter.command is not None
+    assert inter.command.name == "activity"
     assert sim.ledger.guilds[guild_id].commands == {"ping": 1, "activity": 1}
     raw = bot.raw.of("INTERACTION_CREATE")
     assert [r["data"]["name"] for r in raw] == ["ping", "activity"]
 
     # The same through the control API, as a test in another process would drive it.
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{sim.url}/_sim/interactions",
-                             json={"guild_id": str(guild_id), "name": "ping"}) as r:
+        async with http.post(
+            f"{sim.url}/_sim/interactions", json={"guild_id": str(guild_id), "name": "ping"}
+        ) as r:
             assert r.status == 200
             assert (await r.json())["original"]["content"] == "pong"
         async with http.get(att["url"]) as r:

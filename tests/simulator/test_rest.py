@@ -42,8 +42,8 @@ async def test_history_pagination_matches_discord(make_sim: SimFactory) -> None:
             assert r.status == 401
     # Historical ids carry historical timestamps (created_at from the snowflake).
     first = sim.ledger.messages[expected[0]]
-    assert first.historical and discord.utils.snowflake_time(first.id).timestamp() * 1000 == \
-        first.created_ms
+    assert first.historical
+    assert discord.utils.snowflake_time(first.id).timestamp() * 1000 == first.created_ms
 
 
 async def test_discord_py_backfills_after_an_id(make_sim: SimFactory, bots: list[Bot]) -> None:
@@ -57,8 +57,10 @@ async def test_discord_py_backfills_after_an_id(make_sim: SimFactory, bots: list
     channel = bot.client.get_channel(cid)
     assert isinstance(channel, discord.TextChannel)
     cut = expected[len(expected) // 3]
-    got = [m.id async for m in channel.history(limit=None, after=discord.Object(cut),
-                                                oldest_first=True)]
+    got = [
+        m.id
+        async for m in channel.history(limit=None, after=discord.Object(cut), oldest_first=True)
+    ]
     assert got == [m for m in expected if m > cut]
 
 
@@ -75,7 +77,8 @@ async def test_history_rate_limit_answers_429(make_sim: SimFactory) -> None:
                 last = r
                 body = await r.json()
         assert statuses == [200, 200, 429]
-        assert body["retry_after"] > 0 and body["global"] is False
+        assert body["retry_after"] > 0
+        assert body["global"] is False
         assert last.headers["X-RateLimit-Remaining"] == "0"
         assert float(last.headers["Retry-After"]) > 0
 
@@ -88,6 +91,7 @@ async def test_gateway_bot_and_identity(make_sim: SimFactory) -> None:
             gw = await r.json()
         async with http.get(f"{sim.api_base}/oauth2/applications/@me") as r:
             app = await r.json()
-    assert gw["url"] == sim.ws_url and gw["shards"] == 3
+    assert gw["url"] == sim.ws_url
+    assert gw["shards"] == 3
     assert gw["session_start_limit"]["max_concurrency"] == 1
     assert app["id"] == str(sim.app.application_id)

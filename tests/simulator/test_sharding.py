@@ -54,8 +54,9 @@ def _shards(sim: Simulator, count: int) -> dict[int, set[int]]:
 
 
 async def test_autosharded_client_two_shards(make_sim: SimFactory, bots: list[Bot]) -> None:
-    sim = await make_sim(guilds=6, seed=11, recommended_shards=2,
-                         gateway=GatewayConfig(max_concurrency=2))
+    sim = await make_sim(
+        guilds=6, seed=11, recommended_shards=2, gateway=GatewayConfig(max_concurrency=2)
+    )
     expected = _shards(sim, 2)
     assert all(expected.values()), "the world's guild ids must spread over both shards"
     # No shard_count: the client asks GET /gateway/bot, which points it at the simulator.
@@ -74,9 +75,11 @@ async def test_autosharded_client_two_shards(make_sim: SimFactory, bots: list[Bo
     assert sorted(got) == sorted(sim.ledger.messages)
     for d in sim.ledger.deliveries:
         assert d.guild_id is not None
-        assert sim.shard_of(d.guild_id, 2) == d.shard_id and d.connected
+        assert sim.shard_of(d.guild_id, 2) == d.shard_id
+        assert d.connected
     for m in bot.messages:
-        assert m.guild is not None and m.guild.shard_id == sim.shard_of(m.guild.id, 2)
+        assert m.guild is not None
+        assert m.guild.shard_id == sim.shard_of(m.guild.id, 2)
 
     # One shard's connection dies; the other keeps going; the dropped one resumes.
     await sim.inject_fault("drop", 1)
@@ -89,8 +92,9 @@ async def test_autosharded_client_two_shards(make_sim: SimFactory, bots: list[Bo
 
 
 async def test_identify_flood_is_refused(make_sim: SimFactory, bots: list[Bot]) -> None:
-    sim = await make_sim(guilds=4, seed=12,
-                         gateway=GatewayConfig(max_concurrency=1, identify_window_s=1.0))
+    sim = await make_sim(
+        guilds=4, seed=12, gateway=GatewayConfig(max_concurrency=1, identify_window_s=1.0)
+    )
     bot = Bot(make_client(NoWaitClient, shard_count=2))
     bots.append(bot)
     await bot.start(sim.config.token, timeout=20)
@@ -99,11 +103,14 @@ async def test_identify_flood_is_refused(make_sim: SimFactory, bots: list[Bot]) 
     refused = sum(sim.ledger.identify_refused.values())
     assert refused >= 1
     invalid = bot.raw.ops(9)
-    assert len(invalid) == refused and all(e["d"] is False for e in invalid)
+    assert len(invalid) == refused
+    assert all(e["d"] is False for e in invalid)
     assert sorted(s.shard_id for s in sim.sessions()) == [0, 1]
 
 
-async def _read_json_line(stream: asyncio.StreamReader, key: str, timeout: float) -> dict[str, object]:
+async def _read_json_line(
+    stream: asyncio.StreamReader, key: str, timeout: float
+) -> dict[str, object]:
     async def read() -> dict[str, object]:
         while True:
             line = await stream.readline()
@@ -122,12 +129,19 @@ async def test_plain_clients_per_shard_in_separate_processes(make_sim: SimFactor
     procs: list[asyncio.subprocess.Process] = []
     try:
         for shard in (0, 1):
-            procs.append(await asyncio.create_subprocess_exec(
-                sys.executable, str(WORKER), sim.api_base, sim.ws_url, sim.config.token,
-                str(shard), "2",
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                cwd="/tmp",
-            ))
+            procs.append(
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    str(WORKER),
+                    sim.api_base,
+                    sim.ws_url,
+                    sim.config.token,
+                    str(shard),
+                    "2",
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                )
+            )
         for shard, p in enumerate(procs):
             assert p.stdout is not None
             ready = await _read_json_line(p.stdout, "ready", 60)
@@ -136,8 +150,9 @@ async def test_plain_clients_per_shard_in_separate_processes(make_sim: SimFactor
         seen: dict[int, list[int]] = {0: [], 1: []}
         for shard, p in enumerate(procs):
             assert p.stdout is not None
-            want = sum(1 for r in sim.ledger.messages.values()
-                       if sim.shard_of(r.guild_id, 2) == shard)
+            want = sum(
+                1 for r in sim.ledger.messages.values() if sim.shard_of(r.guild_id, 2) == shard
+            )
             while len(seen[shard]) < want:
                 obj = await _read_json_line(p.stdout, "message", 30)
                 assert sim.shard_of(int(obj["guild"]), 2) == shard  # type: ignore[call-overload]
