@@ -219,7 +219,9 @@ class RedisService(Service):
             "--dir", str(self.root / "redis"),
             # An RDB snapshot on shutdown (and every minute when dirty) so data survives
             # `down`/`up`; Redis only holds rebuildable state, so no AOF.
-            "--save", "60 1",
+            # Separate argv words: redis-server quotes a single "60 1" word into one value
+            # and then silently never saves.
+            "--save", "60", "1",
             "--dbfilename", "dump.rdb",
             "--appendonly", "no",
             "--databases", "16",
