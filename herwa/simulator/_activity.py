@@ -188,6 +188,12 @@ class Activity:
         self._kinds = list(config.kinds)
         self._kind_cum = _cumulative(config.kinds.values())
         self._recent: dict[int, list[int]] = {}  # channel -> recent live message ids
+        self._author_pools: dict[int, tuple[list[Member], list[float], list[Member]]] = {}
+        self._channel_pools: dict[int, tuple[list[Channel], list[Channel]]] = {}
+        # Message texts drawn once from the seeded generator; content carries no signal.
+        self._contents = [
+            " ".join(self.rng.choices(_WORDS, k=self.rng.randint(2, 12))) for _ in range(512)
+        ]
         self.on_emit: Callable[[str], None] | None = None
 
     # -- random policy ----------------------------------------------------------------------
@@ -238,23 +244,34 @@ class Activity:
         self._message_random(guild, at_ms)
         return "message"
 
-    def _pick_author(self, guild: Guild, *, humans_only: bool = False) -> Member:
-        members = [
-            m
-            for m in guild.members.values()
-            if m.weight > 0 and (not humans_only or not m.user.bot)
-        ]
-        if not humans_only and self.rng.random() < self.config.bot_author_share:
+    def _authors(self, guild: Guild) -> tuple[list[Member], list[float], list[Member]]:
+        # Cached per guild (rebuilt after joins and leaves): rebuilding the weighted pool for
+        # every message would cost more than the rest of generating it.
+        pool = self._author_pools.get(guild.id)
+        if pool is None:
+            members = [m for m in guild.members.values() if m.weight > 0]
+            humans = [m for m in members if not m.user.bot]
             bots = [m for m in members if m.user.bot]
-            if bots:
-                return self.rng.choice(bots)
-        humans = [m for m in members if not m.user.bot]
-        return self.rng.choices(humans, weights=[m.weight for m in humans])[0]
+            pool = (humans, _cumulative(m.weight for m in humans), bots)
+            self._author_pools[guild.id] = pool
+        return pool
+
+    def _pick_author(self, guild: Guild, *, humans_only: bool = False) -> Member:
+        humans, cum, bots = self._authors(guild)
+        if not humans_only and bots and self.rng.random() < self.config.bot_author_share:
+            return self.rng.choice(bots)
+        return self.rng.choices(humans, cum_weights=cum)[0]
+
+    def _message_channels(self, guild: Guild) -> tuple[list[Channel], list[Channel]]:
+        chans = self._channel_pools.get(guild.id)
+        if chans is None:
+            chans = (guild.text_channels(), guild.threads())
+            self._channel_pools[guild.id] = chans
+        return chans
 
     def _message_random(self, guild: Guild, at_ms: int) -> None:
         rng = self.rng
-        texts = guild.text_channels()
-        threads = guild.threads()
+        texts, threads = self._message_channels(guild)
         if threads and rng.random() < self.config.thread_message_share:
             channel = rng.choice(threads)
         else:
@@ -339,13 +356,13 @@ class Activity:
         self, guild: Guild, channel: Channel, member: Member, kind: str, mid: int, at_ms: int
     ) -> Json:
         rng = self.rng
-        content = " ".join(rng.choices(_WORDS, k=rng.randint(2, 12)))
+        content = self._contents[rng.getrandbits(9)]
         d: Json = {
             "id": str(mid),
             "channel_id": str(channel.id),
             "guild_id": str(guild.id),
-            "author": member.user.payload(),
-            "member": member.payload(with_user=False),
+            "author": member.user.json,
+            "member": member.json_without_user,
             "content": content,
             "timestamp": iso_from_ms(at_ms),
             "edited_timestamp": None,
@@ -489,6 +506,7 @@ class Activity:
         ch = self.world.add_thread(
             guild, parent, owner_id, at_ms, name or f"thread-{len(guild.threads()) + 1}"
         )
+        self._channel_pools.pop(guild_id, None)
         self.ledger.thread(guild_id)
         d = {**ch.payload(), "newly_created": True}
         self.gateway.dispatch("THREAD_CREATE", guild_id, d, intent=GUILDS, key=ch.id)
@@ -552,6 +570,7 @@ class Activity:
     def member_join(self, guild_id: int, *, at_ms: int) -> int:
         guild = self.world.guilds[guild_id]
         m = self.world.add_member(guild, self.rng, at_ms)
+        self._author_pools.pop(guild_id, None)
         self.ledger.member_join(guild_id, at_ms, len(guild.members))
         d = {**m.payload(), "guild_id": str(guild_id)}
         self.gateway.dispatch("GUILD_MEMBER_ADD", guild_id, d, intent=GUILD_MEMBERS, key=m.user.id)
@@ -562,6 +581,7 @@ class Activity:
         if user_id in guild.voice:
             self.voice_leave(guild_id, user_id, at_ms=at_ms, reason="disconnect")
         m = guild.members.pop(user_id)
+        self._author_pools.pop(guild_id, None)
         self.ledger.member_leave(guild_id, at_ms, len(guild.members))
         d = {"guild_id": str(guild_id), "user": m.user.payload()}
         self.gateway.dispatch("GUILD_MEMBER_REMOVE", guild_id, d, intent=GUILD_MEMBERS, key=user_id)

@@ -193,6 +193,18 @@ class Session:
 Stripper = Callable[[Json], Json]
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A dispatch serialised ahead of time: with and without MESSAGE_CONTENT fields."""
+
+    event: bytes
+    guild_id: int | None
+    full: bytes
+    stripped: bytes | None
+    intent: int
+    key: int
+
+
 class Gateway:
     def __init__(self, app: AppState, world: World, ledger: Ledger, config: GatewayConfig) -> None:
         self.app = app
@@ -206,6 +218,8 @@ class Gateway:
         self.ws_url = ""
         self._on_member_request: Callable[[Session, Json], None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        # When set, dispatches are serialised into this list instead of sent (prepared bursts).
+        self.capture: list[Prepared] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -255,31 +269,58 @@ class Gateway:
         strip: Stripper | None = None,
     ) -> int:
         """Route one event to every session whose shard owns the guild; returns how many."""
-        full: bytes | None = None
+        if self.capture is not None:
+            self.capture.append(
+                self.serialize(event, guild_id, d, intent=intent, key=key, strip=strip)
+            )
+            return 0
+        full: bytes = b""
         stripped: bytes | None = None
-        name = event.encode()
+        for s in self.sessions.values():
+            if s.covers(guild_id) and (not intent or s.intents & intent):
+                if strip is not None and not s.intents & MESSAGE_CONTENT:
+                    if stripped is None:
+                        stripped = orjson.dumps(strip(d))
+                elif not full:
+                    full = orjson.dumps(d)
+        return self.dispatch_serialized(
+            Prepared(event.encode(), guild_id, full, stripped, intent, key)
+        )
+
+    @staticmethod
+    def serialize(
+        event: str,
+        guild_id: int | None,
+        d: Json,
+        *,
+        intent: int,
+        key: int = 0,
+        strip: Stripper | None = None,
+    ) -> Prepared:
+        stripped = orjson.dumps(strip(d)) if strip is not None else None
+        return Prepared(event.encode(), guild_id, orjson.dumps(d), stripped, intent, key)
+
+    def dispatch_serialized(self, p: Prepared) -> int:
         record = self.ledger.record_deliveries
         n = 0
         for s in self.sessions.values():
-            if intent and not s.intents & intent:
+            if p.intent and not s.intents & p.intent:
                 continue
-            if not s.covers(guild_id):
+            if not s.covers(p.guild_id):
                 continue
-            if strip is not None and not s.intents & MESSAGE_CONTENT:
-                if stripped is None:
-                    stripped = orjson.dumps(strip(d))
-                body = stripped
-            else:
-                if full is None:
-                    full = orjson.dumps(d)
-                body = full
-            seq, live = s.push(name, body)
+            body = p.full
+            if p.stripped is not None and not s.intents & MESSAGE_CONTENT:
+                body = p.stripped
+            seq, live = s.push(p.event, body)
             n += 1
             if record:
-                self.ledger.delivered(Delivery(event, key, guild_id, s.id, s.shard_id, seq, live))
-        self.ledger.events_emitted[event] += 1
+                self.ledger.delivered(
+                    Delivery(p.event.decode(), p.key, p.guild_id, s.id, s.shard_id, seq, live)
+                )
+        name = p.event.decode()
+        self.ledger.events_emitted[name] += 1
         if n == 0:
-            self.ledger.undelivered.append((event, key, guild_id))
+            self.ledger.undelivered.append((name, p.key, p.guild_id))
         return n
 
     def backlog(self) -> int:
