@@ -1,0 +1,324 @@
+"""The in-process row buffer and its flush to Postgres.
+
+- ``add`` is synchronous and never drops a row: gateway parsers call it and return.
+- A flush starts when ``flush_max_rows`` rows are waiting or ``flush_interval`` has passed since
+  the oldest one, whichever comes first. It takes *everything* waiting (so the per-shard gateway
+  sequence captured with it is a true "everything up to here is in this batch" mark), COPYs each
+  table into a temporary table and merges with ``INSERT … ON CONFLICT DO NOTHING`` on the natural
+  key, all in one transaction: a retried batch can never duplicate a row.
+- On a database error the batch stays in memory and is retried with exponential backoff (capped)
+  until it commits; rows arriving meanwhile keep accumulating behind it.
+- Memory is bounded: once ``capacity`` rows are held, :meth:`wait_for_room` blocks the shards'
+  websocket readers (back-pressure: Discord buffers, and the gateway replays on RESUME) instead
+  of growing without limit. The overshoot is at most one gateway event's rows per shard.
+- After the commit, ``after_commit`` gets the batch's extras (Redis state changes, gateway marks)
+  so Redis only ever reflects what Postgres already holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from herwa.bot import metrics
+from herwa.telemetry import tracer
+
+log = logging.getLogger(__name__)
+_tracer = tracer("herwa.bot.buffer")
+
+Row = tuple[Any, ...]
+
+# table -> columns, in the order capture builds the tuples.
+TABLES: dict[str, tuple[str, ...]] = {
+    "message_events": (
+        "message_id",
+        "guild_id",
+        "channel_id",
+        "thread_id",
+        "author_id",
+        "created_at",
+        "kind",
+        "is_bot",
+        "source",
+    ),
+    "message_edits": ("message_id", "edited_at", "guild_id", "channel_id"),
+    "message_deletions": ("message_id", "guild_id", "channel_id", "deleted_at"),
+    "voice_sessions": (
+        "session_id",
+        "guild_id",
+        "channel_id",
+        "user_id",
+        "channel_kind",
+        "joined_at",
+        "left_at",
+        "muted_seconds",
+        "close_reason",
+        "is_bot",
+    ),
+    "member_events": ("guild_id", "user_id", "event", "at", "account_created_at", "is_bot"),
+    "guild_events": ("guild_id", "event", "at", "member_count"),
+}
+
+
+def _merge_sql(table: str, columns: tuple[str, ...]) -> str:
+    cols = ", ".join(columns)
+    # Table and column names are the constants above, never input.
+    return (
+        f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _herwa_{table} "  # noqa: S608
+        "ON CONFLICT DO NOTHING"
+    )
+
+
+_TEMP_DDL = "".join(
+    f"CREATE TEMP TABLE IF NOT EXISTS _herwa_{t} "
+    f"(LIKE {t} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;"
+    for t in TABLES
+)
+_MERGE = {t: _merge_sql(t, c) for t, c in TABLES.items()}
+
+
+@dataclass
+class Batch:
+    rows: dict[str, list[Row]]
+    extras: list[Any]
+    marks: Any
+    count: int
+    committed: bool = False  # Postgres part done; only after_commit is left to retry
+    inserted: dict[str, int] = field(default_factory=dict)
+
+
+MarkProvider = Callable[[], Any]
+AfterCommit = Callable[[Batch], Awaitable[None]]
+
+
+async def _no_after_commit(batch: Batch) -> None:
+    return None
+
+
+class FlushBuffer:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        interval: float = 1.0,
+        max_rows: int = 5000,
+        capacity: int = 200_000,
+        after_commit: AfterCommit = _no_after_commit,
+        marks: MarkProvider | None = None,
+        backoff_max: float = 5.0,
+    ) -> None:
+        self._pool = pool
+        self.interval = interval
+        self.max_rows = max_rows
+        self.capacity = capacity
+        self._after_commit = after_commit
+        self._marks = marks
+        self._backoff_max = backoff_max
+        self._live: dict[str, list[Row]] = {t: [] for t in TABLES}
+        self._extras: list[Any] = []
+        self._live_count = 0
+        self._oldest: float | None = None
+        self._pending: Batch | None = None
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._closing = False
+        self._last_marks: Any = None
+        self.last_success = time.monotonic()
+        self.failing_since: float | None = None
+        self.flushes = 0
+        metrics.BUFFER_CAPACITY.set(capacity)
+
+    # -- producers ------------------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        return self._live_count + (self._pending.count if self._pending else 0)
+
+    def add(self, table: str, row: Row) -> None:
+        self._live[table].append(row)
+        self._added(1)
+
+    def add_many(self, table: str, rows: list[Row]) -> None:
+        if rows:
+            self._live[table].extend(rows)
+            self._added(len(rows))
+
+    def add_extra(self, extra: Any) -> None:
+        """Something ``after_commit`` applies once the rows before it are committed."""
+        self._extras.append(extra)
+        if self._oldest is None:
+            self._oldest = time.monotonic()
+
+    def _added(self, n: int) -> None:
+        self._live_count += n
+        if self._oldest is None:
+            self._oldest = time.monotonic()
+        if self._live_count >= self.max_rows:
+            self._wake.set()
+        if self.depth >= self.capacity:
+            self._room.clear()
+
+    async def wait_for_room(self) -> None:
+        if self._room.is_set():
+            return
+        started = time.monotonic()
+        await self._room.wait()
+        metrics.BACKPRESSURE_SECONDS.inc(time.monotonic() - started)
+
+    # -- flusher --------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="herwa-flusher")
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while not self._closing:
+            if self._pending is None:
+                await self._wait_due()
+                if self._closing:
+                    break
+            ok = await self._flush_once()
+            if ok:
+                backoff = 0.05
+            else:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._backoff_max)
+
+    async def _wait_due(self) -> None:
+        while not self._closing:
+            if self._live_count >= self.max_rows:
+                return
+            if self._oldest is not None:
+                left = self._oldest + self.interval - time.monotonic()
+                if left <= 0:
+                    return
+            else:
+                left = self.interval
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), left)
+            except TimeoutError:
+                if self._oldest is not None or self._marks_dirty():
+                    return
+
+    def _marks_dirty(self) -> bool:
+        return self._marks is not None and self._marks() != self._last_marks
+
+    def _take(self) -> Batch:
+        rows = self._live
+        self._live = {t: [] for t in TABLES}
+        extras, self._extras = self._extras, []
+        count, self._live_count = self._live_count, 0
+        self._oldest = None
+        marks = self._marks() if self._marks is not None else None
+        return Batch({t: r for t, r in rows.items() if r}, extras, marks, count)
+
+    async def _flush_once(self) -> bool:
+        """Take (or retry) one batch; True when it is fully applied."""
+        async with self._lock:
+            return await self._flush_locked()
+
+    async def _flush_locked(self) -> bool:
+        if self._pending is None:
+            self._pending = self._take()
+        batch = self._pending
+        try:
+            with _tracer.start_as_current_span("bot.flush") as span:
+                span.set_attribute("herwa.rows", batch.count)
+                if not batch.committed:
+                    started = time.perf_counter()
+                    try:
+                        await self._write(batch)
+                    except Exception as exc:
+                        self._failed("postgres", exc)
+                        span.record_exception(exc)
+                        return False
+                    metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
+                    batch.committed = True
+                    for table, rows in batch.rows.items():
+                        metrics.ROWS_FLUSHED.labels(table).inc(len(rows))
+                        metrics.ROWS_DUPLICATE.labels(table).inc(
+                            len(rows) - batch.inserted.get(table, 0)
+                        )
+                try:
+                    await self._after_commit(batch)
+                except Exception as exc:
+                    self._failed("redis", exc)
+                    span.record_exception(exc)
+                    return False
+            self._last_marks = batch.marks
+            self._pending = None
+            self.flushes += 1
+            self.last_success = time.monotonic()
+            self.failing_since = None
+            if self.depth < self.capacity:
+                self._room.set()
+            return True
+        finally:
+            metrics.BUFFER_DEPTH.set(self.depth)
+
+    def _failed(self, stage: str, exc: Exception) -> None:
+        metrics.FLUSH_FAILURES.labels(stage).inc()
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+        log.warning(
+            "flush failed (%s), keeping %d rows for retry: %s: %s",
+            stage,
+            self.depth,
+            type(exc).__name__,
+            exc,
+        )
+
+    async def _write(self, batch: Batch) -> None:
+        if not batch.rows:
+            return
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(_TEMP_DDL)
+            for table, rows in batch.rows.items():
+                await conn.copy_records_to_table(
+                    f"_herwa_{table}", records=rows, columns=TABLES[table]
+                )
+                status = await conn.execute(_MERGE[table])
+                batch.inserted[table] = int(status.rsplit(" ", 1)[1])
+
+    # -- shutdown / sync ------------------------------------------------------------------
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Flush everything added so far (retrying errors) within ``timeout``; True if done."""
+
+        async def _drain() -> None:
+            backoff = 0.05
+            while (
+                self._pending is not None or self._live_count or self._extras or self._marks_dirty()
+            ):
+                if await self._flush_once():
+                    backoff = 0.05
+                else:
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, self._backoff_max)
+
+        try:
+            await asyncio.wait_for(_drain(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self, timeout: float | None = None) -> bool:
+        """Stop the flusher after flushing everything; False if rows were left unflushed."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        done = await self.flush(timeout)
+        if not done:
+            left = self.depth
+            log.error("shutdown grace exceeded with %d rows unflushed", left)
+            metrics.ROWS_DROPPED.labels("all").inc(left)
+        return done
