@@ -202,6 +202,12 @@ class OperatorSettings(_Section):
         "/etc/herwa/platform.yaml", description="tiers, features and commands (ConfigMap)"
     )
     drift_check_seconds: Seconds = Field(60.0, le=3600)
+    peering_name: str | None = Field(
+        "herwa-operator",
+        pattern=r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)?$",
+        description="kopf (Cluster)KopfPeering object that elects one active replica; "
+        "empty: standalone",
+    )
 
 
 class GuildDefaults(_Section):
