@@ -258,7 +258,11 @@ _USERS_XML = """<?xml version="1.0"?>
     <profiles>
         <default/>
         <readonly>
-            <readonly>1</readonly>
+            <!-- 2, not 1: still no writes or DDL, but per-query settings such as
+                 max_execution_time (which clickhouse-connect sends when the caller passes
+                 settings=) are accepted; with 1 they are refused. `readonly` itself stays
+                 unchangeable at level 2. -->
+            <readonly>2</readonly>
         </readonly>
     </profiles>
     <quotas>

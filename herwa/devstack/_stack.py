@@ -216,7 +216,7 @@ class DevStack:
             running = state.running.get(name)
             if running is None:
                 result[name] = ServiceStatus(name, True, None, False, False, "",
-                                             str(service.log_path), "not started")
+                                             str(service.log_path), "not running")
                 continue
             alive = is_alive(running.pid, running.start_time)
             answering, detail = (

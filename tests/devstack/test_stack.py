@@ -86,6 +86,12 @@ def test_clickhouse_readonly_user(endpoints: Endpoints) -> None:
         result = reader.query("SELECT sum(n) FROM msgs WHERE guild = {guild:UInt64}",
                               parameters={"guild": 2})
         assert result.result_rows == [(25,)]
+        # readonly=2: per-query limits are allowed, the read-only level itself is not.
+        limited = reader.query("SELECT getSetting('max_execution_time')",
+                               settings={"max_execution_time": 7})
+        assert limited.result_rows == [(7,)]
+        with pytest.raises(DatabaseError, match="readonly"):
+            reader.command("SET readonly = 0")
         with pytest.raises(DatabaseError, match="readonly"):
             reader.command("CREATE TABLE nope (a UInt8) ENGINE = Memory")
         with pytest.raises(DatabaseError, match="readonly"):
