@@ -1,0 +1,163 @@
+"""The event families the ETL moves, registered in one place.
+
+Adding an event family means one :class:`Family` entry here and one migration per store. The
+SELECT list is rendered by Postgres straight into CSV in the ClickHouse column order, so a batch
+never passes through Python objects row by row (see :mod:`herwa.etl.sync`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def _ms(column: str) -> str:
+    # Staging capture time in ms is the row's ClickHouse version: stable across retries (so a
+    # re-sent batch has identical bytes and a matching dedup token) and newer for a re-capture.
+    return f"floor(extract(epoch FROM {column}) * 1000)::bigint"
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str  # metric label and run-log key
+    staging_table: str  # Postgres
+    target_table: str  # ClickHouse
+    key: tuple[str, ...]  # staging primary key: the claimed batch is ordered by it
+    columns: tuple[tuple[str, str], ...]  # (ClickHouse column, Postgres expression)
+    lag_column: str = "captured_at"  # ingestion lag = now() - min(this) over pending rows
+    user_column: str | None = None  # rows of opted-out (guild_id, user) are never loaded
+    rollup: str | None = None  # which rollup maintenance the batch triggers (see rollups.py)
+
+    @property
+    def target_columns(self) -> list[str]:
+        return [name for name, _ in self.columns]
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family(
+        name="message_events",
+        staging_table="message_events",
+        target_table="messages",
+        key=("message_id",),
+        columns=(
+            ("message_id", "message_id"),
+            ("guild_id", "guild_id"),
+            ("channel_id", "channel_id"),
+            ("thread_id", "coalesce(thread_id, 0)"),
+            ("author_id", "author_id"),
+            ("created_at", "created_at"),
+            ("kind", "kind"),
+            ("is_bot", "is_bot::int"),
+            ("source", "source"),
+            ("version", _ms("captured_at")),
+        ),
+        user_column="author_id",
+        rollup="messages",
+    ),
+    Family(
+        name="message_edits",
+        staging_table="message_edits",
+        target_table="message_edits",
+        key=("message_id", "edited_at"),
+        columns=(
+            ("message_id", "message_id"),
+            ("guild_id", "guild_id"),
+            ("channel_id", "channel_id"),
+            ("edited_at", "edited_at"),
+            ("version", _ms("captured_at")),
+        ),
+    ),
+    Family(
+        name="message_deletions",
+        staging_table="message_deletions",
+        target_table="message_deletions",
+        key=("message_id",),
+        columns=(
+            ("message_id", "message_id"),
+            ("guild_id", "guild_id"),
+            ("channel_id", "channel_id"),
+            ("deleted_at", "deleted_at"),
+            ("version", _ms("captured_at")),
+        ),
+        rollup="deletions",
+    ),
+    Family(
+        name="voice_sessions",
+        staging_table="voice_sessions",
+        target_table="voice_sessions",
+        key=("session_id",),
+        columns=(
+            ("session_id", "session_id"),
+            ("guild_id", "guild_id"),
+            ("channel_id", "channel_id"),
+            ("user_id", "user_id"),
+            ("channel_kind", "channel_kind"),
+            ("joined_at", "joined_at"),
+            ("left_at", "left_at"),
+            ("duration_seconds", "duration_seconds"),
+            ("muted_seconds", "muted_seconds"),
+            ("close_reason", "close_reason"),
+            ("is_bot", "is_bot::int"),
+            ("version", _ms("captured_at")),
+        ),
+        user_column="user_id",
+    ),
+    Family(
+        name="member_events",
+        staging_table="member_events",
+        target_table="member_events",
+        key=("guild_id", "user_id", "event", "at"),
+        columns=(
+            ("guild_id", "guild_id"),
+            ("user_id", "user_id"),
+            ("event", "event"),
+            ("at", "at"),
+            ("account_created_at", "account_created_at"),
+            ("is_bot", "is_bot::int"),
+            ("version", _ms("captured_at")),
+        ),
+        user_column="user_id",
+    ),
+    Family(
+        name="guild_events",
+        staging_table="guild_events",
+        target_table="guild_events",
+        key=("guild_id", "event", "at"),
+        columns=(
+            ("guild_id", "guild_id"),
+            ("event", "event"),
+            ("at", "at"),
+            ("member_count", "member_count"),
+            ("version", _ms("captured_at")),
+        ),
+    ),
+    Family(
+        name="member_count_snapshots",
+        staging_table="member_count_snapshots",
+        target_table="member_count_snapshots",
+        key=("guild_id", "day"),
+        columns=(
+            ("guild_id", "guild_id"),
+            ("day", "day"),
+            ("member_count", "member_count"),
+            ("taken_at", "taken_at"),
+        ),
+        lag_column="taken_at",
+    ),
+    Family(
+        name="command_usage",
+        staging_table="command_usage",
+        target_table="command_usage",
+        key=("drain_id", "guild_id", "command", "hour", "outcome"),
+        columns=(
+            ("drain_id", "drain_id"),
+            ("guild_id", "guild_id"),
+            ("command", "command"),
+            ("hour", "hour"),
+            ("outcome", "outcome"),
+            ("invocations", "invocations"),
+            ("version", _ms("captured_at")),
+        ),
+    ),
+)
+
+BY_NAME: dict[str, Family] = {family.name: family for family in FAMILIES}

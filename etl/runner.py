@@ -1,0 +1,136 @@
+"""One bounded ETL run: lock, privacy, usage drain, sync every family, cleanup, metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import asyncpg
+from redis.asyncio import Redis
+
+from herwa import usage
+from herwa.etl import cleanup, lock, metrics, privacy
+from herwa.etl.families import FAMILIES
+from herwa.etl.sync import FaultHook, prepare_session, purge_opted_out, sync_batch
+from herwa.stores import clickhouse_url_client, postgres_connection
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.asyncclient import AsyncClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    batch_rows: int = 50_000
+    deadline_seconds: float = 600.0
+    retention_hours: float = 72.0
+    pushgateway_url: str | None = None
+    redis_prefix: str = "herwa:"
+
+
+@dataclass
+class RunResult:
+    run_id: int
+    outcome: str  # caught_up | deadline | failed
+    seconds: float
+    stats: metrics.RunStats = field(default_factory=metrics.RunStats)
+    error: str | None = None
+
+
+async def run_once(
+    postgres_dsn: str,
+    clickhouse_url: str,
+    redis: Redis | None,
+    options: RunOptions,
+    *,
+    fault: FaultHook | None = None,
+) -> RunResult:
+    """Raises :class:`lock.LockHeld` if another run is active; otherwise returns the result."""
+    started = time.monotonic()
+    pg = await postgres_connection(postgres_dsn)
+    try:
+        await prepare_session(pg)
+        await lock.acquire(pg)
+        ch = await clickhouse_url_client(clickhouse_url)
+        try:
+            return await _locked_run(pg, ch, redis, options, started, fault)
+        finally:
+            await ch.close()
+    finally:
+        # Closing the session releases the advisory lock too, even after a failed batch.
+        await pg.close()
+
+
+async def _locked_run(
+    pg: asyncpg.Connection,
+    ch: AsyncClient,
+    redis: Redis | None,
+    options: RunOptions,
+    started: float,
+    fault: FaultHook | None,
+) -> RunResult:
+    run_id = await metrics.start_run(pg)
+    prom = metrics.EtlMetrics()
+    stats = metrics.RunStats()
+    deadline = started + options.deadline_seconds
+    outcome, error = "caught_up", None
+    try:
+        # Deletions first: rows of a user being erased must not be loaded by this very run.
+        stats.deletions = await privacy.carry_out_all(pg, ch)
+        prom.deletions.inc(stats.deletions)
+        if redis is not None:
+            stats.usage_drained = await usage.drain(redis, options.redis_prefix, pg)
+            prom.usage.inc(stats.usage_drained)
+        for family in FAMILIES:
+            skipped = await purge_opted_out(pg, family)
+            stats.rows_skipped[family.name] = skipped
+            prom.skipped.labels(family.name).inc(skipped)
+            stats.rows_moved[family.name] = 0
+        # Round robin, one batch per family per pass, so a huge backlog in one family cannot
+        # starve the others until the deadline.
+        pending = list(FAMILIES)
+        while pending:
+            if time.monotonic() >= deadline:
+                outcome = "deadline"
+                break
+            for family in list(pending):
+                result = await sync_batch(pg, ch, family, options.batch_rows, fault=fault)
+                stats.rows_moved[family.name] += result.rows
+                prom.rows.labels(family.name).inc(result.rows)
+                prom.batch.labels(family.name).observe(result.seconds)
+                if result.rows < options.batch_rows:
+                    pending.remove(family)
+        cutoff = datetime.now(UTC) - timedelta(hours=options.retention_hours)
+        stats.rows_cleaned = await cleanup.cleanup(pg, cutoff)
+        for table, count in stats.rows_cleaned.items():
+            prom.cleaned.labels(table).inc(count)
+        for family in FAMILIES:
+            stats.lag_seconds[family.name] = await metrics.ingestion_lag(
+                pg, family.staging_table, family.lag_column
+            )
+    except Exception as exc:
+        outcome, error = "failed", f"{type(exc).__name__}: {exc}"
+        log.exception("etl run failed")
+    seconds = time.monotonic() - started
+    prom.finish(outcome, seconds, stats, time.time())
+    try:
+        await metrics.finish_run(pg, run_id, outcome, seconds, stats, error)
+    except (asyncpg.PostgresError, OSError):
+        # The connection may be what failed; the run-log row then stays 'running'.
+        log.warning("could not record the run outcome in etl_runs", exc_info=True)
+    prom.push(options.pushgateway_url)
+    log.info(
+        "etl run finished",
+        extra={
+            "run_id": run_id,
+            "outcome": outcome,
+            "seconds": round(seconds, 3),
+            "rows": stats.rows_moved,
+            "lag": stats.lag_seconds,
+        },
+    )
+    return RunResult(run_id, outcome, seconds, stats, error)
