@@ -130,7 +130,7 @@ async def run_case(kind: str, messages: int, compress: bool) -> tuple[float, flo
             sim.config.token,
             *(["--zlib"] if compress else []),
             stdout=asyncio.subprocess.PIPE,
-            cwd=os.path.dirname(os.path.abspath(__file__)),
+            cwd=HERE,
         )
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 60)
