@@ -193,18 +193,20 @@ class DevStack:
             return self._endpoints(state, services)
 
     def down(self) -> None:
-        with self._locked():
-            state = _State.load(self._state_path)
-            services = self._services()
-            for name in list(state.running):
-                self._stop_one(name, state, services[name])
+        # Never create anything here: the exit hook may run after the dir was deleted.
+        if self._state_path.exists():
+            with self._locked():
+                state = _State.load(self._state_path)
+                services = self._services(create_secrets=False)
+                for name in list(state.running):
+                    self._stop_one(name, state, services[name])
         if self._atexit_registered:
             atexit.unregister(self._down_at_exit)
             self._atexit_registered = False
 
     def status(self) -> dict[str, ServiceStatus]:
         state = _State.load(self._state_path)
-        services = self._services()
+        services = self._services(create_secrets=False)
         result: dict[str, ServiceStatus] = {}
         for name, service in services.items():
             if name in self._external:
@@ -252,7 +254,7 @@ class DevStack:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def _secrets(self) -> dict[str, str]:
+    def _secrets(self, *, create: bool = True) -> dict[str, str]:
         """Passwords generated once per data dir, so DSNs survive restarts."""
         path = self.data_dir / _SECRETS_FILE
         try:
@@ -260,7 +262,7 @@ class DevStack:
         except FileNotFoundError:
             loaded = {}
         wanted = ("postgres", "clickhouse", "clickhouse_ro")
-        if all(key in loaded for key in wanted):
+        if not create or all(key in loaded for key in wanted):
             return loaded
         for key in wanted:
             # URL-safe alphabet: the passwords go verbatim into DSNs and XML.
@@ -271,8 +273,8 @@ class DevStack:
             json.dump(loaded, fh, indent=2)
         return loaded
 
-    def _services(self) -> dict[str, Service]:
-        root, creds = self.data_dir, self._secrets()
+    def _services(self, *, create_secrets: bool = True) -> dict[str, Service]:
+        root, creds = self.data_dir, self._secrets(create=create_secrets)
         return {
             "postgres": PostgresService(root, creds),
             "redis": RedisService(root, creds),

