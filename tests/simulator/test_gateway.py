@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Mapping
 
 import discord
 import pytest
 
 from herwa.simulator import GatewayConfig
+from herwa.simulator._world import Member
 from tests.simulator.conftest import Bot, SimFactory, intents, make_client, now_ms
 
 
-def _human(sim_guild_members: dict[int, object], bot_id: int) -> int:
+def _human(sim_guild_members: Mapping[int, Member], bot_id: int) -> int:
     for uid, m in sim_guild_members.items():
-        if uid != bot_id and not m.user.bot:  # type: ignore[attr-defined]
+        if uid != bot_id and not m.user.bot:
             return uid
     raise AssertionError("no human member")
 
