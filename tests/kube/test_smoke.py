@@ -28,33 +28,51 @@ def _crd(plural: str, kind: str) -> dict[str, Any]:
             "group": GROUP,
             "scope": "Namespaced",
             "names": {"plural": plural, "singular": plural[:-1], "kind": kind},
-            "versions": [{
-                "name": "v1alpha1", "served": True, "storage": True,
-                "subresources": {"status": {}},
-                "schema": {"openAPIV3Schema": {
-                    "type": "object",
-                    "properties": {
-                        "spec": {
+            "versions": [
+                {
+                    "name": "v1alpha1",
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "schema": {
+                        "openAPIV3Schema": {
                             "type": "object",
-                            "required": ["guildId"],
                             "properties": {
-                                "guildId": {"type": "string", "pattern": "^[0-9]{17,20}$"},
-                                "retentionDays": {"type": "integer", "minimum": 1,
-                                                  "maximum": 3650, "default": 30},
+                                "spec": {
+                                    "type": "object",
+                                    "required": ["guildId"],
+                                    "properties": {
+                                        "guildId": {"type": "string", "pattern": "^[0-9]{17,20}$"},
+                                        "retentionDays": {
+                                            "type": "integer",
+                                            "minimum": 1,
+                                            "maximum": 3650,
+                                            "default": 30,
+                                        },
+                                    },
+                                },
+                                "status": {
+                                    "type": "object",
+                                    "x-kubernetes-preserve-unknown-fields": True,
+                                },
                             },
-                        },
-                        "status": {"type": "object",
-                                   "x-kubernetes-preserve-unknown-fields": True},
+                        }
                     },
-                }},
-            }],
+                }
+            ],
         },
     }
 
 
 def _cr(kind: str, ns: str, name: str, spec: dict[str, Any]) -> str:
-    return json.dumps({"apiVersion": f"{GROUP}/v1alpha1", "kind": kind,
-                       "metadata": {"name": name, "namespace": ns}, "spec": spec})
+    return json.dumps(
+        {
+            "apiVersion": f"{GROUP}/v1alpha1",
+            "kind": kind,
+            "metadata": {"name": name, "namespace": ns},
+            "spec": spec,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +80,9 @@ def crd(kube_cluster: KubeCluster) -> Iterator[str]:
     """A CRD applied for this module and waited on until Established; yields its kind."""
     plural, kind = "smokeguilds", "SmokeGuild"
     kube_cluster.kubectl("apply", "-f", "-", input=json.dumps(_crd(plural, kind)), check=True)
-    waited = kube_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                                  f"crd/{plural}.{GROUP}")
+    waited = kube_cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", f"crd/{plural}.{GROUP}"
+    )
     assert waited.returncode == 0, waited.stderr
     yield kind
     kube_cluster.kubectl("delete", f"crd/{plural}.{GROUP}", "--wait=false")
@@ -81,10 +100,18 @@ def test_api_server_ready(kube_cluster: KubeCluster) -> None:
 def test_crd_established_and_defaults_applied(
     kube_cluster: KubeCluster, crd: str, kube_namespace: str
 ) -> None:
-    kube_cluster.kubectl("apply", "-f", "-", check=True,
-                         input=_cr(crd, kube_namespace, "good", {"guildId": "123456789012345678"}))
-    got = json.loads(kube_cluster.kubectl("get", f"{crd.lower()}.{GROUP}", "good", "-n",
-                                          kube_namespace, "-o", "json", check=True).stdout)
+    kube_cluster.kubectl(
+        "apply",
+        "-f",
+        "-",
+        check=True,
+        input=_cr(crd, kube_namespace, "good", {"guildId": "123456789012345678"}),
+    )
+    got = json.loads(
+        kube_cluster.kubectl(
+            "get", f"{crd.lower()}.{GROUP}", "good", "-n", kube_namespace, "-o", "json", check=True
+        ).stdout
+    )
     assert got["spec"]["retentionDays"] == 30  # schema default applied by the server
 
 
@@ -98,8 +125,9 @@ def test_invalid_custom_resource_rejected(
     assert "is invalid" in result.stderr
     assert "spec.guildId" in result.stderr
     assert "spec.retentionDays" in result.stderr
-    missing = kube_cluster.kubectl("apply", "--validate=false", "-f", "-",
-                                   input=_cr(crd, kube_namespace, "bad2", {}))
+    missing = kube_cluster.kubectl(
+        "apply", "--validate=false", "-f", "-", input=_cr(crd, kube_namespace, "bad2", {})
+    )
     assert missing.returncode != 0
     assert "spec.guildId: Required value" in missing.stderr
 
@@ -113,12 +141,14 @@ def test_server_side_dry_run(kube_cluster: KubeCluster, crd: str, kube_namespace
     assert gone.returncode != 0
     assert "NotFound" in gone.stderr
     bad = _cr(crd, kube_namespace, "dry", {"guildId": "x"})
-    rejected = kube_cluster.kubectl("apply", "--dry-run=server", "--validate=false", "-f", "-",
-                                    input=bad)
+    rejected = kube_cluster.kubectl(
+        "apply", "--dry-run=server", "--validate=false", "-f", "-", input=bad
+    )
     assert rejected.returncode != 0
     assert "spec.guildId" in rejected.stderr
-    ssa = kube_cluster.kubectl("apply", "--server-side", "--field-manager=herwa-test",
-                               "-f", "-", input=good)
+    ssa = kube_cluster.kubectl(
+        "apply", "--server-side", "--field-manager=herwa-test", "-f", "-", input=good
+    )
     assert ssa.returncode == 0, ssa.stderr
 
 
@@ -132,17 +162,37 @@ def _eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:
 
 
 def _rbac(ns: str, subject: dict[str, str]) -> str:
-    return json.dumps({"apiVersion": "v1", "kind": "List", "items": [
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-         "metadata": {"name": "cm-reader", "namespace": ns},
-         "rules": [{"apiGroups": [""], "resources": ["configmaps"],
-                    "verbs": ["get", "list", "watch"]}]},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-         "metadata": {"name": "cm-reader", "namespace": ns},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                     "name": "cm-reader"},
-         "subjects": [subject]},
-    ]})
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "List",
+            "items": [
+                {
+                    "apiVersion": "rbac.authorization.k8s.io/v1",
+                    "kind": "Role",
+                    "metadata": {"name": "cm-reader", "namespace": ns},
+                    "rules": [
+                        {
+                            "apiGroups": [""],
+                            "resources": ["configmaps"],
+                            "verbs": ["get", "list", "watch"],
+                        }
+                    ],
+                },
+                {
+                    "apiVersion": "rbac.authorization.k8s.io/v1",
+                    "kind": "RoleBinding",
+                    "metadata": {"name": "cm-reader", "namespace": ns},
+                    "roleRef": {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "Role",
+                        "name": "cm-reader",
+                    },
+                    "subjects": [subject],
+                },
+            ],
+        }
+    )
 
 
 def test_rbac_service_account_token(kube_cluster: KubeCluster, kube_namespace: str) -> None:
@@ -152,14 +202,21 @@ def test_rbac_service_account_token(kube_cluster: KubeCluster, kube_namespace: s
     assert "token" in json.loads(kubeconfig.read_text())["users"][0]["user"]
 
     def can_list() -> bool:
-        return kube_cluster.kubectl("get", "configmaps", "-n", ns,
-                                    kubeconfig=kubeconfig).returncode == 0
+        return (
+            kube_cluster.kubectl("get", "configmaps", "-n", ns, kubeconfig=kubeconfig).returncode
+            == 0
+        )
 
     denied = kube_cluster.kubectl("get", "configmaps", "-n", ns, kubeconfig=kubeconfig)
     assert denied.returncode != 0
     assert f'"system:serviceaccount:{ns}:herwa-operator" cannot list resource' in denied.stderr
-    kube_cluster.kubectl("apply", "-f", "-", check=True, input=_rbac(
-        ns, {"kind": "ServiceAccount", "name": "herwa-operator", "namespace": ns}))
+    kube_cluster.kubectl(
+        "apply",
+        "-f",
+        "-",
+        check=True,
+        input=_rbac(ns, {"kind": "ServiceAccount", "name": "herwa-operator", "namespace": ns}),
+    )
     assert _eventually(can_list)
     # the grant is namespaced: still denied elsewhere
     other = kube_cluster.kubectl("get", "configmaps", "-n", "default", kubeconfig=kubeconfig)
@@ -167,19 +224,27 @@ def test_rbac_service_account_token(kube_cluster: KubeCluster, kube_namespace: s
     assert "forbidden" in other.stderr.lower()
 
 
-def test_rbac_certificate_identity_by_group(
-    kube_cluster: KubeCluster, kube_namespace: str
-) -> None:
+def test_rbac_certificate_identity_by_group(kube_cluster: KubeCluster, kube_namespace: str) -> None:
     ns = kube_namespace
     group = f"herwa:viewers-{uuid.uuid4().hex[:6]}"
     kubeconfig = kube_cluster.kubeconfig_for("jane@example.test", [group])
-    whoami = kube_cluster.kubectl("auth", "can-i", "list", "configmaps", "-n", ns,
-                                  kubeconfig=kubeconfig)
+    whoami = kube_cluster.kubectl(
+        "auth", "can-i", "list", "configmaps", "-n", ns, kubeconfig=kubeconfig
+    )
     assert whoami.stdout.strip() == "no"
-    kube_cluster.kubectl("apply", "-f", "-", check=True, input=_rbac(
-        ns, {"kind": "Group", "name": group, "apiGroup": "rbac.authorization.k8s.io"}))
-    assert _eventually(lambda: kube_cluster.kubectl(
-        "get", "configmaps", "-n", ns, kubeconfig=kubeconfig).returncode == 0)
+    kube_cluster.kubectl(
+        "apply",
+        "-f",
+        "-",
+        check=True,
+        input=_rbac(ns, {"kind": "Group", "name": group, "apiGroup": "rbac.authorization.k8s.io"}),
+    )
+    assert _eventually(
+        lambda: (
+            kube_cluster.kubectl("get", "configmaps", "-n", ns, kubeconfig=kubeconfig).returncode
+            == 0
+        )
+    )
 
 
 def test_helm_install_against_server(
@@ -190,20 +255,25 @@ def test_helm_install_against_server(
     (chart / "Chart.yaml").write_text("apiVersion: v2\nname: smoke\nversion: 0.1.0\n")
     (chart / "templates" / "cm.yaml").write_text(
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-cm\n"
-        "data:\n  answer: {{ .Values.answer | quote }}\n")
+        "data:\n  answer: {{ .Values.answer | quote }}\n"
+    )
     (chart / "values.yaml").write_text("answer: 42\n")
-    installed = kube_cluster.helm("install", "smoke", chart, "-n", kube_namespace,
-                                  "--wait=false")
+    installed = kube_cluster.helm("install", "smoke", chart, "-n", kube_namespace, "--wait=false")
     assert installed.returncode == 0, installed.stderr
-    cm = json.loads(kube_cluster.kubectl("get", "configmap", "smoke-cm", "-n", kube_namespace,
-                                         "-o", "json", check=True).stdout)
+    cm = json.loads(
+        kube_cluster.kubectl(
+            "get", "configmap", "smoke-cm", "-n", kube_namespace, "-o", "json", check=True
+        ).stdout
+    )
     assert cm["data"]["answer"] == "42"
 
 
 def test_helm_and_promtool_run(kube_tools: KubeTools) -> None:
-    helm = subprocess.run([kube_tools.helm, "version", "--short"], capture_output=True,
-                          text=True, check=True)
+    helm = subprocess.run(
+        [kube_tools.helm, "version", "--short"], capture_output=True, text=True, check=True
+    )
     assert helm.stdout.startswith("v3.18.0")
-    promtool = subprocess.run([kube_tools.promtool, "--version"], capture_output=True,
-                              text=True, check=True)
+    promtool = subprocess.run(
+        [kube_tools.promtool, "--version"], capture_output=True, text=True, check=True
+    )
     assert "promtool, version 2." in promtool.stdout + promtool.stderr

@@ -113,8 +113,12 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _run(args: Sequence[str | Path]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(a) for a in args], capture_output=True, text=True, check=True)
+def _openssl(command: str, **options: str | Path) -> None:
+    """``_openssl("req -new", key=k, out=o)`` runs ``openssl req -new -key k -out o``."""
+    args = ["openssl", *command.split()]
+    for name, value in options.items():
+        args += [f"-{name}", str(value)]
+    subprocess.run(args, capture_output=True, text=True, check=True)
 
 
 class _Pki:
@@ -128,32 +132,43 @@ class _Pki:
             pytest.fail("kube_cluster needs the openssl command line tool", pytrace=False)
         self.ca_key, self.ca_crt = root / "ca.key", root / "ca.crt"
         self._genrsa(self.ca_key)
-        _run(["openssl", "req", "-x509", "-new", "-key", self.ca_key, "-out", self.ca_crt,
-              "-days", "30", "-subj", "/CN=herwa-test-ca", "-sha256"])
+        _openssl(
+            "req -x509 -new -sha256 -days 30",
+            subj="/CN=herwa-test-ca",
+            key=self.ca_key,
+            out=self.ca_crt,
+        )
         self.serving_key, self.serving_crt = root / "apiserver.key", root / "apiserver.crt"
         self.sign(
-            self.serving_key, self.serving_crt, "/CN=kube-apiserver",
+            self.serving_key,
+            self.serving_crt,
+            "/CN=kube-apiserver",
             ext="subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,"
             "DNS:kubernetes.default,DNS:kubernetes.default.svc\n"
             "extendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n",
         )
         self.sa_key, self.sa_pub = root / "sa.key", root / "sa.pub"
         self._genrsa(self.sa_key)
-        _run(["openssl", "rsa", "-in", self.sa_key, "-pubout", "-out", self.sa_pub])
+        _openssl("rsa -pubout", **{"in": self.sa_key}, out=self.sa_pub)
 
     @staticmethod
     def _genrsa(path: Path) -> None:
-        _run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
-              "-out", path])
+        _openssl("genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048", out=path)
         path.chmod(0o600)
 
     def sign(self, key: Path, crt: Path, subject: str, ext: str) -> None:
         self._genrsa(key)
         csr, extfile = crt.with_suffix(".csr"), crt.with_suffix(".ext")
         extfile.write_text(ext)
-        _run(["openssl", "req", "-new", "-key", key, "-out", csr, "-subj", subject])
-        _run(["openssl", "x509", "-req", "-in", csr, "-CA", self.ca_crt, "-CAkey", self.ca_key,
-              "-CAcreateserial", "-out", crt, "-days", "30", "-sha256", "-extfile", extfile])
+        _openssl("req -new", key=key, out=csr, subj=subject)
+        _openssl(
+            "x509 -req -CAcreateserial -days 30 -sha256",
+            **{"in": csr},
+            out=crt,
+            extfile=extfile,
+            CA=self.ca_crt,
+            CAkey=self.ca_key,
+        )
         csr.unlink()
         extfile.unlink()
 
@@ -163,8 +178,12 @@ class _Pki:
 
         subject = "/CN=" + esc(username) + "".join("/O=" + esc(g) for g in groups)
         key, crt = self.root / f"{stem}.key", self.root / f"{stem}.crt"
-        self.sign(key, crt, subject,
-                  ext="extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n")
+        self.sign(
+            key,
+            crt,
+            subject,
+            ext="extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n",
+        )
         return key, crt
 
 
@@ -200,41 +219,57 @@ class KubeCluster:
         etcd_url = f"http://127.0.0.1:{etcd_port}"
         server = f"https://127.0.0.1:{api_port}"
         cluster = cls(
-            tools=tools, workdir=workdir, server=server, ca_file=pki.ca_crt,
-            admin_token=admin_token, admin_kubeconfig=workdir / "admin.kubeconfig",
-            etcd_url=etcd_url, _pki=pki,
+            tools=tools,
+            workdir=workdir,
+            server=server,
+            ca_file=pki.ca_crt,
+            admin_token=admin_token,
+            admin_kubeconfig=workdir / "admin.kubeconfig",
+            etcd_url=etcd_url,
+            _pki=pki,
         )
         cluster._write_kubeconfig(cluster.admin_kubeconfig, ADMIN_USER, {"token": admin_token})
         try:
-            cluster._spawn("etcd", [
-                tools.etcd, "--name", "herwa-test", "--data-dir", workdir / "etcd",
-                "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
-                "--listen-peer-urls", f"http://127.0.0.1:{etcd_peer}",
-                "--initial-advertise-peer-urls", f"http://127.0.0.1:{etcd_peer}",
-                "--initial-cluster", f"herwa-test=http://127.0.0.1:{etcd_peer}",
-                "--listen-metrics-urls", f"http://127.0.0.1:{_free_port()}",
-                "--log-level", "warn",
-            ])
+            cluster._spawn(
+                "etcd",
+                [
+                    tools.etcd,
+                    "--name=herwa-test",
+                    f"--data-dir={workdir / 'etcd'}",
+                    f"--listen-client-urls={etcd_url}",
+                    f"--advertise-client-urls={etcd_url}",
+                    f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
+                    f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
+                    f"--initial-cluster=herwa-test=http://127.0.0.1:{etcd_peer}",
+                    f"--listen-metrics-urls=http://127.0.0.1:{_free_port()}",
+                    "--log-level=warn",
+                ],
+            )
             cluster._wait_http(f"{etcd_url}/health", "etcd", auth=False)
-            cluster._spawn("kube-apiserver", [
-                tools.kube_apiserver,
-                "--etcd-servers", etcd_url,
-                "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
-                "--secure-port", str(api_port),
-                "--tls-cert-file", pki.serving_crt, "--tls-private-key-file", pki.serving_key,
-                "--client-ca-file", pki.ca_crt,
-                "--token-auth-file", tokens,
-                "--authorization-mode", "RBAC",
-                "--anonymous-auth=false",
-                "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
-                "--service-account-key-file", pki.sa_pub,
-                "--service-account-signing-key-file", pki.sa_key,
-                "--service-cluster-ip-range", "10.0.0.0/24",
-                "--allow-privileged=true",
-                "--cert-dir", workdir / "apiserver-certs",
-                "--profiling=false",
-                "--v", "1",
-            ])
+            cluster._spawn(
+                "kube-apiserver",
+                [
+                    tools.kube_apiserver,
+                    f"--etcd-servers={etcd_url}",
+                    "--bind-address=127.0.0.1",
+                    "--advertise-address=127.0.0.1",
+                    f"--secure-port={api_port}",
+                    f"--tls-cert-file={pki.serving_crt}",
+                    f"--tls-private-key-file={pki.serving_key}",
+                    f"--client-ca-file={pki.ca_crt}",
+                    f"--token-auth-file={tokens}",
+                    "--authorization-mode=RBAC",
+                    "--anonymous-auth=false",
+                    "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                    f"--service-account-key-file={pki.sa_pub}",
+                    f"--service-account-signing-key-file={pki.sa_key}",
+                    "--service-cluster-ip-range=10.0.0.0/24",
+                    "--allow-privileged=true",
+                    f"--cert-dir={workdir / 'apiserver-certs'}",
+                    "--profiling=false",
+                    "--v=1",
+                ],
+            )
             cluster._wait_http(f"{server}/readyz", "kube-apiserver", auth=True)
         except BaseException:
             cluster.stop()
@@ -246,8 +281,12 @@ class KubeCluster:
         log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - owned by the process
         try:
             proc = subprocess.Popen(
-                [str(a) for a in args], stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, cwd=self.workdir, start_new_session=True,
+                [str(a) for a in args],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
         finally:
@@ -268,7 +307,9 @@ class KubeCluster:
                 if proc.poll() is not None:
                     pytest.fail(
                         f"{pname} exited with {proc.returncode} while starting:\n"
-                        f"{self._log_tail(pname)}", pytrace=False)
+                        f"{self._log_tail(pname)}",
+                        pytrace=False,
+                    )
             req = urllib.request.Request(url)  # noqa: S310 - our own 127.0.0.1 URL
             if auth:
                 req.add_header("Authorization", f"Bearer {self.admin_token}")
@@ -279,8 +320,10 @@ class KubeCluster:
             except (urllib.error.URLError, OSError) as exc:
                 last = str(exc)
             time.sleep(0.2)
-        pytest.fail(f"{name} not ready after {START_TIMEOUT:.0f} s ({last}):\n"
-                    f"{self._log_tail(name)}", pytrace=False)
+        pytest.fail(
+            f"{name} not ready after {START_TIMEOUT:.0f} s ({last}):\n{self._log_tail(name)}",
+            pytrace=False,
+        )
 
     def stop(self) -> None:
         """Stops kube-apiserver, then etcd (SIGTERM, then SIGKILL after 15 s)."""
@@ -323,33 +366,61 @@ class KubeCluster:
         return env
 
     def kubectl(
-        self, *args: str | Path, kubeconfig: Path | None = None, input: str | None = None,
-        check: bool = False, timeout: float = 120,
+        self,
+        *args: str | Path,
+        kubeconfig: Path | None = None,
+        input: str | None = None,
+        check: bool = False,
+        timeout: float = 120,
     ) -> subprocess.CompletedProcess[str]:
         """Runs kubectl as admin (or with ``kubeconfig``); never raises unless ``check``."""
-        cmd = [str(self.tools.kubectl), "--kubeconfig", str(kubeconfig or self.admin_kubeconfig),
-               *map(str, args)]
-        return subprocess.run(cmd, input=input, capture_output=True, text=True, check=check,
-                              env=self.tool_env(), timeout=timeout)
+        cmd = [
+            str(self.tools.kubectl),
+            "--kubeconfig",
+            str(kubeconfig or self.admin_kubeconfig),
+            *map(str, args),
+        ]
+        return subprocess.run(
+            cmd,
+            input=input,
+            capture_output=True,
+            text=True,
+            check=check,
+            env=self.tool_env(),
+            timeout=timeout,
+        )
 
     def helm(
-        self, *args: str | Path, kubeconfig: Path | None = None, check: bool = False,
+        self,
+        *args: str | Path,
+        kubeconfig: Path | None = None,
+        check: bool = False,
         timeout: float = 300,
     ) -> subprocess.CompletedProcess[str]:
         """Runs helm as admin (or with ``kubeconfig``); never raises unless ``check``."""
-        cmd = [str(self.tools.helm), "--kubeconfig", str(kubeconfig or self.admin_kubeconfig),
-               *map(str, args)]
-        return subprocess.run(cmd, capture_output=True, text=True, check=check,
-                              env=self.tool_env(), timeout=timeout)
+        cmd = [
+            str(self.tools.helm),
+            "--kubeconfig",
+            str(kubeconfig or self.admin_kubeconfig),
+            *map(str, args),
+        ]
+        return subprocess.run(
+            cmd, capture_output=True, text=True, check=check, env=self.tool_env(), timeout=timeout
+        )
 
     def create_namespace(self, name: str) -> str:
         """Creates ``name`` (if missing) and its ``default`` ServiceAccount, which no controller
         makes here. Returns ``name``."""
         manifest = {
-            "apiVersion": "v1", "kind": "List", "items": [
+            "apiVersion": "v1",
+            "kind": "List",
+            "items": [
                 {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
-                {"apiVersion": "v1", "kind": "ServiceAccount",
-                 "metadata": {"name": "default", "namespace": name}},
+                {
+                    "apiVersion": "v1",
+                    "kind": "ServiceAccount",
+                    "metadata": {"name": "default", "namespace": name},
+                },
             ],
         }
         self.kubectl("apply", "-f", "-", input=json.dumps(manifest), check=True)
@@ -357,12 +428,22 @@ class KubeCluster:
 
     def _write_kubeconfig(self, path: Path, user: str, creds: dict[str, str]) -> None:
         config = {
-            "apiVersion": "v1", "kind": "Config", "preferences": {},
-            "clusters": [{"name": "herwa-test", "cluster": {
-                "server": self.server, "certificate-authority": str(self.ca_file)}}],
+            "apiVersion": "v1",
+            "kind": "Config",
+            "preferences": {},
+            "clusters": [
+                {
+                    "name": "herwa-test",
+                    "cluster": {"server": self.server, "certificate-authority": str(self.ca_file)},
+                }
+            ],
             "users": [{"name": user, "user": creds}],
-            "contexts": [{"name": "herwa-test", "context": {
-                "cluster": "herwa-test", "user": user, "namespace": "default"}}],
+            "contexts": [
+                {
+                    "name": "herwa-test",
+                    "context": {"cluster": "herwa-test", "user": user, "namespace": "default"},
+                }
+            ],
             "current-context": "herwa-test",
         }
         path.write_text(json.dumps(config, indent=2))
@@ -383,9 +464,12 @@ class KubeCluster:
         path = self.workdir / f"{stem}.kubeconfig"
         creds: dict[str, str] | None = None
         if username.startswith(SA_PREFIX):
-            ns, _, name = username[len(SA_PREFIX):].partition(":")
-            sa_groups = {"system:serviceaccounts", f"system:serviceaccounts:{ns}",
-                         "system:authenticated"}
+            ns, _, name = username[len(SA_PREFIX) :].partition(":")
+            sa_groups = {
+                "system:serviceaccounts",
+                f"system:serviceaccounts:{ns}",
+                "system:authenticated",
+            }
             if not (ns and name) or ":" in name:
                 raise ValueError(f"malformed ServiceAccount username {username!r}")
             exists = self.kubectl("get", "serviceaccount", name, "-n", ns).returncode == 0
@@ -393,8 +477,9 @@ class KubeCluster:
                 extra = set(groups) - sa_groups
                 if extra:
                     raise ValueError(f"a ServiceAccount token cannot carry groups {extra}")
-                token = self.kubectl("create", "token", name, "-n", ns, "--duration", "24h",
-                                     check=True).stdout.strip()
+                token = self.kubectl(
+                    "create", "token", name, "-n", ns, "--duration", "24h", check=True
+                ).stdout.strip()
                 creds = {"token": token}
         if creds is None:
             assert self._pki is not None
