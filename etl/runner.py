@@ -57,7 +57,7 @@ async def run_once(
         await lock.acquire(pg)
         ch = await clickhouse_url_client(clickhouse_url)
         try:
-            return await _locked_run(pg, ch, redis, options, started, fault)
+            return await _locked_run(pg, ch, redis, options, started, fault, postgres_dsn)
         finally:
             await ch.close()
     finally:
@@ -72,6 +72,7 @@ async def _locked_run(
     options: RunOptions,
     started: float,
     fault: FaultHook | None,
+    postgres_dsn: str,
 ) -> RunResult:
     run_id = await metrics.start_run(pg)
     prom = metrics.EtlMetrics()
@@ -118,9 +119,15 @@ async def _locked_run(
     seconds = time.monotonic() - started
     prom.finish(outcome, seconds, stats, time.time())
     try:
-        await metrics.finish_run(pg, run_id, outcome, seconds, stats, error)
-    except (asyncpg.PostgresError, OSError):
-        # The connection may be what failed; the run-log row then stays 'running'.
+        if pg.is_closed():  # the failure took the connection: record through a new one
+            pg = await postgres_connection(postgres_dsn)
+            try:
+                await metrics.finish_run(pg, run_id, outcome, seconds, stats, error)
+            finally:
+                await pg.close()
+        else:
+            await metrics.finish_run(pg, run_id, outcome, seconds, stats, error)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
         log.warning("could not record the run outcome in etl_runs", exc_info=True)
     prom.push(options.pushgateway_url)
     log.info(

@@ -1,0 +1,289 @@
+"""Exactly-once loading under injected crashes, the run lock, deadlines and the run log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from datetime import timedelta
+
+import asyncpg
+import pytest
+
+from herwa.devstack import Endpoints
+from herwa.etl import lock
+from herwa.etl.families import BY_NAME, FAMILIES, Family
+from herwa.etl.runner import RunOptions, run_once
+from herwa.etl.sync import FAULT_POINTS, prepare_session, sync_batch
+from herwa.stores import clickhouse_url_client
+from tests.etl._support import (
+    T0,
+    actual_hourly,
+    ch_value,
+    expected_hourly,
+    stage_messages,
+    stage_other_families,
+)
+
+OPTIONS = RunOptions(batch_rows=100, deadline_seconds=60, retention_hours=72)
+
+
+class InjectedCrash(RuntimeError):
+    pass
+
+
+@pytest.fixture
+async def pg(migrated: Endpoints) -> asyncpg.Connection:
+    conn = await asyncpg.connect(migrated.postgres_dsn)
+    yield conn
+    await conn.close()
+
+
+async def _assert_exact(endpoints: Endpoints, pg: asyncpg.Connection) -> None:
+    assert (
+        await pg.fetchval("SELECT count(*) FROM message_events WHERE ch_ingested_at IS NULL") == 0
+    )
+    staged = await pg.fetchval("SELECT count(*) FROM message_events")
+    assert await ch_value(endpoints, "SELECT count() FROM messages FINAL") == staged
+    assert await ch_value(endpoints, "SELECT uniqExact(message_id) FROM messages") == staged
+    assert await actual_hourly(endpoints) == await expected_hourly(pg)
+    live = await pg.fetchval(
+        "SELECT count(*) FROM message_events m WHERE NOT EXISTS "
+        "(SELECT 1 FROM message_deletions d WHERE d.message_id = m.message_id)"
+    )
+    assert await ch_value(endpoints, "SELECT sum(messages) FROM message_activity_15m FINAL") == live
+
+
+async def test_a_run_loads_every_family_once(migrated: Endpoints, pg: asyncpg.Connection) -> None:
+    await stage_messages(pg, range(1, 251))
+    await stage_other_families(pg)
+    await pg.execute(
+        "INSERT INTO message_deletions (message_id, guild_id, channel_id, deleted_at)"
+        " VALUES (7, 1, 11, $1)",
+        T0 + timedelta(days=1),
+    )
+    result = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS)
+    assert result.outcome == "caught_up", result.error
+    assert result.stats.rows_moved == {
+        "message_events": 250,
+        "message_edits": 1,
+        "message_deletions": 1,
+        "voice_sessions": 1,
+        "member_events": 1,
+        "guild_events": 1,
+        "member_count_snapshots": 1,
+        "command_usage": 1,
+    }
+    for family in FAMILIES:
+        assert (
+            await ch_value(migrated, f"SELECT count() FROM {family.target_table} FINAL") == 1
+            or family.name == "message_events"
+        )
+    await _assert_exact(migrated, pg)
+    # Deleted message 7 is gone from the rollups but kept in the base table.
+    assert (
+        await ch_value(migrated, "SELECT sum(messages) FROM message_activity_hourly FINAL") == 249
+    )
+    # A second run finds nothing to do and changes nothing.
+    again = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS)
+    assert sum(again.stats.rows_moved.values()) == 0
+    await _assert_exact(migrated, pg)
+
+
+@pytest.mark.parametrize("point", FAULT_POINTS)
+async def test_crash_at_each_step_then_next_run_is_exact(
+    migrated: Endpoints, pg: asyncpg.Connection, point: str
+) -> None:
+    await stage_messages(pg, range(1, 351))
+    await pg.execute(
+        "INSERT INTO message_deletions (message_id, guild_id, channel_id, deleted_at)"
+        " VALUES (3, 1, 10, $1), (150, 1, 10, $1)",
+        T0 + timedelta(days=1),
+    )
+    batches = 0
+
+    async def crash_in_second_batch(at: str, family: Family) -> None:
+        nonlocal batches
+        if family.name != "message_events" or at != point:
+            return
+        batches += 1
+        if batches == 2:
+            raise InjectedCrash(point)
+
+    crashed = await run_once(
+        migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS, fault=crash_in_second_batch
+    )
+    assert crashed.outcome == "failed" and "InjectedCrash" in (crashed.error or "")
+    # The crashed batch was rolled back in Postgres: only the first batch is marked.
+    assert (
+        await pg.fetchval("SELECT count(*) FROM message_events WHERE ch_ingested_at IS NOT NULL")
+        == 100
+    )
+    if point != "claimed":  # the crashed batch did reach ClickHouse before the crash
+        assert await ch_value(migrated, "SELECT count() FROM messages FINAL") == 200
+
+    result = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS)
+    assert result.outcome == "caught_up", result.error
+    await _assert_exact(migrated, pg)
+    # The re-sent batch had the same bytes, so its dedup token made ClickHouse drop it: the
+    # table holds no duplicate even before any merge (FINAL would hide one anyway).
+    assert await ch_value(migrated, "SELECT count() FROM messages") == 350
+
+
+async def test_connection_killed_during_the_mark_commit(
+    migrated: Endpoints, pg: asyncpg.Connection
+) -> None:
+    await stage_messages(pg, range(1, 151))
+
+    async def kill_own_backend(at: str, family: Family) -> None:
+        if at == "before_commit" and family.name == "message_events":
+            await pg.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+
+    crashed = await run_once(
+        migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS, fault=kill_own_backend
+    )
+    assert crashed.outcome == "failed"
+    assert (
+        await pg.fetchval("SELECT count(*) FROM message_events WHERE ch_ingested_at IS NULL") == 150
+    )
+    assert await pg.fetchval("SELECT outcome FROM etl_runs") == "failed"
+    result = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS)
+    assert result.outcome == "caught_up", result.error
+    await _assert_exact(migrated, pg)
+
+
+async def test_a_second_run_exits_at_once_while_one_holds_the_lock(
+    migrated: Endpoints, pg: asyncpg.Connection
+) -> None:
+    await stage_messages(pg, range(1, 201))
+    inside, release = asyncio.Event(), asyncio.Event()
+
+    async def hold(at: str, family: Family) -> None:
+        if at == "claimed" and not inside.is_set():
+            inside.set()
+            await release.wait()
+
+    first = asyncio.create_task(
+        run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS, fault=hold)
+    )
+    await inside.wait()
+    with pytest.raises(lock.LockHeld, match="another ETL run"):
+        await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS)
+    # The CLI reports the same as a distinct exit code and a clear message.
+    env = {**os.environ, **migrated.as_env(), "HERWA_TELEMETRY_LOG_FORMAT": "console"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "herwa.cli",
+        "etl",
+        "run",
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    _, stderr = await proc.communicate()
+    assert proc.returncode == 75, stderr.decode()
+    assert "another ETL run holds the run lock" in stderr.decode()
+    release.set()
+    result = await first
+    assert result.outcome == "caught_up", result.error
+    await _assert_exact(migrated, pg)
+
+
+async def test_skip_locked_lets_parallel_claims_take_disjoint_rows(
+    migrated: Endpoints, pg: asyncpg.Connection
+) -> None:
+    await stage_messages(pg, range(1, 301))
+    family = BY_NAME["message_events"]
+    conns = [await asyncpg.connect(migrated.postgres_dsn) for _ in range(2)]
+    clients = [await clickhouse_url_client(migrated.clickhouse_url) for _ in range(2)]
+    try:
+        for conn in conns:
+            await prepare_session(conn)
+        both_claimed = asyncio.Barrier(2)
+
+        async def wait_for_other(at: str, fam: Family) -> None:
+            if at == "claimed":
+                await both_claimed.wait()
+
+        results = await asyncio.gather(
+            *(
+                sync_batch(conn, client, family, 100, fault=wait_for_other)
+                for conn, client in zip(conns, clients, strict=True)
+            )
+        )
+    finally:
+        for conn in conns:
+            await conn.close()
+        for client in clients:
+            await client.close()
+    assert [r.rows for r in results] == [100, 100]
+    assert await ch_value(migrated, "SELECT count() FROM messages") == 200
+    assert await ch_value(migrated, "SELECT uniqExact(message_id) FROM messages") == 200
+
+
+async def test_deadline_leaves_the_rest_for_the_next_run(
+    migrated: Endpoints, pg: asyncpg.Connection
+) -> None:
+    await stage_messages(pg, range(1, 301))
+    tight = RunOptions(batch_rows=100, deadline_seconds=1e-6)
+    first = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, tight)
+    assert first.outcome == "deadline"
+    assert (
+        await pg.fetchval("SELECT count(*) FROM message_events WHERE ch_ingested_at IS NULL") == 300
+    )
+    assert first.stats.lag_seconds["message_events"] > 0
+    second = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS)
+    assert second.outcome == "caught_up"
+    assert second.stats.lag_seconds["message_events"] == 0
+    await _assert_exact(migrated, pg)
+    log = await pg.fetch("SELECT * FROM etl_runs ORDER BY run_id")
+    assert [r["outcome"] for r in log] == ["deadline", "caught_up"]
+    assert json.loads(log[1]["rows_moved"])["message_events"] == 300
+    assert json.loads(log[0]["lag_seconds"])["message_events"] > 0
+    assert all(r["finished_at"] is not None and r["duration_seconds"] > 0 for r in log)
+
+
+async def test_cleanup_deletes_only_rows_ingested_past_retention(
+    migrated: Endpoints, pg: asyncpg.Connection
+) -> None:
+    await stage_messages(pg, range(1, 31))
+    # 1–10 ingested long ago, 11–20 ingested recently, 21–30 never ingested (and captured
+    # long ago, so an age-based delete on the wrong column would take them).
+    await pg.execute("UPDATE message_events SET captured_at = now() - interval '30 days'")
+    await pg.execute(
+        "UPDATE message_events SET ch_ingested_at = now() - interval '10 days'"
+        " WHERE message_id <= 10"
+    )
+    await pg.execute(
+        "UPDATE message_events SET ch_ingested_at = now() - interval '1 hour'"
+        " WHERE message_id BETWEEN 11 AND 20"
+    )
+    options = RunOptions(batch_rows=100, retention_hours=72)
+    # Crash every claim so this run's own loading cannot mark 21–30 before cleanup runs.
+
+    async def no_loading(at: str, family: Family) -> None:
+        if at == "claimed" and family.name == "message_events":
+            raise InjectedCrash(at)
+
+    await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, options, fault=no_loading)
+    from datetime import UTC, datetime
+
+    from herwa.etl.cleanup import cleanup
+
+    deleted = await cleanup(pg, datetime.now(UTC) - timedelta(hours=72))
+    assert deleted["message_events"] == 10
+    remaining = [
+        r[0] for r in await pg.fetch("SELECT message_id FROM message_events ORDER BY message_id")
+    ]
+    assert remaining == list(range(11, 31))
+    # A normal run loads 21–30 and its cleanup still keeps the recently ingested rows.
+    result = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, options)
+    assert result.stats.rows_moved["message_events"] == 10
+    assert result.stats.rows_cleaned["message_events"] == 0
+    assert await pg.fetchval("SELECT count(*) FROM message_events") == 20
