@@ -295,3 +295,25 @@ def operator() -> OperatorSettings:
 @cache
 def guild_defaults() -> GuildDefaults:
     return load(GuildDefaults)
+
+
+class CommandSettings(_Section):
+    """Slash commands: per-user rate limit, result cache, when to defer, option limits."""
+
+    model_config = SettingsConfigDict(env_prefix="HERWA_COMMANDS_")
+
+    rate_limit_count: int = Field(5, ge=1, le=1000, description="commands per user per window")
+    rate_limit_window_seconds: Seconds = Field(10.0, le=3600)
+    cache_ttl_seconds: int = Field(60, ge=0, le=3600, description="0 disables the result cache")
+    defer_after_seconds: Seconds = Field(
+        1.5, le=2.5, description="answer with 'thinking…' when a query runs longer than this"
+    )
+    query_timeout_seconds: Seconds = Field(60.0, le=900)
+    quota_name: str = Field("queries_per_month", pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    max_range_days: int = Field(3650, ge=1, le=36500)
+    page_size: int = Field(10, ge=1, le=25)
+
+
+@cache
+def commands() -> CommandSettings:
+    return load(CommandSettings)
