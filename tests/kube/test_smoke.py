@@ -277,3 +277,21 @@ def test_helm_and_promtool_run(kube_tools: KubeTools) -> None:
         [kube_tools.promtool, "--version"], capture_output=True, text=True, check=True
     )
     assert "promtool, version 2." in promtool.stdout + promtool.stderr
+
+
+def test_service_account_identity_before_the_account_exists(
+    kube_cluster: KubeCluster, kube_namespace: str
+) -> None:
+    ns = kube_namespace
+    user = f"system:serviceaccount:{ns}:herwa-late"
+    stand_in = kube_cluster.kubeconfig_for(user)
+    assert "client-certificate" in json.loads(stand_in.read_text())["users"][0]["user"]
+    subject = {"kind": "ServiceAccount", "name": "herwa-late", "namespace": ns}
+    kube_cluster.kubectl("apply", "-f", "-", check=True, input=_rbac(ns, subject))
+    assert _eventually(
+        lambda: kube_cluster.kubectl("get", "cm", "-n", ns, kubeconfig=stand_in).returncode == 0
+    )
+    kube_cluster.kubectl("create", "serviceaccount", "herwa-late", "-n", ns, check=True)
+    real = kube_cluster.kubeconfig_for(user)
+    assert "token" in json.loads(real.read_text())["users"][0]["user"]
+    assert kube_cluster.kubectl("get", "cm", "-n", ns, kubeconfig=real).returncode == 0

@@ -454,15 +454,19 @@ class KubeCluster:
 
         An existing ServiceAccount (``system:serviceaccount:<ns>:<name>``) gets a real bound
         token from the TokenRequest API; its groups are then fixed by the server and ``groups``
-        must be empty or a subset of them. Any other identity gets a client certificate signed
-        by the cluster CA. ``system:authenticated`` is always added by the server."""
+        must be empty or a subset of them. Any other identity, including a ServiceAccount name
+        with no object yet, gets a client certificate signed by the cluster CA (CN=username,
+        O=each group; for a ServiceAccount name with no ``groups``, the two ServiceAccount
+        groups). ``system:authenticated`` is always added by the server. Kubeconfigs are cached
+        per (username, groups), except certificate stand-ins for ServiceAccounts."""
         groups = tuple(groups)
         key = (username, groups)
         if key in self._kubeconfigs:
             return self._kubeconfigs[key]
-        stem = "user-" + re.sub(r"[^A-Za-z0-9_.-]", "_", username) + f"-{len(self._kubeconfigs)}"
+        stem = "user-" + re.sub(r"[^A-Za-z0-9_.-]", "_", username) + "-" + uuid.uuid4().hex[:8]
         path = self.workdir / f"{stem}.kubeconfig"
         creds: dict[str, str] | None = None
+        cert_groups = groups
         if username.startswith(SA_PREFIX):
             ns, _, name = username[len(SA_PREFIX) :].partition(":")
             sa_groups = {
@@ -481,12 +485,17 @@ class KubeCluster:
                     "create", "token", name, "-n", ns, "--duration", "24h", check=True
                 ).stdout.strip()
                 creds = {"token": token}
+            elif not groups:  # the certificate stand-in carries the usual ServiceAccount groups
+                cert_groups = ("system:serviceaccounts", f"system:serviceaccounts:{ns}")
         if creds is None:
             assert self._pki is not None
-            key_file, crt_file = self._pki.client_cert(username, groups, stem)
+            key_file, crt_file = self._pki.client_cert(username, cert_groups, stem)
             creds = {"client-certificate": str(crt_file), "client-key": str(key_file)}
         self._write_kubeconfig(path, username, creds)
-        self._kubeconfigs[key] = path
+        if "token" in creds or not username.startswith(SA_PREFIX):
+            # a certificate stand-in for a missing ServiceAccount is not kept: once the
+            # ServiceAccount exists, the next call gets a real token
+            self._kubeconfigs[key] = path
         return path
 
 
