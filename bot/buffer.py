@@ -294,14 +294,16 @@ class FlushBuffer:
 
         async def _drain() -> None:
             backoff = 0.05
-            while (
-                self._pending is not None or self._live_count or self._extras or self._marks_dirty()
-            ):
-                if await self._flush_once():
-                    backoff = 0.05
-                else:
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, self._backoff_max)
+            async with self._lock:
+                while True:
+                    retrying = self._pending is not None
+                    if await self._flush_locked():
+                        if not retrying:
+                            return  # the batch taken just now held everything added before
+                        backoff = 0.05
+                    else:
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, self._backoff_max)
 
         try:
             await asyncio.wait_for(_drain(), timeout)

@@ -1,0 +1,516 @@
+"""The bot pod: stores, buffer, coordination loop, shard runners, telemetry, shutdown.
+
+Redis keys besides :mod:`herwa.bot.sharding` (``P`` = key prefix, ``N`` = shard count):
+
+- ``P bot:gateway:N:{shard}`` — hash ``session_id``, ``seq``, ``resume_url``, ``alive_ms``:
+  the last gateway sequence whose rows are *committed* to Postgres. Written after each commit,
+  only while this pod still holds the shard's lease (WATCH on the lease key). The next owner of
+  the shard RESUMEs from there, so Discord replays whatever was buffered but never committed.
+- ``P bot:voice:{guild}`` — hash user id → open voice session; ``P bot:voice:guilds`` — set of
+  guilds that may have open sessions.
+- ``P bot:member_counts`` — hash guild id → member count (for shards that RESUME and so get no
+  GUILD_CREATE, and for the daily snapshot).
+- ``P bot:snapshot:{day}:{guild}`` — the day's member-count snapshot was taken (TTL 2 days).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from redis.asyncio import Redis
+
+from herwa.bot import metrics
+from herwa.bot.backfill import Backfiller
+from herwa.bot.buffer import Batch, FlushBuffer
+from herwa.bot.directory import Directory, GuildConfig
+from herwa.bot.shard import Mark, MemberCountOp, ShardRunner, UsageOp
+from herwa.bot.sharding import Coordinator, assigned_shards
+from herwa.bot.snapshots import Snapshotter
+from herwa.bot.voice import VoiceOp, VoiceTracker
+from herwa.config import BotSettings, DiscordSettings
+from herwa.telemetry import Readiness
+
+log = logging.getLogger(__name__)
+Json = dict[str, Any]
+
+
+class BotApp:
+    def __init__(
+        self,
+        *,
+        settings: BotSettings,
+        discord_settings: DiscordSettings,
+        pool: asyncpg.Pool,
+        redis: Redis,
+        prefix: str,
+        pod: str,
+        token: str,
+        shard_count: int,
+        max_concurrency: int,
+    ) -> None:
+        self.settings = settings
+        self.discord_settings = discord_settings
+        self.pool = pool
+        self.redis = redis
+        self.prefix = prefix
+        self.pod = pod
+        self.token = token
+        self.shard_count = shard_count
+        self.directory = Directory(
+            GuildConfig(
+                count_bot_messages=settings.count_bot_messages,
+                snapshot_hour_utc=settings.snapshot_hour_utc,
+            )
+        )
+        self.voice = VoiceTracker(self.directory, settings.voice_session_max_hours)
+        self.buffer = FlushBuffer(
+            pool,
+            interval=settings.flush_interval_seconds,
+            max_rows=settings.flush_max_rows,
+            capacity=settings.buffer_max_rows,
+            after_commit=self._after_commit,
+            marks=self._marks,
+        )
+        self.coordinator = Coordinator(
+            redis,
+            prefix=prefix,
+            pod=pod,
+            shard_count=shard_count,
+            member_ttl=settings.member_ttl_seconds,
+            identify_window=settings.identify_window_seconds,
+            max_concurrency=max_concurrency,
+        )
+        self.backfiller = Backfiller(self)
+        self.snapshots = Snapshotter(self)
+        self.runners: dict[int, ShardRunner] = {}
+        self.desired: set[int] = set()
+        self.members: list[str] = []
+        self._lease_renewed: dict[int, float] = {}
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._meta: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._failed: set[int] = set()
+
+    # -- keys -----------------------------------------------------------------------------
+    def key(self, *parts: object) -> str:
+        return self.prefix + "bot:" + ":".join(str(p) for p in parts)
+
+    def shard_of(self, guild_id: int) -> int:
+        return (guild_id >> 22) % self.shard_count
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.load_configs()
+        self.buffer.start()
+        loop = asyncio.get_running_loop()
+        for coro in (
+            self._coordinate(),
+            self._refresh_configs(),
+            self._expire_voice(),
+            self._write_meta(),
+            self.snapshots.run(),
+        ):
+            self._tasks.append(loop.create_task(coro))
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopping.wait()
+
+    async def shutdown(self) -> bool:
+        """Close every shard resumably, flush everything, release leases, leave. Returns
+        False if the grace period ran out with rows unflushed."""
+        deadline = time.monotonic() + self.settings.shutdown_grace_seconds
+        self._stopping.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.backfiller.cancel()
+
+        def left() -> float:
+            return max(0.1, deadline - time.monotonic())
+
+        await asyncio.gather(
+            *(self._stop_shard(s, left()) for s in list(self.runners)), return_exceptions=True
+        )
+        ok = await self.buffer.close(left())
+        with contextlib.suppress(Exception):
+            await self.coordinator.leave()
+        metrics.SHARDS_OWNED.set(0)
+        return ok
+
+    # -- coordination ---------------------------------------------------------------------
+    async def _coordinate(self) -> None:
+        interval = self.settings.member_heartbeat_seconds
+        while not self._stopping.is_set():
+            converged = True
+            try:
+                converged = await self._coordinate_once()
+            except Exception as exc:
+                log.warning("coordination failed: %s: %s", type(exc).__name__, exc)
+                self._fence_expired()
+            # Poll faster while a wanted shard is still held by its previous owner.
+            wait = interval if converged else min(interval, 0.25)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), wait)
+
+    async def _coordinate_once(self) -> bool:
+        ttl = self.settings.member_ttl_seconds
+        self.members = await self.coordinator.heartbeat()
+        metrics.MEMBERS_LIVE.set(len(self.members))
+        self.desired = assigned_shards(self.members, self.pod, self.shard_count)
+        # Renew first: a lease we lost means the shard must close now.
+        for shard_id, runner in list(self.runners.items()):
+            if await self.coordinator.renew(shard_id, runner.token, ttl):
+                self._lease_renewed[shard_id] = time.monotonic()
+            else:
+                log.warning("lost the lease of shard %s; closing it", shard_id)
+                await self._stop_shard(shard_id, ttl, release=False)
+        for shard_id in sorted(set(self.runners) - self.desired):
+            log.info("shard %s now belongs elsewhere; handing it over", shard_id)
+            await self._stop_shard(shard_id, ttl)
+        for shard_id in sorted(self._failed & set(self.runners)):
+            await self._stop_shard(shard_id, ttl)
+        self._failed.clear()
+        converged = True
+        for shard_id in sorted(self.desired - set(self.runners)):
+            token = await self.coordinator.acquire(shard_id, ttl)
+            if token is None:
+                converged = False
+                continue
+            self._lease_renewed[shard_id] = time.monotonic()
+            runner = ShardRunner(self, shard_id, token)
+            self.runners[shard_id] = runner
+            try:
+                await runner.start()
+            except Exception:
+                log.exception("shard %s failed to start", shard_id)
+                await self._stop_shard(shard_id, ttl)
+                converged = False
+        metrics.SHARDS_OWNED.set(len(self.runners))
+        for shard_id, runner in self.runners.items():
+            c = runner.client
+            if c is not None and c.ws is not None:
+                metrics.SHARD_LATENCY.labels(str(shard_id)).set(c.ws.latency)
+        return converged
+
+    def _fence_expired(self) -> None:
+        """Redis unreachable: a shard whose lease may have expired must not stay open."""
+        ttl = self.settings.member_ttl_seconds
+        now = time.monotonic()
+        for shard_id in list(self.runners):
+            if now - self._lease_renewed.get(shard_id, now) > ttl * 0.8:
+                log.warning("cannot renew the lease of shard %s; closing it", shard_id)
+                asyncio.get_running_loop().create_task(
+                    self._stop_shard(shard_id, ttl, release=False)
+                )
+
+    async def _stop_shard(self, shard_id: int, timeout: float, *, release: bool = True) -> None:
+        runner = self.runners.get(shard_id)
+        if runner is None:
+            return
+        await self.backfiller.cancel_shard(shard_id)
+        try:
+            await runner.stop(timeout)
+        finally:
+            self.runners.pop(shard_id, None)
+            self._lease_renewed.pop(shard_id, None)
+            if release:
+                with contextlib.suppress(Exception):
+                    await self.coordinator.release(shard_id, runner.token)
+            metrics.SHARDS_OWNED.set(len(self.runners))
+
+    def shard_failed(self, runner: ShardRunner) -> None:
+        self._failed.add(runner.shard_id)
+
+    # -- shard state in Redis / Postgres --------------------------------------------------
+    async def load_shard_state(self, runner: ShardRunner) -> Json | None:
+        """Voice sessions, member counts and channels of the shard's guilds, and the stored
+        gateway session (if any) to RESUME."""
+        sid = runner.shard_id
+        r = self.redis
+        raw_guilds = await r.smembers(self.key("voice", "guilds"))
+        guilds = [int(g) for g in raw_guilds if self.shard_of(int(g)) == sid]
+        if guilds:
+            pipe = r.pipeline(transaction=False)
+            for g in guilds:
+                pipe.hgetall(self.key("voice", g))
+            for g, sessions in zip(guilds, await pipe.execute(), strict=True):
+                self.voice.load(g, sessions)
+        counts = await r.hgetall(self.key("member_counts"))
+        for g, c in counts.items():
+            if self.shard_of(int(g)) == sid:
+                self.directory.member_counts[int(g)] = int(c)
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT c.channel_id, c.guild_id, c.parent_id, c.name, c.kind FROM channels c "
+                "JOIN guilds g USING (guild_id) WHERE g.left_at IS NULL "
+                "AND (c.guild_id >> 22) % $1 = $2",
+                self.shard_count,
+                sid,
+            )
+        kinds = {
+            "text": 0,
+            "voice": 2,
+            "category": 4,
+            "news": 5,
+            "stage": 13,
+            "forum": 15,
+            "thread": 11,
+        }
+        for row in rows:
+            self.directory.add_channel(
+                row["guild_id"],
+                {
+                    "id": row["channel_id"],
+                    "type": kinds.get(row["kind"], 0),
+                    "parent_id": row["parent_id"],
+                    "name": row["name"],
+                },
+            )
+        gw = await r.hgetall(self.coordinator.gateway_key(sid))
+        if not gw or b"session_id" not in gw:
+            return None
+        return {
+            "session_id": gw[b"session_id"].decode(),
+            "seq": int(gw[b"seq"]),
+            "resume_url": _url(gw[b"resume_url"].decode()),
+            "alive": int(gw.get(b"alive_ms", b"0")) / 1000 or time.time(),
+        }
+
+    def _marks(self) -> dict[int, Mark]:
+        out: dict[int, Mark] = {}
+        for sid, runner in self.runners.items():
+            m = runner.mark()
+            if m is not None:
+                out[sid] = m
+        return out
+
+    async def _after_commit(self, batch: Batch) -> None:
+        """Apply Redis state that must never run ahead of Postgres: open voice sessions,
+        member counts, gateway marks (fenced by the lease), then usage counters."""
+        voice: dict[int, dict[tuple[int, int], bytes | None]] = defaultdict(dict)
+        counts: dict[int, dict[int, int]] = defaultdict(dict)
+        usage: list[UsageOp] = []
+        for extra in batch.extras:
+            if isinstance(extra, VoiceOp):
+                voice[extra.shard_id][(extra.guild_id, extra.user_id)] = extra.session
+            elif isinstance(extra, MemberCountOp):
+                counts[extra.shard_id][extra.guild_id] = extra.count
+            elif isinstance(extra, UsageOp):
+                usage.append(extra)
+        marks: dict[int, Mark] = batch.marks or {}
+        now_ms = int(time.time() * 1000)
+        for sid in set(voice) | set(counts) | set(marks):
+            mark = marks.get(sid)
+            runner = self.runners.get(sid)
+            token = mark.token if mark else (runner.token if runner else None)
+            if token is None:
+                continue
+            lease = self.coordinator.lease_key(sid)
+            async with self.redis.pipeline(transaction=True) as pipe:
+                await pipe.watch(lease)
+                holder = await pipe.get(lease)
+                if holder is None or holder.decode() != token:
+                    log.warning("shard %s: lease no longer ours; not writing its state", sid)
+                    continue
+                pipe.multi()
+                for (gid, uid), session in voice.get(sid, {}).items():
+                    if session is None:
+                        pipe.hdel(self.key("voice", gid), str(uid))
+                    else:
+                        pipe.hset(self.key("voice", gid), str(uid), session)
+                        pipe.sadd(self.key("voice", "guilds"), str(gid))
+                for gid, count in counts.get(sid, {}).items():
+                    pipe.hset(self.key("member_counts"), str(gid), count)
+                if mark is not None:
+                    pipe.hset(
+                        self.coordinator.gateway_key(sid),
+                        mapping={
+                            "session_id": mark.session_id,
+                            "seq": mark.seq,
+                            "resume_url": mark.resume_url,
+                            "alive_ms": now_ms,
+                        },
+                    )
+                await pipe.execute()
+        if usage:
+            from herwa import usage as usage_store
+
+            for op in usage:
+                await usage_store.record(
+                    self.redis, self.prefix, op.guild_id, op.command, "invoked", op.at
+                )
+        metrics.VOICE_OPEN.set(self.voice.open_count())
+
+    # -- guild hooks (called from parsers: schedule, never block) -------------------------
+    def guild_available(self, runner: ShardRunner, d: Json) -> None:
+        self._meta.put_nowait(("guild", d))
+        if self.settings.backfill_enabled:
+            self.backfiller.schedule(runner, int(d["id"]))
+
+    def guild_left(self, guild_id: int) -> None:
+        self._meta.put_nowait(("left", guild_id))
+
+    def channel_changed(self, guild_id: int, d: Json) -> None:
+        self._meta.put_nowait(("channel", (guild_id, d)))
+
+    async def _write_meta(self) -> None:
+        """Guild and channel metadata upserts (rare, off the hot path), retried until done."""
+        while True:
+            kind, item = await self._meta.get()
+            backoff = 0.1
+            while True:
+                try:
+                    async with self.pool.acquire() as conn:
+                        await _upsert_meta(conn, kind, item, self.settings)
+                    break
+                except Exception as exc:
+                    log.warning("metadata write failed, retrying: %s", exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+
+    # -- periodic -------------------------------------------------------------------------
+    async def load_configs(self) -> None:
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT guild_id, tracked_channel_ids, count_bot_messages, snapshot_hour_utc "
+                "FROM guilds"
+            )
+        self.directory.configs = {
+            r["guild_id"]: GuildConfig(
+                frozenset(r["tracked_channel_ids"])
+                if r["tracked_channel_ids"] is not None
+                else None,
+                bool(r["count_bot_messages"]),
+                r["snapshot_hour_utc"],
+            )
+            for r in rows
+        }
+
+    async def _refresh_configs(self) -> None:
+        while True:
+            await asyncio.sleep(30.0)
+            try:
+                await self.load_configs()
+            except Exception as exc:
+                log.warning("guild settings refresh failed: %s", exc)
+
+    async def _expire_voice(self) -> None:
+        while True:
+            await asyncio.sleep(60.0)
+            rows, ops = self.voice.expire(time.time(), self.shard_of)
+            self.buffer.add_many("voice_sessions", rows)
+            for op in ops:
+                self.buffer.add_extra(op)
+
+    # -- readiness ------------------------------------------------------------------------
+    async def readiness(self) -> Readiness:
+        owned = set(self.runners)
+        connected = {s for s, r in self.runners.items() if r.connected}
+        flushing = self.buffer.failing_since is None
+        ready = (
+            bool(self.desired)
+            and owned == self.desired
+            and connected == owned
+            and flushing
+            and not self._stopping.is_set()
+        )
+        return Readiness(
+            ready,
+            {
+                "pod": self.pod,
+                "members": self.members,
+                "shards_desired": sorted(self.desired),
+                "shards_owned": sorted(owned),
+                "shards_connected": sorted(connected),
+                "buffer_depth": self.buffer.depth,
+                "flushing": flushing,
+            },
+        )
+
+
+def _url(raw: str) -> Any:
+    import yarl
+
+    return yarl.URL(raw)
+
+
+_CHANNEL_KINDS = {
+    0: "text",
+    2: "voice",
+    4: "category",
+    5: "news",
+    13: "stage",
+    15: "forum",
+    10: "thread",
+    11: "thread",
+    12: "thread",
+}
+
+
+async def _upsert_meta(
+    conn: asyncpg.Connection, kind: str, item: Any, settings: BotSettings
+) -> None:
+    if kind == "guild":
+        d: Json = item
+        gid = int(d["id"])
+        joined = d.get("joined_at")
+        # A new guild starts with the pod's defaults; from then on its row is the authority.
+        await conn.execute(
+            "INSERT INTO guilds (guild_id, name, joined_at, snapshot_hour_utc, "
+            "count_bot_messages) VALUES ($1, $2, $3, $4, $5) "
+            "ON CONFLICT (guild_id) DO UPDATE SET name = EXCLUDED.name, "
+            "joined_at = COALESCE(guilds.joined_at, EXCLUDED.joined_at), left_at = NULL, "
+            "updated_at = now()",
+            gid,
+            d.get("name"),
+            datetime.fromisoformat(joined) if joined else None,
+            settings.snapshot_hour_utc,
+            settings.count_bot_messages,
+        )
+        channels = [*d.get("channels", ()), *d.get("threads", ())]
+        await _upsert_channels(conn, gid, channels)
+    elif kind == "channel":
+        gid, c = item
+        await _upsert_channels(conn, gid, [c])
+    elif kind == "left":
+        await conn.execute(
+            "UPDATE guilds SET left_at = now(), updated_at = now() WHERE guild_id = $1", int(item)
+        )
+
+
+async def _upsert_channels(conn: asyncpg.Connection, guild_id: int, channels: list[Json]) -> None:
+    if not channels:
+        return
+    await conn.executemany(
+        "INSERT INTO channels (channel_id, guild_id, parent_id, name, kind) "
+        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (channel_id) DO UPDATE SET "
+        "parent_id = EXCLUDED.parent_id, name = EXCLUDED.name, kind = EXCLUDED.kind, "
+        "updated_at = now()",
+        [
+            (
+                int(c["id"]),
+                guild_id,
+                int(c["parent_id"]) if c.get("parent_id") else None,
+                c.get("name"),
+                _CHANNEL_KINDS.get(int(c.get("type", 0)), "other"),
+            )
+            for c in channels
+        ],
+    )
+
+
+def install_signal_handlers(app: BotApp) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, app.request_stop)

@@ -1,0 +1,130 @@
+"""Backfill after downtime: read channel history the gateway did not deliver.
+
+Whenever a guild becomes available on a shard through a fresh IDENTIFY (a first start, a crash,
+a session Discord invalidated), every tracked text channel of that guild is read with
+``GET /channels/{id}/messages?after=…`` from the newest message already stored for the channel
+(or from ``now - backfill_window_hours`` if that is later, or if none is stored) up to the
+moment the backfill started — later messages arrive live. Pages of 100, oldest first; one
+channel at a time per guild and at most a few guilds at once, through discord.py's HTTP client,
+which honours Discord's rate-limit headers and 429 ``Retry-After``. Rows go through the same
+buffer (source ``backfill``) and merge idempotently with gateway rows on the message id.
+Edits visible in history (``edited_timestamp``) are recorded too; messages created *and*
+deleted during the downtime are invisible to any backfill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+from herwa.bot import metrics
+from herwa.bot.capture import DISCORD_EPOCH_MS, edit_row, message_row
+
+if TYPE_CHECKING:
+    from herwa.bot.app import BotApp
+    from herwa.bot.shard import ShardRunner
+
+log = logging.getLogger(__name__)
+
+TEXT_KINDS = frozenset((0, 5))  # text, announcement
+PAGE = 100
+_GUILDS_AT_ONCE = 4
+
+
+def snowflake_at(ms: float) -> int:
+    return int(ms - DISCORD_EPOCH_MS) << 22
+
+
+class Backfiller:
+    def __init__(self, app: BotApp) -> None:
+        self.app = app
+        self._tasks: dict[int, set[asyncio.Task[None]]] = defaultdict(set)
+        self._slots = asyncio.Semaphore(_GUILDS_AT_ONCE)
+        self.messages = 0
+        self.done_guilds = 0
+
+    def schedule(self, runner: ShardRunner, guild_id: int) -> None:
+        # Everything created up to now: later messages reach the live stream.
+        until = snowflake_at(time.time() * 1000 + 1) | ((1 << 22) - 1)
+        task = asyncio.get_running_loop().create_task(self._guild(runner, guild_id, until))
+        self._tasks[runner.shard_id].add(task)
+        task.add_done_callback(self._tasks[runner.shard_id].discard)
+
+    async def cancel_shard(self, shard_id: int) -> None:
+        tasks = list(self._tasks.pop(shard_id, ()))
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def cancel(self) -> None:
+        for sid in list(self._tasks):
+            await self.cancel_shard(sid)
+
+    @property
+    def running(self) -> int:
+        return sum(len(t) for t in self._tasks.values())
+
+    async def _guild(self, runner: ShardRunner, guild_id: int, until: int) -> None:
+        app = self.app
+        async with self._slots:
+            directory = app.directory
+            tracked = directory.config(guild_id).tracked_channel_ids
+            channels = [
+                c
+                for c in directory.guild_channels(guild_id, TEXT_KINDS)
+                if tracked is None or c in tracked
+            ]
+            floor = snowflake_at((time.time() - app.settings.backfill_window_hours * 3600) * 1000)
+            for channel_id in channels:
+                try:
+                    await self._channel(runner, guild_id, channel_id, floor, until)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    # A missing permission or a vanished channel must not stop the others.
+                    log.warning(
+                        "backfill of channel %s failed: %s: %s", channel_id, type(exc).__name__, exc
+                    )
+            self.done_guilds += 1
+
+    async def _channel(
+        self, runner: ShardRunner, guild_id: int, channel_id: int, floor: int, until: int
+    ) -> None:
+        app = self.app
+        client = runner.client
+        if client is None:
+            return
+        async with app.pool.acquire() as conn:
+            last = await conn.fetchval(
+                "SELECT max(message_id) FROM message_events "
+                "WHERE channel_id = $1 AND thread_id IS NULL",
+                channel_id,
+            )
+        after = max(int(last or 0), floor)
+        while after < until:
+            page: list[dict[str, Any]] = await client.http.logs_from(channel_id, PAGE, after=after)
+            if not page:
+                return
+            ids = [int(m["id"]) for m in page]
+            for m in page:
+                if int(m["id"]) > until:
+                    continue
+                row = message_row(m, app.directory, source="backfill", guild_id=guild_id)
+                await app.buffer.wait_for_room()
+                if row is not None:
+                    app.buffer.add("message_events", row)
+                if m.get("edited_timestamp"):
+                    edit = edit_row({**m, "guild_id": guild_id}, app.directory)
+                    if edit is not None:
+                        app.buffer.add("message_edits", edit)
+            self.messages += len(page)
+            metrics.BACKFILL_MESSAGES.inc(len(page))
+            after = max(ids)
+            if len(page) < PAGE:
+                return
+
+
+__all__ = ["Backfiller", "snowflake_at"]

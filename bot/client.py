@@ -1,0 +1,158 @@
+"""The per-shard discord.py client: minimal intents, no chunking, no caches it does not need,
+raw parsers for the events it only records, and a connect loop that can start by RESUMEing a
+session another process (or an earlier life of this pod) left behind.
+
+Intents: guilds, guild messages, guild voice states, members; MESSAGE_CONTENT only when
+configured (see :mod:`herwa.bot.capture` for what is lost without it). Presences, typing,
+reactions and DMs are off.
+
+The recorded events never become discord.py model objects: their entries in the connection
+state's parser table are replaced by functions that turn the raw payload into rows. discord.py
+still parses READY, GUILD_CREATE, channels and threads (cheap and rare) so its connection logic
+keeps working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import discord
+import discord.gateway
+import discord.http
+import yarl
+from discord.backoff import ExponentialBackoff
+from discord.errors import ConnectionClosed, GatewayNotFound, HTTPException
+from discord.gateway import DiscordWebSocket, ReconnectWebSocket
+
+log = logging.getLogger(__name__)
+
+Parser = Callable[[Any], None]
+# Close codes after which reconnecting cannot help (bad token, shard, intents).
+FATAL_CLOSE_CODES = frozenset((4004, 4010, 4011, 4012, 4013, 4014))
+RESUMABLE_CLOSE = 4000
+
+
+def point_at(api_base: str | None, gateway_url: str | None) -> None:
+    """Redirect discord.py's REST base and default gateway (the simulator, a proxy)."""
+    if api_base:
+        discord.http.Route.BASE = api_base.rstrip("/")
+    if gateway_url:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
+
+
+def capture_intents(*, message_content: bool) -> discord.Intents:
+    intents = discord.Intents.none()
+    intents.guilds = True
+    intents.guild_messages = True
+    intents.voice_states = True
+    intents.members = True
+    intents.message_content = message_content
+    return intents
+
+
+class CaptureClient(discord.Client):
+    def __init__(
+        self,
+        *,
+        shard_id: int,
+        shard_count: int,
+        message_content: bool,
+        guild_ready_timeout: float,
+        before_identify: Callable[[int], Awaitable[None]],
+        wait_for_room: Callable[[], Awaitable[None]],
+    ) -> None:
+        super().__init__(
+            intents=capture_intents(message_content=message_content),
+            shard_id=shard_id,
+            shard_count=shard_count,
+            chunk_guilds_at_startup=False,
+            member_cache_flags=discord.MemberCacheFlags.none(),
+            max_messages=None,
+            guild_ready_timeout=guild_ready_timeout,
+        )
+        self._before_identify = before_identify
+        self._wait_for_room = wait_for_room
+        self._stopping = False
+
+    def install_parsers(self, replace: dict[str, Parser], wrap: dict[str, Parser]) -> None:
+        """``replace``: discord.py never sees these events. ``wrap``: ours runs first, then
+        discord.py's own parser."""
+        parsers: dict[str, Parser] = self._connection.parsers
+        for event, fn in replace.items():
+            parsers[event] = fn
+        for event, fn in wrap.items():
+            original = parsers.get(event)
+
+            def both(data: Any, _ours: Parser = fn, _theirs: Parser | None = original) -> None:
+                _ours(data)
+                if _theirs is not None:
+                    _theirs(data)
+
+            parsers[event] = both
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        # Replaces discord.py's fixed 5 s sleep with the cross-pod per-bucket lock.
+        await self._before_identify(self.shard_id or 0)
+
+    async def run_gateway(self, resume: dict[str, Any] | None = None) -> None:
+        """discord.py's ``connect`` loop, plus: start from a stored session (RESUME), stop
+        reading while the row buffer is full, and leave when :meth:`stop_gateway` is called."""
+        backoff = ExponentialBackoff()
+        params: dict[str, Any] = {"initial": True, "shard_id": self.shard_id}
+        if resume:
+            params.update(resume=True, **resume)
+        while not self._stopping:
+            try:
+                self.ws = await asyncio.wait_for(DiscordWebSocket.from_client(self, **params), 60)
+                params["initial"] = False
+                while True:
+                    await self._wait_for_room()
+                    await self.ws.poll_event()
+            except ReconnectWebSocket as e:
+                if self._stopping:
+                    return
+                self.dispatch("disconnect")
+                params.update(
+                    sequence=self.ws.sequence, resume=e.resume, session=self.ws.session_id
+                )
+                params["gateway"] = self.ws.gateway if e.resume else None
+            except (
+                OSError,
+                HTTPException,
+                GatewayNotFound,
+                ConnectionClosed,
+                aiohttp.ClientError,
+                asyncio.TimeoutError,
+            ) as exc:
+                if self._stopping:
+                    return
+                self.dispatch("disconnect")
+                if isinstance(exc, ConnectionClosed) and exc.code in FATAL_CLOSE_CODES:
+                    raise
+                delay = backoff.delay()
+                log.warning(
+                    "shard %s gateway error (%s); reconnecting in %.1fs",
+                    self.shard_id,
+                    type(exc).__name__,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                if self.ws is not None:
+                    params.update(
+                        sequence=self.ws.sequence,
+                        gateway=self.ws.gateway,
+                        resume=self.ws.session_id is not None,
+                        session=self.ws.session_id,
+                    )
+
+    async def stop_gateway(self) -> None:
+        """Close the websocket *resumably* (4000): the gateway keeps the session, so whoever
+        opens this shard next RESUMEs it and gets every event this client did not read."""
+        self._stopping = True
+        ws = self.ws
+        if ws is not None and ws.open:
+            await ws.close(code=RESUMABLE_CLOSE)

@@ -1,0 +1,83 @@
+"""/channels — messages and distinct authors per channel, paginated, or one channel's figures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import discord
+from discord import app_commands
+
+from herwa import analytics
+from herwa.bot.commands._common import (
+    DAYS_HELP,
+    END_HELP,
+    PAGE_HELP,
+    Days,
+    check_page,
+    embed,
+    number,
+    resolve_range,
+)
+from herwa.bot.commands._options import OptionError, parse_channel_id
+from herwa.bot.commands._reply import Reply
+from herwa.bot.commands._runtime import Context, Runtime, Spec, Work
+
+SPEC = Spec("channels")
+
+
+def build(rt: Runtime) -> app_commands.Command[Any, Any, None]:
+    @app_commands.command(name="channels", description="Activity per channel")
+    @app_commands.describe(
+        days=DAYS_HELP, end=END_HELP, page=PAGE_HELP, channel="only this channel (#mention or id)"
+    )
+    @app_commands.guild_only()
+    async def channels(
+        interaction: discord.Interaction[Any],
+        days: Days = 30,
+        end: str | None = None,
+        page: app_commands.Range[int, 1, 50] = 1,
+        channel: str | None = None,
+    ) -> None:
+        async def prepare(ctx: Context) -> tuple[dict[str, Any], Work]:
+            span = await resolve_range(ctx, days, end)
+            number_ = check_page(page)
+            only: int | None = None
+            if channel is not None:
+                if not isinstance(channel, str):
+                    raise OptionError("`channel` must be a #mention or a channel id.")
+                only = parse_channel_id(channel, set(await ctx.guild_channels()))
+            size = ctx.deps.settings.page_size
+
+            async def work() -> Reply:
+                stats = await analytics.channel_stats(
+                    ctx.deps.clickhouse, ctx.guild_id, span.start_utc, span.end_utc
+                )
+                if only is not None:
+                    stats = [s for s in stats if s.channel_id == only] or [
+                        analytics.ChannelStats(only, 0, 0)
+                    ]
+                start = (number_ - 1) * size
+                shown = stats[start : start + size]
+                lines = [
+                    f"{rank}. <#{s.channel_id}> — {number(s.messages)} messages, "
+                    f"{number(s.authors)} authors"
+                    for rank, s in enumerate(shown, start + 1)
+                ]
+                body = "\n".join(lines) or "No activity in this range."
+                e = embed("Channel activity", f"{span.label()}\n\n{body}")
+                pages = max(1, -(-len(stats) // size))
+                e.set_footer(text=f"Page {number_} of {pages}")
+                return Reply(embeds=(e,))
+
+            key = {
+                "first": span.first,
+                "last": span.last,
+                "tz": span.tz,
+                "page": number_,
+                "channel": only,
+            }
+            return key, work
+
+        await rt.run(interaction, SPEC, prepare)
+
+    return channels

@@ -1,0 +1,92 @@
+"""/leaderboard and /voice-leaderboard — top members by messages or voice time, paginated."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import discord
+from discord import app_commands
+
+from herwa import analytics
+from herwa.bot.commands._common import (
+    DAYS_HELP,
+    END_HELP,
+    PAGE_HELP,
+    Days,
+    check_page,
+    duration,
+    embed,
+    number,
+    resolve_range,
+)
+from herwa.bot.commands._reply import Reply
+from herwa.bot.commands._runtime import Context, Runtime, Spec, Work
+
+MESSAGES = Spec("leaderboard")
+VOICE = Spec("voice-leaderboard")
+
+
+def page_lines(
+    entries: list[analytics.Entry], page: int, size: int, kind: Literal["messages", "voice"]
+) -> tuple[list[str], bool]:
+    """The page's lines and whether another page follows (one extra row was fetched)."""
+    start = (page - 1) * size
+    shown = entries[start : start + size]
+    lines = []
+    for rank, e in enumerate(shown, start + 1):
+        value = f"{number(int(e.value))} messages" if kind == "messages" else duration(e.value)
+        lines.append(f"{rank}. <@{e.user_id}> — {value}")
+    return lines, len(entries) > start + size
+
+
+def _build(
+    rt: Runtime, spec: Spec, kind: Literal["messages", "voice"], title: str, description: str
+) -> app_commands.Command[Any, Any, None]:
+    @app_commands.command(name=spec.command, description=description)
+    @app_commands.describe(days=DAYS_HELP, end=END_HELP, page=PAGE_HELP)
+    @app_commands.guild_only()
+    async def board(
+        interaction: discord.Interaction[Any],
+        days: Days = 30,
+        end: str | None = None,
+        page: app_commands.Range[int, 1, 50] = 1,
+    ) -> None:
+        async def prepare(ctx: Context) -> tuple[dict[str, Any], Work]:
+            span = await resolve_range(ctx, days, end)
+            number_ = check_page(page)
+            size = ctx.deps.settings.page_size
+
+            async def work() -> Reply:
+                entries = await analytics.leaderboard(
+                    ctx.deps.clickhouse,
+                    ctx.guild_id,
+                    span.start_utc,
+                    span.end_utc,
+                    kind=kind,
+                    limit=number_ * size + 1,
+                )
+                lines, more = page_lines(entries, number_, size, kind)
+                if not lines:
+                    body = "Nobody on this page." if number_ > 1 else "No activity in this range."
+                else:
+                    body = "\n".join(lines)
+                e = embed(title, f"{span.label()}\n\n{body}")
+                footer = f"Page {number_}"
+                if more:
+                    footer += f" · more on page {number_ + 1}"
+                e.set_footer(text=footer)
+                return Reply(embeds=(e,))
+
+            key = {"first": span.first, "last": span.last, "tz": span.tz, "page": number_}
+            return key, work
+
+        await rt.run(interaction, spec, prepare)
+
+    return board
+
+
+def build(rt: Runtime) -> list[app_commands.Command[Any, Any, None]]:
+    return [
+        _build(rt, MESSAGES, "messages", "Message leaderboard", "Top members by messages"),
+        _build(rt, VOICE, "voice", "Voice leaderboard", "Top members by time in voice"),
+    ]

@@ -1,0 +1,130 @@
+"""/privacy — a member opts out (or back in) or asks for their data to be deleted; an admin
+asks for the whole server's data to be deleted. Requests are rows in Postgres
+(``opt_outs``, ``deletion_requests``); the ETL carries deletions out in ClickHouse."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import discord
+from discord import app_commands
+
+from herwa.bot.commands._options import OptionError
+from herwa.bot.commands._reply import Reply
+from herwa.bot.commands._runtime import Context, Runtime, Spec, Work
+
+SPEC = Spec("privacy", counts_quota=False, cacheable=False, ephemeral=True)
+ADMIN_SPEC = Spec("privacy", counts_quota=False, cacheable=False, ephemeral=True, admin=True)
+
+
+def _confirmed(confirm: Any) -> None:
+    if confirm is not True:
+        raise OptionError("Nothing was done: set `confirm` to True to go ahead.")
+
+
+def build(rt: Runtime) -> app_commands.Group:
+    group = app_commands.Group(name="privacy", description="Your data in Herwa", guild_only=True)
+
+    async def _done(ctx: Context, text: str) -> Reply:
+        await rt.cache.drop_guild(ctx.guild_id)
+        return Reply(text, ephemeral=True)
+
+    @group.command(name="opt-out", description="Stop recording statistics about you here")
+    async def opt_out(interaction: discord.Interaction[Any]) -> None:
+        async def prepare(ctx: Context) -> tuple[dict[str, Any], Work]:
+            async def work() -> Reply:
+                await ctx.deps.pool.execute(
+                    "INSERT INTO opt_outs (guild_id, user_id) VALUES ($1, $2)"
+                    " ON CONFLICT DO NOTHING",
+                    ctx.guild_id,
+                    ctx.user_id,
+                )
+                return await _done(
+                    ctx,
+                    "You have opted out: nothing new about you is recorded "
+                    "in this server. `/privacy delete-my-data` removes what "
+                    "was recorded before.",
+                )
+
+            return {}, work
+
+        await rt.run(interaction, SPEC, prepare)
+
+    @group.command(name="opt-in", description="Allow statistics about you again")
+    async def opt_in(interaction: discord.Interaction[Any]) -> None:
+        async def prepare(ctx: Context) -> tuple[dict[str, Any], Work]:
+            async def work() -> Reply:
+                await ctx.deps.pool.execute(
+                    "DELETE FROM opt_outs WHERE guild_id = $1 AND user_id = $2",
+                    ctx.guild_id,
+                    ctx.user_id,
+                )
+                return await _done(
+                    ctx, "You are opted in again: your activity here is counted from now on."
+                )
+
+            return {}, work
+
+        await rt.run(interaction, SPEC, prepare)
+
+    @group.command(
+        name="delete-my-data", description="Delete everything recorded about you in this server"
+    )
+    @app_commands.describe(confirm="set to True to confirm")
+    async def delete_mine(interaction: discord.Interaction[Any], confirm: bool = False) -> None:
+        async def prepare(ctx: Context) -> tuple[dict[str, Any], Work]:
+            _confirmed(confirm)
+
+            async def work() -> Reply:
+                async with ctx.deps.pool.acquire() as conn, conn.transaction():
+                    # Opting out as well: otherwise new messages would be recorded again
+                    # right after the deletion runs.
+                    await conn.execute(
+                        "INSERT INTO opt_outs (guild_id, user_id) VALUES ($1, $2)"
+                        " ON CONFLICT DO NOTHING",
+                        ctx.guild_id,
+                        ctx.user_id,
+                    )
+                    await conn.execute(
+                        "INSERT INTO deletion_requests (scope, guild_id, user_id, requested_by)"
+                        " VALUES ('user', $1, $2, $2)",
+                        ctx.guild_id,
+                        ctx.user_id,
+                    )
+                return await _done(
+                    ctx,
+                    "Your data in this server will be deleted with the next "
+                    "data run, and you are opted out. `/privacy opt-in` lets "
+                    "you be counted again later.",
+                )
+
+            return {}, work
+
+        await rt.run(interaction, SPEC, prepare)
+
+    @group.command(
+        name="delete-server-data",
+        description="Admins: delete everything recorded about this server",
+    )
+    @app_commands.describe(confirm="set to True to confirm")
+    async def delete_guild(interaction: discord.Interaction[Any], confirm: bool = False) -> None:
+        async def prepare(ctx: Context) -> tuple[dict[str, Any], Work]:
+            _confirmed(confirm)
+
+            async def work() -> Reply:
+                await ctx.deps.pool.execute(
+                    "INSERT INTO deletion_requests (scope, guild_id, requested_by)"
+                    " VALUES ('guild', $1, $2)",
+                    ctx.guild_id,
+                    ctx.user_id,
+                )
+                return await _done(
+                    ctx,
+                    "All of this server's recorded data will be deleted with the next data run.",
+                )
+
+            return {}, work
+
+        await rt.run(interaction, ADMIN_SPEC, prepare)
+
+    return group

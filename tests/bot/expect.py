@@ -1,0 +1,113 @@
+"""Compare what Postgres holds with the simulator's ground-truth ledger."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from herwa.simulator import Simulator
+from tests.bot.conftest import pg
+
+# Voice durations are the bot's receive times: each session boundary may be late by the
+# event's delivery + processing delay on loopback. Allowed: 50 ms per boundary plus 0.5 s.
+VOICE_BOUNDARY_S = 0.05
+VOICE_SLACK_S = 0.5
+
+
+def expected_messages(
+    sim: Simulator, *, content: bool = True, deleted: bool = True
+) -> Counter[tuple[int, str]]:
+    """(guild, kind) → count of non-bot messages (bots are excluded by default)."""
+    out: Counter[tuple[int, str]] = Counter()
+    for m in sim.ledger.messages.values():
+        if m.is_bot or (m.deleted and not deleted):
+            continue
+        kind = m.kind if content or m.kind not in ("attachment", "embed") else "text"
+        out[(m.guild_id, kind)] += 1
+    return out
+
+
+async def actual_messages(dsn: str) -> Counter[tuple[int, str]]:
+    rows = await pg(
+        dsn, "SELECT guild_id, kind, count(*) AS n FROM message_events GROUP BY guild_id, kind"
+    )
+    return Counter({(r["guild_id"], r["kind"]): r["n"] for r in rows})
+
+
+def expected_family_counts(sim: Simulator) -> dict[str, Counter[int]]:
+    led = sim.ledger
+    out: dict[str, Counter[int]] = {
+        "edits": Counter(),
+        "deletes": Counter(),
+        "joins": Counter(),
+        "leaves": Counter(),
+        "voice_sessions": Counter(),
+    }
+    for gid, g in led.guilds.items():
+        out["edits"][gid] = g.edits
+        out["deletes"][gid] = g.deletes
+        out["joins"][gid] = g.joins
+        out["leaves"][gid] = g.leaves
+    for v in led.voice_sessions:
+        if v.leave_ms is not None:
+            out["voice_sessions"][v.guild_id] += 1
+    return {k: +v for k, v in out.items()}
+
+
+async def actual_family_counts(dsn: str) -> dict[str, Counter[int]]:
+    queries = {
+        "edits": "SELECT guild_id, count(*) AS n FROM message_edits GROUP BY 1",
+        "deletes": "SELECT guild_id, count(*) AS n FROM message_deletions GROUP BY 1",
+        "joins": "SELECT guild_id, count(*) AS n FROM member_events WHERE event='join' GROUP BY 1",
+        "leaves": "SELECT guild_id, count(*) AS n FROM member_events WHERE event='leave' "
+        "GROUP BY 1",
+        # A move closes one row and opens the next: one ledger session = the rows not
+        # closed by a move.
+        "voice_sessions": "SELECT guild_id, count(*) AS n FROM voice_sessions "
+        "WHERE close_reason <> 'move' GROUP BY 1",
+    }
+    out = {}
+    for name, q in queries.items():
+        out[name] = +Counter({r["guild_id"]: r["n"] for r in await pg(dsn, q)})
+    return out
+
+
+def expected_voice(sim: Simulator) -> dict[int, tuple[float, int]]:
+    """guild → (closed seconds, boundaries incl. moves)."""
+    out: dict[int, tuple[float, int]] = {}
+    for v in sim.ledger.voice_sessions:
+        if v.leave_ms is None:
+            continue
+        secs, n = out.get(v.guild_id, (0.0, 0))
+        out[v.guild_id] = (secs + v.seconds, n + 2 + 2 * v.moves)
+    return out
+
+
+async def actual_voice(dsn: str) -> dict[int, float]:
+    rows = await pg(
+        dsn, "SELECT guild_id, sum(duration_seconds) AS s FROM voice_sessions GROUP BY 1"
+    )
+    return {r["guild_id"]: float(r["s"]) for r in rows}
+
+
+async def compare_all(sim: Simulator, dsn: str, *, content: bool) -> list[str]:
+    """Human-readable differences; empty when Postgres equals the ledger. Without the
+    MESSAGE_CONTENT intent attachment and embed messages are expected as ``text``."""
+    problems: list[str] = []
+    exp, act = expected_messages(sim, content=content), await actual_messages(dsn)
+    if exp != act:
+        problems.append(f"messages differ: missing={exp - act} extra={act - exp}")
+    exp_f, act_f = expected_family_counts(sim), await actual_family_counts(dsn)
+    for name in exp_f:
+        if exp_f[name] != act_f[name]:
+            problems.append(f"{name}: expected {dict(exp_f[name])} got {dict(act_f[name])}")
+    ev, av = expected_voice(sim), await actual_voice(dsn)
+    for gid, (secs, boundaries) in ev.items():
+        got = av.get(gid, 0.0)
+        if abs(got - secs) > VOICE_BOUNDARY_S * boundaries + VOICE_SLACK_S:
+            problems.append(f"voice seconds guild {gid}: expected {secs:.3f} got {got:.3f}")
+    return problems
+
+
+def summary(sim: Simulator) -> dict[str, Any]:
+    return {k: v for k, v in sim.ledger.summary().items() if k != "guilds"}

@@ -1,0 +1,80 @@
+"""End to end: two `herwa bot` processes share the shards of a simulated Discord; for every
+event family Postgres ends up equal to the simulator's ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from herwa.simulator import Simulator
+from tests.bot.conftest import Fleet, pg, split_names, wait_for
+from tests.bot.expect import compare_all
+
+pytestmark = pytest.mark.slow
+
+
+async def emit(sim: Simulator, total: int, *, seconds: float) -> None:
+    """``total`` random events spread over ``seconds`` of wall time (voice needs real time)."""
+    chunks = 20
+    for _ in range(chunks):
+        sim.step(total // chunks)
+        await asyncio.sleep(seconds / chunks)
+
+
+async def test_two_bots_capture_every_family_exactly(fleet: Fleet, sim: Simulator) -> None:
+    fleet.extra_env["HERWA_DISCORD_MESSAGE_CONTENT_INTENT"] = "true"
+    names = split_names(2)
+    for n in names:
+        await fleet.start(n)
+    took = await wait_for(fleet.all_connected, 30, "all shards connected once")
+    assert max(fleet.sim_sessions().values()) == 1
+    dsn = fleet.endpoints.postgres_dsn
+    # The daily snapshot (hour 0 UTC: due at once) before any member joins or leaves.
+    initial = {g.id: len(g.members) for g in sim.world.guilds.values()}
+    try:
+        await wait_for(lambda: _snapshots(dsn, len(initial)), 15, "member-count snapshots")
+    except AssertionError:
+        for b in fleet.bots.values():
+            print(b.name, await b.readyz())
+            print(
+                "\n".join(
+                    l
+                    for l in (await b.metrics()).splitlines()
+                    if "herwa_bot" in l and not l.startswith("#")
+                )
+            )
+        raise
+    rows = await pg(dsn, "SELECT guild_id, member_count FROM member_count_snapshots")
+    assert {r["guild_id"]: r["member_count"] for r in rows} == initial
+
+    await emit(sim, 3000, seconds=3.0)
+    # Close every open voice session so the ledger's closed seconds are the whole story.
+    for g in sim.world.guilds.values():
+        for uid in list(g.voice):
+            sim.activity.voice_leave(g.id, uid, at_ms=sim.now_ms())
+
+    problems: list[str] = []
+
+    async def equal() -> bool:
+        nonlocal problems
+        problems = await compare_all(sim, dsn, content=True)
+        return not problems
+
+    started = time.monotonic()
+    try:
+        await wait_for(equal, 20, "Postgres to equal the ledger", interval=0.25)
+    except AssertionError:
+        raise AssertionError("\n".join(problems)) from None
+    print(
+        f"connected in {took:.1f}s; ledger matched {time.monotonic() - started:.1f}s "
+        f"after traffic; {sim.ledger.summary()['events_emitted']}"
+    )
+    for bot in fleet.bots.values():
+        assert 'herwa_bot_rows_dropped_total{table="message_events"} 0.0' in await bot.metrics()
+
+
+async def _snapshots(dsn: str, n: int) -> bool:
+    rows = await pg(dsn, "SELECT count(*) AS n FROM member_count_snapshots")
+    return bool(rows[0]["n"] == n)
