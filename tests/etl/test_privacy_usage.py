@@ -1,5 +1,7 @@
 """Opt-outs, deletion requests in both stores, and the atomic Redis usage drain."""
 
+# ruff: noqa: S608 - table names in test SQL are literals from the test itself.
+
 from __future__ import annotations
 
 import asyncio

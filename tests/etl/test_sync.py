@@ -1,5 +1,7 @@
 """Exactly-once loading under injected crashes, the run lock, deadlines and the run log."""
 
+# ruff: noqa: S608 - table names in test SQL are literals from the test itself.
+
 from __future__ import annotations
 
 import asyncio
@@ -115,7 +117,8 @@ async def test_crash_at_each_step_then_next_run_is_exact(
     crashed = await run_once(
         migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS, fault=crash_in_second_batch
     )
-    assert crashed.outcome == "failed" and "InjectedCrash" in (crashed.error or "")
+    assert crashed.outcome == "failed"
+    assert "InjectedCrash" in (crashed.error or "")
     # The crashed batch was rolled back in Postgres: only the first batch is marked.
     assert (
         await pg.fetchval("SELECT count(*) FROM message_events WHERE ch_ingested_at IS NOT NULL")
@@ -253,7 +256,7 @@ async def test_cleanup_deletes_only_rows_ingested_past_retention(
     migrated: Endpoints, pg: asyncpg.Connection
 ) -> None:
     await stage_messages(pg, range(1, 31))
-    # 1–10 ingested long ago, 11–20 ingested recently, 21–30 never ingested (and captured
+    # 1-10 ingested long ago, 11-20 ingested recently, 21-30 never ingested (and captured
     # long ago, so an age-based delete on the wrong column would take them).
     await pg.execute("UPDATE message_events SET captured_at = now() - interval '30 days'")
     await pg.execute(
@@ -265,7 +268,7 @@ async def test_cleanup_deletes_only_rows_ingested_past_retention(
         " WHERE message_id BETWEEN 11 AND 20"
     )
     options = RunOptions(batch_rows=100, retention_hours=72)
-    # Crash every claim so this run's own loading cannot mark 21–30 before cleanup runs.
+    # Crash every claim so this run's own loading cannot mark 21-30 before cleanup runs.
 
     async def no_loading(at: str, family: Family) -> None:
         if at == "claimed" and family.name == "message_events":
@@ -282,7 +285,7 @@ async def test_cleanup_deletes_only_rows_ingested_past_retention(
         r[0] for r in await pg.fetch("SELECT message_id FROM message_events ORDER BY message_id")
     ]
     assert remaining == list(range(11, 31))
-    # A normal run loads 21–30 and its cleanup still keeps the recently ingested rows.
+    # A normal run loads 21-30 and its cleanup still keeps the recently ingested rows.
     result = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, options)
     assert result.stats.rows_moved["message_events"] == 10
     assert result.stats.rows_cleaned["message_events"] == 0

@@ -1,0 +1,68 @@
+"""Member growth: joins, leaves and the member count per local day."""
+
+# ruff: noqa: S608 - only constant SQL fragments are composed; every value is a bound parameter.
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
+
+from herwa.analytics._query import SINCE, UNTIL, check_tz, params, rows
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.asyncclient import AsyncClient
+
+
+@dataclass(frozen=True)
+class GrowthPoint:
+    day: date  # local
+    joins: int
+    leaves: int
+    net: int  # cumulative joins - leaves since the start of the range
+    member_count: int | None  # the day's snapshot, if one was taken
+
+
+_EVENTS = f"""
+    SELECT toDate(toTimeZone(at, {{tz:String}})) AS day,
+           countIf(event = 'join'), countIf(event = 'leave')
+    FROM member_events FINAL
+    WHERE guild_id = {{guild_id:UInt64}} AND at >= {SINCE} AND at < {UNTIL}
+      AND (NOT is_bot OR {{bots:Bool}})
+    GROUP BY day
+"""
+
+# Snapshot days are UTC calendar days as the bot records them.
+_SNAPSHOTS = f"""
+    SELECT day, argMax(member_count, taken_at)
+    FROM member_count_snapshots FINAL
+    WHERE guild_id = {{guild_id:UInt64}}
+      AND day >= toDate({SINCE}) AND day <= toDate({UNTIL})
+    GROUP BY day
+"""
+
+
+async def growth(
+    client: AsyncClient,
+    guild_id: int,
+    tz: str,
+    since: datetime,
+    until: datetime,
+    *,
+    include_bots: bool = False,
+) -> list[GrowthPoint]:
+    """One point per local day from ``since`` to ``until`` (exclusive), gaps filled with 0."""
+    p = params(guild_id, since, until, tz=check_tz(tz), bots=include_bots)
+    events = {day: (int(j), int(lv)) for day, j, lv in await rows(client, _EVENTS, p)}
+    snapshots = {day: int(n) for day, n in await rows(client, _SNAPSHOTS, p)}
+    zone = ZoneInfo(tz)
+    day = since.astimezone(zone).date()
+    last = (until - timedelta(microseconds=1)).astimezone(zone).date()
+    points, net = [], 0
+    while day <= last:
+        joins, leaves = events.get(day, (0, 0))
+        net += joins - leaves
+        points.append(GrowthPoint(day, joins, leaves, net, snapshots.get(day)))
+        day += timedelta(days=1)
+    return points

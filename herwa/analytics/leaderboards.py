@@ -1,0 +1,92 @@
+"""Message and voice leaderboards, and per-channel statistics.
+
+Message figures come from the hourly rollup: ``since``/``until`` act at whole UTC hours.
+Voice figures come from ``voice_sessions`` (one row per session, small next to messages), with
+each session clipped to the range so a session crossing a bound counts only its inside part.
+"""
+
+# ruff: noqa: S608 - only constant SQL fragments are composed; every value is a bound parameter.
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Literal
+
+from herwa.analytics._query import SINCE, UNTIL, params, rows
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.asyncclient import AsyncClient
+
+
+@dataclass(frozen=True)
+class Entry:
+    user_id: int
+    value: float  # messages, or voice seconds
+
+
+@dataclass(frozen=True)
+class ChannelStats:
+    channel_id: int
+    messages: int
+    authors: int
+
+
+_MESSAGES = f"""
+    SELECT author_id, sum(messages) AS n
+    FROM message_activity_hourly FINAL
+    WHERE guild_id = {{guild_id:UInt64}} AND hour >= {SINCE} AND hour < {UNTIL}
+      AND (NOT is_bot OR {{bots:Bool}})
+    GROUP BY author_id HAVING n > 0
+    ORDER BY n DESC, author_id LIMIT {{limit:UInt32}}
+"""
+
+VOICE_SECONDS = f"""
+    greatest(0, dateDiff('millisecond', greatest(joined_at, {SINCE}),
+                         least(left_at, {UNTIL}))) / 1000
+"""
+
+_VOICE = f"""
+    SELECT user_id, sum({VOICE_SECONDS}) AS seconds
+    FROM voice_sessions FINAL
+    WHERE guild_id = {{guild_id:UInt64}} AND joined_at < {UNTIL} AND left_at > {SINCE}
+      AND (NOT is_bot OR {{bots:Bool}})
+    GROUP BY user_id HAVING seconds > 0
+    ORDER BY seconds DESC, user_id LIMIT {{limit:UInt32}}
+"""
+
+_CHANNELS = f"""
+    SELECT channel_id, sum(messages) AS n, uniqExactIf(author_id, messages > 0)
+    FROM message_activity_hourly FINAL
+    WHERE guild_id = {{guild_id:UInt64}} AND hour >= {SINCE} AND hour < {UNTIL}
+      AND (NOT is_bot OR {{bots:Bool}})
+    GROUP BY channel_id HAVING n > 0
+    ORDER BY n DESC, channel_id
+"""
+
+
+async def leaderboard(
+    client: AsyncClient,
+    guild_id: int,
+    since: datetime,
+    until: datetime,
+    *,
+    kind: Literal["messages", "voice"] = "messages",
+    limit: int = 10,
+    include_bots: bool = False,
+) -> list[Entry]:
+    sql = _MESSAGES if kind == "messages" else _VOICE
+    p = params(guild_id, since, until, bots=include_bots, limit=limit)
+    return [Entry(int(user), float(value)) for user, value in await rows(client, sql, p)]
+
+
+async def channel_stats(
+    client: AsyncClient,
+    guild_id: int,
+    since: datetime,
+    until: datetime,
+    *,
+    include_bots: bool = False,
+) -> list[ChannelStats]:
+    p = params(guild_id, since, until, bots=include_bots)
+    return [ChannelStats(int(c), int(n), int(a)) for c, n, a in await rows(client, _CHANNELS, p)]

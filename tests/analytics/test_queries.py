@@ -1,0 +1,224 @@
+"""Analytics queries return exact numbers on a constructed data set, loaded by the real ETL.
+
+Time zone edge cases: Asia/Kolkata (+05:30, two messages in one UTC hour fall on different
+local days), America/New_York across the 2024-03-10 DST switch, and a join on Sunday 23:30 UTC
+that is Monday in Kolkata (so it changes cohort week).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime
+
+import asyncpg
+import pytest
+
+from herwa import analytics
+from herwa.analytics import Cohort, Entry, GrowthPoint
+from herwa.devstack import Endpoints
+from herwa.etl.runner import RunOptions, run_once
+from herwa.stores import clickhouse_url_client
+
+
+def Z(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+G = 1
+# (message_id, author, channel, at, is_bot)
+MESSAGES = [
+    (1, 100, 10, "2024-03-04 18:15", False),
+    (2, 100, 10, "2024-03-04 18:45", False),
+    (3, 101, 11, "2024-03-10 06:30", False),  # 01:30 EST
+    (4, 101, 11, "2024-03-10 07:30", False),  # 03:30 EDT
+    (5, 102, 10, "2024-03-10 07:40", True),
+    (6, 100, 11, "2024-03-12 12:00", False),  # deleted below
+    (7, 100, 11, "2024-03-12 12:05", False),
+    (8, 103, 10, "2024-03-18 10:00", False),
+    (9, 104, 10, "2024-03-04 12:00", False),
+]
+# (user, event, at, is_bot)
+MEMBERS = [
+    (104, "join", "2024-03-03 23:30", False),
+    (100, "join", "2024-03-04 10:00", False),
+    (102, "join", "2024-03-04 11:00", True),
+    (101, "join", "2024-03-05 08:00", False),
+    (101, "leave", "2024-03-05 22:00", False),
+    (103, "join", "2024-03-11 09:00", False),
+]
+# (user, joined, left)
+VOICE = [
+    (100, "2024-03-04 19:00", "2024-03-04 19:30"),
+    (101, "2024-03-12 20:00", "2024-03-12 21:00"),
+]
+
+
+@pytest.fixture
+async def ro(migrated: Endpoints) -> AsyncIterator[object]:
+    pg = await asyncpg.connect(migrated.postgres_dsn)
+    try:
+        for guild in (G, 2):  # guild 2 mirrors guild 1 and must never leak into its figures
+            await pg.executemany(
+                "INSERT INTO message_events (message_id, guild_id, channel_id, author_id,"
+                " created_at, kind, is_bot) VALUES ($1, $2, $3, $4, $5, 'text', $6)",
+                [(i + 1000 * (guild - 1), guild, c, a, Z(t), b) for i, a, c, t, b in MESSAGES],
+            )
+            await pg.executemany(
+                "INSERT INTO member_events (guild_id, user_id, event, at, account_created_at,"
+                " is_bot) VALUES ($1, $2, $3, $4, $4, $5)",
+                [(guild, u, e, Z(t), b) for u, e, t, b in MEMBERS],
+            )
+            await pg.executemany(
+                "INSERT INTO voice_sessions (session_id, guild_id, channel_id, user_id,"
+                " joined_at, left_at, close_reason) VALUES (gen_random_uuid(), $1, 50, $2, $3,"
+                " $4, 'leave')",
+                [(guild, u, Z(j), Z(lv)) for u, j, lv in VOICE],
+            )
+        await pg.execute(
+            "INSERT INTO message_deletions (message_id, guild_id, channel_id, deleted_at)"
+            " VALUES (6, 1, 11, $1)",
+            Z("2024-03-13 00:00"),
+        )
+        await pg.execute(
+            "INSERT INTO member_count_snapshots (guild_id, day, member_count,"
+            " taken_at) VALUES (1, '2024-03-04', 40, $1)",
+            Z("2024-03-04 00:00"),
+        )
+        options = RunOptions(batch_rows=1000)
+        await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, options)
+        # The daily snapshot is re-taken: the upsert re-queues it and the newer count wins.
+        await pg.execute(
+            "UPDATE member_count_snapshots SET member_count = 42, taken_at = $1,"
+            " ch_ingested_at = NULL",
+            Z("2024-03-04 06:00"),
+        )
+        await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, options)
+    finally:
+        await pg.close()
+    client = await clickhouse_url_client(migrated.clickhouse_readonly_url)
+    yield client
+    await client.close()
+
+
+def _cells(hm: analytics.Heatmap) -> dict[tuple[str, int], int]:
+    return {
+        (analytics.DAYS[d], h): n for d, row in enumerate(hm.cells) for h, n in enumerate(row) if n
+    }
+
+
+MARCH = (Z("2024-03-01 00:00"), Z("2024-04-01 00:00"))
+
+HEATMAPS = {
+    "UTC": {
+        ("Mon", 18): 2,
+        ("Mon", 12): 1,
+        ("Sun", 6): 1,
+        ("Sun", 7): 1,
+        ("Tue", 12): 1,
+        ("Mon", 10): 1,
+    },
+    "Asia/Kolkata": {
+        ("Mon", 23): 1,
+        ("Tue", 0): 1,
+        ("Mon", 17): 1,
+        ("Sun", 12): 1,
+        ("Sun", 13): 1,
+        ("Tue", 17): 1,
+        ("Mon", 15): 1,
+    },
+    "America/New_York": {
+        ("Mon", 13): 2,
+        ("Mon", 7): 1,
+        ("Sun", 1): 1,
+        ("Sun", 3): 1,
+        ("Tue", 8): 1,
+        ("Mon", 6): 1,
+    },
+}
+
+
+@pytest.mark.parametrize("tz", sorted(HEATMAPS))
+async def test_heatmap_cells_in_the_guilds_time_zone(ro: object, tz: str) -> None:
+    for source in ("rollup", "raw"):
+        hm = await analytics.heatmap(ro, G, tz, *MARCH, source=source)  # type: ignore[arg-type]
+        assert _cells(hm) == HEATMAPS[tz], source
+        assert hm.total == 7
+    with_bots = await analytics.heatmap(ro, G, "UTC", *MARCH, include_bots=True)  # type: ignore[arg-type]
+    assert _cells(with_bots)[("Sun", 7)] == 2
+
+
+async def test_retention_matrix_utc_and_kolkata(ro: object) -> None:
+    span = (Z("2024-02-26 00:00"), Z("2024-03-25 00:00"))
+    utc = await analytics.retention(ro, G, "UTC", *span, weeks=4)  # type: ignore[arg-type]
+    assert utc == [
+        Cohort(date(2024, 2, 26), 1, (0, 1, 0, 0), (0, 0, 0, 0)),
+        Cohort(date(2024, 3, 4), 2, (2, 1, 0, 0), (1, 1, 0, 0)),
+        Cohort(date(2024, 3, 11), 1, (0, 1, 0, 0), (0, 0, 0, 0)),
+    ]
+    for source in ("rollup", "raw"):
+        kolkata = await analytics.retention(
+            ro,
+            G,
+            "Asia/Kolkata",
+            *span,
+            weeks=4,  # type: ignore[arg-type]
+            source=source,
+        )
+        assert kolkata == [
+            Cohort(date(2024, 3, 4), 3, (3, 1, 0, 0), (1, 1, 0, 0)),
+            Cohort(date(2024, 3, 11), 1, (0, 1, 0, 0), (0, 0, 0, 0)),
+        ], source
+
+
+async def test_growth_series_with_snapshots(ro: object) -> None:
+    span = (Z("2024-03-03 00:00"), Z("2024-03-06 00:00"))
+    assert await analytics.growth(ro, G, "UTC", *span) == [  # type: ignore[arg-type]
+        GrowthPoint(date(2024, 3, 3), 1, 0, 1, None),
+        GrowthPoint(date(2024, 3, 4), 1, 0, 2, 42),
+        GrowthPoint(date(2024, 3, 5), 1, 1, 2, None),
+    ]
+    kolkata = await analytics.growth(ro, G, "Asia/Kolkata", *span)  # type: ignore[arg-type]
+    assert [(p.day.day, p.joins, p.leaves, p.net) for p in kolkata] == [
+        (3, 0, 0, 0),
+        (4, 2, 0, 2),
+        (5, 1, 0, 3),
+        (6, 0, 1, 2),
+    ]
+
+
+async def test_leaderboards_and_channel_stats(ro: object) -> None:
+    assert await analytics.leaderboard(ro, G, *MARCH) == [  # type: ignore[arg-type]
+        Entry(100, 3),
+        Entry(101, 2),
+        Entry(103, 1),
+        Entry(104, 1),
+    ]
+    with_bots = await analytics.leaderboard(ro, G, *MARCH, include_bots=True, limit=3)  # type: ignore[arg-type]
+    assert with_bots == [Entry(100, 3), Entry(101, 2), Entry(102, 1)]
+    assert await analytics.leaderboard(ro, G, *MARCH, kind="voice") == [  # type: ignore[arg-type]
+        Entry(101, 3600.0),
+        Entry(100, 1800.0),
+    ]
+    clipped = await analytics.leaderboard(  # type: ignore[arg-type]
+        ro, G, Z("2024-03-12 20:30"), MARCH[1], kind="voice"
+    )
+    assert clipped == [Entry(101, 1800.0)]
+    channels = await analytics.channel_stats(ro, G, *MARCH)  # type: ignore[arg-type]
+    assert [(c.channel_id, c.messages, c.authors) for c in channels] == [(10, 4, 3), (11, 3, 2)]
+
+
+async def test_member_summary_and_overview(ro: object) -> None:
+    summary = await analytics.member_summary(ro, G, 100, *MARCH)  # type: ignore[arg-type]
+    assert summary == analytics.MemberSummary(100, 3, 2, 2, 1800.0, 1, Z("2024-03-04 10:00"))
+    nobody = await analytics.member_summary(ro, G, 999, *MARCH)  # type: ignore[arg-type]
+    assert (nobody.messages, nobody.voice_seconds, nobody.first_joined) == (0, 0.0, None)
+    assert await analytics.overview(ro, G, *MARCH) == analytics.Overview(  # type: ignore[arg-type]
+        messages=7, active_members=4, voice_seconds=5400.0, voice_members=2, joins=4, leaves=1
+    )
+
+
+async def test_queries_run_as_the_readonly_user(ro: object, migrated: Endpoints) -> None:
+    from clickhouse_connect.driver.exceptions import DatabaseError
+
+    with pytest.raises(DatabaseError, match=r"(?i)readonly"):
+        await ro.command("INSERT INTO messages (message_id) VALUES (1)")  # type: ignore[attr-defined]
