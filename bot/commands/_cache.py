@@ -39,7 +39,9 @@ class ResultCache:
             return None
         raw = await self._redis.get(cache_key(self._prefix, guild_id, command, options))
         CACHE.labels("miss" if raw is None else "hit").inc()
-        return None if raw is None else Reply.decode(raw)
+        if raw is None:
+            return None
+        return Reply.decode(raw.encode() if isinstance(raw, str) else raw)
 
     async def put(self, guild_id: int, command: str, options: dict[str, Any], reply: Reply) -> None:
         if self.enabled:

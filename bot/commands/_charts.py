@@ -17,6 +17,7 @@ HEATMAP_SIZE = (1000, 420)
 RETENTION_SIZE = (900, 600)
 GROWTH_SIZE = (1000, 420)
 
+_EPOCH = date(1970, 1, 1)
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 
@@ -91,12 +92,15 @@ def growth_png(
 ) -> bytes:
     fig = _figure(GROWTH_SIZE)
     ax = fig.add_axes((0.07, 0.14, 0.83, 0.74))
-    ax.bar(days, joins, color="#3ba55c", label="joins")
-    ax.bar(days, [-v for v in leaves], color="#ed4245", label="leaves")
+    # matplotlib's date numbers: days since its default epoch, 1970-01-01
+    x = [float((d - _EPOCH).days) for d in days]
+    ax.bar(x, joins, color="#3ba55c", label="joins")
+    ax.bar(x, [-v for v in leaves], color="#ed4245", label="leaves")
+    ax.xaxis_date()
     ax.axhline(0, color="#888888", linewidth=0.8)
     ax.set_ylabel("joins / leaves per day")
     ax.legend(loc="upper left")
-    known = [(d, m) for d, m in zip(days, members, strict=True) if m is not None]
+    known = [(d, m) for d, m in zip(x, members, strict=True) if m is not None]
     if known:
         twin = ax.twinx()
         twin.plot([d for d, _ in known], [m for _, m in known], color="#5865f2", label="members")

@@ -45,7 +45,7 @@ class DateRange:
         return datetime.combine(nxt, time(), ZoneInfo(self.tz)).astimezone(UTC)
 
     def label(self) -> str:
-        return f"{self.first.isoformat()} – {self.last.isoformat()} ({self.tz})"
+        return f"{self.first.isoformat()} to {self.last.isoformat()} ({self.tz})"
 
 
 def parse_date(value: str, name: str) -> date:

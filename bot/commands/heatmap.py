@@ -1,4 +1,4 @@
-"""/heatmap — messages by weekday × hour in the server's time zone, as a PNG."""
+"""/heatmap — messages by weekday and hour in the server's time zone, as a PNG."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def summary(cells: tuple[tuple[int, ...], ...], tz: str) -> str:
     busiest_day = max(range(7), key=lambda d: (per_day[d], -d))
     return (
         f"{number(total)} messages. Busiest hour: {WEEKDAYS[day]} "
-        f"{hour:02d}:00–{(hour + 1) % 24:02d}:00 with {number(cells[day][hour])} messages. "
+        f"{hour:02d}:00-{(hour + 1) % 24:02d}:00 with {number(cells[day][hour])} messages. "
         f"Busiest day: {WEEKDAYS[busiest_day]} with {number(per_day[busiest_day])}. "
         f"Times in {tz}."
     )

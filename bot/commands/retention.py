@@ -10,7 +10,7 @@ from discord import app_commands
 
 from herwa import analytics
 from herwa.bot.commands._charts import retention_png
-from herwa.bot.commands._common import DAYS_HELP, END_HELP, Days, embed, resolve_range
+from herwa.bot.commands._common import END_HELP, Days, embed, resolve_range
 from herwa.bot.commands._options import OptionError
 from herwa.bot.commands._reply import Attachment, Reply
 from herwa.bot.commands._runtime import Context, Runtime, Spec, Work
@@ -38,7 +38,7 @@ def build(rt: Runtime) -> app_commands.Command[Any, Any, None]:
     @app_commands.describe(
         days="join window: members who first joined in these days form the cohorts",
         end=END_HELP,
-        weeks=f"weeks to follow each cohort (1–{MAX_WEEKS})",
+        weeks=f"weeks to follow each cohort (1 to {MAX_WEEKS})",
     )
     @app_commands.guild_only()
     async def retention(

@@ -1,0 +1,74 @@
+"""Herwa's slash commands (``herwa.bot.commands`` lives in ``bot/commands/``).
+
+One command per platform feature so tiers can gate each (names from ``herwa/platform.yaml``):
+``/overview``, ``/heatmap``, ``/retention``, ``/growth``, ``/leaderboard``,
+``/voice-leaderboard``, ``/channels``, ``/me``, ``/usage``, ``/privacy …``, ``/export``,
+``/config …``. Every invocation passes the same gate (per-user rate limit, Manage Server for
+admin commands, the guild's entitlement, the monthly query quota) in :mod:`._runtime`.
+
+Wiring, in the bot's ``setup_hook``::
+
+    install(self.tree, CommandDeps(pool, redis, readonly_clickhouse, settings.commands(),
+                                   redis_prefix=settings.redis().key_prefix))
+    await self.tree.sync()
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from discord import app_commands
+
+from herwa.bot.commands import (
+    channels,
+    export,
+    growth,
+    heatmap,
+    leaderboards,
+    me,
+    overview,
+    privacy,
+    retention,
+    settings,
+    usage,
+)
+from herwa.bot.commands._runtime import CommandDeps, Runtime
+
+__all__ = ["COMMAND_NAMES", "CommandDeps", "Runtime", "install"]
+
+# The gated names, exactly as platform.yaml's `commands:` lists them.
+COMMAND_NAMES = (
+    "overview",
+    "heatmap",
+    "retention",
+    "growth",
+    "leaderboard",
+    "voice-leaderboard",
+    "channels",
+    "me",
+    "usage",
+    "privacy",
+    "export",
+    "config",
+)
+
+
+def install(tree: app_commands.CommandTree[Any], deps: CommandDeps) -> Runtime:
+    """Add every command to ``tree`` (global commands); sync the tree afterwards."""
+    rt = Runtime(deps)
+    commands: list[app_commands.Command[Any, Any, None] | app_commands.Group] = [
+        overview.build(rt),
+        heatmap.build(rt),
+        retention.build(rt),
+        growth.build(rt),
+        *leaderboards.build(rt),
+        channels.build(rt),
+        me.build(rt),
+        usage.build(rt),
+        privacy.build(rt),
+        export.build(rt),
+        settings.build(rt),
+    ]
+    for command in commands:
+        tree.add_command(command)
+    return rt
