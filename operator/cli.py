@@ -54,7 +54,7 @@ async def _main(
 ) -> int:
     setup_tracing("herwa-operator")
     # min_size=0: creating the pool opens no connection, so a down Postgres cannot stop start-up.
-    pool = await postgres_pool(pg, min_size=0, command_timeout=15)
+    pool = await postgres_pool(pg.model_copy(update={"pool_min_size": 0}), command_timeout=15)
     redis = redis_client(rd)
     rt = Runtime(pool=pool, redis=redis, prefix=rd.key_prefix, platform=plat)
     ready = asyncio.Event()

@@ -122,7 +122,8 @@ def merge_conditions(
             "type": cond.type,
             "status": cond.status,
             "reason": cond.reason,
-            "message": cond.message,
+            # Never empty: kopf's status patch turns "" into null, which the schema refuses.
+            "message": cond.message or cond.reason,
             "observedGeneration": generation,
             "lastTransitionTime": stamp if changed or before is None
             else before.get("lastTransitionTime", stamp),

@@ -98,7 +98,7 @@ def _not_ready(state: str, reason: str, message: str, *, conflict: bool = False,
         Condition("CommandCacheSynced", synced, reason, message),
         Condition("Conflict", "True" if conflict else "False",
                   Reason.CONFLICT if conflict else Reason.NO_CONFLICT,
-                  message if conflict else ""),
+                  message if conflict else "no other GuildSubscription claims this guild"),
     ]
     return Outcome(state, reason, message, conditions, tier=tier, guild_id=guild_id,
                    retry=retry)
@@ -275,7 +275,8 @@ def _synced_outcome(spec: Spec, ent: entitlements.Entitlement, now: datetime, ca
                             f"{len(ent.commands)} commands cached")
                   if cache_ok else
                   Condition("CommandCacheSynced", "False", Reason.STORE_UNAVAILABLE, cache_error))
-    no_conflict = Condition("Conflict", "False", Reason.NO_CONFLICT, "")
+    no_conflict = Condition("Conflict", "False", Reason.NO_CONFLICT,
+                            "no other GuildSubscription claims this guild")
     if not cache_ok:
         ready = Condition("Ready", "False", Reason.STORE_UNAVAILABLE, cache_error)
         return Outcome("unavailable", Reason.STORE_UNAVAILABLE, cache_error,
