@@ -355,6 +355,7 @@ def test_service_account_has_only_what_the_operator_needs(operator: Operator) ->
         return res.stdout.strip() == "yes"
 
     assert can("patch", "guildsubscriptions.herwa.dev", "--all-namespaces")
+    assert can("patch", "guildsubscriptions.herwa.dev", "--subresource", "status", "-A")
     assert can("create", "events", "-n", "anywhere")
     assert not can("delete", "guildsubscriptions.herwa.dev", "--all-namespaces")
     assert not can("create", "guildsubscriptions.herwa.dev", "-n", "default")
