@@ -152,9 +152,10 @@ async def start_harness(
     await tree.sync()
     guild, other = sorted(sim.world.guilds)
     g = sim.world.guilds[guild]
-    users = [g.owner_id] + sorted(
-        uid for uid, m in g.members.items() if uid != g.owner_id and not m.user.bot
-    )
+    users = [
+        g.owner_id,
+        *sorted(uid for uid, m in g.members.items() if uid != g.owner_id and not m.user.bot),
+    ]
     text = sorted(c.id for c in g.channels.values() if c.type == 0)
     h = Harness(sim, pool, redis, rt, client, endpoints, guild, other, users, text)
     return h, [task, ch]
@@ -195,8 +196,8 @@ async def build_dataset(h: Harness) -> None:
     """Stage a small, exactly known data set in Postgres and run the ETL once.
 
     Guild under test, UTC, week of Mon 2024-03-04:
-    - messages: U1 5× Mon 10:0x in C1; U2 3× Tue 14:0x in C2 (one later deleted);
-      U3 2× Tue 14:3x in C1; a bot 4× Mon 10:xx in C1 (never counted).
+    - messages: U1 5x Mon 10:0x in C1; U2 3x Tue 14:0x in C2 (one later deleted);
+      U3 2x Tue 14:3x in C1; a bot 4x Mon 10:xx in C1 (never counted).
     - voice: U1 30 min Mon 11:00; U2 90 min Tue 20:00.
     - members: U2 joins Mon 09:00, U4 joins Mon 12:00, U3 joins Tue 09:00, U4 leaves Wed 12:00.
     - member count snapshots: 10 on 03-04, 11 on 03-05.

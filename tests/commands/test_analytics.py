@@ -26,7 +26,8 @@ async def test_overview_and_heatmap_exact(harness: Harness) -> None:
     await h.grant("free")
 
     result = await h.invoke("overview", WEEK)
-    assert result["response_type"] == 4 and not is_ephemeral(result)
+    assert result["response_type"] == 4
+    assert not is_ephemeral(result)
     assert fields_of(result) == {
         "Messages": "9",
         "Active members": "3",

@@ -17,13 +17,21 @@ from herwa.bot.commands._gate import Gate, quota_key
 from herwa.config import CommandSettings
 from herwa.devstack import Endpoints
 from herwa.entitlements import CommandAccess
-from tests.commands.conftest import PREFIX, Harness, is_ephemeral, opt, start_harness, \
-    stop_harness, text_of
+from tests.commands.conftest import (
+    PREFIX,
+    Harness,
+    is_ephemeral,
+    opt,
+    start_harness,
+    stop_harness,
+    text_of,
+)
 
 
 def invocations(command: str, outcome: str) -> float:
     value = REGISTRY.get_sample_value(
-        "herwa_command_invocations_total", {"command": command, "outcome": outcome})
+        "herwa_command_invocations_total", {"command": command, "outcome": outcome}
+    )
     return value or 0.0
 
 
@@ -32,23 +40,27 @@ async def test_denied_names_the_unlocking_tier(harness: Harness) -> None:
     # No subscription at all: the cache miss goes to Postgres and leaves a negative entry.
     result = await h.invoke("overview")
     assert is_ephemeral(result)
-    assert text_of(result) == ("This server has no Herwa subscription yet. "
-                               "It is part of the **free** tier.")
+    assert text_of(result) == (
+        "This server has no Herwa subscription yet. It is part of the **free** tier."
+    )
     assert await h.redis.ttl(f"{PREFIX}cmdcache:{h.guild}") > 0
 
     await h.grant("free", {"queries_per_month": 10, "history_days": 30})
     denied_before = invocations("growth", "denied")
     result = await h.invoke("growth")
     assert is_ephemeral(result)
-    assert text_of(result) == ("`/growth` is not included in this server's **free** tier. "
-                               "It is part of the **pro** tier.")
+    assert text_of(result) == (
+        "`/growth` is not included in this server's **free** tier. It is part of the **pro** tier."
+    )
     assert invocations("growth", "denied") == denied_before + 1
     result = await h.invoke("export")
     assert text_of(result).endswith("It is part of the **enterprise** tier.")
     # The re-warmed cache entry (with a TTL) answered the second command, not Postgres.
     raw = await h.redis.get(f"{PREFIX}cmdcache:{h.guild}")
+    assert raw is not None
     access = CommandAccess.from_cache(raw)
-    assert access is not None and access.tier == "free"
+    assert access is not None
+    assert access.tier == "free"
     assert 0 < await h.redis.ttl(f"{PREFIX}cmdcache:{h.guild}") <= 300
 
     await h.pool.execute("UPDATE entitlements SET suspended = true WHERE guild_id = $1", h.guild)
@@ -78,8 +90,9 @@ async def test_quota_exhausted_then_over_quota(harness: Harness) -> None:
     result = await h.invoke("overview")
     assert is_ephemeral(result)
     text = text_of(result)
-    assert text.startswith("This server has used all 3 queries of its monthly quota on the "
-                           "free tier. It resets <t:")
+    assert text.startswith(
+        "This server has used all 3 queries of its monthly quota on the free tier. It resets <t:"
+    )
     resets = int(re.search(r"<t:(\d+):R>", text).group(1))  # type: ignore[union-attr]
     assert datetime.fromtimestamp(resets, UTC).day == 1
     assert invocations("overview", "over_quota") == over_before + 1
@@ -105,8 +118,7 @@ async def test_concurrent_invocations_at_the_boundary_never_exceed_it(
     ok = [t for t in answered if t.startswith("Server overview")]
     over = [t for t in answered if "monthly quota" in t]
     assert (len(ok), len(over)) == (5, 7)
-    assert int(await h.redis.get(quota_key(PREFIX, h.guild, "queries_per_month",
-                                           datetime.now(UTC)))) == 5
+    assert await h.rt.gate.quota_used(h.guild, datetime.now(UTC)) == 5
 
 
 async def test_quota_script_under_heavy_concurrency(harness: Harness) -> None:
@@ -116,10 +128,20 @@ async def test_quota_script_under_heavy_concurrency(harness: Harness) -> None:
     now = datetime.now(UTC)
     clients = [Redis.from_url(h.endpoints.redis_url) for _ in range(4)]
     try:
-        gates = [Gate(r, h.pool, PREFIX, rate_limit_count=5, rate_limit_window=timedelta(1),
-                      quota_name="queries_per_month") for r in clients]
+        gates = [
+            Gate(
+                r,
+                h.pool,
+                PREFIX,
+                rate_limit_count=5,
+                rate_limit_window=timedelta(1),
+                quota_name="queries_per_month",
+            )
+            for r in clients
+        ]
         decisions = await asyncio.gather(
-            *(g.take_quota(h.guild, access, now) for g in gates for _ in range(80)))
+            *(g.take_quota(h.guild, access, now) for g in gates for _ in range(80))
+        )
     finally:
         for r in clients:
             await r.aclose()
@@ -136,8 +158,9 @@ async def test_quota_script_under_heavy_concurrency(harness: Harness) -> None:
 @pytest.fixture
 async def strict(migrated: Endpoints) -> AsyncIterator[Harness]:
     """Two commands per user per minute, and 'slow' means anything: every answer defers."""
-    settings = CommandSettings(rate_limit_count=2, rate_limit_window_seconds=60,
-                               defer_after_seconds=0.001, page_size=2)
+    settings = CommandSettings(
+        rate_limit_count=2, rate_limit_window_seconds=60, defer_after_seconds=0.001, page_size=2
+    )
     h, extra = await start_harness(migrated, settings)
     try:
         yield h
@@ -149,7 +172,8 @@ async def test_rate_limit_and_deferred_answers(strict: Harness) -> None:
     h = strict
     await h.grant("free")
     first = await h.invoke("heatmap", include_bytes=True)
-    assert first["deferred"] and first["complete"]
+    assert first["deferred"]
+    assert first["complete"]
     assert first["original"]["embeds"][0]["title"] == "Activity heatmap"
     assert first["original"]["attachments"][0]["filename"] == "heatmap.png"
     second = await h.invoke("overview")
@@ -167,8 +191,10 @@ async def test_rate_limit_and_deferred_answers(strict: Harness) -> None:
     other = await h.invoke("overview", user=h.users[1])
     assert other["original"]["embeds"][0]["title"] == "Server overview"
     assert await h.rt.gate.quota_used(h.guild, datetime.now(UTC)) == 3
-    assert REGISTRY.get_sample_value(
-        "herwa_command_latency_seconds_count", {"command": "heatmap"}) is not None
+    assert (
+        REGISTRY.get_sample_value("herwa_command_latency_seconds_count", {"command": "heatmap"})
+        is not None
+    )
 
 
 async def test_admin_commands_need_manage_server(
@@ -179,17 +205,18 @@ async def test_admin_commands_need_manage_server(
     # The simulator sends members with every permission; this member gets View Channel and
     # Send Messages only.
     monkeypatch.setattr("herwa.simulator._activity.ADMIN_PERMISSIONS", str(1 << 10 | 1 << 11))
-    for name, options in (("export", None),
-                          ("config", [{"name": "timezone", "type": 1,
-                                       "options": [opt("name", "Europe/Berlin")]}]),
-                          ("privacy", [{"name": "delete-server-data", "type": 1,
-                                        "options": [opt("confirm", True)]}])):
+    for name, options in (
+        ("export", None),
+        ("config", [{"name": "timezone", "type": 1, "options": [opt("name", "Europe/Berlin")]}]),
+        ("privacy", [{"name": "delete-server-data", "type": 1, "options": [opt("confirm", True)]}]),
+    ):
         result = await h.invoke(name, options, user=h.users[2])
         assert is_ephemeral(result)
         assert text_of(result) == f"`/{name}` needs the **Manage Server** permission."
     assert await h.pool.fetchval("SELECT count(*) FROM deletion_requests") == 0
     assert await h.pool.fetchval("SELECT count(*) FROM guilds") == 0
     # Members' own commands still work for them.
-    result = await h.invoke("privacy", [{"name": "opt-out", "type": 1, "options": []}],
-                            user=h.users[2])
+    result = await h.invoke(
+        "privacy", [{"name": "opt-out", "type": 1, "options": []}], user=h.users[2]
+    )
     assert text_of(result).startswith("You have opted out")

@@ -1,0 +1,98 @@
+"""Privacy requests land in Postgres and the ETL carries them out; settings change answers."""
+
+from __future__ import annotations
+
+from herwa.etl.runner import RunOptions, run_once
+from tests.commands.conftest import Harness, build_dataset, is_ephemeral, opt, sub, text_of
+from tests.etl._support import ch_value
+
+WEEK = [opt("days", 7), opt("end", "2024-03-10")]
+
+
+async def _etl(h: Harness) -> None:
+    result = await run_once(
+        h.endpoints.postgres_dsn,
+        h.endpoints.clickhouse_url,
+        None,
+        RunOptions(retention_hours=24 * 365 * 10),
+    )
+    assert result.outcome == "caught_up", result.error
+
+
+async def test_config_changes_what_commands_answer(harness: Harness) -> None:
+    h = harness
+    await build_dataset(h)
+    await h.grant("free")
+    before = await h.invoke("heatmap", WEEK)
+    assert "Busiest hour: Mon 10:00-11:00 with 5 messages" in text_of(before)
+
+    result = await h.invoke("config", sub("timezone", opt("name", "Asia/Kolkata")))
+    assert is_ephemeral(result)
+    assert text_of(result) == "Time zone set to **Asia/Kolkata**."
+    # 10:00 UTC is 15:30 in Kolkata; the cached UTC heatmap was dropped with the change.
+    after = await h.invoke("heatmap", WEEK)
+    assert "Busiest hour: Mon 15:00-16:00 with 5 messages" in text_of(after)
+    assert "Times in Asia/Kolkata." in text_of(after)
+
+    c1, c2 = h.channels[:2]
+    result = await h.invoke("config", sub("channels", opt("channels", f"<#{c1}>, {c2}")))
+    assert text_of(result) == f"Tracking 2 channel(s): <#{c1}> <#{c2}>"
+    result = await h.invoke("config", sub("snapshot-hour", opt("hour", 5)))
+    assert text_of(result) == "Daily snapshot at **05:00 UTC**."
+    row = await h.pool.fetchrow("SELECT * FROM guilds WHERE guild_id = $1", h.guild)
+    assert row is not None
+    assert (row["timezone"], row["tracked_channel_ids"], row["snapshot_hour_utc"]) == (
+        "Asia/Kolkata",
+        [c1, c2],
+        5,
+    )
+    result = await h.invoke("config", sub("show"))
+    assert "Time zone: Asia/Kolkata" in text_of(result)
+    assert f"Tracked channels: <#{c1}> <#{c2}>" in text_of(result)
+    result = await h.invoke("config", sub("channels", opt("channels", "all")))
+    assert text_of(result) == "Every channel is tracked now."
+    assert (
+        await h.pool.fetchval("SELECT tracked_channel_ids FROM guilds WHERE guild_id = $1", h.guild)
+        is None
+    )
+
+
+async def test_privacy_requests_are_carried_out(harness: Harness) -> None:
+    h = harness
+    await build_dataset(h)
+    await h.grant("free")
+    u1, u2, u3 = h.users[:3]
+
+    result = await h.invoke("privacy", sub("opt-out"), user=u3)
+    assert is_ephemeral(result)
+    assert text_of(result).startswith("You have opted out")
+    result = await h.invoke("privacy", sub("opt-in"), user=u3)
+    assert text_of(result).startswith("You are opted in again")
+    assert await h.pool.fetchval("SELECT count(*) FROM opt_outs") == 0
+
+    result = await h.invoke("privacy", sub("delete-my-data", opt("confirm", True)), user=u2)
+    assert text_of(result).startswith("Your data in this server will be deleted")
+    assert (
+        await h.pool.fetchval(
+            "SELECT count(*) FROM opt_outs WHERE guild_id = $1 AND user_id = $2", h.guild, u2
+        )
+        == 1
+    )
+    await _etl(h)
+    result = await h.invoke("me", WEEK, user=u2)
+    assert "Messages: 0" in text_of(result)
+    assert "You have opted out" in text_of(result)
+
+    result = await h.invoke("privacy", sub("delete-server-data", opt("confirm", True)), user=u1)
+    assert text_of(result) == (
+        "All of this server's recorded data will be deleted with the next data run."
+    )
+    ((scope, by),) = await h.pool.fetch(
+        "SELECT scope, requested_by FROM deletion_requests WHERE scope = 'guild'"
+    )
+    assert (scope, by) == ("guild", u1)
+    await _etl(h)
+    result = await h.invoke("overview", WEEK)
+    assert "Messages: 0" in text_of(result)
+    # The other guild keeps its data.
+    assert await ch_value(h.endpoints, "SELECT count() FROM messages FINAL") == 100
