@@ -21,7 +21,7 @@ import logging
 import signal
 import time
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -134,6 +134,9 @@ class BotApp:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Keep the leases alive while the shards close and flush: their state writes are
+        # fenced by the lease, and nobody may open a shard before it is closed here.
+        renewer = asyncio.get_running_loop().create_task(self._renew_until_released())
         await self.backfiller.cancel()
 
         def left() -> float:
@@ -143,6 +146,7 @@ class BotApp:
             *(self._stop_shard(s, left()) for s in list(self.runners)), return_exceptions=True
         )
         ok = await self.buffer.close(left())
+        renewer.cancel()
         with contextlib.suppress(Exception):
             await self.coordinator.leave()
         metrics.SHARDS_OWNED.set(0)
@@ -202,6 +206,14 @@ class BotApp:
             if c is not None and c.ws is not None:
                 metrics.SHARD_LATENCY.labels(str(shard_id)).set(c.ws.latency)
         return converged
+
+    async def _renew_until_released(self) -> None:
+        ttl = self.settings.member_ttl_seconds
+        while self.runners:
+            for shard_id, runner in list(self.runners.items()):
+                with contextlib.suppress(Exception):
+                    await self.coordinator.renew(shard_id, runner.token, ttl)
+            await asyncio.sleep(self.settings.member_heartbeat_seconds)
 
     def _fence_expired(self) -> None:
         """Redis unreachable: a shard whose lease may have expired must not stay open."""
@@ -316,33 +328,37 @@ class BotApp:
             token = mark.token if mark else (runner.token if runner else None)
             if token is None:
                 continue
-            lease = self.coordinator.lease_key(sid)
-            async with self.redis.pipeline(transaction=True) as pipe:
-                await pipe.watch(lease)
-                holder = await pipe.get(lease)
-                if holder is None or holder.decode() != token:
-                    log.warning("shard %s: lease no longer ours; not writing its state", sid)
-                    continue
-                pipe.multi()
-                for (gid, uid), session in voice.get(sid, {}).items():
-                    if session is None:
-                        pipe.hdel(self.key("voice", gid), str(uid))
-                    else:
-                        pipe.hset(self.key("voice", gid), str(uid), session)
-                        pipe.sadd(self.key("voice", "guilds"), str(gid))
-                for gid, count in counts.get(sid, {}).items():
-                    pipe.hset(self.key("member_counts"), str(gid), count)
-                if mark is not None:
-                    pipe.hset(
-                        self.coordinator.gateway_key(sid),
-                        mapping={
-                            "session_id": mark.session_id,
-                            "seq": mark.seq,
-                            "resume_url": mark.resume_url,
-                            "alive_ms": now_ms,
-                        },
-                    )
-                await pipe.execute()
+            ops: list[str | int | bytes] = []
+            for (gid, uid), session in voice.get(sid, {}).items():
+                if session is None:
+                    ops += ["hdel", self.key("voice", gid), str(uid), ""]
+                else:
+                    ops += ["hset", self.key("voice", gid), str(uid), session]
+                    ops += ["sadd", self.key("voice", "guilds"), str(gid), ""]
+            for gid, count in counts.get(sid, {}).items():
+                ops += ["hset", self.key("member_counts"), str(gid), count]
+            if mark is not None:
+                gw = self.coordinator.gateway_key(sid)
+                ops += [
+                    "hset",
+                    gw,
+                    "session_id",
+                    mark.session_id,
+                    "hset",
+                    gw,
+                    "seq",
+                    mark.seq,
+                    "hset",
+                    gw,
+                    "resume_url",
+                    mark.resume_url,
+                    "hset",
+                    gw,
+                    "alive_ms",
+                    now_ms,
+                ]
+            if not await self.coordinator.fenced_write(sid, token, ops):
+                log.warning("shard %s: lease no longer ours; not writing its state", sid)
         if usage:
             from herwa import usage as usage_store
 

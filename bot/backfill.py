@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from herwa.bot import metrics
 from herwa.bot.capture import DISCORD_EPOCH_MS, edit_row, message_row
+from herwa.bot.directory import THREAD_TYPES
 
 if TYPE_CHECKING:
     from herwa.bot.app import BotApp
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TEXT_KINDS = frozenset((0, 5))  # text, announcement
+TEXT_KINDS = frozenset((0, 5))  # text, announcement; plus the threads the bot knows of
 PAGE = 100
 _GUILDS_AT_ONCE = 4
 
@@ -49,7 +50,7 @@ class Backfiller:
     def schedule(self, runner: ShardRunner, guild_id: int) -> None:
         # Everything created up to now: later messages reach the live stream.
         until = snowflake_at(time.time() * 1000 + 1) | ((1 << 22) - 1)
-        task = asyncio.get_running_loop().create_task(self._guild(runner, guild_id, until))
+        task = asyncio.get_running_loop().create_task(self._tracked(runner, guild_id, until))
         self._tasks[runner.shard_id].add(task)
         task.add_done_callback(self._tasks[runner.shard_id].discard)
 
@@ -67,15 +68,55 @@ class Backfiller:
     def running(self) -> int:
         return sum(len(t) for t in self._tasks.values())
 
-    async def _guild(self, runner: ShardRunner, guild_id: int, until: int) -> None:
+    @property
+    def pending_key(self) -> str:
+        return self.app.key("backfill", "pending")
+
+    async def resume_pending(self, runner: ShardRunner) -> None:
+        """Guilds whose backfill an earlier owner of this shard did not finish (handed over,
+        crashed): run them again."""
+        raw = await self.app.redis.hgetall(self.pending_key)
+        for gid, until in raw.items():
+            if self.app.shard_of(int(gid)) == runner.shard_id:
+                task = asyncio.get_running_loop().create_task(
+                    self._tracked(runner, int(gid), int(until))
+                )
+                self._tasks[runner.shard_id].add(task)
+                task.add_done_callback(self._tasks[runner.shard_id].discard)
+
+    async def _tracked(self, runner: ShardRunner, guild_id: int, until: int) -> None:
+        """The backfill, recorded as pending in Redis until it has completed: whoever owns
+        the shard next finishes it (the marker survives a handover and a crash)."""
+        redis = self.app.redis
+        key = self.pending_key
+        for attempt in range(100):
+            try:
+                old = await redis.hget(key, str(guild_id))
+                await redis.hset(key, str(guild_id), max(until, int(old or 0)))
+                break
+            except Exception as exc:
+                log.warning("cannot record pending backfill: %s", exc)
+                await asyncio.sleep(min(5.0, 0.1 * 2**attempt))
+        for attempt in range(10):
+            if await self._guild(runner, guild_id, until):
+                break
+            await asyncio.sleep(min(10.0, 0.5 * 2**attempt))
+        else:
+            log.error("backfill of guild %s gave up; it stays pending for the next owner", guild_id)
+            return
+        # Only what is committed counts as done: flush before clearing the marker.
+        await self.app.buffer.flush(30.0)
+        await redis.hdel(key, str(guild_id))
+
+    async def _guild(self, runner: ShardRunner, guild_id: int, until: int) -> bool:
         app = self.app
         async with self._slots:
             directory = app.directory
             tracked = directory.config(guild_id).tracked_channel_ids
             channels = [
                 c
-                for c in directory.guild_channels(guild_id, TEXT_KINDS)
-                if tracked is None or c in tracked
+                for c in directory.guild_channels(guild_id, TEXT_KINDS | THREAD_TYPES)
+                if tracked is None or (directory.thread_parent(c) or c) in tracked
             ]
             floor = snowflake_at((time.time() - app.settings.backfill_window_hours * 3600) * 1000)
             for channel_id in channels:
@@ -97,12 +138,21 @@ class Backfiller:
         client = runner.client
         if client is None:
             return
+        parent = app.directory.thread_parent(channel_id)
         async with app.pool.acquire() as conn:
-            last = await conn.fetchval(
-                "SELECT max(message_id) FROM message_events "
-                "WHERE channel_id = $1 AND thread_id IS NULL",
-                channel_id,
-            )
+            if parent is None:
+                last = await conn.fetchval(
+                    "SELECT max(message_id) FROM message_events "
+                    "WHERE channel_id = $1 AND thread_id IS NULL",
+                    channel_id,
+                )
+            else:
+                last = await conn.fetchval(
+                    "SELECT max(message_id) FROM message_events "
+                    "WHERE channel_id = $1 AND thread_id = $2",
+                    parent,
+                    channel_id,
+                )
         after = max(int(last or 0), floor)
         while after < until:
             page: list[dict[str, Any]] = await client.http.logs_from(channel_id, PAGE, after=after)
@@ -112,7 +162,13 @@ class Backfiller:
             for m in page:
                 if int(m["id"]) > until:
                     continue
-                row = message_row(m, app.directory, source="backfill", guild_id=guild_id)
+                row = message_row(
+                    m,
+                    app.directory,
+                    source="backfill",
+                    guild_id=guild_id,
+                    content=app.discord_settings.message_content_intent,
+                )
                 await app.buffer.wait_for_room()
                 if row is not None:
                     app.buffer.add("message_events", row)

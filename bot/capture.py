@@ -37,7 +37,10 @@ def parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value)
 
 
-def message_kind(d: Json) -> str:
+def message_kind(d: Json, content: bool = True) -> str:
+    """``content=False``: the bot runs without MESSAGE_CONTENT; attachment and embed are
+    folded into text even when a payload (e.g. REST history) happens to carry them, so a
+    message's kind never depends on the path it arrived by."""
     t = d.get("type", 0)
     if t == _REPLY:
         return "reply"
@@ -45,6 +48,8 @@ def message_kind(d: Json) -> str:
         return "system"
     if d.get("sticker_items"):
         return "sticker"
+    if not content:
+        return "text"
     if d.get("attachments"):
         return "attachment"
     if d.get("embeds"):
@@ -58,7 +63,12 @@ def is_bot_author(d: Json) -> bool:
 
 
 def message_row(
-    d: Json, directory: Directory, *, source: str = "gateway", guild_id: int | None = None
+    d: Json,
+    directory: Directory,
+    *,
+    source: str = "gateway",
+    guild_id: int | None = None,
+    content: bool = True,
 ) -> Row | None:
     """A ``message_events`` row, or ``None`` when the message is not tracked (a DM, an
     untracked channel, or a bot author in a guild that does not count bots)."""
@@ -87,7 +97,7 @@ def message_row(
         thread_id,
         int(d["author"]["id"]),
         snowflake_time(mid),
-        message_kind(d),
+        message_kind(d, content),
         is_bot,
         source,
     )

@@ -121,12 +121,12 @@ class CaptureClient(discord.Client):
                 )
                 params["gateway"] = self.ws.gateway if e.resume else None
             except (
+                TimeoutError,
                 OSError,
                 HTTPException,
                 GatewayNotFound,
                 ConnectionClosed,
                 aiohttp.ClientError,
-                asyncio.TimeoutError,
             ) as exc:
                 if self._stopping:
                     return

@@ -125,6 +125,8 @@ class ShardRunner:
         self.task = asyncio.get_running_loop().create_task(
             self._run(client, resume), name=f"herwa-shard-{self.shard_id}"
         )
+        if app.settings.backfill_enabled:
+            await app.backfiller.resume_pending(self)
         self._set_state("running")
 
     async def _run(self, client: CaptureClient, resume: dict[str, Any] | None) -> None:
@@ -176,10 +178,11 @@ class ShardRunner:
         label = str(sid)
         k_create = (label, "MESSAGE_CREATE")
         k_update = (label, "MESSAGE_UPDATE")
+        content = app.discord_settings.message_content_intent
 
         def message_create(d: Json) -> None:
             events[k_create] += 1
-            row = message_row(d, directory)
+            row = message_row(d, directory, content=content)
             if row is not None:
                 add("message_events", row)
 

@@ -30,6 +30,24 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+# Apply state writes only while the caller still holds the shard's lease (fencing).
+# ARGV: token, then groups of four: op (hset/hdel/sadd), key, field, value.
+_FENCED = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+for i = 2, #ARGV, 4 do
+  local op = ARGV[i]
+  if op == 'hset' then
+    redis.call('HSET', ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+  elseif op == 'hdel' then
+    redis.call('HDEL', ARGV[i + 1], ARGV[i + 2])
+  elseif op == 'sadd' then
+    redis.call('SADD', ARGV[i + 1], ARGV[i + 2])
+  end
+end
+return 1
+"""
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -73,6 +91,7 @@ class Coordinator:
         self.max_concurrency = max_concurrency
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
+        self._fenced = redis.register_script(_FENCED)
 
     # -- keys -----------------------------------------------------------------------------
     @property
@@ -116,6 +135,11 @@ class Coordinator:
 
     async def release(self, shard_id: int, token: str) -> None:
         await self._release(keys=[self.lease_key(shard_id)], args=[token])
+
+    async def fenced_write(self, shard_id: int, token: str, ops: list[str | int | bytes]) -> bool:
+        """Apply ``ops`` atomically iff ``token`` still holds the shard's lease."""
+        result = await self._fenced(keys=[self.lease_key(shard_id)], args=[token, *ops])
+        return bool(result)
 
     # -- identify -------------------------------------------------------------------------
     async def identify_slot(self, shard_id: int, *, poll: float = 0.05) -> None:

@@ -64,15 +64,19 @@ async def test_grow_to_three_and_shrink_to_two_under_traffic(fleet: Fleet, sim: 
         await asyncio.sleep(1.0)
         await fleet.start("bot-b")
         await fleet.start("bot-c")
-        await wait_for(lambda: fleet.all_connected(["bot-a", "bot-b", "bot-c"]), 20,
-                       "three bots sharing the shards")
+        await wait_for(
+            lambda: fleet.all_connected(["bot-a", "bot-b", "bot-c"]),
+            20,
+            "three bots sharing the shards",
+        )
         st = await fleet.status()
         assert sum(bool(s["shards_owned"]) for s in st.values()) >= 2
         await asyncio.sleep(1.0)
         fleet.bots["bot-b"].signal(15)
         assert await fleet.bots["bot-b"].wait_exit(20) == 0
-        await wait_for(lambda: fleet.all_connected(["bot-a", "bot-c"]), 20,
-                       "two bots owning every shard")
+        await wait_for(
+            lambda: fleet.all_connected(["bot-a", "bot-c"]), 20, "two bots owning every shard"
+        )
         await asyncio.sleep(1.0)
     finally:
         await sim.stop_activity()
@@ -94,9 +98,11 @@ async def test_grow_to_three_and_shrink_to_two_under_traffic(fleet: Fleet, sim: 
         await wait_for(equal, 30, "Postgres to equal the ledger", interval=0.25)
     except AssertionError:
         raise AssertionError("\n".join(problems)) from None
-    print(f"samples={watch.samples} longest shard gap={watch.longest_gap:.2f}s "
-          f"emitted={sum(sim.ledger.events_emitted.values())} "
-          f"undelivered={len(sim.ledger.undelivered)}")
+    print(
+        f"samples={watch.samples} longest shard gap={watch.longest_gap:.2f}s "
+        f"emitted={sum(sim.ledger.events_emitted.values())} "
+        f"undelivered={len(sim.ledger.undelivered)}"
+    )
     assert watch.samples > 50
     assert not watch.double, watch.double[:5]
     assert watch.longest_gap < RECONNECT_BOUND_S
