@@ -78,6 +78,8 @@ class Operator:
     redis: redis.Redis
     metrics_url: str
     sa_kubeconfig: Path
+    redis_url: str
+    workdir: Path
 
     def kubectl(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
         return self.cluster.kubectl(*args, input=input)
@@ -179,7 +181,7 @@ def operator(
 
 @contextlib.contextmanager
 def _running_operator(kube_cluster: KubeCluster, work: Path, dsn: str, redis_url: str,
-                      sa_kubeconfig: Path) -> Iterator[Operator]:
+                      sa_kubeconfig: Path, name: str = "operator") -> Iterator[Operator]:
     rclient = redis.Redis.from_url(redis_url)
     rclient.flushdb()
     port = _free_port()
@@ -192,12 +194,12 @@ def _running_operator(kube_cluster: KubeCluster, work: Path, dsn: str, redis_url
         HERWA_TELEMETRY_HOST="127.0.0.1", HERWA_TELEMETRY_PORT=str(port),
         HERWA_TELEMETRY_LOG_FORMAT="console", OTEL_SDK_DISABLED="true",
     )
-    log = work / "operator.log"
+    log = work / f"{name}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "herwa.cli", "operator"], cwd=REPO,
                                 env=env, stdout=out, stderr=subprocess.STDOUT)
     op = Operator(kube_cluster, proc, log, dsn, rclient,
-                  f"http://127.0.0.1:{port}/metrics", sa_kubeconfig)
+                  f"http://127.0.0.1:{port}/metrics", sa_kubeconfig, redis_url, work)
 
     def ready() -> bool:
         if proc.poll() is not None:
@@ -367,3 +369,31 @@ def test_service_account_has_only_what_the_operator_needs(operator: Operator) ->
     whoami = operator.cluster.kubectl("auth", "can-i", "get", "secrets", "-A",
                                       kubeconfig=operator.sa_kubeconfig)
     assert whoami.stdout.strip() == "no"
+
+
+def _reconciles(op: Operator) -> float:
+    body = urllib.request.urlopen(op.metrics_url, timeout=5).read().decode()  # noqa: S310
+    return sum(float(line.split()[-1]) for line in body.splitlines()
+               if line.startswith("herwa_operator_reconciles_total{"))
+
+
+def test_second_replica_is_paused_by_peering(operator: Operator, kube_namespace: str) -> None:
+    guild = guild_id()
+    operator.kubectl("apply", "-f", "-", input=manifest(EXAMPLES / "pro.yaml", kube_namespace,
+                                                         "peered", guildId=guild))
+    wait_for("Ready", lambda: (operator.condition(kube_namespace, "peered", "Ready") or {})
+             .get("status") == "True")
+    with _running_operator(operator.cluster, operator.workdir, operator.postgres_dsn,
+                           operator.redis_url, operator.sa_kubeconfig, name="replica") as second:
+        # kopf starts a peered replica paused and resumes it only when no peer has a higher
+        # priority; the old one pauses if the new one outranks it. Either way: one works.
+        wait_for("replica registered in the peering", lambda: len(json.loads(operator.kubectl(
+            "get", "clusterkopfpeering", f"{RELEASE}-operator", "-o", "json").stdout)
+            .get("status", {})) >= 2, timeout=20)
+        time.sleep(2)  # let a paused one stop its watches
+        before = (_reconciles(operator), _reconciles(second))
+        time.sleep(DRIFT * 3)
+        after = (_reconciles(operator), _reconciles(second))
+        grew = [b > a for a, b in zip(before, after, strict=True)]
+        # Exactly one replica keeps reconciling (the drift timer); the other is idle.
+        assert grew.count(True) == 1, (before, after)
