@@ -20,6 +20,8 @@ import time
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
+import discord
+
 from herwa.bot import metrics
 from herwa.bot.capture import DISCORD_EPOCH_MS, edit_row, message_row
 from herwa.bot.directory import THREAD_TYPES
@@ -119,17 +121,23 @@ class Backfiller:
                 if tracked is None or (directory.thread_parent(c) or c) in tracked
             ]
             floor = snowflake_at((time.time() - app.settings.backfill_window_hours * 3600) * 1000)
+            ok = True
             for channel_id in channels:
                 try:
                     await self._channel(runner, guild_id, channel_id, floor, until)
                 except asyncio.CancelledError:
                     raise
+                except (discord.Forbidden, discord.NotFound):
+                    continue  # no access to this channel's history: nothing to recover
                 except Exception as exc:
-                    # A missing permission or a vanished channel must not stop the others.
+                    # One failing channel must not stop the others; the guild is retried.
+                    ok = False
                     log.warning(
                         "backfill of channel %s failed: %s: %s", channel_id, type(exc).__name__, exc
                     )
-            self.done_guilds += 1
+            if ok:
+                self.done_guilds += 1
+            return ok
 
     async def _channel(
         self, runner: ShardRunner, guild_id: int, channel_id: int, floor: int, until: int

@@ -141,7 +141,7 @@ async def test_sigkill_then_backfill_completes_message_counts(
 
 @pytest.fixture
 async def own_postgres(
-    services: Endpoints, tmp_path: Path
+    services: Endpoints, endpoints: Endpoints, tmp_path: Path
 ) -> AsyncIterator[tuple[DevStack, Endpoints]]:
     """A Postgres of this test's own (the shared one must not be stopped)."""
     stack = DevStack(
@@ -151,7 +151,7 @@ async def own_postgres(
         clickhouse_readonly_url=services.clickhouse_readonly_url,
     )
     ep = await asyncio.to_thread(stack.up)
-    await migrate(ep.postgres_dsn, None)
+    await migrate(ep.postgres_dsn, endpoints.clickhouse_url)
     redis_db1 = services.redis_url.rsplit("/", 1)[0] + "/1"
     try:
         yield stack, replace(ep, redis_url=redis_db1)
@@ -166,7 +166,7 @@ async def test_postgres_down_for_ten_seconds_loses_and_duplicates_nothing(
     tmp_path: Path,
 ) -> None:
     stack, ep = own_postgres
-    fleet = Fleet(sim, ep, tmp_path, {"HERWA_BOT_BUFFER_MAX_ROWS": "1500"})
+    fleet = Fleet(sim, ep, tmp_path, {"HERWA_BOT_BUFFER_MAX_ROWS": "4000"})
     try:
         for n in split_names(2):
             await fleet.start(n)
@@ -190,7 +190,7 @@ async def test_postgres_down_for_ten_seconds_loses_and_duplicates_nothing(
             assert 'herwa_bot_rows_dropped_total{table="message_events"} 0.0' in text
             assert _metric(text, 'herwa_bot_flush_failures_total{stage="postgres"}') > 0
             # Bounded: the buffer never held more than its capacity (+ one event's rows).
-            assert depth[n] <= 1500 + 10
+            assert depth[n] <= 4000 + 10
             assert rss_during[n] - rss_before[n] < 150_000, (rss_before, rss_during)
         print(f"depth during outage={depth} rss before={rss_before} during={rss_during}")
     finally:
