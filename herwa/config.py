@@ -93,6 +93,8 @@ class RedisSettings(_Section):
 
     url: RedisUrl = Field(description="redis://host:port/db")
     key_prefix: str = Field("herwa:", pattern=r"^[A-Za-z0-9_.:-]{0,64}$")
+    max_connections: int = Field(64, ge=1, le=10_000)
+    pool_timeout_seconds: Seconds = Field(5.0, le=300)
 
 
 class ClickHouseSettings(_Section):

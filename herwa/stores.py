@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import clickhouse_connect
 from pydantic import SecretStr
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from herwa.config import ClickHouseSettings, PostgresSettings, RedisSettings
 
@@ -38,7 +38,14 @@ async def postgres_connection(dsn: SecretStr | str, timeout: float = 10.0) -> as
 
 
 def redis_client(settings: RedisSettings) -> Redis:
-    return Redis.from_url(_secret(settings.url), decode_responses=False)
+    # A burst of commands waits for a free connection instead of failing with
+    # MaxConnectionsError, which the default pool raises once every connection is busy.
+    pool = BlockingConnectionPool.from_url(
+        _secret(settings.url),
+        max_connections=settings.max_connections,
+        timeout=settings.pool_timeout_seconds,
+    )
+    return Redis(connection_pool=pool, decode_responses=False)
 
 
 async def clickhouse_client(
