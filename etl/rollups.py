@@ -2,11 +2,12 @@
 
 A materialized view adds whatever is inserted; if a batch is inserted twice (a crash between
 the ClickHouse insert and the Postgres commit) the view counts it twice, and it cannot subtract
-a message deleted later. Instead, after every message or deletion batch, each affected
-(guild, UTC hour) is recomputed from ``messages FINAL`` minus ``message_deletions`` and written
+a message deleted later. Instead, every message or deletion batch queues its affected
+(guild, UTC hour) buckets in Postgres (etl_dirty_buckets, same transaction as the mark); each
+queued bucket is then recomputed from ``messages FINAL`` minus ``message_deletions`` and written
 again whole, with a newer version; keys that no longer have messages are written as zero rows so
-they replace the stale counts. The recompute runs before the batch's Postgres commit, so a crash
-anywhere leaves the batch unmarked and the next run recomputes the same buckets again.
+they replace the stale counts. A bucket leaves the queue only after its recompute, so a crash
+anywhere leaves it queued and the next run recomputes it.
 """
 
 # ruff: noqa: S608 - identifiers in SQL come from this package's static registries; values are bound.
@@ -14,8 +15,11 @@ anywhere leaves the batch unmarked and the next run recomputes the same buckets 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+import asyncpg
 from clickhouse_connect.driver.external import ExternalData
 
 if TYPE_CHECKING:
@@ -23,11 +27,6 @@ if TYPE_CHECKING:
 
 # The CSV batch as ClickHouse sees it, column for column (see families.py).
 _BATCH_STRUCTURE = {
-    "messages": (
-        "message_id UInt64, guild_id UInt64, channel_id UInt64, thread_id UInt64, "
-        "author_id UInt64, created_at DateTime64(3, 'UTC'), kind String, is_bot UInt8, "
-        "source String, version UInt64"
-    ),
     "deletions": (
         "message_id UInt64, guild_id UInt64, channel_id UInt64, "
         "deleted_at DateTime64(3, 'UTC'), version UInt64"
@@ -35,7 +34,6 @@ _BATCH_STRUCTURE = {
 }
 
 _AFFECTED = {
-    "messages": "SELECT DISTINCT guild_id, toStartOfHour(created_at) FROM batch",
     "deletions": (
         "SELECT DISTINCT guild_id, toStartOfHour(created_at) FROM messages "
         "WHERE guild_id IN (SELECT guild_id FROM batch) "
@@ -65,31 +63,74 @@ async def affected_buckets_from_batch(
     return [(int(g), int(h)) for g, h in result.result_rows]
 
 
+_CHUNK = 20_000
+
+
+async def mark_dirty(pg: asyncpg.Connection, buckets: list[tuple[int, int]]) -> None:
+    await pg.executemany(
+        "INSERT INTO etl_dirty_buckets (guild_id, hour) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        [(g, datetime.fromtimestamp(h, UTC)) for g, h in buckets],
+    )
+
+
+async def flush(
+    pg: asyncpg.Connection,
+    ch: AsyncClient,
+    on_recomputed: Callable[[], Awaitable[None]] | None = None,
+) -> int:
+    """Recompute every queued bucket, dequeuing each chunk only after its recompute."""
+    done = 0
+    while True:
+        rows = await pg.fetch(
+            "SELECT guild_id, extract(epoch FROM hour)::bigint AS h FROM etl_dirty_buckets"
+            " ORDER BY guild_id, hour LIMIT $1",
+            _CHUNK,
+        )
+        if not rows:
+            return done
+        buckets = [(int(r["guild_id"]), int(r["h"])) for r in rows]
+        await recompute(ch, buckets)
+        if on_recomputed is not None:
+            await on_recomputed()
+        await pg.execute(
+            "DELETE FROM etl_dirty_buckets WHERE (guild_id, hour) IN"
+            " (SELECT g, to_timestamp(h) FROM unnest($1::bigint[], $2::bigint[]) AS b(g, h))",
+            [g for g, _ in buckets],
+            [h for _, h in buckets],
+        )
+        done += len(buckets)
+
+
 async def recompute(ch: AsyncClient, buckets: list[tuple[int, int]]) -> None:
     """Rewrite both message rollups for these (guild_id, hour epoch seconds) buckets."""
-    if not buckets:
-        return
-    # Bounded by the batch (≤ one bucket per row); chunked to keep each statement modest.
-    for start in range(0, len(buckets), 5000):
-        chunk = buckets[start : start + 5000]
-        await _recompute_chunk(ch, chunk)
+    for start in range(0, len(buckets), _CHUNK):
+        await _recompute_chunk(ch, buckets[start : start + _CHUNK])
 
 
 async def _recompute_chunk(ch: AsyncClient, buckets: list[tuple[int, int]]) -> None:
+    if not buckets:
+        return
     guilds = sorted({g for g, _ in buckets})
     lo = min(h for _, h in buckets)
     hi = max(h for _, h in buckets) + 3600
-    # Ints produced by this module, not user input: inlining keeps the URL short, and ClickHouse
-    # builds one hash set for the tuple IN either way.
-    pairs = ",".join(f"({g},{h})" for g, h in buckets)
     params = {"guilds": guilds, "lo": lo, "hi": hi, "version": _version()}
+    # The bucket set travels as an external table: a literal list of thousands of tuples costs
+    # more to parse than the recompute itself.
+    csv = "".join(f"{g},{h}\n" for g, h in buckets).encode()
+
+    def external() -> ExternalData:
+        return ExternalData(
+            file_name="buckets", data=csv, fmt="CSV", structure="guild_id UInt64, hour UInt32"
+        )
+
+    in_buckets = "IN (SELECT guild_id, hour FROM buckets)"
     live = f"""
         SELECT guild_id, created_at, channel_id, author_id, is_bot
         FROM messages FINAL
         WHERE guild_id IN {{guilds:Array(UInt64)}}
           AND created_at >= toDateTime({{lo:UInt32}}, 'UTC')
           AND created_at < toDateTime({{hi:UInt32}}, 'UTC')
-          AND (guild_id, toUnixTimestamp(toStartOfHour(created_at))) IN ({pairs})
+          AND (guild_id, toUInt32(toUnixTimestamp(toStartOfHour(created_at)))) {in_buckets}
           AND (guild_id, message_id) NOT IN (
               SELECT guild_id, message_id FROM message_deletions
               WHERE guild_id IN {{guilds:Array(UInt64)}})
@@ -107,11 +148,14 @@ async def _recompute_chunk(ch: AsyncClient, buckets: list[tuple[int, int]]) -> N
             SELECT guild_id, hour, channel_id, author_id, is_bot, toUInt32(0)
             FROM message_activity_hourly FINAL
             WHERE guild_id IN {{guilds:Array(UInt64)}}
-              AND (guild_id, toUnixTimestamp(hour)) IN ({pairs})
+              AND hour >= toDateTime({{lo:UInt32}}, 'UTC')
+              AND hour < toDateTime({{hi:UInt32}}, 'UTC')
+              AND (guild_id, toUInt32(toUnixTimestamp(hour))) {in_buckets}
         )
         GROUP BY guild_id, hour, channel_id, author_id
         """,
         parameters=params,
+        external_data=external(),
     )
     await ch.command(
         f"""
@@ -125,9 +169,12 @@ async def _recompute_chunk(ch: AsyncClient, buckets: list[tuple[int, int]]) -> N
             SELECT guild_id, bucket, is_bot, toUInt32(0)
             FROM message_activity_15m FINAL
             WHERE guild_id IN {{guilds:Array(UInt64)}}
-              AND (guild_id, toUnixTimestamp(toStartOfHour(bucket))) IN ({pairs})
+              AND bucket >= toDateTime({{lo:UInt32}}, 'UTC')
+              AND bucket < toDateTime({{hi:UInt32}}, 'UTC')
+              AND (guild_id, toUInt32(toUnixTimestamp(toStartOfHour(bucket)))) {in_buckets}
         )
         GROUP BY guild_id, bucket, bot
         """,
         parameters=params,
+        external_data=external(),
     )

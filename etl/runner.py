@@ -12,8 +12,8 @@ import asyncpg
 from redis.asyncio import Redis
 
 from herwa import usage
-from herwa.etl import cleanup, lock, metrics, privacy
-from herwa.etl.families import FAMILIES
+from herwa.etl import cleanup, lock, metrics, privacy, rollups
+from herwa.etl.families import BY_NAME, FAMILIES
 from herwa.etl.sync import FaultHook, prepare_session, purge_opted_out, sync_batch
 from herwa.stores import clickhouse_url_client, postgres_connection
 
@@ -105,6 +105,14 @@ async def _locked_run(
                 prom.batch.labels(family.name).observe(result.seconds)
                 if result.rows < options.batch_rows:
                     pending.remove(family)
+        # Also at the deadline: the loaded rows must show up in the rollups of this run.
+        messages = BY_NAME["message_events"]
+
+        async def after_recompute() -> None:
+            if fault is not None:
+                await fault("rolled_up", messages)
+
+        await rollups.flush(pg, ch, after_recompute)
         cutoff = datetime.now(UTC) - timedelta(hours=options.retention_hours)
         stats.rows_cleaned = await cleanup.cleanup(pg, cutoff)
         for table, count in stats.rows_cleaned.items():

@@ -8,8 +8,9 @@ Per batch, inside one Postgres transaction:
    in ClickHouse column order, so no row passes through Python objects.
 2. The CSV goes to ClickHouse as one insert with an ``insert_deduplication_token`` derived from
    its bytes (the fast path: an identical retry is dropped by the server).
-3. Rollups for affected buckets are recomputed (rollups.py).
-4. COMMIT makes the mark durable.
+3. The batch's (guild, hour) buckets are queued in ``etl_dirty_buckets`` (same transaction).
+4. COMMIT makes the mark and the queue durable. Rollups of queued buckets are recomputed after
+   the sync loop (rollups.flush) and dequeued only once recomputed.
 
 A crash before 4 rolls the mark back: the next run claims the rows again and loads them again.
 That is harmless because every ClickHouse table is a ReplacingMergeTree keyed by the natural id
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
 # Test seam: called at each named step; raising there simulates a crash at that step.
 FaultHook = Callable[[str, Family], Awaitable[None]]
-FAULT_POINTS = ("claimed", "inserted", "rolled_up", "before_commit")
+FAULT_POINTS = ("claimed", "inserted", "before_commit", "rolled_up")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,16 @@ def claim_sql(family: Family, batch_rows: int) -> str:
             f"AND o.user_id = c.{family.user_column})"
         )
     table = family.staging_table
+    dirty = ""
+    if family.rollup == "messages":
+        # Data-modifying CTEs always run: the batch's buckets are queued in the same statement
+        # (and transaction) that marks it.
+        dirty = """,
+        dirty AS (
+            INSERT INTO etl_dirty_buckets (guild_id, hour)
+            SELECT DISTINCT guild_id, date_trunc('hour', created_at) FROM claimed
+            ON CONFLICT DO NOTHING
+        )"""
     # ctid: the claimed rows are found again by physical address, whatever the key's shape.
     return f"""
         WITH claimed AS (
@@ -67,7 +78,7 @@ def claim_sql(family: Family, batch_rows: int) -> str:
                 SELECT ctid FROM {table} WHERE ch_ingested_at IS NULL
                 LIMIT {int(batch_rows)} FOR UPDATE SKIP LOCKED))
             RETURNING *
-        )
+        ){dirty}
         SELECT {select} FROM claimed c {opted_out} ORDER BY {key}
     """
 
@@ -75,6 +86,9 @@ def claim_sql(family: Family, batch_rows: int) -> str:
 async def prepare_session(pg: asyncpg.Connection) -> None:
     # CSV timestamps must be unambiguous UTC for ClickHouse's best_effort parser.
     await pg.execute("SET TIME ZONE 'UTC'; SET DateStyle = 'ISO, YMD'")
+    # Safe here: a mark lost in a server crash only makes the next run load the rows again,
+    # which is idempotent; it saves a WAL flush per batch.
+    await pg.execute("SET synchronous_commit = off")
 
 
 async def purge_opted_out(pg: asyncpg.Connection, family: Family) -> int:
@@ -122,11 +136,10 @@ async def sync_batch(
             deduplicated = summary.written_rows == 0
             if fault:
                 await fault("inserted", family)
-            if family.rollup is not None:
+            if family.rollup == "deletions":
+                # A deleted message's hour is known only from the message row in ClickHouse.
                 buckets = await rollups.affected_buckets_from_batch(ch, family.rollup, data)
-                await rollups.recompute(ch, buckets)
-            if fault:
-                await fault("rolled_up", family)
+                await rollups.mark_dirty(pg, buckets)
         if fault:
             await fault("before_commit", family)
     return BatchResult(family.name, rows, time.perf_counter() - started, deduplicated)

@@ -22,3 +22,12 @@ CREATE TABLE etl_runs (
     error         text
 );
 CREATE INDEX etl_runs_started ON etl_runs (started_at DESC);
+
+-- (guild, UTC hour) buckets whose ClickHouse rollups must be recomputed. Written in the same
+-- transaction that marks a message (or deletion) batch, emptied only after the recompute
+-- succeeded, so a crash between loading and recomputing is repaired by the next run.
+CREATE TABLE etl_dirty_buckets (
+    guild_id bigint NOT NULL,
+    hour     timestamptz NOT NULL,
+    PRIMARY KEY (guild_id, hour)
+);

@@ -1,0 +1,121 @@
+"""ETL throughput: Postgres staging → ClickHouse committed, beside the raw ceilings.
+
+Usage: ``python benchmarks/etl_throughput.py [--rows 1000000] [--batch-rows 100000]`` with
+HERWA_POSTGRES_DSN / HERWA_CLICKHOUSE_URL pointing at servers (``eval "$(herwa dev up)"``).
+Creates throw-away databases, stages N message events, then measures on the same machine:
+
+1. COPY out of Postgres alone (the same SELECT the ETL renders, no claim, no mark);
+2. bulk insert into ClickHouse alone (those CSV bytes, same batch size, same table schema);
+3. ``herwa etl run`` end to end: claim + mark + insert + rollup recompute + commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import time
+import urllib.parse
+import uuid
+
+import asyncpg
+
+from herwa.etl.families import BY_NAME
+from herwa.etl.rollups import CSV_SETTINGS
+from herwa.etl.runner import RunOptions, run_once
+from herwa.schema import migrate
+from herwa.stores import clickhouse_url_client
+
+
+def _with_db(url: str, name: str) -> str:
+    return urllib.parse.urlunsplit(urllib.parse.urlsplit(url)._replace(path=f"/{name}"))
+
+
+async def main(rows: int, batch_rows: int, guilds: int) -> None:
+    base_pg, base_ch = os.environ["HERWA_POSTGRES_DSN"], os.environ["HERWA_CLICKHOUSE_URL"]
+    name = f"herwa_bench_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(base_pg)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    pg_dsn, ch_url = _with_db(base_pg, name), _with_db(base_ch, name)
+    try:
+        await migrate(pg_dsn, ch_url)
+        pg = await asyncpg.connect(pg_dsn)
+        ch = await clickhouse_url_client(ch_url)
+        print(f"staging {rows:,} message events across {guilds} guilds …", flush=True)
+        # Snowflake-like: ids and created_at rise together, ~30 days of traffic.
+        await pg.execute(
+            f"""
+            INSERT INTO message_events (message_id, guild_id, channel_id, thread_id, author_id,
+                                        created_at, kind, is_bot)
+            SELECT 1000000000000 + g, 1 + g % {guilds}, 100 + g % 37,
+                   CASE WHEN g % 10 = 0 THEN 5000 + g % 7 END, 10000 + (g * 7919) % 5000,
+                   timestamptz '2024-01-01 00:00Z' + g * (interval '30 days' / {rows}),
+                   (ARRAY['text','attachment','embed','reply'])[1 + g % 4], g % 50 = 0
+            FROM generate_series(1, {rows}) g
+            """
+        )
+        await pg.execute("VACUUM ANALYZE message_events")
+        family = BY_NAME["message_events"]
+        select = ", ".join(f"{expr} AS {col}" for col, expr in family.columns)
+
+        # 1. Raw ceiling: COPY out of Postgres alone, in batches of the same size.
+        await pg.execute("SET TIME ZONE 'UTC'")
+        chunks: list[bytes] = []
+        t = time.perf_counter()
+        for lo in range(0, rows, batch_rows):
+            buf = io.BytesIO()
+            await pg.copy_from_query(
+                f"SELECT {select} FROM message_events WHERE message_id > {1000000000000 + lo}"
+                f" AND message_id <= {1000000000000 + lo + batch_rows} ORDER BY message_id",
+                output=buf, format="csv", null="\\N",
+            )
+            chunks.append(buf.getvalue())
+        copy_s = time.perf_counter() - t
+
+        # 2. Raw ceiling: bulk insert of those bytes into ClickHouse alone.
+        await ch.command("CREATE TABLE ceiling AS messages")
+        t = time.perf_counter()
+        for chunk in chunks:
+            await ch.raw_insert("ceiling", family.target_columns, insert_block=chunk, fmt="CSV",
+                                settings=CSV_SETTINGS)
+        insert_s = time.perf_counter() - t
+        assert await ch.command("SELECT count() FROM ceiling") == rows
+        chunks.clear()
+
+        # 3. The ETL end to end.
+        t = time.perf_counter()
+        result = await run_once(pg_dsn, ch_url, None,
+                                RunOptions(batch_rows=batch_rows, deadline_seconds=3600))
+        etl_s = time.perf_counter() - t
+        assert result.outcome == "caught_up", result.error
+        assert result.stats.rows_moved["message_events"] == rows
+        assert await ch.command("SELECT count() FROM messages FINAL") == rows
+        assert await ch.command("SELECT sum(messages) FROM message_activity_hourly FINAL") == rows
+        await pg.close()
+        await ch.close()
+
+        copy_rate, insert_rate, etl_rate = rows / copy_s, rows / insert_s, rows / etl_s
+        slower = min(copy_rate, insert_rate)
+        print(f"\nrows: {rows:,}   batch: {batch_rows:,}   guilds: {guilds}")
+        print(f"{'path':<46}{'seconds':>9}{'rows/s':>12}")
+        print(f"{'COPY out of Postgres alone':<46}{copy_s:>9.2f}{copy_rate:>12,.0f}")
+        print(f"{'bulk insert into ClickHouse alone (CSV)':<46}{insert_s:>9.2f}{insert_rate:>12,.0f}")
+        print(f"{'ETL: claim+mark, insert, rollups, commit':<46}{etl_s:>9.2f}{etl_rate:>12,.0f}")
+        print(f"\nETL / slower raw ceiling: {etl_rate / slower:.0%}   "
+              f"(targets: >= 200,000 rows/s and >= 50%)")
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+        ch = await clickhouse_url_client(_with_db(base_ch, "default"))
+        await ch.command(f"DROP DATABASE IF EXISTS {name}")
+        await ch.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--batch-rows", type=int, default=100_000)
+    parser.add_argument("--guilds", type=int, default=50)
+    args = parser.parse_args()
+    asyncio.run(main(args.rows, args.batch_rows, args.guilds))
