@@ -9,6 +9,8 @@ Creates throw-away databases, stages N message events, then measures on the same
 3. ``herwa etl run`` end to end: claim + mark + insert + rollup recompute + commit.
 """
 
+# ruff: noqa: S608 - benchmark SQL is composed from its own constants and integers.
+
 from __future__ import annotations
 
 import argparse
@@ -68,7 +70,9 @@ async def main(rows: int, batch_rows: int, guilds: int) -> None:
             await pg.copy_from_query(
                 f"SELECT {select} FROM message_events WHERE message_id > {1000000000000 + lo}"
                 f" AND message_id <= {1000000000000 + lo + batch_rows} ORDER BY message_id",
-                output=buf, format="csv", null="\\N",
+                output=buf,
+                format="csv",
+                null="\\N",
             )
             chunks.append(buf.getvalue())
         copy_s = time.perf_counter() - t
@@ -77,16 +81,22 @@ async def main(rows: int, batch_rows: int, guilds: int) -> None:
         await ch.command("CREATE TABLE ceiling AS messages")
         t = time.perf_counter()
         for chunk in chunks:
-            await ch.raw_insert("ceiling", family.target_columns, insert_block=chunk, fmt="CSV",
-                                settings=CSV_SETTINGS)
+            await ch.raw_insert(
+                "ceiling",
+                family.target_columns,
+                insert_block=chunk,
+                fmt="CSV",
+                settings=CSV_SETTINGS,
+            )
         insert_s = time.perf_counter() - t
         assert await ch.command("SELECT count() FROM ceiling") == rows
         chunks.clear()
 
         # 3. The ETL end to end.
         t = time.perf_counter()
-        result = await run_once(pg_dsn, ch_url, None,
-                                RunOptions(batch_rows=batch_rows, deadline_seconds=3600))
+        result = await run_once(
+            pg_dsn, ch_url, None, RunOptions(batch_rows=batch_rows, deadline_seconds=3600)
+        )
         etl_s = time.perf_counter() - t
         assert result.outcome == "caught_up", result.error
         assert result.stats.rows_moved["message_events"] == rows
@@ -100,10 +110,14 @@ async def main(rows: int, batch_rows: int, guilds: int) -> None:
         print(f"\nrows: {rows:,}   batch: {batch_rows:,}   guilds: {guilds}")
         print(f"{'path':<46}{'seconds':>9}{'rows/s':>12}")
         print(f"{'COPY out of Postgres alone':<46}{copy_s:>9.2f}{copy_rate:>12,.0f}")
-        print(f"{'bulk insert into ClickHouse alone (CSV)':<46}{insert_s:>9.2f}{insert_rate:>12,.0f}")
+        print(
+            f"{'bulk insert into ClickHouse alone (CSV)':<46}{insert_s:>9.2f}{insert_rate:>12,.0f}"
+        )
         print(f"{'ETL: claim+mark, insert, rollups, commit':<46}{etl_s:>9.2f}{etl_rate:>12,.0f}")
-        print(f"\nETL / slower raw ceiling: {etl_rate / slower:.0%}   "
-              f"(targets: >= 200,000 rows/s and >= 50%)")
+        print(
+            f"\nETL / slower raw ceiling: {etl_rate / slower:.0%}   "
+            f"(targets: >= 200,000 rows/s and >= 50%)"
+        )
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()

@@ -7,6 +7,8 @@ voice sessions beside them, and the rollups are built by the ETL's own recompute
 runs through herwa.analytics as the read-only user; the median of several runs is printed.
 """
 
+# ruff: noqa: S608 - benchmark SQL is composed from its own constants and integers.
+
 from __future__ import annotations
 
 import argparse
@@ -107,19 +109,29 @@ async def main(messages: int, runs: int) -> None:
         raw_rows = await ch.command(f"SELECT count() FROM messages WHERE guild_id = {GUILD}")
         rollup_15m = await ch.command("SELECT count() FROM message_activity_15m FINAL")
         rollup_h = await ch.command("SELECT count() FROM message_activity_hourly FINAL")
-        print(f"generated in {gen:.1f}s; rollups built in {build:.1f}s "
-              f"(15-min rows {rollup_15m:,}, hourly rows {rollup_h:,})")
+        print(
+            f"generated in {gen:.1f}s; rollups built in {build:.1f}s "
+            f"(15-min rows {rollup_15m:,}, hourly rows {rollup_h:,})"
+        )
 
         ro = await clickhouse_url_client(ro_url, send_receive_timeout=3600)
         try:
             results = []
             for label, query in (
-                ("heatmap, 1 year, Europe/Berlin", lambda s: analytics.heatmap(
-                    ro, GUILD, "Europe/Berlin", START, END, source=s)),
-                ("heatmap, 1 year, Asia/Kolkata", lambda s: analytics.heatmap(
-                    ro, GUILD, "Asia/Kolkata", START, END, source=s)),
-                ("retention, 1 year of cohorts, 12 weeks", lambda s: analytics.retention(
-                    ro, GUILD, "Europe/Berlin", START, END, weeks=12, source=s)),
+                (
+                    "heatmap, 1 year, Europe/Berlin",
+                    lambda s: analytics.heatmap(ro, GUILD, "Europe/Berlin", START, END, source=s),
+                ),
+                (
+                    "heatmap, 1 year, Asia/Kolkata",
+                    lambda s: analytics.heatmap(ro, GUILD, "Asia/Kolkata", START, END, source=s),
+                ),
+                (
+                    "retention, 1 year of cohorts, 12 weeks",
+                    lambda s: analytics.retention(
+                        ro, GUILD, "Europe/Berlin", START, END, weeks=12, source=s
+                    ),
+                ),
             ):
                 a = await query("rollup")
                 b = await query("raw")
@@ -132,8 +144,9 @@ async def main(messages: int, runs: int) -> None:
         print(f"\nguild {GUILD}: {raw_rows:,} message events; median of {runs} runs each")
         print(f"{'query':<42}{'rollup ms':>11}{'raw ms':>11}{'speed-up':>10}")
         for label, rollup_s, raw_s in results:
-            print(f"{label:<42}{rollup_s * 1000:>11.1f}{raw_s * 1000:>11.1f}"
-                  f"{raw_s / rollup_s:>9.1f}x")
+            print(
+                f"{label:<42}{rollup_s * 1000:>11.1f}{raw_s * 1000:>11.1f}{raw_s / rollup_s:>9.1f}x"
+            )
     finally:
         if ch is not None:
             await ch.command(f"DROP DATABASE IF EXISTS {name}")
