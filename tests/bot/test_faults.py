@@ -36,7 +36,22 @@ def _rss_kb(pid: int) -> int:
     return 0
 
 
-async def _settle(sim: Simulator, dsn: str, *, content: bool, timeout: float = 30) -> None:
+async def _missing_report(sim: Simulator, dsn: str) -> str:
+    ids = {r["message_id"] for r in await pg(dsn, "SELECT message_id FROM message_events")}
+    deliv: dict[int, list[object]] = {}
+    for d in sim.ledger.deliveries:
+        if d.event == "MESSAGE_CREATE":
+            deliv.setdefault(d.key, []).append((d.shard_id, d.seq, d.connected, d.session_id[:6]))
+    out = []
+    for m in sim.ledger.messages.values():
+        if not m.is_bot and m.id not in ids:
+            out.append(f"{m.id} ms={m.created_ms % 100000} {deliv.get(m.id)}")
+    return "\n".join(out[:40])
+
+
+async def _settle(
+    sim: Simulator, dsn: str, *, content: bool, timeout: float = 30, voice_seconds: bool = True
+) -> None:
     for g in sim.world.guilds.values():
         for uid in list(g.voice):
             sim.activity.voice_leave(g.id, uid, at_ms=sim.now_ms())
@@ -44,13 +59,13 @@ async def _settle(sim: Simulator, dsn: str, *, content: bool, timeout: float = 3
 
     async def equal() -> bool:
         nonlocal problems
-        problems = await compare_all(sim, dsn, content=content)
+        problems = await compare_all(sim, dsn, content=content, voice_seconds=voice_seconds)
         return not problems
 
     try:
         await wait_for(equal, timeout, "Postgres to equal the ledger", interval=0.25)
     except AssertionError:
-        raise AssertionError("\n".join(problems)) from None
+        raise AssertionError("\n".join(problems) + "\n" + await _missing_report(sim, dsn)) from None
 
 
 @pytest.fixture
@@ -166,7 +181,7 @@ async def test_postgres_down_for_ten_seconds_loses_and_duplicates_nothing(
     tmp_path: Path,
 ) -> None:
     stack, ep = own_postgres
-    fleet = Fleet(sim, ep, tmp_path, {"HERWA_BOT_BUFFER_MAX_ROWS": "4000"})
+    fleet = Fleet(sim, ep, tmp_path, {"HERWA_BOT_BUFFER_MAX_ROWS": "1000"})
     try:
         for n in split_names(2):
             await fleet.start(n)
@@ -184,13 +199,15 @@ async def test_postgres_down_for_ten_seconds_loses_and_duplicates_nothing(
         await asyncio.to_thread(stack.up)
         await asyncio.sleep(1.0)
         await sim.stop_activity()
-        await _settle(sim, ep.postgres_dsn, content=False, timeout=60)
+        # Back-pressure held the gateway unread during the outage: voice boundaries are the
+        # receive times, so durations are skewed by the pause; counts must still be exact.
+        await _settle(sim, ep.postgres_dsn, content=False, timeout=60, voice_seconds=False)
         for n, b in fleet.bots.items():
             text = await b.metrics()
             assert 'herwa_bot_rows_dropped_total{table="message_events"} 0.0' in text
             assert _metric(text, 'herwa_bot_flush_failures_total{stage="postgres"}') > 0
             # Bounded: the buffer never held more than its capacity (+ one event's rows).
-            assert depth[n] <= 4000 + 10
+            assert depth[n] <= 1000 + 10
             assert rss_during[n] - rss_before[n] < 150_000, (rss_before, rss_during)
         print(f"depth during outage={depth} rss before={rss_before} during={rss_during}")
     finally:
