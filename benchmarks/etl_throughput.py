@@ -51,7 +51,7 @@ async def main(rows: int, batch_rows: int, guilds: int) -> None:
             INSERT INTO message_events (message_id, guild_id, channel_id, thread_id, author_id,
                                         created_at, kind, is_bot)
             SELECT 1000000000000 + g, 1 + g % {guilds}, 100 + g % 37,
-                   CASE WHEN g % 10 = 0 THEN 5000 + g % 7 END, 10000 + (g * 7919) % 5000,
+                   CASE WHEN g % 10 = 0 THEN 5000 + g % 7 END, 10000 + (g::bigint * 7919) % 5000,
                    timestamptz '2024-01-01 00:00Z' + g * (interval '30 days' / {rows}),
                    (ARRAY['text','attachment','embed','reply'])[1 + g % 4], g % 50 = 0
             FROM generate_series(1, {rows}) g
