@@ -33,7 +33,7 @@ async def resolve_range(ctx: Context, days: Any, end: Any) -> DateRange:
         now=ctx.now,
         history_days=ctx.history_days,
         max_days=ctx.deps.settings.max_range_days,
-        tier=ctx.access.tier,
+        tier=ctx.entitled().tier,
     )
 
 

@@ -65,6 +65,12 @@ class Spec:
     admin: bool = False  # requires Manage Server
     cacheable: bool = True
     ephemeral: bool = False
+    # False for a member's rights (privacy): no tier, suspension or expiry may withhold them.
+    gated: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.gated and self.counts_quota:
+            raise ValueError(f"{self.command}: an ungated command cannot spend the quota")
 
 
 @dataclass
@@ -75,13 +81,19 @@ class Context:
     deps: CommandDeps
     guild_id: int
     user_id: int
-    access: CommandAccess
+    access: CommandAccess | None  # None only for ungated commands of unsubscribed guilds
     now: datetime
     _config: GuildConfig | None = None
 
     @property
     def history_days(self) -> int | None:
-        return self.access.quotas.get("history_days")
+        return self.access.quotas.get("history_days") if self.access else None
+
+    def entitled(self) -> CommandAccess:
+        """The guild's access, for handlers of gated commands (the gate has checked it)."""
+        if self.access is None:
+            raise RuntimeError("an ungated command asked for the guild's entitlement")
+        return self.access
 
     async def config(self) -> GuildConfig:
         if self._config is None:
@@ -193,7 +205,7 @@ class Runtime:
             return Outcome.DENIED
 
         access = await self.gate.access(guild_id)
-        if access is None or not access.allows(spec.command, now):
+        if spec.gated and (access is None or not access.allows(spec.command, now)):
             await _send(
                 interaction, Reply(await self._denied_text(spec.command, access), ephemeral=True)
             )
@@ -208,6 +220,7 @@ class Runtime:
 
         charged = False
         if spec.counts_quota:
+            access = ctx.entitled()
             quota = await self.gate.take_quota(guild_id, access, now)
             if not quota.admitted:
                 await _send(

@@ -13,8 +13,11 @@ from herwa.bot.commands._options import OptionError
 from herwa.bot.commands._reply import Reply
 from herwa.bot.commands._runtime import Context, Runtime, Spec, Work
 
-SPEC = Spec("privacy", counts_quota=False, cacheable=False, ephemeral=True)
-ADMIN_SPEC = Spec("privacy", counts_quota=False, cacheable=False, ephemeral=True, admin=True)
+# Ungated: opting out and asking for deletion are members' rights, not a paid feature.
+SPEC = Spec("privacy", counts_quota=False, cacheable=False, ephemeral=True, gated=False)
+ADMIN_SPEC = Spec(
+    "privacy", counts_quota=False, cacheable=False, ephemeral=True, admin=True, gated=False
+)
 
 
 def _confirmed(confirm: Any) -> None:

@@ -23,9 +23,9 @@ def build(rt: Runtime) -> app_commands.Command[Any, Any, None]:
         async def prepare(ctx: Context) -> tuple[dict[str, Any], Work]:
             async def work() -> Reply:
                 used = await rt.gate.quota_used(ctx.guild_id, ctx.now)
-                limit = ctx.access.quotas.get(rt.gate.quota_name)
+                limit = ctx.entitled().quotas.get(rt.gate.quota_name)
                 _, resets = month_bounds(ctx.now)
-                e = embed("Usage this month", f"Tier: **{ctx.access.tier}**")
+                e = embed("Usage this month", f"Tier: **{ctx.entitled().tier}**")
                 if limit is None:
                     e.add_field(name="Queries", value=f"{number(used)} (no limit)")
                 else:

@@ -96,3 +96,21 @@ async def test_privacy_requests_are_carried_out(harness: Harness) -> None:
     assert "Messages: 0" in text_of(result)
     # The other guild keeps its data.
     assert await ch_value(h.endpoints, "SELECT count() FROM messages FINAL") == 100
+
+
+async def test_privacy_needs_no_subscription(harness: Harness) -> None:
+    """Members' rights are never behind a paid tier: no entitlement row, no cache entry."""
+    h = harness
+    u1, u2 = h.users[:2]
+    assert await h.pool.fetchval("SELECT count(*) FROM entitlements") == 0
+
+    result = await h.invoke("privacy", sub("opt-out"), user=u2)
+    assert is_ephemeral(result)
+    assert text_of(result).startswith("You have opted out")
+    result = await h.invoke("privacy", sub("delete-server-data", opt("confirm", True)), user=u1)
+    assert text_of(result).startswith("All of this server's recorded data will be deleted")
+    assert await h.pool.fetchval("SELECT count(*) FROM opt_outs WHERE user_id = $1", u2) == 1
+    assert await h.pool.fetchval("SELECT count(*) FROM deletion_requests") == 1
+    # Gated commands stay denied for the same unsubscribed guild.
+    result = await h.invoke("overview")
+    assert text_of(result).startswith("This server has no Herwa subscription yet")
