@@ -595,6 +595,7 @@ class Activity:
         options: list[Json],
         *,
         at_ms: int,
+        permissions: str = ADMIN_PERMISSIONS,
     ) -> InteractionRecord:
         guild = self.world.guilds[guild_id]
         channel = guild.channels[channel_id]
@@ -622,7 +623,7 @@ class Activity:
             "guild_locale": "en-US",
             "channel_id": str(channel_id),
             "channel": {**channel.payload()},
-            "member": {**member.payload(), "permissions": ADMIN_PERMISSIONS},
+            "member": {**member.payload(), "permissions": permissions},
             "token": rec.token,
             "version": 1,
             "app_permissions": ADMIN_PERMISSIONS,

@@ -344,15 +344,25 @@ class Simulator:
         user_id: int | None = None,
         timeout: float = 10.0,
         include_bytes: bool = False,
+        permissions: int | None = None,
     ) -> Json:
-        """Invoke a slash command as a member and wait for the bot's complete response."""
+        """Invoke a slash command as a member and wait for the bot's complete response.
+
+        ``permissions`` is the member's permission bit set in the channel (default: all).
+        """
         guild = self.world.guilds[guild_id]
         if channel_id is None:
             channel_id = next(c.id for c in guild.channels.values() if c.type == TEXT)
         if user_id is None:
             user_id = guild.owner_id
         rec = self.activity.invoke_command(
-            guild_id, channel_id, user_id, name, options or [], at_ms=self.now_ms()
+            guild_id,
+            channel_id,
+            user_id,
+            name,
+            options or [],
+            at_ms=self.now_ms(),
+            **({} if permissions is None else {"permissions": str(permissions)}),
         )
         await self.interactions.wait(rec.id, timeout)
         # Follow-ups usually come right after the original; give them a moment.

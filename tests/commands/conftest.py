@@ -55,6 +55,7 @@ class Harness:
         guild: int | None = None,
         include_bytes: bool = False,
         timeout: float = 20.0,
+        permissions: int | None = None,
     ) -> Json:
         return await self.sim.invoke_command(
             guild or self.guild,
@@ -63,6 +64,7 @@ class Harness:
             user_id=user,
             include_bytes=include_bytes,
             timeout=timeout,
+            permissions=permissions,
         )
 
     async def grant(

@@ -8,6 +8,7 @@ import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
+import discord
 import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
@@ -197,26 +198,25 @@ async def test_rate_limit_and_deferred_answers(strict: Harness) -> None:
     )
 
 
-async def test_admin_commands_need_manage_server(
-    harness: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_admin_commands_need_manage_server(harness: Harness) -> None:
     h = harness
     await h.grant("enterprise")
-    # The simulator sends members with every permission; this member gets View Channel and
-    # Send Messages only.
-    monkeypatch.setattr("herwa.simulator._activity.ADMIN_PERMISSIONS", str(1 << 10 | 1 << 11))
+    member = int(discord.Permissions(view_channel=True, send_messages=True).value)
     for name, options in (
         ("export", None),
         ("config", [{"name": "timezone", "type": 1, "options": [opt("name", "Europe/Berlin")]}]),
         ("privacy", [{"name": "delete-server-data", "type": 1, "options": [opt("confirm", True)]}]),
     ):
-        result = await h.invoke(name, options, user=h.users[2])
+        result = await h.invoke(name, options, user=h.users[2], permissions=member)
         assert is_ephemeral(result)
         assert text_of(result) == f"`/{name}` needs the **Manage Server** permission."
     assert await h.pool.fetchval("SELECT count(*) FROM deletion_requests") == 0
     assert await h.pool.fetchval("SELECT count(*) FROM guilds") == 0
     # Members' own commands still work for them.
     result = await h.invoke(
-        "privacy", [{"name": "opt-out", "type": 1, "options": []}], user=h.users[2]
+        "privacy",
+        [{"name": "opt-out", "type": 1, "options": []}],
+        user=h.users[2],
+        permissions=member,
     )
     assert text_of(result).startswith("You have opted out")
