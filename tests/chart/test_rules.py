@@ -1,0 +1,81 @@
+"""The chart's alert rules: `promtool check rules` and a `promtool test rules` case per alert."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.chart._chart import render
+from tests.support.kube import KubeTools
+
+HERE = Path(__file__).parent
+UNIT_TESTS = HERE / "alerts.test.yaml"
+
+
+def rendered_groups(helm_bin: Path) -> list[dict[str, Any]]:
+    rule = render(helm_bin, "--set", "metrics.prometheusRule.enabled=true").one("PrometheusRule")
+    groups: list[dict[str, Any]] = rule["spec"]["groups"]
+    return groups
+
+
+def _promtool(tools: KubeTools, *args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(tools.promtool), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_promtool_check_rules(kube_tools: KubeTools, tmp_path: Path) -> None:
+    (tmp_path / "rules.yaml").write_text(
+        yaml.safe_dump({"groups": rendered_groups(kube_tools.helm)})
+    )
+    result = _promtool(kube_tools, "check", "rules", "rules.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_every_alert_has_a_unit_test_and_runbook_text(kube_tools: KubeTools) -> None:
+    rules = [r for g in rendered_groups(kube_tools.helm) for r in g["rules"]]
+    alerts = {r["alert"] for r in rules}
+    assert alerts == {
+        "HerwaShardDisconnected",
+        "HerwaShardsUnowned",
+        "HerwaFlushFailing",
+        "HerwaRowsDropped",
+        "HerwaEtlLagHigh",
+        "HerwaEtlRunFailed",
+        "HerwaEtlNotSucceeding",
+        "HerwaOperatorReconcileErrors",
+        "HerwaQuotaExhaustion",
+    }
+    for rule in rules:
+        ann = rule["annotations"]
+        assert "Runbook:" in ann["description"], rule["alert"]
+        assert ann["runbook_url"].endswith("#" + rule["alert"].lower()), rule["alert"]
+        assert rule["labels"]["severity"] in {"critical", "warning", "info"}
+    tests = yaml.safe_load(UNIT_TESTS.read_text())["tests"]
+    firing = {
+        case["alertname"] for t in tests for case in t["alert_rule_test"] if case["exp_alerts"]
+    }
+    quiet = {
+        case["alertname"] for t in tests for case in t["alert_rule_test"] if not case["exp_alerts"]
+    }
+    assert firing == alerts, f"alerts never tested firing: {alerts - firing}"
+    assert quiet == alerts, f"alerts never tested staying quiet: {alerts - quiet}"
+
+
+@pytest.mark.parametrize("drop", ["description"])
+def test_promtool_unit_tests(kube_tools: KubeTools, tmp_path: Path, drop: str) -> None:
+    groups = rendered_groups(kube_tools.helm)
+    for group in groups:
+        for rule in group["rules"]:
+            rule["annotations"].pop(drop)
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
+    shutil.copy(UNIT_TESTS, tmp_path / UNIT_TESTS.name)
+    result = _promtool(kube_tools, "test", "rules", UNIT_TESTS.name, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
