@@ -259,10 +259,17 @@ class BotApp:
             for g, sessions in zip(guilds, await pipe.execute(), strict=True):
                 self.voice.load(g, sessions)
         counts = await r.hgetall(self.key("member_counts"))
-        for g, c in counts.items():
-            if self.shard_of(int(g)) == sid:
-                self.directory.member_counts[int(g)] = int(c)
+        for raw_gid, raw_count in counts.items():
+            if self.shard_of(int(raw_gid)) == sid:
+                self.directory.member_counts[int(raw_gid)] = int(raw_count)
         async with self.pool.acquire() as conn:
+            # A shard that RESUMEs gets no GUILD_CREATE: its guilds come from Postgres.
+            known = await conn.fetch(
+                "SELECT guild_id FROM guilds WHERE left_at IS NULL AND (guild_id >> 22) % $1 = $2",
+                self.shard_count,
+                sid,
+            )
+            runner.guilds.update(r["guild_id"] for r in known)
             rows = await conn.fetch(
                 "SELECT c.channel_id, c.guild_id, c.parent_id, c.name, c.kind FROM channels c "
                 "JOIN guilds g USING (guild_id) WHERE g.left_at IS NULL "
@@ -289,14 +296,15 @@ class BotApp:
                     "name": row["name"],
                 },
             )
-        gw = await r.hgetall(self.coordinator.gateway_key(sid))
-        if not gw or b"session_id" not in gw:
+        raw_gw = await r.hgetall(self.coordinator.gateway_key(sid))
+        gw = {_text(k): _text(v) for k, v in raw_gw.items()}
+        if "session_id" not in gw:
             return None
         return {
-            "session_id": gw[b"session_id"].decode(),
-            "seq": int(gw[b"seq"]),
-            "resume_url": _url(gw[b"resume_url"].decode()),
-            "alive": int(gw.get(b"alive_ms", b"0")) / 1000 or time.time(),
+            "session_id": gw["session_id"],
+            "seq": int(gw["seq"]),
+            "resume_url": _url(gw["resume_url"]),
+            "alive": int(gw.get("alive_ms", "0")) / 1000 or time.time(),
         }
 
     def _marks(self) -> dict[int, Mark]:
@@ -455,6 +463,10 @@ class BotApp:
         )
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _url(raw: str) -> Any:
     import yarl
 
@@ -474,9 +486,7 @@ _CHANNEL_KINDS = {
 }
 
 
-async def _upsert_meta(
-    conn: asyncpg.Connection, kind: str, item: Any, settings: BotSettings
-) -> None:
+async def _upsert_meta(conn: Any, kind: str, item: Any, settings: BotSettings) -> None:
     if kind == "guild":
         d: Json = item
         gid = int(d["id"])
@@ -505,7 +515,7 @@ async def _upsert_meta(
         )
 
 
-async def _upsert_channels(conn: asyncpg.Connection, guild_id: int, channels: list[Json]) -> None:
+async def _upsert_channels(conn: Any, guild_id: int, channels: list[Json]) -> None:
     if not channels:
         return
     await conn.executemany(

@@ -163,7 +163,7 @@ class Backfiller:
                 )
         after = max(int(last or 0), floor)
         while after < until:
-            page: list[dict[str, Any]] = await client.http.logs_from(channel_id, PAGE, after=after)
+            page: list[Any] = await client.http.logs_from(channel_id, PAGE, after=after)
             if not page:
                 return
             ids = [int(m["id"]) for m in page]

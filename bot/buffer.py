@@ -173,6 +173,9 @@ class FlushBuffer:
         await self._room.wait()
         metrics.BACKPRESSURE_SECONDS.inc(time.monotonic() - started)
 
+    def closing(self) -> bool:
+        return self._closing
+
     # -- flusher --------------------------------------------------------------------------
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="herwa-flusher")
@@ -182,7 +185,7 @@ class FlushBuffer:
         while not self._closing:
             if self._pending is None:
                 await self._wait_due()
-                if self._closing:
+                if self.closing():
                     break
             ok = await self._flush_once()
             if ok:

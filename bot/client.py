@@ -113,7 +113,7 @@ class CaptureClient(discord.Client):
                     await self._wait_for_room()
                     await self.ws.poll_event()
             except ReconnectWebSocket as e:
-                if self._stopping:
+                if self.stopping():
                     return
                 self.dispatch("disconnect")
                 params.update(
@@ -128,7 +128,7 @@ class CaptureClient(discord.Client):
                 ConnectionClosed,
                 aiohttp.ClientError,
             ) as exc:
-                if self._stopping:
+                if self.stopping():
                     return
                 self.dispatch("disconnect")
                 if isinstance(exc, ConnectionClosed) and exc.code in FATAL_CLOSE_CODES:
@@ -148,6 +148,9 @@ class CaptureClient(discord.Client):
                         resume=self.ws.session_id is not None,
                         session=self.ws.session_id,
                     )
+
+    def stopping(self) -> bool:
+        return self._stopping
 
     async def stop_gateway(self) -> None:
         """Close the websocket *resumably* (4000): the gateway keeps the session, so whoever

@@ -129,10 +129,6 @@ class Coordinator:
         result = await self._renew(keys=[self.lease_key(shard_id)], args=[token, int(ttl * 1000)])
         return bool(result)
 
-    async def holder(self, shard_id: int) -> str | None:
-        raw = await self.redis.get(self.lease_key(shard_id))
-        return None if raw is None else raw.decode()
-
     async def release(self, shard_id: int, token: str) -> None:
         await self._release(keys=[self.lease_key(shard_id)], args=[token])
 
@@ -146,7 +142,8 @@ class Coordinator:
         """Wait until this pod may IDENTIFY ``shard_id``: one per bucket per window."""
         bucket = shard_id % self.max_concurrency
         key = f"{self.prefix}bot:identify:{bucket}"
-        while not await self.redis.set(
+        # Polling: the slot frees by TTL expiry, which Redis does not announce.
+        while not await self.redis.set(  # noqa: ASYNC110
             key, f"{self.pod}:{shard_id}", nx=True, px=int(self.identify_window * 1000)
         ):
             await asyncio.sleep(poll)

@@ -63,7 +63,7 @@ class BotProcess:
 
     async def start(self, timeout: float = 30.0) -> BotProcess:
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
+        self.proc = subprocess.Popen(  # noqa: ASYNC220 - Popen returns at once
             [sys.executable, "-m", "herwa.cli", "bot"],
             cwd=ROOT,
             env=self.env,

@@ -8,7 +8,6 @@ import urllib.parse
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-import pytest
 
 from herwa.bot.buffer import FlushBuffer
 from herwa.devstack import Endpoints

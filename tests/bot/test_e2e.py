@@ -40,9 +40,9 @@ async def test_two_bots_capture_every_family_exactly(fleet: Fleet, sim: Simulato
             print(b.name, await b.readyz())
             print(
                 "\n".join(
-                    l
-                    for l in (await b.metrics()).splitlines()
-                    if "herwa_bot" in l and not l.startswith("#")
+                    line
+                    for line in (await b.metrics()).splitlines()
+                    if "herwa_bot" in line and not line.startswith("#")
                 )
             )
         raise

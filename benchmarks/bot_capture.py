@@ -1,0 +1,201 @@
+"""The bot's sustained capture rate beside the bare discord.py ceiling.
+
+Prints MESSAGE_CREATE per second for
+  (1) a bare discord.py client counting in ``on_message`` (the simulator issue's ceiling,
+      the very same consumer as benchmarks/simulator_ceiling.py), and
+  (2) ``herwa bot`` — one process, one shard — from the first event pushed to the last row
+      *committed* in Postgres (raw-payload parsers → buffer → COPY → INSERT … ON CONFLICT),
+and the ratio (target ≥ 80 %). Both consumers run in their own process pinned to one CPU; the
+simulator runs in this process and events are generated before the clock starts.
+
+    .venv/bin/python benchmarks/bot_capture.py [--messages 100000]
+
+Stores: HERWA_POSTGRES_DSN / HERWA_REDIS_URL if set (a throw-away database is created),
+otherwise an embedded DevStack in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+import tempfile
+import time
+import urllib.parse
+import uuid
+from pathlib import Path
+
+import asyncpg
+import orjson
+
+from herwa.simulator import GatewayConfig, Simulator, SimulatorConfig
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def _pin() -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpus[-1]})
+
+
+def _sim() -> Simulator:
+    return Simulator(
+        SimulatorConfig(
+            guilds=8,
+            seed=1,
+            record_deliveries=False,
+            store_history=False,
+            gateway=GatewayConfig(resume_buffer=1000),
+        )
+    )
+
+
+async def bare(messages: int) -> float:
+    sim = _sim()
+    await sim.start()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(HERE / "simulator_ceiling.py"),
+            "--consumer",
+            "discord",
+            "--messages",
+            str(messages),
+            "--api-base",
+            sim.api_base,
+            "--ws-url",
+            sim.ws_url,
+            "--token",
+            sim.config.token,
+            stdout=asyncio.subprocess.PIPE,
+            cwd=HERE,
+            preexec_fn=_pin,
+        )
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 60)
+        if line.strip() != b"ready":
+            raise RuntimeError(f"bare consumer failed: {line!r}")
+        await asyncio.sleep(0.5)
+        await sim.push_prepared(sim.prepare_burst(messages, family="message"))
+        result = orjson.loads(await asyncio.wait_for(proc.stdout.readline(), 600))
+        await proc.wait()
+        return float(result["count"] / result["seconds"])
+    finally:
+        await sim.stop()
+
+
+async def capture(messages: int, dsn: str, redis_url: str) -> tuple[float, int]:
+    await _migrate_pg(dsn)
+    sim = _sim()
+    await sim.start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERWA_")}
+    env.update(sim.env())
+    env.update(
+        {
+            "HERWA_POSTGRES_DSN": dsn,
+            "HERWA_REDIS_URL": redis_url,
+            "HERWA_REDIS_KEY_PREFIX": f"bench{uuid.uuid4().hex[:6]}:",
+            "HERWA_BOT_POD_NAME": "bench-0",
+            "HERWA_DISCORD_SHARD_COUNT": "1",
+            "HERWA_DISCORD_MESSAGE_CONTENT_INTENT": "true",
+            "HERWA_BOT_BACKFILL_ENABLED": "false",
+            "HERWA_TELEMETRY_PORT": "0",
+            "HERWA_TELEMETRY_HOST": "127.0.0.1",
+            "HERWA_TELEMETRY_LOG_LEVEL": "WARNING",
+            "HERWA_BOT_GUILD_READY_TIMEOUT_SECONDS": "0.2",
+            "OTEL_SDK_DISABLED": "true",
+        }
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "herwa.cli",
+        "bot",
+        env=env,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        preexec_fn=_pin,
+    )
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert proc.stdout is not None
+        await asyncio.wait_for(proc.stdout.readline(), 60)  # the telemetry port line
+        deadline = time.monotonic() + 60
+        while not any(s.connected for s in sim.sessions()):
+            assert time.monotonic() < deadline, "bot did not connect"
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)  # GUILD_CREATEs and the first flush
+        prepared = sim.prepare_burst(messages, family="message")
+        expected = sum(1 for m in sim.ledger.messages.values() if not m.is_bot)
+        t0 = time.perf_counter()
+        push = asyncio.create_task(sim.push_prepared(prepared))
+        while True:
+            n = await conn.fetchval("SELECT count(*) FROM message_events")
+            if n >= expected:
+                break
+            await asyncio.sleep(0.02)
+        elapsed = time.perf_counter() - t0
+        await push
+        return messages / elapsed, int(n)
+    finally:
+        await conn.close()
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        await proc.wait()
+        await sim.stop()
+
+
+async def _migrate_pg(dsn: str) -> None:
+    # Postgres only: the capture path never touches ClickHouse.
+    from herwa.schema import _migrate
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await _migrate._migrate_postgres(conn, _migrate.MigrationReport())
+    finally:
+        await conn.close()
+
+
+def _with_db(url: str, name: str) -> str:
+    return urllib.parse.urlunsplit(urllib.parse.urlsplit(url)._replace(path=f"/{name}"))
+
+
+async def main_async(messages: int) -> None:
+    stack = None
+    dsn, redis_url = os.environ.get("HERWA_POSTGRES_DSN"), os.environ.get("HERWA_REDIS_URL")
+    if not dsn or not redis_url:
+        from herwa.devstack import DevStack
+
+        stack = DevStack(Path(tempfile.mkdtemp(prefix="herwa-bench-")))
+        ep = await asyncio.to_thread(stack.up)
+        dsn, redis_url = ep.postgres_dsn, ep.redis_url
+    name = f"herwa_bench_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(dsn)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        print(f"MESSAGE_CREATE, {messages} messages, each consumer one process on one CPU")
+        ceiling = await bare(messages)
+        print(f"  bare discord.py on_message (ceiling):           {ceiling:>9,.0f}/s")
+        rate, rows = await capture(messages, _with_db(dsn, name), redis_url)
+        print(f"  herwa bot, gateway -> committed Postgres rows:   {rate:>9,.0f}/s ({rows} rows)")
+        print(f"  capture / ceiling: {rate / ceiling:.0%} (target >= 80%)")
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+        if stack is not None:
+            await asyncio.to_thread(stack.down)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--messages", type=int, default=100_000)
+    args = ap.parse_args()
+    asyncio.run(main_async(args.messages))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

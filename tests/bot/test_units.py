@@ -1,0 +1,46 @@
+"""Pure parts: message kinds with and without MESSAGE_CONTENT, rendezvous assignment."""
+
+from __future__ import annotations
+
+from herwa.bot.capture import message_kind, message_row
+from herwa.bot.directory import Directory, GuildConfig
+from herwa.bot.sharding import assigned_shards, rendezvous_owner
+
+
+def test_kinds_with_and_without_content() -> None:
+    base = {"type": 0, "attachments": [], "embeds": []}
+    assert message_kind({**base, "attachments": [{"id": "1"}]}) == "attachment"
+    assert message_kind({**base, "embeds": [{"type": "link"}]}) == "embed"
+    assert message_kind({**base, "sticker_items": [{"id": "1"}]}) == "sticker"
+    assert message_kind({**base, "type": 19}) == "reply"
+    assert message_kind({**base, "type": 7}) == "system"
+    # Without the intent the same payloads fold into text; stickers and replies survive.
+    assert message_kind({**base, "attachments": [{"id": "1"}]}, content=False) == "text"
+    assert message_kind({**base, "sticker_items": [{"id": "1"}]}, content=False) == "sticker"
+
+
+def test_thread_messages_map_to_parent_and_allow_list_filters() -> None:
+    d = Directory(GuildConfig())
+    d.add_channel(1, {"id": "20", "type": 11, "parent_id": "10"})
+    msg = {"id": str(1 << 40), "guild_id": "1", "channel_id": "20", "author": {"id": "5"}}
+    row = message_row(msg, d)
+    assert row is not None and row[2] == 10 and row[3] == 20
+    d.configs[1] = GuildConfig(tracked_channel_ids=frozenset({11}))
+    assert message_row(msg, d) is None
+    bot = {**msg, "author": {"id": "6", "bot": True}}
+    d.configs[1] = GuildConfig()
+    assert message_row(bot, d) is None  # bots excluded by default
+    d.configs[1] = GuildConfig(count_bot_messages=True)
+    assert message_row(bot, d) is not None
+
+
+def test_rendezvous_moves_only_the_shards_that_must_move() -> None:
+    shards = 64
+    before = {s: rendezvous_owner(["a", "b"], s) for s in range(shards)}
+    after = {s: rendezvous_owner(["a", "b", "c"], s) for s in range(shards)}
+    moved = [s for s in range(shards) if before[s] != after[s]]
+    assert all(after[s] == "c" for s in moved)  # only shards the new pod takes move
+    assert 10 <= len(moved) <= 35
+    parts = [assigned_shards(["a", "b", "c"], m, shards) for m in "abc"]
+    assert set().union(*parts) == set(range(shards))
+    assert sum(len(p) for p in parts) == shards
