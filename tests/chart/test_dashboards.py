@@ -131,7 +131,7 @@ def demo_sql(db_start: datetime) -> list[str]:
                 version)
             SELECT 'demo', {g}, ['heatmap', 'overview', 'export'][number % 3 + 1],
                    toDateTime({t0} + number * 3600, 'UTC'),
-                   ['ok', 'ok', 'denied', 'quota_exceeded'][number % 4 + 1], 1 + number % 7, 1
+                   ['ok', 'ok', 'denied', 'over_quota'][number % 4 + 1], 1 + number % 7, 1
             FROM numbers(200)""",
     ]
 
