@@ -30,8 +30,9 @@ from redis.asyncio import Redis
 from herwa.bot import metrics
 from herwa.bot.backfill import Backfiller
 from herwa.bot.buffer import Batch, FlushBuffer
+from herwa.bot.commands import CommandDeps
 from herwa.bot.directory import Directory, GuildConfig
-from herwa.bot.shard import Mark, MemberCountOp, ShardRunner, UsageOp
+from herwa.bot.shard import Mark, MemberCountOp, ShardRunner
 from herwa.bot.sharding import Coordinator, assigned_shards
 from herwa.bot.snapshots import Snapshotter
 from herwa.bot.voice import VoiceOp, VoiceTracker
@@ -55,8 +56,11 @@ class BotApp:
         token: str,
         shard_count: int,
         max_concurrency: int,
+        commands: CommandDeps | None = None,
     ) -> None:
         self.settings = settings
+        # None only in tests that exercise capture alone; a deployed pod always serves commands.
+        self.commands = commands
         self.discord_settings = discord_settings
         self.pool = pool
         self.redis = redis
@@ -317,17 +321,14 @@ class BotApp:
 
     async def _after_commit(self, batch: Batch) -> None:
         """Apply Redis state that must never run ahead of Postgres: open voice sessions,
-        member counts, gateway marks (fenced by the lease), then usage counters."""
+        member counts, gateway marks (fenced by the lease)."""
         voice: dict[int, dict[tuple[int, int], bytes | None]] = defaultdict(dict)
         counts: dict[int, dict[int, int]] = defaultdict(dict)
-        usage: list[UsageOp] = []
         for extra in batch.extras:
             if isinstance(extra, VoiceOp):
                 voice[extra.shard_id][(extra.guild_id, extra.user_id)] = extra.session
             elif isinstance(extra, MemberCountOp):
                 counts[extra.shard_id][extra.guild_id] = extra.count
-            elif isinstance(extra, UsageOp):
-                usage.append(extra)
         marks: dict[int, Mark] = batch.marks or {}
         now_ms = int(time.time() * 1000)
         for sid in set(voice) | set(counts) | set(marks):
@@ -367,13 +368,6 @@ class BotApp:
                 ]
             if not await self.coordinator.fenced_write(sid, token, ops):
                 log.warning("shard %s: lease no longer ours; not writing its state", sid)
-        if usage:
-            from herwa import usage as usage_store
-
-            for op in usage:
-                await usage_store.record(
-                    self.redis, self.prefix, op.guild_id, op.command, "invoked", op.at
-                )
         metrics.VOICE_OPEN.set(self.voice.open_count())
 
     # -- guild hooks (called from parsers: schedule, never block) -------------------------

@@ -17,8 +17,9 @@ import discord.http
 from herwa import config
 from herwa.bot.app import BotApp, install_signal_handlers
 from herwa.bot.client import point_at
+from herwa.bot.commands import CommandDeps
 from herwa.logs import register_secret
-from herwa.stores import postgres_pool, redis_client
+from herwa.stores import clickhouse_client, postgres_pool, redis_client
 from herwa.telemetry import TelemetryServer, setup_tracing
 
 log = logging.getLogger(__name__)
@@ -54,9 +55,12 @@ async def main(pod_override: str | None = None) -> int:
     register_secret(token)
     pg = config.postgres()
     rd = config.redis()
+    ch = config.clickhouse()
+    commands = config.commands()
     tel = config.telemetry()
     register_secret(pg.dsn.get_secret_value())
     register_secret(rd.url.get_secret_value())
+    register_secret(ch.query_url().get_secret_value())
     point_at(disc.api_base, disc.gateway_url)
     setup_tracing("herwa-bot")
     pod = pod_identity(pod_override or bot.pod_name)
@@ -70,6 +74,8 @@ async def main(pod_override: str | None = None) -> int:
 
     pool = await postgres_pool(pg)
     redis = redis_client(rd)
+    # Slash commands read ClickHouse as the read-only user only.
+    analytics = await clickhouse_client(ch, readonly=True)
     app = BotApp(
         settings=bot,
         discord_settings=disc,
@@ -80,6 +86,14 @@ async def main(pod_override: str | None = None) -> int:
         token=token,
         shard_count=shard_count,
         max_concurrency=max_concurrency,
+        commands=CommandDeps(
+            pool=pool,
+            redis=redis,
+            clickhouse=analytics,
+            settings=commands,
+            redis_prefix=rd.key_prefix,
+            default_timezone=config.guild_defaults().timezone,
+        ),
     )
     server = TelemetryServer(tel.host, tel.port, readiness=app.readiness)
     install_signal_handlers(app)
@@ -98,6 +112,7 @@ async def main(pod_override: str | None = None) -> int:
         ok = await app.shutdown()
     finally:
         await server.stop()
+        await analytics.close()
         await redis.aclose()
         await pool.close()
     log.info("bot pod stopped", extra={"flushed_everything": ok})

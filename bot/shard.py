@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from discord import app_commands
+
 from herwa.bot import metrics
 from herwa.bot.capture import (
     deletion_rows,
@@ -21,6 +23,7 @@ from herwa.bot.capture import (
     parse_time,
 )
 from herwa.bot.client import CaptureClient, Parser
+from herwa.bot.commands import install
 from herwa.bot.voice import VoiceOp
 from herwa.telemetry import tracer
 
@@ -37,13 +40,6 @@ class MemberCountOp:
     shard_id: int
     guild_id: int
     count: int
-
-
-@dataclass(frozen=True)
-class UsageOp:
-    guild_id: int
-    command: str
-    at: datetime
 
 
 @dataclass(frozen=True)
@@ -120,8 +116,16 @@ class ShardRunner:
             wait_for_room=app.buffer.wait_for_room,
         )
         client.install_parsers(*self._parsers())
+        tree: app_commands.CommandTree[CaptureClient] | None = None
+        if app.commands is not None:
+            tree = app_commands.CommandTree(client)
+            install(tree, app.commands)
         self.client = client
         await client.login(app.token)
+        if tree is not None and self.shard_id == 0:
+            # Exactly one pod owns shard 0 at a time, so the global command list is
+            # published once per (re)start of that shard rather than by every pod.
+            await tree.sync()
         self.task = asyncio.get_running_loop().create_task(
             self._run(client, resume), name=f"herwa-shard-{self.shard_id}"
         )
@@ -288,13 +292,6 @@ class ShardRunner:
             self.session_seen = True
             self.resumes += 1
 
-        def interaction(d: Json) -> None:
-            with _tracer.start_as_current_span("bot.command.capture") as span:
-                data = d.get("data") or {}
-                if d.get("type") == 2 and d.get("guild_id") and data.get("name"):
-                    span.set_attribute("herwa.command", str(data["name"]))
-                    add_extra(UsageOp(int(d["guild_id"]), str(data["name"]), datetime.now(UTC)))
-
         replace: dict[str, Parser] = {
             "MESSAGE_CREATE": message_create,
             "MESSAGE_UPDATE": message_update,
@@ -318,7 +315,9 @@ class ShardRunner:
             "THREAD_LIST_SYNC": counted("THREAD_LIST_SYNC", thread_list_sync),
             "READY": counted("READY", ready),
             "RESUMED": counted("RESUMED", resumed),
-            "INTERACTION_CREATE": counted("INTERACTION_CREATE", interaction),
+            # Only counted here: discord.py's parser hands it to the command tree, which
+            # records usage with the command's outcome.
+            "INTERACTION_CREATE": counted("INTERACTION_CREATE", ignore),
         }
         return replace, wrap
 
@@ -328,4 +327,4 @@ class ShardRunner:
             self.app.buffer.add_extra(MemberCountOp(self.shard_id, guild_id, count))
 
 
-__all__ = ["Mark", "MemberCountOp", "ShardRunner", "UsageOp", "VoiceOp"]
+__all__ = ["Mark", "MemberCountOp", "ShardRunner", "VoiceOp"]

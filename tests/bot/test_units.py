@@ -24,7 +24,8 @@ def test_thread_messages_map_to_parent_and_allow_list_filters() -> None:
     d.add_channel(1, {"id": "20", "type": 11, "parent_id": "10"})
     msg = {"id": str(1 << 40), "guild_id": "1", "channel_id": "20", "author": {"id": "5"}}
     row = message_row(msg, d)
-    assert row is not None and row[2] == 10 and row[3] == 20
+    assert row is not None
+    assert (row[2], row[3]) == (10, 20)
     d.configs[1] = GuildConfig(tracked_channel_ids=frozenset({11}))
     assert message_row(msg, d) is None
     bot = {**msg, "author": {"id": "6", "bot": True}}
