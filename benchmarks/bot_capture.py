@@ -28,9 +28,7 @@ import uuid
 from pathlib import Path
 
 import asyncpg
-import orjson
-
-from herwa.simulator import GatewayConfig, Simulator, SimulatorConfig
+from simulator_ceiling import benchmark_simulator, consume
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -41,55 +39,19 @@ def _pin() -> None:
     os.sched_setaffinity(0, {cpus[-1]})
 
 
-def _sim() -> Simulator:
-    return Simulator(
-        SimulatorConfig(
-            guilds=8,
-            seed=1,
-            record_deliveries=False,
-            store_history=False,
-            gateway=GatewayConfig(resume_buffer=1000),
-        )
-    )
-
-
 async def bare(messages: int) -> float:
-    sim = _sim()
+    sim = benchmark_simulator()
     await sim.start()
     try:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(HERE / "simulator_ceiling.py"),
-            "--consumer",
-            "discord",
-            "--messages",
-            str(messages),
-            "--api-base",
-            sim.api_base,
-            "--ws-url",
-            sim.ws_url,
-            "--token",
-            sim.config.token,
-            stdout=asyncio.subprocess.PIPE,
-            cwd=HERE,
-            preexec_fn=_pin,
-        )
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 60)
-        if line.strip() != b"ready":
-            raise RuntimeError(f"bare consumer failed: {line!r}")
-        await asyncio.sleep(0.5)
-        await sim.push_prepared(sim.prepare_burst(messages, family="message"))
-        result = orjson.loads(await asyncio.wait_for(proc.stdout.readline(), 600))
-        await proc.wait()
-        return float(result["count"] / result["seconds"])
+        _, rate = await consume(sim, "discord", messages, preexec_fn=_pin)
+        return rate
     finally:
         await sim.stop()
 
 
 async def capture(messages: int, dsn: str, redis_url: str) -> tuple[float, int]:
     await _migrate_pg(dsn)
-    sim = _sim()
+    sim = benchmark_simulator()
     await sim.start()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HERWA_")}
     env.update(sim.env())

@@ -16,6 +16,7 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Callable
 
 import orjson
 
@@ -103,8 +104,8 @@ async def discord_consumer(
 
 
 # -- driver --------------------------------------------------------------------------------
-async def run_case(kind: str, messages: int, compress: bool) -> tuple[float, float]:
-    sim = Simulator(
+def benchmark_simulator(compress: bool = False) -> Simulator:
+    return Simulator(
         SimulatorConfig(
             guilds=8,
             seed=1,
@@ -113,35 +114,53 @@ async def run_case(kind: str, messages: int, compress: bool) -> tuple[float, flo
             gateway=GatewayConfig(resume_buffer=1000, honour_compression=compress),
         )
     )
+
+
+async def consume(
+    sim: Simulator,
+    kind: str,
+    messages: int,
+    *,
+    compress: bool = False,
+    preexec_fn: Callable[[], None] | None = None,
+) -> tuple[float, float]:
+    """Push ``messages`` MESSAGE_CREATEs to a ``kind`` consumer in its own process; returns
+    (simulator push rate, consumer receive rate) in messages per second."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        "--consumer",
+        kind,
+        "--messages",
+        str(messages),
+        "--api-base",
+        sim.api_base,
+        "--ws-url",
+        sim.ws_url,
+        "--token",
+        sim.config.token,
+        *(["--zlib"] if compress else []),
+        stdout=asyncio.subprocess.PIPE,
+        cwd=HERE,
+        preexec_fn=preexec_fn,
+    )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 60)
+    if line.strip() != b"ready":
+        raise RuntimeError(f"consumer failed: {line!r}")
+    await asyncio.sleep(0.5)
+    prepared = sim.prepare_burst(messages, family="message")
+    push_rate = await sim.push_prepared(prepared)
+    result = orjson.loads(await asyncio.wait_for(proc.stdout.readline(), 600))
+    await proc.wait()
+    return push_rate, float(result["count"] / result["seconds"])
+
+
+async def run_case(kind: str, messages: int, compress: bool) -> tuple[float, float]:
+    sim = benchmark_simulator(compress)
     await sim.start()
     try:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            __file__,
-            "--consumer",
-            kind,
-            "--messages",
-            str(messages),
-            "--api-base",
-            sim.api_base,
-            "--ws-url",
-            sim.ws_url,
-            "--token",
-            sim.config.token,
-            *(["--zlib"] if compress else []),
-            stdout=asyncio.subprocess.PIPE,
-            cwd=HERE,
-        )
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 60)
-        if line.strip() != b"ready":
-            raise RuntimeError(f"consumer failed: {line!r}")
-        await asyncio.sleep(0.5)
-        prepared = sim.prepare_burst(messages, family="message")
-        push_rate = await sim.push_prepared(prepared)
-        result = orjson.loads(await asyncio.wait_for(proc.stdout.readline(), 600))
-        await proc.wait()
-        return push_rate, result["count"] / result["seconds"]
+        return await consume(sim, kind, messages, compress=compress)
     finally:
         await sim.stop()
 

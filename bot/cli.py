@@ -16,8 +16,8 @@ import discord.http
 
 from herwa import config
 from herwa.bot.app import BotApp, install_signal_handlers
-from herwa.bot.client import point_at
 from herwa.bot.commands import CommandDeps
+from herwa.discord_api import point_discord_at
 from herwa.logs import register_secret
 from herwa.stores import clickhouse_client, postgres_pool, redis_client
 from herwa.telemetry import TelemetryServer, setup_tracing
@@ -61,7 +61,7 @@ async def main(pod_override: str | None = None) -> int:
     register_secret(pg.dsn.get_secret_value())
     register_secret(rd.url.get_secret_value())
     register_secret(ch.query_url().get_secret_value())
-    point_at(disc.api_base, disc.gateway_url)
+    point_discord_at(disc.api_base, disc.gateway_url)
     setup_tracing("herwa-bot")
     pod = pod_identity(pod_override or bot.pod_name)
 

@@ -23,7 +23,6 @@ import aiohttp
 import discord
 import discord.gateway
 import discord.http
-import yarl
 from discord.backoff import ExponentialBackoff
 from discord.errors import ConnectionClosed, GatewayNotFound, HTTPException
 from discord.gateway import DiscordWebSocket, ReconnectWebSocket
@@ -34,14 +33,6 @@ Parser = Callable[[Any], None]
 # Close codes after which reconnecting cannot help (bad token, shard, intents).
 FATAL_CLOSE_CODES = frozenset((4004, 4010, 4011, 4012, 4013, 4014))
 RESUMABLE_CLOSE = 4000
-
-
-def point_at(api_base: str | None, gateway_url: str | None) -> None:
-    """Redirect discord.py's REST base and default gateway (the simulator, a proxy)."""
-    if api_base:
-        discord.http.Route.BASE = api_base.rstrip("/")
-    if gateway_url:
-        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
 
 
 def capture_intents(*, message_content: bool) -> discord.Intents:

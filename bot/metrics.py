@@ -66,14 +66,3 @@ BACKFILL_MESSAGES = PromCounter("herwa_bot_backfill_messages", "Messages read by
 VOICE_OPEN = Gauge("herwa_bot_voice_sessions_open", "Open voice sessions in owned guilds")
 VOICE_CLOSED = PromCounter("herwa_bot_voice_sessions_closed", "Closed voice sessions", ["reason"])
 SNAPSHOTS = PromCounter("herwa_bot_member_snapshots", "Member-count snapshots upserted")
-
-for _table in (
-    "message_events",
-    "message_edits",
-    "message_deletions",
-    "voice_sessions",
-    "member_events",
-    "guild_events",
-):
-    ROWS_DROPPED.labels(_table)
-    ROWS_FLUSHED.labels(_table)

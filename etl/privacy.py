@@ -16,32 +16,18 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from herwa.etl import rollups
+from herwa.etl.families import FAMILIES
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.asyncclient import AsyncClient
 
+# Every family's tables, from the one registry, so a new family is covered by deletion too.
+_STAGING_TABLES = tuple(family.staging_table for family in FAMILIES)
 # ClickHouse tables holding a guild's data; all are wiped by a guild request.
 _GUILD_TABLES = (
-    "messages",
-    "message_edits",
-    "message_deletions",
-    "voice_sessions",
-    "member_events",
-    "guild_events",
-    "member_count_snapshots",
-    "command_usage",
+    *(family.target_table for family in FAMILIES),
     "message_activity_hourly",
     "message_activity_15m",
-)
-_STAGING_TABLES = (
-    "message_events",
-    "message_edits",
-    "message_deletions",
-    "voice_sessions",
-    "member_events",
-    "guild_events",
-    "member_count_snapshots",
-    "command_usage",
 )
 
 
