@@ -162,7 +162,10 @@ async def main(opts: DemoOptions) -> int:
             await demo.explore()
     except asyncio.CancelledError:
         task.uncancel()
-        outcome = "interrupted"
+        # With --keep-running, Ctrl-C is how a successful demo ends: keep its outcome.
+        if not (opts.keep_running and outcome == "ok"):
+            outcome = "interrupted"
+        interrupted = outcome == "interrupted"
     except DemoFailed as exc:
         error = str(exc)
     except Exception as exc:  # any failure still stops every process below

@@ -11,6 +11,7 @@ import io
 import math
 import shutil
 import time
+import urllib.parse
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -637,21 +638,20 @@ class Demo:
 
     def endpoint_lines(self, ep: Endpoints, sim: Simulator) -> list[str]:
         ch_port = ep.clickhouse_native_port
-        ch_user = ep.clickhouse_url.split("//", 1)[1].split(":", 1)[0]
+        # Loopback-only servers with generated passwords: printing them is what makes the
+        # endpoints usable from another terminal (they are in the data dir's secrets.json too).
+        creds = urllib.parse.urlsplit(ep.clickhouse_url)
         return [
             f"Postgres     {ep.postgres_dsn}",
             f"Redis        {ep.redis_url}",
             f"ClickHouse   {ep.clickhouse_url}  (read-only: {ep.clickhouse_readonly_url})",
-            f"clickhouse-client --port {ch_port} --user {ch_user} --password … "
-            f"(password in {self._ep_secret_hint()})",
+            f"clickhouse-client --host 127.0.0.1 --port {ch_port} --user {creds.username} "
+            f"--password {creds.password} --database {creds.path.strip('/')}",
             f"Simulator    {sim.url}/_sim/ledger  (control API under /_sim/)",
             *(f"{b.name:<12} http://127.0.0.1:{b.port}/metrics" for b in self.bots),
             "Grafana      add a ClickHouse datasource with the URL above "
             "(dashboards in charts/herwa/dashboards)",
         ]
-
-    def _ep_secret_hint(self) -> str:
-        return str(self.opts.data_dir / "secrets.json")
 
     # -- shutdown --------------------------------------------------------------------------
     async def shutdown(self) -> Json:
