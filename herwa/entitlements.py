@@ -112,8 +112,13 @@ def _encode(value: dict[str, Any]) -> str:
 
 
 async def write_command_cache(
-    redis: Redis, prefix: str, guild_id: int, entitlement: Entitlement,
-    *, ttl_seconds: int | None = None, now: datetime | None = None,
+    redis: Redis,
+    prefix: str,
+    guild_id: int,
+    entitlement: Entitlement,
+    *,
+    ttl_seconds: int | None = None,
+    now: datetime | None = None,
 ) -> bool:
     """Set the guild's cache entry; returns whether it differed from what was there."""
     key = cache_key(prefix, guild_id)
@@ -149,9 +154,7 @@ _ENTITLEMENT_SQL = """
 """
 
 
-async def load_entitlement(
-    conn: Queryable, guild_id: int
-) -> Entitlement | None:
+async def load_entitlement(conn: Queryable, guild_id: int) -> Entitlement | None:
     """The guild's entitlement from Postgres with its commands resolved, or ``None``."""
     row = await conn.fetchrow(_ENTITLEMENT_SQL, guild_id)
     if row is None:
@@ -160,9 +163,13 @@ async def load_entitlement(
     if isinstance(quotas, str):  # asyncpg returns jsonb as text unless a codec is set
         quotas = json.loads(quotas)
     return Entitlement(
-        guild_id=row["guild_id"], tier=row["tier"], features=tuple(row["features"]),
-        quotas={str(k): int(v) for k, v in quotas.items()}, commands=tuple(row["commands"]),
-        valid_until=row["valid_until"], suspended=row["suspended"],
+        guild_id=row["guild_id"],
+        tier=row["tier"],
+        features=tuple(row["features"]),
+        quotas={str(k): int(v) for k, v in quotas.items()},
+        commands=tuple(row["commands"]),
+        valid_until=row["valid_until"],
+        suspended=row["suspended"],
         generation=row["generation"],
     )
 
@@ -179,8 +186,12 @@ async def allowed_commands(
         return CommandAccess.from_cache(raw)
     entitlement = await load_entitlement(pool, guild_id)
     if entitlement is None:
-        await redis.set(cache_key(prefix, guild_id), _encode({"v": CACHE_VERSION, "none": True}),
-                        ex=NEGATIVE_TTL_SECONDS, nx=True)
+        await redis.set(
+            cache_key(prefix, guild_id),
+            _encode({"v": CACHE_VERSION, "none": True}),
+            ex=NEGATIVE_TTL_SECONDS,
+            nx=True,
+        )
         return None
     value = expected_cache(entitlement)
     # nx: an entry the operator wrote meanwhile is newer than what this reader saw.
@@ -194,5 +205,7 @@ async def lowest_tier_for(conn: Queryable, command: str) -> str | None:
         """SELECT t.tier FROM commands c
            JOIN tier_features tf ON tf.feature = c.feature
            JOIN tiers t ON t.tier = tf.tier
-           WHERE c.command = $1 ORDER BY t.rank, t.tier LIMIT 1""", command)
+           WHERE c.command = $1 ORDER BY t.rank, t.tier LIMIT 1""",
+        command,
+    )
     return tier

@@ -67,12 +67,19 @@ class Platform(_Strict):
         ranks = [t.rank for t in self.tiers]
         problems += [f"two tiers share rank {r}" for r in _duplicates(ranks)]
         for tier in self.tiers:
-            problems += [f"tier {tier.name!r} grants feature {f!r}, which is not defined"
-                         for f in tier.features if f not in known]
-            problems += [f"tier {tier.name!r} lists feature {f!r} twice"
-                         for f in _duplicates(tier.features)]
-        problems += [f"command {c!r} needs feature {f!r}, which is not defined"
-                     for c, f in self.commands.items() if f not in known]
+            problems += [
+                f"tier {tier.name!r} grants feature {f!r}, which is not defined"
+                for f in tier.features
+                if f not in known
+            ]
+            problems += [
+                f"tier {tier.name!r} lists feature {f!r} twice" for f in _duplicates(tier.features)
+            ]
+        problems += [
+            f"command {c!r} needs feature {f!r}, which is not defined"
+            for c, f in self.commands.items()
+            if f not in known
+        ]
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -164,9 +171,12 @@ async def seed(
         tier_features = await _sync_tier_features(conn, platform)
         commands = await _sync_commands(conn, platform)
         # Features go last: commands and tier_features no longer point at the removed ones.
-        features += _count(await conn.execute(
-            "DELETE FROM features WHERE NOT feature = ANY($1::text[])",
-            [f.name for f in platform.features]))
+        features += _count(
+            await conn.execute(
+                "DELETE FROM features WHERE NOT feature = ANY($1::text[])",
+                [f.name for f in platform.features],
+            )
+        )
     return SeedReport(features, tiers, tier_features, commands, kept)
 
 
@@ -176,18 +186,23 @@ def _count(status: str) -> int:
 
 
 async def _sync_features(conn: _Conn, platform: Platform) -> int:
-    return _count(await conn.execute(
-        """INSERT INTO features (feature, description)
+    return _count(
+        await conn.execute(
+            """INSERT INTO features (feature, description)
            SELECT * FROM unnest($1::text[], $2::text[])
            ON CONFLICT (feature) DO UPDATE SET description = EXCLUDED.description
            WHERE features.description IS DISTINCT FROM EXCLUDED.description""",
-        [f.name for f in platform.features], [f.description for f in platform.features]))
+            [f.name for f in platform.features],
+            [f.description for f in platform.features],
+        )
+    )
 
 
 async def _sync_tiers(conn: _Conn, platform: Platform) -> tuple[int, tuple[str, ...]]:
     names = [t.name for t in platform.tiers]
-    changed = _count(await conn.execute(
-        """INSERT INTO tiers (tier, description, rank, quotas)
+    changed = _count(
+        await conn.execute(
+            """INSERT INTO tiers (tier, description, rank, quotas)
            SELECT t, d, r, q::jsonb FROM unnest($1::text[], $2::text[], $3::int[], $4::text[])
                 AS x(t, d, r, q)
            ON CONFLICT (tier) DO UPDATE
@@ -195,41 +210,65 @@ async def _sync_tiers(conn: _Conn, platform: Platform) -> tuple[int, tuple[str, 
                   quotas = EXCLUDED.quotas
            WHERE (tiers.description, tiers.rank, tiers.quotas)
                  IS DISTINCT FROM (EXCLUDED.description, EXCLUDED.rank, EXCLUDED.quotas)""",
-        names, [t.description for t in platform.tiers], [t.rank for t in platform.tiers],
-        [json.dumps(t.quotas, sort_keys=True) for t in platform.tiers]))
+            names,
+            [t.description for t in platform.tiers],
+            [t.rank for t in platform.tiers],
+            [json.dumps(t.quotas, sort_keys=True) for t in platform.tiers],
+        )
+    )
     kept = await conn.fetch(
         """SELECT DISTINCT tier FROM entitlements WHERE NOT tier = ANY($1::text[])
-           ORDER BY tier""", names)
-    changed += _count(await conn.execute(
-        """DELETE FROM tiers WHERE NOT tier = ANY($1::text[])
-           AND tier NOT IN (SELECT tier FROM entitlements)""", names))
+           ORDER BY tier""",
+        names,
+    )
+    changed += _count(
+        await conn.execute(
+            """DELETE FROM tiers WHERE NOT tier = ANY($1::text[])
+           AND tier NOT IN (SELECT tier FROM entitlements)""",
+            names,
+        )
+    )
     return changed, tuple(r["tier"] for r in kept)
 
 
 async def _sync_tier_features(conn: _Conn, platform: Platform) -> int:
     pairs = [(t.name, f) for t in platform.tiers for f in t.features]
     tiers, feats = [p[0] for p in pairs], [p[1] for p in pairs]
-    deleted = _count(await conn.execute(
-        """DELETE FROM tier_features tf WHERE NOT EXISTS (
+    deleted = _count(
+        await conn.execute(
+            """DELETE FROM tier_features tf WHERE NOT EXISTS (
                SELECT 1 FROM unnest($1::text[], $2::text[]) AS x(t, f)
                WHERE x.t = tf.tier AND x.f = tf.feature)
            AND tf.tier = ANY($3::text[])""",
-        tiers, feats, [t.name for t in platform.tiers]))
-    inserted = _count(await conn.execute(
-        """INSERT INTO tier_features (tier, feature)
+            tiers,
+            feats,
+            [t.name for t in platform.tiers],
+        )
+    )
+    inserted = _count(
+        await conn.execute(
+            """INSERT INTO tier_features (tier, feature)
            SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING""",
-        tiers, feats))
+            tiers,
+            feats,
+        )
+    )
     return deleted + inserted
 
 
 async def _sync_commands(conn: _Conn, platform: Platform) -> int:
     names = list(platform.commands)
-    changed = _count(await conn.execute(
-        """INSERT INTO commands (command, feature)
+    changed = _count(
+        await conn.execute(
+            """INSERT INTO commands (command, feature)
            SELECT * FROM unnest($1::text[], $2::text[])
            ON CONFLICT (command) DO UPDATE SET feature = EXCLUDED.feature
            WHERE commands.feature IS DISTINCT FROM EXCLUDED.feature""",
-        names, list(platform.commands.values())))
-    changed += _count(await conn.execute(
-        "DELETE FROM commands WHERE NOT command = ANY($1::text[])", names))
+            names,
+            list(platform.commands.values()),
+        )
+    )
+    changed += _count(
+        await conn.execute("DELETE FROM commands WHERE NOT command = ANY($1::text[])", names)
+    )
     return changed

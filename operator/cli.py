@@ -28,10 +28,16 @@ log = logging.getLogger(__name__)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--platform-file", default=None,
-                        help="tiers/features/commands YAML (default: HERWA_OPERATOR_PLATFORM_FILE)")
-    parser.add_argument("--standalone", action="store_true",
-                        help="run without peering (a single replica, or local development)")
+    parser.add_argument(
+        "--platform-file",
+        default=None,
+        help="tiers/features/commands YAML (default: HERWA_OPERATOR_PLATFORM_FILE)",
+    )
+    parser.add_argument(
+        "--standalone",
+        action="store_true",
+        help="run without peering (a single replica, or local development)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,8 +55,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _main(
-    settings: config.OperatorSettings, plat: platform.Platform, pg: config.PostgresSettings,
-    rd: config.RedisSettings, tel: config.TelemetrySettings, *, standalone: bool,
+    settings: config.OperatorSettings,
+    plat: platform.Platform,
+    pg: config.PostgresSettings,
+    rd: config.RedisSettings,
+    tel: config.TelemetrySettings,
+    *,
+    standalone: bool,
 ) -> int:
     setup_tracing("herwa-operator")
     # min_size=0: creating the pool opens no connection, so a down Postgres cannot stop start-up.
@@ -60,8 +71,9 @@ async def _main(
     ready = asyncio.Event()
 
     async def readiness() -> Readiness:
-        return Readiness(ready.is_set() and rt.seeded,
-                         {"kopf": ready.is_set(), "seeded": rt.seeded})
+        return Readiness(
+            ready.is_set() and rt.seeded, {"kopf": ready.is_set(), "seeded": rt.seeded}
+        )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -79,15 +91,26 @@ async def _main(
     registry = build_registry(settings.drift_check_seconds)
     try:
         async with TelemetryServer(tel.host, tel.port, readiness=readiness):
-            task = asyncio.create_task(kopf.operator(
-                registry=registry, settings=kopf_settings, clusterwide=clusterwide,
-                namespaces=() if clusterwide else [settings.namespace or ""],
-                memo=kopf.Memo(runtime=rt), stop_flag=stop, ready_flag=ready,
-                standalone=standalone or not settings.peering_name,
-            ))
-            log.info("operator started", extra={
-                "namespace": settings.namespace or "*", "pid": os.getpid(),
-                "drift_check_seconds": settings.drift_check_seconds})
+            task = asyncio.create_task(
+                kopf.operator(
+                    registry=registry,
+                    settings=kopf_settings,
+                    clusterwide=clusterwide,
+                    namespaces=() if clusterwide else [settings.namespace or ""],
+                    memo=kopf.Memo(runtime=rt),
+                    stop_flag=stop,
+                    ready_flag=ready,
+                    standalone=standalone or not settings.peering_name,
+                )
+            )
+            log.info(
+                "operator started",
+                extra={
+                    "namespace": settings.namespace or "*",
+                    "pid": os.getpid(),
+                    "drift_check_seconds": settings.drift_check_seconds,
+                },
+            )
             await task
     finally:
         with contextlib.suppress(Exception):

@@ -55,11 +55,15 @@ def by_guild(spec: Mapping[str, Any], meta: Mapping[str, Any], **_: Any) -> dict
     guild = guild_of(spec)
     if guild is None:
         return {}
-    return {str(guild): Claim(
-        created=str(meta.get("creationTimestamp", "")), namespace=str(meta.get("namespace")),
-        name=str(meta.get("name")), uid=str(meta.get("uid")),
-        deleting=bool(meta.get("deletionTimestamp")),
-    )}
+    return {
+        str(guild): Claim(
+            created=str(meta.get("creationTimestamp", "")),
+            namespace=str(meta.get("namespace")),
+            name=str(meta.get("name")),
+            uid=str(meta.get("uid")),
+            deleting=bool(meta.get("deletionTimestamp")),
+        )
+    }
 
 
 def _claims(index: Mapping[str, Iterable[Claim]] | None, spec: Mapping[str, Any]) -> list[Claim]:
@@ -73,14 +77,24 @@ def _claims(index: Mapping[str, Iterable[Claim]] | None, spec: Mapping[str, Any]
 
 
 async def _reconcile_object(
-    trigger: str, body: Mapping[str, Any], meta: Mapping[str, Any], spec: Mapping[str, Any],
-    status: Mapping[str, Any], patch: kopf.Patch, memo: Any,
-    index: Mapping[str, Iterable[Claim]] | None, retry: int,
+    trigger: str,
+    body: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    spec: Mapping[str, Any],
+    status: Mapping[str, Any],
+    patch: kopf.Patch,
+    memo: Any,
+    index: Mapping[str, Iterable[Claim]] | None,
+    retry: int,
 ) -> Outcome:
     rt: Runtime = memo.runtime
-    sub = Subscription(namespace=str(meta["namespace"]), name=str(meta["name"]),
-                       uid=str(meta["uid"]), generation=int(meta.get("generation") or 0),
-                       spec=dict(spec))
+    sub = Subscription(
+        namespace=str(meta["namespace"]),
+        name=str(meta["name"]),
+        uid=str(meta["uid"]),
+        generation=int(meta.get("generation") or 0),
+        spec=dict(spec),
+    )
     started = time.perf_counter()
     with tracer("herwa.operator").start_as_current_span("guildsubscription.reconcile") as span:
         span.set_attribute("herwa.trigger", trigger)
@@ -103,9 +117,15 @@ async def _reconcile_object(
     patch.status["conditions"] = conditions
     patch.status["state"] = outcome.state
     if before is None or (before.get("status"), before.get("reason")) != (
-            "True" if outcome.ready else "False", outcome.reason):
-        _emit(body, "Normal" if outcome.ready or outcome.state in ("suspended", "expired")
-              else "Warning", outcome.reason, outcome.message)
+        "True" if outcome.ready else "False",
+        outcome.reason,
+    ):
+        _emit(
+            body,
+            "Normal" if outcome.ready or outcome.state in ("suspended", "expired") else "Warning",
+            outcome.reason,
+            outcome.message,
+        )
     for type_, reason, message in outcome.events:
         _emit(body, type_, reason, message)
     if outcome.retry:
@@ -114,9 +134,17 @@ async def _reconcile_object(
 
 
 async def on_change(
-    *, body: Mapping[str, Any], meta: Mapping[str, Any], spec: Mapping[str, Any],
-    status: Mapping[str, Any], patch: kopf.Patch, memo: Any, reason: str = "update",
-    by_guild: Mapping[str, Iterable[Claim]] | None = None, retry: int = 0, **_: Any,
+    *,
+    body: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    spec: Mapping[str, Any],
+    status: Mapping[str, Any],
+    patch: kopf.Patch,
+    memo: Any,
+    reason: str = "update",
+    by_guild: Mapping[str, Iterable[Claim]] | None = None,
+    retry: int = 0,
+    **_: Any,
 ) -> None:
     """create / update / resume: write the entitlement and the command cache."""
     trigger = str(reason) if str(reason) in ("create", "update", "resume") else "update"
@@ -124,17 +152,29 @@ async def on_change(
 
 
 async def on_timer(
-    *, body: Mapping[str, Any], meta: Mapping[str, Any], spec: Mapping[str, Any],
-    status: Mapping[str, Any], patch: kopf.Patch, memo: Any,
-    by_guild: Mapping[str, Iterable[Claim]] | None = None, retry: int = 0, **_: Any,
+    *,
+    body: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    spec: Mapping[str, Any],
+    status: Mapping[str, Any],
+    patch: kopf.Patch,
+    memo: Any,
+    by_guild: Mapping[str, Iterable[Claim]] | None = None,
+    retry: int = 0,
+    **_: Any,
 ) -> None:
     """Repair drift (a lost cache, a hand-edited row), apply expiry, retry a lost conflict."""
     await _reconcile_object("timer", body, meta, spec, status, patch, memo, by_guild, retry)
 
 
 async def on_delete(
-    *, body: Mapping[str, Any], meta: Mapping[str, Any], spec: Mapping[str, Any], memo: Any,
-    retry: int = 0, **_: Any,
+    *,
+    body: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    spec: Mapping[str, Any],
+    memo: Any,
+    retry: int = 0,
+    **_: Any,
 ) -> None:
     """Revoke the entitlement and its cache; the finalizer stays until this succeeds."""
     rt: Runtime = memo.runtime
@@ -152,20 +192,29 @@ async def on_delete(
     metrics.RECONCILES.labels("delete", "revoked").inc()
     metrics.BOOK.forget(uid)
     if guilds:
-        _emit(body, "Normal", "Revoked",
-              f"entitlement and command cache removed for guild {', '.join(map(str, guilds))}")
+        _emit(
+            body,
+            "Normal",
+            "Revoked",
+            f"entitlement and command cache removed for guild {', '.join(map(str, guilds))}",
+        )
 
 
 def configure_settings(
-    settings: kopf.OperatorSettings, *, peering_name: str | None, clusterwide: bool,
+    settings: kopf.OperatorSettings,
+    *,
+    peering_name: str | None,
+    clusterwide: bool,
     priority: int,
 ) -> None:
     """Storage keys, finalizer and peering: the same for every replica."""
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
-        prefix=ANNOTATION_PREFIX)
+        prefix=ANNOTATION_PREFIX
+    )
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=ANNOTATION_PREFIX, key="last-handled-configuration")
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
     # Scanning watches CRDs and namespaces: rights the operator would need only for that.
     settings.scanning.disabled = True
     # Our own events are explicit; handler log lines should not become Events as well.
@@ -194,10 +243,18 @@ def build_registry(drift_check_seconds: float) -> kopf.OperatorRegistry:
 
     kopf.index(*resource, registry=registry, id="by_guild")(by_guild)
     for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
-        decorator(*resource, registry=registry, id="reconcile", field="spec")(on_change) \
-            if decorator is kopf.on.update else \
-            decorator(*resource, registry=registry, id="reconcile")(on_change)
+        decorator(*resource, registry=registry, id="reconcile", field="spec")(
+            on_change
+        ) if decorator is kopf.on.update else decorator(
+            *resource, registry=registry, id="reconcile"
+        )(on_change)
     kopf.on.delete(*resource, registry=registry, id="revoke")(on_delete)
-    kopf.timer(*resource, registry=registry, id="drift", interval=drift_check_seconds,
-               initial_delay=min(drift_check_seconds, 10.0), idle=None)(on_timer)
+    kopf.timer(
+        *resource,
+        registry=registry,
+        id="drift",
+        interval=drift_check_seconds,
+        initial_delay=min(drift_check_seconds, 10.0),
+        idle=None,
+    )(on_timer)
     return registry

@@ -42,7 +42,8 @@ class Spec(BaseModel):
     tier: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,31}$")]
     feature_overrides: dict[str, bool] = Field(default_factory=dict, alias="featureOverrides")
     quota_overrides: dict[str, Annotated[int, Field(ge=0)]] = Field(
-        default_factory=dict, alias="quotaOverrides")
+        default_factory=dict, alias="quotaOverrides"
+    )
     expires_at: AwareDatetime | None = Field(None, alias="expiresAt")
     suspended: bool = False
 
@@ -108,7 +109,9 @@ class Condition:
 
 
 def merge_conditions(
-    old: Iterable[Mapping[str, Any]] | None, new: Iterable[Condition], generation: int,
+    old: Iterable[Mapping[str, Any]] | None,
+    new: Iterable[Condition],
+    generation: int,
     now: datetime | None = None,
 ) -> list[dict[str, Any]]:
     """New condition dicts, keeping ``lastTransitionTime`` where the status did not change."""
@@ -118,16 +121,19 @@ def merge_conditions(
     for cond in new:
         before = previous.get(cond.type)
         changed = before is None or before.get("status") != cond.status
-        merged.append({
-            "type": cond.type,
-            "status": cond.status,
-            "reason": cond.reason,
-            # Never empty: kopf's status patch turns "" into null, which the schema refuses.
-            "message": cond.message or cond.reason,
-            "observedGeneration": generation,
-            "lastTransitionTime": stamp if changed or before is None
-            else before.get("lastTransitionTime", stamp),
-        })
+        merged.append(
+            {
+                "type": cond.type,
+                "status": cond.status,
+                "reason": cond.reason,
+                # Never empty: kopf's status patch turns "" into null, which the schema refuses.
+                "message": cond.message or cond.reason,
+                "observedGeneration": generation,
+                "lastTransitionTime": stamp
+                if changed or before is None
+                else before.get("lastTransitionTime", stamp),
+            }
+        )
     return merged
 
 

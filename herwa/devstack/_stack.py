@@ -99,17 +99,24 @@ class _State:
         except (OSError, ValueError) as exc:
             raise DevStackError(f"unreadable devstack state file {path}: {exc}") from exc
         running = {
-            name: _Running(pid=int(item["pid"]), start_time=item.get("start_time"),
-                           ports={k: int(v) for k, v in item["ports"].items()})
+            name: _Running(
+                pid=int(item["pid"]),
+                start_time=item.get("start_time"),
+                ports={k: int(v) for k, v in item["ports"].items()},
+            )
             for name, item in raw.get("running", {}).items()
         }
-        ports = {name: {k: int(v) for k, v in item.items()}
-                 for name, item in raw.get("ports", {}).items()}
+        ports = {
+            name: {k: int(v) for k, v in item.items()}
+            for name, item in raw.get("ports", {}).items()
+        }
         return cls(running=running, ports=ports)
 
     def save(self, path: Path) -> None:
-        payload = {"running": {name: asdict(r) for name, r in self.running.items()},
-                   "ports": self.ports}
+        payload = {
+            "running": {name: asdict(r) for name, r in self.running.items()},
+            "ports": self.ports,
+        }
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
         tmp.replace(path)
@@ -172,9 +179,14 @@ class DevStack:
                         continue
                     running = state.running.get(name)
                     if running is not None and is_alive(running.pid, running.start_time):
-                        pending[name] = _Pending(service, running.ports, running.pid,
-                                                 running.start_time, self._popens.get(name),
-                                                 log_size(service.log_path))
+                        pending[name] = _Pending(
+                            service,
+                            running.ports,
+                            running.pid,
+                            running.start_time,
+                            self._popens.get(name),
+                            log_size(service.log_path),
+                        )
                         continue
                     # Stale entry (process gone): forget it, start afresh.
                     state.running.pop(name, None)
@@ -212,29 +224,43 @@ class DevStack:
             if name in self._external:
                 url = self._external[name]
                 answering, detail = _try_probe(functools.partial(_probe_url, name, url))
-                result[name] = ServiceStatus(name, False, None, answering, answering,
-                                             _probes.redact(url), None, detail)
+                result[name] = ServiceStatus(
+                    name, False, None, answering, answering, _probes.redact(url), None, detail
+                )
                 continue
             running = state.running.get(name)
             if running is None:
-                result[name] = ServiceStatus(name, True, None, False, False, "",
-                                             str(service.log_path), "not running")
+                result[name] = ServiceStatus(
+                    name, True, None, False, False, "", str(service.log_path), "not running"
+                )
                 continue
             alive = is_alive(running.pid, running.start_time)
             answering, detail = (
                 _try_probe(functools.partial(service.probe, running.ports))
-                if alive else (False, "process is gone (stale state)")
+                if alive
+                else (False, "process is gone (stale state)")
             )
-            result[name] = ServiceStatus(name, True, running.pid, alive, answering,
-                                         _probes.redact(service.url(running.ports)),
-                                         str(service.log_path), detail)
+            result[name] = ServiceStatus(
+                name,
+                True,
+                running.pid,
+                alive,
+                answering,
+                _probes.redact(service.url(running.ports)),
+                str(service.log_path),
+                detail,
+            )
         return result
 
     def __enter__(self) -> Endpoints:
         return self.up()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.down()
 
     # -- internals ----------------------------------------------------------------------------
@@ -303,13 +329,15 @@ class DevStack:
         offset = log_size(service.log_path)
         popen = spawn(service.launch(ports), service.log_path)
         self._popens[service.name] = popen
-        return _Pending(service, ports, popen.pid, process_start_time(popen.pid), popen, offset,
-                        attempt)
+        return _Pending(
+            service, ports, popen.pid, process_start_time(popen.pid), popen, offset, attempt
+        )
 
     def _record(self, state: _State, pending: _Pending) -> None:
         # Saved before waiting, so a crash mid-start still leaves the pid for `down` to find.
-        state.running[pending.service.name] = _Running(pending.pid, pending.start_time,
-                                                       pending.ports)
+        state.running[pending.service.name] = _Running(
+            pending.pid, pending.start_time, pending.ports
+        )
         state.ports[pending.service.name] = dict(pending.ports)
         state.save(self._state_path)
 
@@ -324,9 +352,9 @@ class DevStack:
                     tail = log_tail(item.service.log_path, offset=item.log_offset)
                     if "already in use" in tail.lower() and item.attempt < _BIND_RETRIES:
                         # Lost the race for the port between choosing and binding: new ports.
-                        waiting[name] = self._start(item.service,
-                                                    self._fresh_ports(item.service),
-                                                    item.attempt + 1)
+                        waiting[name] = self._start(
+                            item.service, self._fresh_ports(item.service), item.attempt + 1
+                        )
                         self._record(state, waiting[name])
                         continue
                     code = item.popen.returncode if item.popen is not None else None
@@ -355,8 +383,12 @@ class DevStack:
     def _stop_one(self, name: str, state: _State, service: Service) -> None:
         running = state.running.get(name)
         if running is not None:
-            stop_process(running.pid, running.start_time, first_signal=service.stop_signal,
-                         popen=self._popens.get(name))
+            stop_process(
+                running.pid,
+                running.start_time,
+                first_signal=service.stop_signal,
+                popen=self._popens.get(name),
+            )
             state.running.pop(name, None)
             state.save(self._state_path)
         self._popens.pop(name, None)
@@ -374,8 +406,9 @@ class DevStack:
         for name, url in self._external.items():
             ok, detail = _try_probe(functools.partial(_probe_url, name, url))
             if not ok:
-                raise DevStackError(f"external {name} at {_probes.redact(url)} does not "
-                                    f"answer: {detail}")
+                raise DevStackError(
+                    f"external {name} at {_probes.redact(url)} does not answer: {detail}"
+                )
 
     def _endpoints(self, state: _State, services: dict[str, Service]) -> Endpoints:
         def url_of(name: str) -> str:
@@ -412,4 +445,3 @@ def _try_probe(probe: Callable[[], str]) -> tuple[bool, str]:
         return True, probe()
     except Exception as exc:
         return False, f"{type(exc).__name__}: {exc}"
-

@@ -27,9 +27,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     }
     for name, text in helps.items():
         sub = actions.add_parser(name, help=text, description=text)
-        sub.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
-                         help="where data, logs, passwords and state live "
-                              "(default: %(default)s, relative to the current directory)")
+        sub.add_argument(
+            "--data-dir",
+            type=Path,
+            default=DEFAULT_DATA_DIR,
+            help="where data, logs, passwords and state live "
+            "(default: %(default)s, relative to the current directory)",
+        )
         sub.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -64,8 +68,11 @@ def _up(stack: DevStack, *, as_json: bool) -> int:
         for key, value in env.items():
             print(f"export {key}={shlex.quote(value)}")
         # On stderr so that `eval "$(herwa dev up)"` only sees the exports.
-        print(f"# devstack running from {stack.data_dir}; stop with: herwa dev down "
-              f"--data-dir {shlex.quote(str(stack.data_dir))}", file=sys.stderr)
+        print(
+            f"# devstack running from {stack.data_dir}; stop with: herwa dev down "
+            f"--data-dir {shlex.quote(str(stack.data_dir))}",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -29,8 +29,9 @@ def _herwa_dev() -> list[str]:
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*_herwa_dev(), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=180, check=False)
+    return subprocess.run(
+        [*_herwa_dev(), *args], cwd=cwd, capture_output=True, text=True, timeout=180, check=False
+    )
 
 
 def _wait_gone(pid: int, timeout: float = 15.0) -> None:
@@ -66,8 +67,12 @@ async def test_up_status_down_round_trip(devstack_dir: Path) -> None:
     up = _run("up", cwd=devstack_dir)
     assert up.returncode == 0, up.stderr
     env = _parse_exports(up.stdout)
-    assert set(env) == {"HERWA_POSTGRES_DSN", "HERWA_REDIS_URL", "HERWA_CLICKHOUSE_URL",
-                        "HERWA_CLICKHOUSE_READONLY_URL"}
+    assert set(env) == {
+        "HERWA_POSTGRES_DSN",
+        "HERWA_REDIS_URL",
+        "HERWA_CLICKHOUSE_URL",
+        "HERWA_CLICKHOUSE_READONLY_URL",
+    }
     data_dir = devstack_dir / ".herwa" / "devstack"  # the default, relative to cwd
     state = json.loads((data_dir / "state.json").read_text())
     pids = {name: item["pid"] for name, item in state["running"].items()}
@@ -84,8 +89,9 @@ async def test_up_status_down_round_trip(devstack_dir: Path) -> None:
 
         again = _run("up", "--json", cwd=devstack_dir)  # idempotent: reuses running servers
         assert again.returncode == 0, again.stderr
-        assert {k: v for k, v in json.loads(again.stdout).items()
-                if k != "HERWA_CLICKHOUSE_NATIVE_PORT"} == env
+        assert {
+            k: v for k, v in json.loads(again.stdout).items() if k != "HERWA_CLICKHOUSE_NATIVE_PORT"
+        } == env
         state = json.loads((data_dir / "state.json").read_text())
         assert {n: i["pid"] for n, i in state["running"].items()} == pids
 

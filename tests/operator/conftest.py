@@ -35,28 +35,50 @@ async def runtime(migrated: Endpoints) -> AsyncIterator[Runtime]:
 class FakeCR:
     """A GuildSubscription as kopf hands it to handlers, plus the in-memory index entry."""
 
-    def __init__(self, name: str, spec: dict[str, Any], *, namespace: str = "tenant-a",
-                 created: str = "2025-01-01T00:00:00Z") -> None:
+    def __init__(
+        self,
+        name: str,
+        spec: dict[str, Any],
+        *,
+        namespace: str = "tenant-a",
+        created: str = "2025-01-01T00:00:00Z",
+    ) -> None:
         self.meta: dict[str, Any] = {
-            "name": name, "namespace": namespace, "uid": str(uuid.uuid4()),
-            "generation": 1, "creationTimestamp": created,
+            "name": name,
+            "namespace": namespace,
+            "uid": str(uuid.uuid4()),
+            "generation": 1,
+            "creationTimestamp": created,
         }
         self.spec = dict(spec)
         self.status: dict[str, Any] = {}
 
     @property
     def body(self) -> dict[str, Any]:
-        return {"apiVersion": "herwa.dev/v1alpha1", "kind": "GuildSubscription",
-                "metadata": self.meta, "spec": self.spec, "status": self.status}
+        return {
+            "apiVersion": "herwa.dev/v1alpha1",
+            "kind": "GuildSubscription",
+            "metadata": self.meta,
+            "spec": self.spec,
+            "status": self.status,
+        }
 
     def edit(self, **spec: Any) -> None:
         self.spec.update(spec)
         self.meta["generation"] += 1
 
     def kwargs(self, memo: Any, index: dict[str, list[Claim]]) -> dict[str, Any]:
-        return {"body": self.body, "meta": self.meta, "spec": self.spec, "status": self.status,
-                "patch": kopf.Patch(), "memo": memo, "by_guild": index, "retry": 0,
-                "logger": None}
+        return {
+            "body": self.body,
+            "meta": self.meta,
+            "spec": self.spec,
+            "status": self.status,
+            "patch": kopf.Patch(),
+            "memo": memo,
+            "by_guild": index,
+            "retry": 0,
+            "logger": None,
+        }
 
     def apply_status(self, patch: kopf.Patch) -> None:
         self.status.update(patch.get("status", {}))

@@ -25,12 +25,14 @@ def _schema() -> dict[str, Any]:
 _FORMATS = jsonschema.FormatChecker()
 
 
-@_FORMATS.checks("date-time", raises=ValueError)
 def _date_time(value: object) -> bool:
     # jsonschema checks date-time only with an optional package; the API server always does.
     if not isinstance(value, str) or "T" not in value.upper():
         return False
     return datetime.fromisoformat(value.replace("Z", "+00:00")).tzinfo is not None
+
+
+_FORMATS.checks("date-time", raises=ValueError)(_date_time)
 
 
 def _validator() -> jsonschema.Draft4Validator:
@@ -40,8 +42,9 @@ def _validator() -> jsonschema.Draft4Validator:
 
 @pytest.mark.parametrize("name", ["guildsubscription.yaml", "kopfpeering.yaml"])
 def test_chart_ships_the_same_crds(name: str) -> None:
-    assert (REPO / "charts" / "herwa" / "crds" / name).read_bytes() == \
-        (REPO / "k8s" / "crds" / name).read_bytes()
+    assert (REPO / "charts" / "herwa" / "crds" / name).read_bytes() == (
+        REPO / "k8s" / "crds" / name
+    ).read_bytes()
 
 
 def test_printer_columns_and_status_subresource() -> None:
@@ -57,15 +60,17 @@ def test_valid_examples_pass_the_schema(path: Path) -> None:
     _validator().validate(yaml.safe_load(path.read_text()))
 
 
-@pytest.mark.parametrize("path", sorted((EXAMPLES / "invalid").glob("rejected-*.yaml")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted((EXAMPLES / "invalid").glob("rejected-*.yaml")), ids=lambda p: p.name
+)
 def test_rejected_examples_fail_the_schema(path: Path) -> None:
     errors = list(_validator().iter_errors(yaml.safe_load(path.read_text())))
     assert errors, f"{path.name} should be rejected by the schema"
 
 
-@pytest.mark.parametrize("path", sorted((EXAMPLES / "invalid").glob("status-*.yaml")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted((EXAMPLES / "invalid").glob("status-*.yaml")), ids=lambda p: p.name
+)
 def test_status_examples_pass_the_schema(path: Path) -> None:
     # Only the operator can tell these apart: the tier/feature lists are configuration.
     _validator().validate(yaml.safe_load(path.read_text()))

@@ -12,14 +12,24 @@ from tests.operator.conftest import PREFIX
 GUILD = 81384788765712384
 
 
-async def _grant(rt: Runtime, tier: str, features: list[str], until: datetime | None = None,
-                 suspended: bool = False) -> None:
+async def _grant(
+    rt: Runtime,
+    tier: str,
+    features: list[str],
+    until: datetime | None = None,
+    suspended: bool = False,
+) -> None:
     await platform.seed(rt.pool, rt.platform)
     await rt.pool.execute(
         """INSERT INTO entitlements (guild_id, tier, features, quotas, valid_until, suspended,
                source_namespace, source_name, source_uid)
            VALUES ($1, $2, $3, '{"queries_per_month": 5}', $4, $5, 'ns', 'x', 'uid-1')""",
-        GUILD, tier, features, until, suspended)
+        GUILD,
+        tier,
+        features,
+        until,
+        suspended,
+    )
 
 
 async def test_miss_falls_back_to_postgres_and_rewarms_with_a_ttl(runtime: Runtime) -> None:
@@ -32,7 +42,9 @@ async def test_miss_falls_back_to_postgres_and_rewarms_with_a_ttl(runtime: Runti
     assert access.allows("growth")
     assert not access.allows("export")
     key = f"{PREFIX}cmdcache:{GUILD}"
-    cached = json.loads(await runtime.redis.get(key))
+    raw = await runtime.redis.get(key)
+    assert raw is not None
+    cached = json.loads(raw)
     assert cached["commands"] == ["growth", "overview"]
     assert 0 < await runtime.redis.ttl(key) <= entitlements.REWARM_TTL_SECONDS
     # A second read is served from the cache even when Postgres no longer agrees.
@@ -45,7 +57,9 @@ async def test_guild_without_entitlement_is_cached_negatively(runtime: Runtime) 
     await platform.seed(runtime.pool, runtime.platform)
     assert await entitlements.allowed_commands(runtime.redis, runtime.pool, PREFIX, GUILD) is None
     key = f"{PREFIX}cmdcache:{GUILD}"
-    assert json.loads(await runtime.redis.get(key)) == {"v": 1, "none": True}
+    raw = await runtime.redis.get(key)
+    assert raw is not None
+    assert json.loads(raw) == {"v": 1, "none": True}
     assert 0 < await runtime.redis.ttl(key) <= entitlements.NEGATIVE_TTL_SECONDS
     assert await entitlements.allowed_commands(runtime.redis, runtime.pool, PREFIX, GUILD) is None
 

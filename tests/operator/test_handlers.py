@@ -23,8 +23,9 @@ GUILD = "81384788765712384"
 OTHER_GUILD = "613425648685547541"
 
 
-async def change(cr: FakeCR, memo: kopf.Memo, index: dict[str, list[Claim]] | None = None,
-                 reason: str = "create") -> kopf.Patch:
+async def change(
+    cr: FakeCR, memo: kopf.Memo, index: dict[str, list[Claim]] | None = None, reason: str = "create"
+) -> kopf.Patch:
     kwargs = cr.kwargs(memo, index if index is not None else index_of(cr))
     await handlers.on_change(reason=reason, **kwargs)
     cr.apply_status(kwargs["patch"])
@@ -78,8 +79,9 @@ async def test_create_writes_entitlement_cache_and_ready_status(
     assert cr.condition("EntitlementSynced")["status"] == "True"
     assert cr.condition("CommandCacheSynced")["status"] == "True"
     assert cr.condition("Conflict")["status"] == "False"
-    assert sample("herwa_operator_reconciles_total", trigger="create", outcome="active") \
-        == before + 1
+    assert (
+        sample("herwa_operator_reconciles_total", trigger="create", outcome="active") == before + 1
+    )
     assert metrics.BOOK.counts()[("pro", "active")] >= 1
 
 
@@ -89,8 +91,11 @@ async def test_update_applies_tier_and_overrides_and_is_idempotent(
     cr = FakeCR("g", {"guildId": GUILD, "tier": "free"})
     await change(cr, memo)
     first_transition = cr.condition("Ready")["lastTransitionTime"]
-    cr.edit(tier="enterprise", featureOverrides={"export": False, "growth": True},
-            quotaOverrides={"queries_per_month": 7})
+    cr.edit(
+        tier="enterprise",
+        featureOverrides={"export": False, "growth": True},
+        quotaOverrides={"queries_per_month": 7},
+    )
     await change(cr, memo, reason="update")
     stored = await row(runtime)
     assert stored is not None
@@ -115,8 +120,12 @@ async def test_newer_subscription_for_same_guild_is_a_conflict_not_an_overwrite(
     runtime: Runtime, memo: kopf.Memo
 ) -> None:
     old = FakeCR("old", {"guildId": GUILD, "tier": "pro"}, created="2025-01-01T00:00:00Z")
-    new = FakeCR("new", {"guildId": GUILD, "tier": "enterprise"}, namespace="tenant-b",
-                 created="2025-01-02T00:00:00Z")
+    new = FakeCR(
+        "new",
+        {"guildId": GUILD, "tier": "enterprise"},
+        namespace="tenant-b",
+        created="2025-01-02T00:00:00Z",
+    )
     await change(old, memo, index_of(old))
     await change(new, memo, index_of(old, new))
     assert new.condition("Conflict")["status"] == "True"
@@ -169,8 +178,7 @@ async def test_timer_repairs_lost_cache_and_hand_edited_row(
     assert await cache(runtime) == expected_cache
     assert sample("herwa_operator_drift_repairs_total", store="redis") == redis_before + 1
 
-    await runtime.pool.execute("UPDATE entitlements SET tier = 'enterprise', "
-                               "features = '{export}'")
+    await runtime.pool.execute("UPDATE entitlements SET tier = 'enterprise', features = '{export}'")
     await timer(cr, memo)
     stored = await row(runtime)
     assert stored is not None
@@ -181,15 +189,17 @@ async def test_timer_repairs_lost_cache_and_hand_edited_row(
 
 async def test_expiry_and_suspension(runtime: Runtime, memo: kopf.Memo) -> None:
     expires = datetime.now(UTC) + timedelta(hours=1)
-    cr = FakeCR("g", {"guildId": GUILD, "tier": "pro",
-                      "expiresAt": expires.strftime("%Y-%m-%dT%H:%M:%SZ")})
+    cr = FakeCR(
+        "g", {"guildId": GUILD, "tier": "pro", "expiresAt": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    )
     await change(cr, memo)
     assert cr.condition("Ready")["status"] == "True"
 
     # The timer after expiresAt: entitlement kept for the record, cache says expired.
     sub = Subscription(cr.meta["namespace"], cr.meta["name"], cr.meta["uid"], 1, cr.spec)
-    outcome = await reconcile(runtime, sub, index_of(cr)[GUILD], trigger="timer",
-                              now=expires + timedelta(seconds=1))
+    outcome = await reconcile(
+        runtime, sub, index_of(cr)[GUILD], trigger="timer", now=expires + timedelta(seconds=1)
+    )
     assert outcome.state == "expired"
     assert not outcome.ready
     assert outcome.repaired == []  # expiry is not drift
@@ -200,8 +210,9 @@ async def test_expiry_and_suspension(runtime: Runtime, memo: kopf.Memo) -> None:
     assert access is not None
     assert not access.allows("overview")
 
-    past = FakeCR("past", {"guildId": OTHER_GUILD, "tier": "pro",
-                           "expiresAt": "2020-01-01T00:00:00Z"})
+    past = FakeCR(
+        "past", {"guildId": OTHER_GUILD, "tier": "pro", "expiresAt": "2020-01-01T00:00:00Z"}
+    )
     await change(past, memo)
     assert past.condition("Ready")["reason"] == "Expired"
     assert past.status["state"] == "expired"
@@ -209,9 +220,13 @@ async def test_expiry_and_suspension(runtime: Runtime, memo: kopf.Memo) -> None:
     cr.edit(suspended=True, expiresAt=None)
     await change(cr, memo, reason="update")
     assert cr.condition("Ready") | {"lastTransitionTime": None} == {
-        "type": "Ready", "status": "False", "reason": "Suspended", "observedGeneration": 2,
+        "type": "Ready",
+        "status": "False",
+        "reason": "Suspended",
+        "observedGeneration": 2,
         "message": "the subscription is suspended; commands are blocked",
-        "lastTransitionTime": None}
+        "lastTransitionTime": None,
+    }
     stored = await row(runtime)
     assert stored is not None
     assert stored["suspended"] is True
@@ -220,18 +235,34 @@ async def test_expiry_and_suspension(runtime: Runtime, memo: kopf.Memo) -> None:
     assert cached["state"] == "suspended"
 
 
-@pytest.mark.parametrize(("spec", "reason", "fragment"), [
-    ({"guildId": GUILD, "tier": "platinum"}, "UnknownTier", "known: free, pro, enterprise"),
-    ({"guildId": GUILD, "tier": "pro", "featureOverrides": {"teleport": True}}, "InvalidSpec",
-     "unknown feature(s) teleport"),
-    ({"guildId": GUILD, "tier": "pro", "quotaOverrides": {"parrots": 3}}, "InvalidSpec",
-     "unknown quota(s) parrots"),
-    ({"guildId": "42", "tier": "pro"}, "InvalidSpec", "spec.guildId"),
-    ({"guildId": GUILD, "tier": "pro", "expiresAt": "2030-01-01T00:00:00"}, "InvalidSpec",
-     "spec.expiresAt"),
-])
+@pytest.mark.parametrize(
+    ("spec", "reason", "fragment"),
+    [
+        ({"guildId": GUILD, "tier": "platinum"}, "UnknownTier", "known: free, pro, enterprise"),
+        (
+            {"guildId": GUILD, "tier": "pro", "featureOverrides": {"teleport": True}},
+            "InvalidSpec",
+            "unknown feature(s) teleport",
+        ),
+        (
+            {"guildId": GUILD, "tier": "pro", "quotaOverrides": {"parrots": 3}},
+            "InvalidSpec",
+            "unknown quota(s) parrots",
+        ),
+        ({"guildId": "42", "tier": "pro"}, "InvalidSpec", "spec.guildId"),
+        (
+            {"guildId": GUILD, "tier": "pro", "expiresAt": "2030-01-01T00:00:00"},
+            "InvalidSpec",
+            "spec.expiresAt",
+        ),
+    ],
+)
 async def test_invalid_specs_are_reported_in_status_and_grant_nothing(
-    runtime: Runtime, memo: kopf.Memo, spec: dict[str, Any], reason: str, fragment: str,
+    runtime: Runtime,
+    memo: kopf.Memo,
+    spec: dict[str, Any],
+    reason: str,
+    fragment: str,
 ) -> None:
     cr = FakeCR("bad", spec)
     await change(cr, memo)
@@ -261,8 +292,9 @@ def _closed_port() -> int:
 
 
 async def test_unreachable_postgres_gives_not_ready_and_a_retry(runtime: Runtime) -> None:
-    pool = await asyncpg.create_pool(f"postgresql://x@127.0.0.1:{_closed_port()}/x",
-                                     min_size=0, timeout=2)
+    pool = await asyncpg.create_pool(
+        f"postgresql://x@127.0.0.1:{_closed_port()}/x", min_size=0, timeout=2
+    )
     down = Runtime(pool=pool, redis=runtime.redis, prefix=PREFIX, platform=runtime.platform)
     cr = FakeCR("g", {"guildId": GUILD, "tier": "pro"})
     kwargs = cr.kwargs(kopf.Memo(runtime=down), index_of(cr))
@@ -273,8 +305,9 @@ async def test_unreachable_postgres_gives_not_ready_and_a_retry(runtime: Runtime
     assert cr.condition("Ready")["reason"] == "StoreUnavailable"
     assert cr.condition("EntitlementSynced")["status"] == "Unknown"
     with pytest.raises(kopf.TemporaryError):  # deletion keeps its finalizer and retries
-        await handlers.on_delete(body=cr.body, meta=cr.meta, spec=cr.spec,
-                                 memo=kopf.Memo(runtime=down))
+        await handlers.on_delete(
+            body=cr.body, meta=cr.meta, spec=cr.spec, memo=kopf.Memo(runtime=down)
+        )
     await pool.close()
 
 

@@ -101,7 +101,9 @@ class Operator:
             try:
                 raw: str | None = await conn.fetchval(
                     "SELECT row_to_json(e)::text FROM (SELECT tier, features, generation, "
-                    "source_name FROM entitlements WHERE guild_id = $1) e", int(guild))
+                    "source_name FROM entitlements WHERE guild_id = $1) e",
+                    int(guild),
+                )
                 return raw
             finally:
                 await conn.close()
@@ -115,8 +117,9 @@ class Operator:
 
     def metric(self, name: str, **labels: str) -> float:
         body = urllib.request.urlopen(self.metrics_url, timeout=5).read().decode()  # noqa: S310
-        want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
-                       if labels else "")
+        want = name + (
+            "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else ""
+        )
         for line in body.splitlines():
             if line.startswith(want + " "):
                 return float(line.split()[-1])
@@ -145,8 +148,9 @@ def _stores(services: Endpoints) -> Iterator[tuple[str, str]]:
         yield dsn, _with_path(services.redis_url, str(REDIS_DB))
     finally:
         postgres_execute(services.postgres_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        clickhouse_query(services.clickhouse_url, f"DROP DATABASE IF EXISTS {name} SYNC",
-                         database="")
+        clickhouse_query(
+            services.clickhouse_url, f"DROP DATABASE IF EXISTS {name} SYNC", database=""
+        )
 
 
 def render_chart_operator_files(cluster: KubeCluster, workdir: Path) -> str:
@@ -167,39 +171,72 @@ def operator(
     work = tmp_path_factory.mktemp("operator")
     for crd in sorted((CHART / "crds").glob("*.yaml")):
         kube_cluster.kubectl("apply", "-f", str(crd), check=True)
-    kube_cluster.kubectl("wait", "--for", "condition=established", "--timeout=60s",
-                         "crd/guildsubscriptions.herwa.dev", "crd/clusterkopfpeerings.kopf.dev",
-                         check=True)
+    kube_cluster.kubectl(
+        "wait",
+        "--for",
+        "condition=established",
+        "--timeout=60s",
+        "crd/guildsubscriptions.herwa.dev",
+        "crd/clusterkopfpeerings.kopf.dev",
+        check=True,
+    )
     kube_cluster.create_namespace(OP_NAMESPACE)
-    kube_cluster.kubectl("apply", "-f", "-", input=render_chart_operator_files(kube_cluster, work),
-                         check=True)
+    kube_cluster.kubectl(
+        "apply", "-f", "-", input=render_chart_operator_files(kube_cluster, work), check=True
+    )
     sa_kubeconfig = kube_cluster.kubeconfig_for(SA)
-    with _stores(services) as (dsn, redis_url), _running_operator(
-            kube_cluster, work, dsn, redis_url, sa_kubeconfig) as op:
+    with (
+        _stores(services) as (dsn, redis_url),
+        _running_operator(kube_cluster, work, dsn, redis_url, sa_kubeconfig) as op,
+    ):
         yield op
 
 
 @contextlib.contextmanager
-def _running_operator(kube_cluster: KubeCluster, work: Path, dsn: str, redis_url: str,
-                      sa_kubeconfig: Path, name: str = "operator") -> Iterator[Operator]:
+def _running_operator(
+    kube_cluster: KubeCluster,
+    work: Path,
+    dsn: str,
+    redis_url: str,
+    sa_kubeconfig: Path,
+    name: str = "operator",
+) -> Iterator[Operator]:
     rclient = redis.Redis.from_url(redis_url)
     rclient.flushdb()
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HERWA_", "KUBE"))}
     env.update(
-        KUBECONFIG=str(sa_kubeconfig), HERWA_POSTGRES_DSN=dsn, HERWA_REDIS_URL=redis_url,
+        KUBECONFIG=str(sa_kubeconfig),
+        HERWA_POSTGRES_DSN=dsn,
+        HERWA_REDIS_URL=redis_url,
         HERWA_OPERATOR_PLATFORM_FILE=str(REPO / "herwa" / "platform.yaml"),
         HERWA_OPERATOR_DRIFT_CHECK_SECONDS=str(DRIFT),
         HERWA_OPERATOR_PEERING_NAME=f"{RELEASE}-operator",
-        HERWA_TELEMETRY_HOST="127.0.0.1", HERWA_TELEMETRY_PORT=str(port),
-        HERWA_TELEMETRY_LOG_FORMAT="console", OTEL_SDK_DISABLED="true",
+        HERWA_TELEMETRY_HOST="127.0.0.1",
+        HERWA_TELEMETRY_PORT=str(port),
+        HERWA_TELEMETRY_LOG_FORMAT="console",
+        OTEL_SDK_DISABLED="true",
     )
     log = work / f"{name}.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "herwa.cli", "operator"], cwd=REPO,
-                                env=env, stdout=out, stderr=subprocess.STDOUT)
-    op = Operator(kube_cluster, proc, log, dsn, rclient,
-                  f"http://127.0.0.1:{port}/metrics", sa_kubeconfig, redis_url, work)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "herwa.cli", "operator"],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    op = Operator(
+        kube_cluster,
+        proc,
+        log,
+        dsn,
+        rclient,
+        f"http://127.0.0.1:{port}/metrics",
+        sa_kubeconfig,
+        redis_url,
+        work,
+    )
 
     def ready() -> bool:
         if proc.poll() is not None:
@@ -232,11 +269,13 @@ def test_apply_patch_delete_follow_into_postgres_redis_and_status(
 ) -> None:
     ns, guild = kube_namespace, guild_id()
     started = time.monotonic()
-    res = operator.kubectl("apply", "-f", "-",
-                           input=manifest(EXAMPLES / "pro.yaml", ns, "sub", guildId=guild))
+    res = operator.kubectl(
+        "apply", "-f", "-", input=manifest(EXAMPLES / "pro.yaml", ns, "sub", guildId=guild)
+    )
     assert res.returncode == 0, res.stderr
-    ready, took = wait_for("Ready=True", lambda: (operator.condition(ns, "sub", "Ready") or {})
-                           .get("status") == "True")
+    ready, took = wait_for(
+        "Ready=True", lambda: (operator.condition(ns, "sub", "Ready") or {}).get("status") == "True"
+    )
     print(f"apply → Ready: {took:.2f} s")
     row = operator.row(guild)
     assert row is not None
@@ -250,39 +289,66 @@ def test_apply_patch_delete_follow_into_postgres_redis_and_status(
     assert obj["status"]["observedGeneration"] == 1
     assert "herwa.dev/revoke-entitlement" in obj["metadata"]["finalizers"]
     assert {c["type"]: c["status"] for c in obj["status"]["conditions"]} == {
-        "Ready": "True", "EntitlementSynced": "True", "CommandCacheSynced": "True",
-        "Conflict": "False"}
+        "Ready": "True",
+        "EntitlementSynced": "True",
+        "CommandCacheSynced": "True",
+        "Conflict": "False",
+    }
     table = operator.kubectl("get", "gsub", "sub", "-n", ns).stdout
     assert table.split()[:6] == ["NAME", "GUILD", "TIER", "READY", "EXPIRES", "AGE"]
     assert table.split()[6:10] == ["sub", guild, "pro", "True"]
 
-    res = operator.kubectl("patch", "gsub", "sub", "-n", ns, "--type", "merge", "-p",
-                           json.dumps({"spec": {"tier": "enterprise",
-                                                "featureOverrides": {"export": False}}}))
+    res = operator.kubectl(
+        "patch",
+        "gsub",
+        "sub",
+        "-n",
+        ns,
+        "--type",
+        "merge",
+        "-p",
+        json.dumps({"spec": {"tier": "enterprise", "featureOverrides": {"export": False}}}),
+    )
     assert res.returncode == 0, res.stderr
-    _, took = wait_for("tier follows the patch", lambda: (operator.row(guild) or {})
-                       .get("tier") == "enterprise" and operator.get(ns, "sub")["status"]
-                       .get("observedGeneration") == 2)
+    _, took = wait_for(
+        "tier follows the patch",
+        lambda: (
+            (operator.row(guild) or {}).get("tier") == "enterprise"
+            and (operator.get(ns, "sub") or {}).get("status", {}).get("observedGeneration") == 2
+        ),
+    )
     print(f"patch → Postgres + status: {took:.2f} s")
     assert "export" not in (operator.cache(guild) or {"commands": ["export"]})["commands"]
     assert "retention" in (operator.cache(guild) or {})["commands"]
 
     events = operator.kubectl("get", "events", "-n", ns, "-o", "json")
-    reasons = {e["reason"] for e in json.loads(events.stdout)["items"]
-               if e["involvedObject"]["name"] == "sub"}
+    reasons = {
+        e["reason"]
+        for e in json.loads(events.stdout)["items"]
+        if e["involvedObject"]["name"] == "sub"
+    }
     assert "Active" in reasons
 
     res = operator.kubectl("delete", "gsub", "sub", "-n", ns, "--wait=false")
     assert res.returncode == 0, res.stderr
-    _, took = wait_for("revoked and gone", lambda: operator.get(ns, "sub") is None
-                       and operator.row(guild) is None and operator.cache(guild) is None)
-    print(f"delete → revoked + finalizer released: {took:.2f} s "
-          f"(whole lifecycle {time.monotonic() - started:.1f} s)")
+    _, took = wait_for(
+        "revoked and gone",
+        lambda: (
+            operator.get(ns, "sub") is None
+            and operator.row(guild) is None
+            and operator.cache(guild) is None
+        ),
+    )
+    print(
+        f"delete → revoked + finalizer released: {took:.2f} s "
+        f"(whole lifecycle {time.monotonic() - started:.1f} s)"
+    )
     assert ready
 
 
-@pytest.mark.parametrize("example", sorted(p.name for p in (EXAMPLES / "invalid")
-                                           .glob("rejected-*.yaml")))
+@pytest.mark.parametrize(
+    "example", sorted(p.name for p in (EXAMPLES / "invalid").glob("rejected-*.yaml"))
+)
 def test_api_server_rejects_what_the_schema_expresses(
     operator: Operator, kube_namespace: str, example: str
 ) -> None:
@@ -292,39 +358,53 @@ def test_api_server_rejects_what_the_schema_expresses(
     assert "Invalid value" in res.stderr or "must be" in res.stderr, res.stderr
 
 
-@pytest.mark.parametrize(("example", "reason"), [
-    ("status-unknown-tier.yaml", "UnknownTier"),
-    ("status-unknown-feature.yaml", "InvalidSpec"),
-])
+@pytest.mark.parametrize(
+    ("example", "reason"),
+    [
+        ("status-unknown-tier.yaml", "UnknownTier"),
+        ("status-unknown-feature.yaml", "InvalidSpec"),
+    ],
+)
 def test_what_the_schema_cannot_express_is_reported_in_status(
     operator: Operator, kube_namespace: str, example: str, reason: str
 ) -> None:
     guild = guild_id()
     doc = manifest(EXAMPLES / "invalid" / example, kube_namespace, "bad", guildId=guild)
     assert operator.kubectl("apply", "-f", "-", input=doc).returncode == 0
-    cond, took = wait_for(reason, lambda: (c := operator.condition(kube_namespace, "bad", "Ready"))
-                          and c["reason"] == reason and c)
+    cond, took = wait_for(
+        reason,
+        lambda: (
+            (c := operator.condition(kube_namespace, "bad", "Ready"))
+            and c["reason"] == reason
+            and c
+        ),
+    )
     assert cond["status"] == "False"
     assert operator.row(guild) is None
     print(f"apply → {reason} in status: {took:.2f} s")
 
 
-def test_drift_timer_restores_a_deleted_cache_key(
-    operator: Operator, kube_namespace: str
-) -> None:
+def test_drift_timer_restores_a_deleted_cache_key(operator: Operator, kube_namespace: str) -> None:
     guild = guild_id()
-    operator.kubectl("apply", "-f", "-",
-                     input=manifest(EXAMPLES / "enterprise-overrides.yaml", kube_namespace, "e",
-                                    guildId=guild))
+    operator.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=manifest(EXAMPLES / "enterprise-overrides.yaml", kube_namespace, "e", guildId=guild),
+    )
     original, _ = wait_for("cache written", lambda: operator.cache(guild))
     before = operator.metric("herwa_operator_drift_repairs_total", store="redis")
     operator.redis.delete(f"herwa:cmdcache:{guild}")
-    restored, took = wait_for("cache restored", lambda: operator.cache(guild),
-                              timeout=DRIFT * 3 + 5)
+    restored, took = wait_for(
+        "cache restored", lambda: operator.cache(guild), timeout=DRIFT * 3 + 5
+    )
     print(f"deleted Redis key restored after {took:.2f} s (drift timer every {DRIFT} s)")
     assert restored == original
-    wait_for("drift metric", lambda: operator.metric(
-        "herwa_operator_drift_repairs_total", store="redis") > before, timeout=5)
+    wait_for(
+        "drift metric",
+        lambda: operator.metric("herwa_operator_drift_repairs_total", store="redis") > before,
+        timeout=5,
+    )
 
 
 def test_second_subscription_for_a_guild_is_a_conflict(
@@ -333,21 +413,35 @@ def test_second_subscription_for_a_guild_is_a_conflict(
     guild = guild_id()
     ns_a = kube_cluster.create_namespace(f"t-{uuid.uuid4().hex[:10]}")
     ns_b = kube_cluster.create_namespace(f"t-{uuid.uuid4().hex[:10]}")
-    operator.kubectl("apply", "-f", "-", input=manifest(EXAMPLES / "pro.yaml", ns_a, "first",
-                                                         guildId=guild))
-    wait_for("first Ready", lambda: (operator.condition(ns_a, "first", "Ready") or {})
-             .get("status") == "True")
+    operator.kubectl(
+        "apply", "-f", "-", input=manifest(EXAMPLES / "pro.yaml", ns_a, "first", guildId=guild)
+    )
+    wait_for(
+        "first Ready",
+        lambda: (operator.condition(ns_a, "first", "Ready") or {}).get("status") == "True",
+    )
     time.sleep(1.1)  # creationTimestamp has one-second resolution
-    operator.kubectl("apply", "-f", "-", input=manifest(
-        EXAMPLES / "enterprise-overrides.yaml", ns_b, "second", guildId=guild))
-    cond, _ = wait_for("Conflict", lambda: (c := operator.condition(ns_b, "second", "Conflict"))
-                       and c["status"] == "True" and c)
+    operator.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=manifest(EXAMPLES / "enterprise-overrides.yaml", ns_b, "second", guildId=guild),
+    )
+    cond, _ = wait_for(
+        "Conflict",
+        lambda: (
+            (c := operator.condition(ns_b, "second", "Conflict")) and c["status"] == "True" and c
+        ),
+    )
     assert f"{ns_a}/first" in cond["message"]
     assert (operator.row(guild) or {}).get("tier") == "pro"
     # The first goes away: the second takes over on its next timer tick.
     operator.kubectl("delete", "gsub", "first", "-n", ns_a)
-    _, took = wait_for("takeover", lambda: (operator.row(guild) or {}).get("tier")
-                       == "enterprise", timeout=DRIFT * 3 + 5)
+    _, took = wait_for(
+        "takeover",
+        lambda: (operator.row(guild) or {}).get("tier") == "enterprise",
+        timeout=DRIFT * 3 + 5,
+    )
     print(f"conflicting subscription took over {took:.2f} s after the first was deleted")
 
 
@@ -366,30 +460,59 @@ def test_service_account_has_only_what_the_operator_needs(operator: Operator) ->
     assert not can("list", "customresourcedefinitions.apiextensions.k8s.io")
     assert not can("patch", "clusterkopfpeerings.kopf.dev/someone-else")
     # And the operator really is that ServiceAccount, not an admin.
-    whoami = operator.cluster.kubectl("auth", "can-i", "get", "secrets", "-A",
-                                      kubeconfig=operator.sa_kubeconfig)
+    whoami = operator.cluster.kubectl(
+        "auth", "can-i", "get", "secrets", "-A", kubeconfig=operator.sa_kubeconfig
+    )
     assert whoami.stdout.strip() == "no"
 
 
 def _reconciles(op: Operator) -> float:
     body = urllib.request.urlopen(op.metrics_url, timeout=5).read().decode()  # noqa: S310
-    return sum(float(line.split()[-1]) for line in body.splitlines()
-               if line.startswith("herwa_operator_reconciles_total{"))
+    return sum(
+        float(line.split()[-1])
+        for line in body.splitlines()
+        if line.startswith("herwa_operator_reconciles_total{")
+    )
 
 
 def test_second_replica_is_paused_by_peering(operator: Operator, kube_namespace: str) -> None:
     guild = guild_id()
-    operator.kubectl("apply", "-f", "-", input=manifest(EXAMPLES / "pro.yaml", kube_namespace,
-                                                         "peered", guildId=guild))
-    wait_for("Ready", lambda: (operator.condition(kube_namespace, "peered", "Ready") or {})
-             .get("status") == "True")
-    with _running_operator(operator.cluster, operator.workdir, operator.postgres_dsn,
-                           operator.redis_url, operator.sa_kubeconfig, name="replica") as second:
+    operator.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=manifest(EXAMPLES / "pro.yaml", kube_namespace, "peered", guildId=guild),
+    )
+    wait_for(
+        "Ready",
+        lambda: (
+            (operator.condition(kube_namespace, "peered", "Ready") or {}).get("status") == "True"
+        ),
+    )
+    with _running_operator(
+        operator.cluster,
+        operator.workdir,
+        operator.postgres_dsn,
+        operator.redis_url,
+        operator.sa_kubeconfig,
+        name="replica",
+    ) as second:
         # kopf starts a peered replica paused and resumes it only when no peer has a higher
         # priority; the old one pauses if the new one outranks it. Either way: one works.
-        wait_for("replica registered in the peering", lambda: len(json.loads(operator.kubectl(
-            "get", "clusterkopfpeering", f"{RELEASE}-operator", "-o", "json").stdout)
-            .get("status", {})) >= 2, timeout=20)
+        wait_for(
+            "replica registered in the peering",
+            lambda: (
+                len(
+                    json.loads(
+                        operator.kubectl(
+                            "get", "clusterkopfpeering", f"{RELEASE}-operator", "-o", "json"
+                        ).stdout
+                    ).get("status", {})
+                )
+                >= 2
+            ),
+            timeout=20,
+        )
         time.sleep(2)  # let a paused one stop its watches
         before = (_reconciles(operator), _reconciles(second))
         time.sleep(DRIFT * 3)

@@ -21,25 +21,43 @@ def test_default_platform_is_valid_and_complete() -> None:
     plat = platform.load()
     assert [t.name for t in plat.tiers] == ["free", "pro", "enterprise"]
     assert set(plat.commands) == {
-        "overview", "heatmap", "retention", "growth", "leaderboard", "voice-leaderboard",
-        "channels", "me", "usage", "privacy", "export", "config"}
+        "overview",
+        "heatmap",
+        "retention",
+        "growth",
+        "leaderboard",
+        "voice-leaderboard",
+        "channels",
+        "me",
+        "usage",
+        "privacy",
+        "export",
+        "config",
+    }
     assert all(t.quotas["queries_per_month"] > 0 for t in plat.tiers)
     assert plat.quota_names >= {"queries_per_month"}
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    (MINI.replace("features: [a], quotas", "features: [a, z], quotas"),
-     "tier 'free' grants feature 'z', which is not defined"),
-    (MINI.replace("two: b", "two: nope"), "command 'two' needs feature 'nope'"),
-    (MINI.replace("rank: 1", "rank: 0"), "two tiers share rank 0"),
-    (MINI.replace("{name: b}", "{name: a}"), "feature 'a' is defined twice"),
-    (MINI + "colour: blue\n", "colour: Extra inputs are not permitted"),
-    (MINI.replace("queries_per_month: 10}", "queries_per_month: -1}"),
-     "greater than or equal to 0"),
-    (MINI.replace("name: pro", "name: Pro!"), "should match pattern"),
-    ("- just a list", "expected a mapping"),
-    ("tiers: [", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            MINI.replace("features: [a], quotas", "features: [a, z], quotas"),
+            "tier 'free' grants feature 'z', which is not defined",
+        ),
+        (MINI.replace("two: b", "two: nope"), "command 'two' needs feature 'nope'"),
+        (MINI.replace("rank: 1", "rank: 0"), "two tiers share rank 0"),
+        (MINI.replace("{name: b}", "{name: a}"), "feature 'a' is defined twice"),
+        (MINI + "colour: blue\n", "colour: Extra inputs are not permitted"),
+        (
+            MINI.replace("queries_per_month: 10}", "queries_per_month: -1}"),
+            "greater than or equal to 0",
+        ),
+        (MINI.replace("name: pro", "name: Pro!"), "should match pattern"),
+        ("- just a list", "expected a mapping"),
+        ("tiers: [", "not valid YAML"),
+    ],
+)
 def test_invalid_platform_is_rejected_with_a_clear_message(text: str, message: str) -> None:
     with pytest.raises(platform.PlatformError, match=r"x\.yaml") as err:
         platform.parse(text, "x.yaml")
@@ -48,14 +66,21 @@ def test_invalid_platform_is_rejected_with_a_clear_message(text: str, message: s
 
 async def _tables(conn: asyncpg.Connection) -> dict[str, list[tuple[object, ...]]]:
     return {
-        "features": [tuple(r) for r in await conn.fetch(
-            "SELECT feature, description FROM features ORDER BY 1")],
-        "tiers": [tuple(r) for r in await conn.fetch(
-            "SELECT tier, rank, quotas::text FROM tiers ORDER BY 1")],
-        "tier_features": [tuple(r) for r in await conn.fetch(
-            "SELECT tier, feature FROM tier_features ORDER BY 1, 2")],
-        "commands": [tuple(r) for r in await conn.fetch(
-            "SELECT command, feature FROM commands ORDER BY 1")],
+        "features": [
+            tuple(r)
+            for r in await conn.fetch("SELECT feature, description FROM features ORDER BY 1")
+        ],
+        "tiers": [
+            tuple(r)
+            for r in await conn.fetch("SELECT tier, rank, quotas::text FROM tiers ORDER BY 1")
+        ],
+        "tier_features": [
+            tuple(r)
+            for r in await conn.fetch("SELECT tier, feature FROM tier_features ORDER BY 1, 2")
+        ],
+        "commands": [
+            tuple(r) for r in await conn.fetch("SELECT command, feature FROM commands ORDER BY 1")
+        ],
     }
 
 
@@ -73,8 +98,10 @@ async def test_seed_is_idempotent_and_follows_the_file(migrated: Endpoints) -> N
         await platform.seed(conn, platform.parse(MINI))
         tables = await _tables(conn)
         assert tables["commands"] == [("one", "a"), ("two", "b")]
-        assert tables["tiers"] == [("free", 0, '{"queries_per_month": 10}'),
-                                   ("pro", 1, '{"queries_per_month": 100}')]
+        assert tables["tiers"] == [
+            ("free", 0, '{"queries_per_month": 10}'),
+            ("pro", 1, '{"queries_per_month": 100}'),
+        ]
         assert tables["tier_features"] == [("free", "a"), ("pro", "a"), ("pro", "b")]
         assert [f for f, _ in tables["features"]] == ["a", "b"]
     finally:
@@ -88,7 +115,8 @@ async def test_seed_keeps_a_removed_tier_that_is_still_in_use(migrated: Endpoint
         await conn.execute(
             """INSERT INTO entitlements (guild_id, tier, features, source_namespace,
                    source_name, source_uid)
-               VALUES (81384788765712384, 'enterprise', '{export}', 'n', 'x', 'u')""")
+               VALUES (81384788765712384, 'enterprise', '{export}', 'n', 'x', 'u')"""
+        )
         report = await platform.seed(conn, platform.parse(MINI))
         assert report.kept_tiers == ("enterprise",)
         assert await conn.fetchval("SELECT count(*) FROM tiers WHERE tier = 'enterprise'") == 1

@@ -92,8 +92,9 @@ def endpoints(services: Endpoints) -> Iterator[Endpoints]:
     finally:
         # FORCE: a test that leaked a connection must not make every later test fail.
         postgres_execute(pg_admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        clickhouse_query(services.clickhouse_url, f"DROP DATABASE IF EXISTS {name} SYNC",
-                         database="")
+        clickhouse_query(
+            services.clickhouse_url, f"DROP DATABASE IF EXISTS {name} SYNC", database=""
+        )
 
 
 def _with_path(url: str, path: str) -> str:
