@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import random
-import shutil
 import socket
 import subprocess
 import sys
@@ -154,13 +153,19 @@ def _stores(services: Endpoints) -> Iterator[tuple[str, str]]:
 
 
 def render_chart_operator_files(cluster: KubeCluster, workdir: Path) -> str:
-    """The chart's operator templates exactly as shipped, rendered by helm."""
-    chart = workdir / "herwa"
-    (chart / "templates").mkdir(parents=True)
-    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: herwa\nversion: 0.0.0\n")
-    for name in ("operator-rbac.yaml", "operator-peering.yaml"):
-        shutil.copy(CHART / "templates" / name, chart / "templates" / name)
-    res = cluster.helm("template", RELEASE, str(chart), "--namespace", OP_NAMESPACE, check=True)
+    """The chart's operator templates exactly as shipped, rendered by helm with its defaults."""
+    res = cluster.helm(
+        "template",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        OP_NAMESPACE,
+        "--show-only",
+        "templates/operator-rbac.yaml",
+        "--show-only",
+        "templates/operator-peering.yaml",
+        check=True,
+    )
     return res.stdout
 
 
