@@ -14,7 +14,12 @@ _CHUNK = 50_000
 
 
 async def cleanup_family(pg: asyncpg.Connection, family: Family, older_than: datetime) -> int:
-    """Delete ingested rows of one family; an un-ingested row (NULL) never matches ``<``."""
+    """Delete ingested rows of one family; an un-ingested row (NULL) never matches ``<``.
+
+    Found through the `<table>_ingested_brin` index or a sequential scan (postgres migration
+    0005 dropped the per-row btree on ch_ingested_at to make the mark cheaper): cleanup runs once
+    per run over a table bounded by the retention, so it takes the slower path.
+    """
     deleted = 0
     while True:
         # Chunked so no single transaction holds millions of row locks or bloats WAL at once.
