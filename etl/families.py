@@ -22,6 +22,9 @@ class Family:
     staging_table: str  # Postgres
     target_table: str  # ClickHouse
     key: tuple[str, ...]  # staging primary key: the claimed batch is ordered by it
+    # The columns of the table's `<table>_pending` partial index (WHERE ch_ingested_at IS NULL):
+    # a claim takes the first n pending rows in this order, straight off that index.
+    pending_order: tuple[str, ...]
     columns: tuple[tuple[str, str], ...]  # (ClickHouse column, Postgres expression)
     lag_column: str = "captured_at"  # ingestion lag = now() - min(this) over pending rows
     user_column: str | None = None  # rows of opted-out (guild_id, user) are never loaded
@@ -38,6 +41,7 @@ FAMILIES: tuple[Family, ...] = (
         staging_table="message_events",
         target_table="messages",
         key=("message_id",),
+        pending_order=("message_id",),
         columns=(
             ("message_id", "message_id"),
             ("guild_id", "guild_id"),
@@ -58,6 +62,7 @@ FAMILIES: tuple[Family, ...] = (
         staging_table="message_edits",
         target_table="message_edits",
         key=("message_id", "edited_at"),
+        pending_order=("message_id",),
         columns=(
             ("message_id", "message_id"),
             ("guild_id", "guild_id"),
@@ -71,6 +76,7 @@ FAMILIES: tuple[Family, ...] = (
         staging_table="message_deletions",
         target_table="message_deletions",
         key=("message_id",),
+        pending_order=("message_id",),
         columns=(
             ("message_id", "message_id"),
             ("guild_id", "guild_id"),
@@ -85,6 +91,7 @@ FAMILIES: tuple[Family, ...] = (
         staging_table="voice_sessions",
         target_table="voice_sessions",
         key=("session_id",),
+        pending_order=("session_id",),
         columns=(
             ("session_id", "session_id"),
             ("guild_id", "guild_id"),
@@ -106,6 +113,7 @@ FAMILIES: tuple[Family, ...] = (
         staging_table="member_events",
         target_table="member_events",
         key=("guild_id", "user_id", "event", "at"),
+        pending_order=("guild_id", "user_id"),
         columns=(
             ("guild_id", "guild_id"),
             ("user_id", "user_id"),
@@ -122,6 +130,7 @@ FAMILIES: tuple[Family, ...] = (
         staging_table="guild_events",
         target_table="guild_events",
         key=("guild_id", "event", "at"),
+        pending_order=("guild_id",),
         columns=(
             ("guild_id", "guild_id"),
             ("event", "event"),
@@ -135,6 +144,7 @@ FAMILIES: tuple[Family, ...] = (
         staging_table="member_count_snapshots",
         target_table="member_count_snapshots",
         key=("guild_id", "day"),
+        pending_order=("guild_id", "day"),
         columns=(
             ("guild_id", "guild_id"),
             ("day", "day"),
@@ -148,6 +158,7 @@ FAMILIES: tuple[Family, ...] = (
         staging_table="command_usage",
         target_table="command_usage",
         key=("drain_id", "guild_id", "command", "hour", "outcome"),
+        pending_order=("guild_id",),
         columns=(
             ("drain_id", "drain_id"),
             ("guild_id", "guild_id"),

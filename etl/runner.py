@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -14,7 +16,7 @@ from redis.asyncio import Redis
 from herwa import usage
 from herwa.etl import cleanup, lock, metrics, privacy, rollups
 from herwa.etl.families import BY_NAME, FAMILIES
-from herwa.etl.sync import FaultHook, prepare_session, purge_opted_out, sync_batch
+from herwa.etl.sync import BatchResult, Claimed, FaultHook, claim, prepare_session, purge_opted_out
 from herwa.stores import clickhouse_url_client, postgres_connection
 
 if TYPE_CHECKING:
@@ -30,6 +32,8 @@ class RunOptions:
     retention_hours: float = 72.0
     pushgateway_url: str | None = None
     redis_prefix: str = "herwa:"
+    # Claim batch N+1 on a second connection while batch N goes to ClickHouse (see sync.py).
+    pipeline: bool = True
 
 
 @dataclass
@@ -65,6 +69,76 @@ async def run_once(
         await pg.close()
 
 
+async def _sync_families(
+    pg: asyncpg.Connection,
+    ch: AsyncClient,
+    options: RunOptions,
+    stats: metrics.RunStats,
+    prom: metrics.EtlMetrics,
+    deadline: float,
+    fault: FaultHook | None,
+    postgres_dsn: str,
+) -> str:
+    """Every family to ClickHouse; returns "caught_up" or "deadline".
+
+    Round robin, one batch per family per pass, so a huge backlog in one family cannot starve
+    the others until the deadline. Pipelined: while batch N is inserted and committed (a task on
+    one connection), batch N+1 is claimed on the other; N+1 is loaded only after N committed.
+    """
+    conns = [pg]
+    if options.pipeline:
+        second = await postgres_connection(postgres_dsn)
+        await prepare_session(second)
+        conns.append(second)
+
+    def record(result: BatchResult) -> None:
+        stats.rows_moved[result.family] += result.rows
+        prom.rows.labels(result.family).inc(result.rows)
+        prom.batch.labels(result.family).observe(result.seconds)
+
+    inflight: asyncio.Task[BatchResult] | None = None
+    claimed: Claimed | None = None
+    turn = 0
+    outcome = "caught_up"
+    try:
+        pending = list(FAMILIES)
+        while pending:
+            if time.monotonic() >= deadline:
+                outcome = "deadline"
+                break
+            for family in list(pending):
+                claimed = await claim(conns[turn], family, options.batch_rows, fault=fault)
+                turn = (turn + 1) % len(conns)
+                if claimed.rows < options.batch_rows:
+                    pending.remove(family)
+                if inflight is not None:
+                    task, inflight = inflight, None
+                    record(await task)
+                inflight = asyncio.create_task(claimed.load_and_commit(ch, fault))
+                claimed = None
+                if len(conns) == 1:  # unpipelined: the next claim needs this connection
+                    task, inflight = inflight, None
+                    record(await task)
+        if inflight is not None:
+            task, inflight = inflight, None
+            record(await task)
+    except BaseException:
+        # A claimed batch not handed over yet is un-claimed; the batch in flight (older, its
+        # own transaction) is finished rather than abandoned: its outcome is independent of
+        # this failure, and either outcome is exactly-once.
+        if claimed is not None:
+            await claimed.rollback()
+        if inflight is not None:
+            with contextlib.suppress(Exception):
+                record(await inflight)
+        raise
+    finally:
+        for conn in conns[1:]:
+            with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                await conn.close()
+    return outcome
+
+
 async def _locked_run(
     pg: asyncpg.Connection,
     ch: AsyncClient,
@@ -91,20 +165,7 @@ async def _locked_run(
             stats.rows_skipped[family.name] = skipped
             prom.skipped.labels(family.name).inc(skipped)
             stats.rows_moved[family.name] = 0
-        # Round robin, one batch per family per pass, so a huge backlog in one family cannot
-        # starve the others until the deadline.
-        pending = list(FAMILIES)
-        while pending:
-            if time.monotonic() >= deadline:
-                outcome = "deadline"
-                break
-            for family in list(pending):
-                result = await sync_batch(pg, ch, family, options.batch_rows, fault=fault)
-                stats.rows_moved[family.name] += result.rows
-                prom.rows.labels(family.name).inc(result.rows)
-                prom.batch.labels(family.name).observe(result.seconds)
-                if result.rows < options.batch_rows:
-                    pending.remove(family)
+        outcome = await _sync_families(pg, ch, options, stats, prom, deadline, fault, postgres_dsn)
         # Also at the deadline: the loaded rows must show up in the rollups of this run.
         messages = BY_NAME["message_events"]
 
