@@ -6,8 +6,10 @@ a message deleted later. Instead, every message or deletion batch queues its aff
 (guild, UTC hour) buckets in Postgres (etl_dirty_buckets, same transaction as the mark); each
 queued bucket is then recomputed from ``messages FINAL`` minus ``message_deletions`` and written
 again whole, with a newer version; keys that no longer have messages are written as zero rows so
-they replace the stale counts. A bucket leaves the queue only after its recompute, so a crash
-anywhere leaves it queued and the next run recomputes it.
+they replace the stale counts. The per-author daily rollup (message_activity_daily, for
+retention) is recomputed for the whole UTC day of every queued bucket. A bucket leaves the
+queue only after its recompute, so a crash anywhere leaves it queued and the next run
+recomputes it.
 """
 
 # ruff: noqa: S608 - identifiers in SQL come from this package's static registries; values are bound.
@@ -102,7 +104,7 @@ async def flush(
 
 
 async def recompute(ch: AsyncClient, buckets: list[tuple[int, int]]) -> None:
-    """Rewrite both message rollups for these (guild_id, hour epoch seconds) buckets."""
+    """Rewrite the message rollups for these (guild_id, hour epoch seconds) buckets."""
     for start in range(0, len(buckets), _CHUNK):
         await _recompute_chunk(ch, buckets[start : start + _CHUNK])
 
@@ -177,4 +179,50 @@ async def _recompute_chunk(ch: AsyncClient, buckets: list[tuple[int, int]]) -> N
         """,
         parameters=params,
         external_data=external(),
+    )
+    await _recompute_days(ch, sorted({(g, h - h % 86400) for g, h in buckets}))
+
+
+async def _recompute_days(ch: AsyncClient, days: list[tuple[int, int]]) -> None:
+    """Rewrite message_activity_daily for these (guild_id, UTC day start epoch seconds)."""
+    guilds = sorted({g for g, _ in days})
+    lo = min(d for _, d in days)
+    hi = max(d for _, d in days) + 86400
+    params = {"guilds": guilds, "lo": lo, "hi": hi, "version": _version()}
+    csv = "".join(f"{g},{d}\n" for g, d in days).encode()
+    external = ExternalData(
+        file_name="days", data=csv, fmt="CSV", structure="guild_id UInt64, day UInt32"
+    )
+    in_days = "IN (SELECT guild_id, day FROM days)"
+    await ch.command(
+        f"""
+        INSERT INTO message_activity_daily
+            (guild_id, day, author_id, messages, first_at, last_at, version)
+        SELECT guild_id, day, author_id, sum(n), min(first), max(last), {{version:UInt64}}
+        FROM (
+            SELECT guild_id, toDate(created_at) AS day, author_id, toUInt32(1) AS n,
+                   toDateTime(created_at, 'UTC') AS first, toDateTime(created_at, 'UTC') AS last
+            FROM messages FINAL
+            WHERE guild_id IN {{guilds:Array(UInt64)}}
+              AND created_at >= toDateTime({{lo:UInt32}}, 'UTC')
+              AND created_at < toDateTime({{hi:UInt32}}, 'UTC')
+              AND (guild_id, toUInt32(toUnixTimestamp(toStartOfDay(created_at)))) {in_days}
+              AND (guild_id, message_id) NOT IN (
+                  SELECT guild_id, message_id FROM message_deletions
+                  WHERE guild_id IN {{guilds:Array(UInt64)}})
+            UNION ALL
+            -- Zero rows for keys without a live message any more. Their times are the
+            -- identities of min and max, so they never displace a live message's time.
+            SELECT guild_id, day, author_id, toUInt32(0),
+                   toDateTime(4294967295, 'UTC'), toDateTime(0, 'UTC')
+            FROM message_activity_daily FINAL
+            WHERE guild_id IN {{guilds:Array(UInt64)}}
+              AND day >= toDate(toDateTime({{lo:UInt32}}, 'UTC'))
+              AND day < toDate(toDateTime({{hi:UInt32}}, 'UTC'))
+              AND (guild_id, toUInt32(toUnixTimestamp(toDateTime(day, 'UTC')))) {in_days}
+        )
+        GROUP BY guild_id, day, author_id
+        """,
+        parameters=params,
+        external_data=external,
     )

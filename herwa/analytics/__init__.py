@@ -3,7 +3,7 @@
 Every function takes a (read-only) ClickHouse client and binds the guild id as a query
 parameter (``{guild_id:UInt64}``), never by string formatting. All reads use FINAL, deleted
 messages are never counted, and bots are excluded unless ``include_bots=True``. Long ranges read
-the ETL-maintained rollups (``message_activity_15m`` / ``message_activity_hourly``).
+the ETL-maintained rollups (``message_activity_15m`` / ``_hourly`` / ``_daily``).
 """
 
 from herwa.analytics.growth import GrowthPoint, growth

@@ -2,9 +2,13 @@
 
 A cohort member is "active" in week N when they sent at least one (not deleted) message in the
 N-th local week after their join week, "voice-active" when a voice session of theirs started in
-it. Weeks start on Monday in the guild's time zone. Message activity comes from the hourly
-rollup, so in zones with a non-whole-hour offset (e.g. +05:30) a message in the half hour
-around the Monday boundary may be counted in the neighbouring week; ``source="raw"`` is exact.
+it. Weeks start on Monday in the guild's time zone.
+
+Message activity comes from the per-(guild, author, UTC day) rollup, exact in every time zone
+(+05:30 and +05:45 included, no raw fallback needed): a UTC day spans 24 hours and local weeks
+are at least 167 hours apart, so a day touches at most one local week boundary and the local
+weeks an author was active in that day are exactly those of the day's first and last live
+message (``first_at``/``last_at``, kept per row). ``source="raw"`` reads the messages themselves.
 """
 
 # ruff: noqa: S608 - only constant SQL fragments are composed; every value is a bound parameter.
@@ -40,8 +44,8 @@ _COHORT = f"""
 _ACTIVITY = {
     "rollup": """
         SELECT DISTINCT author_id AS user_id,
-               toStartOfWeek(toTimeZone(hour, {tz:String}), 1) AS week
-        FROM message_activity_hourly FINAL
+               toStartOfWeek(toTimeZone(at, {tz:String}), 1) AS week
+        FROM message_activity_daily FINAL ARRAY JOIN [first_at, last_at] AS at
         WHERE guild_id = {guild_id:UInt64} AND messages > 0
     """,
     "raw": f"""
