@@ -109,9 +109,10 @@ async def main(messages: int, runs: int) -> None:
         raw_rows = await ch.command(f"SELECT count() FROM messages WHERE guild_id = {GUILD}")
         rollup_15m = await ch.command("SELECT count() FROM message_activity_15m FINAL")
         rollup_h = await ch.command("SELECT count() FROM message_activity_hourly FINAL")
+        rollup_d = await ch.command("SELECT count() FROM message_activity_daily FINAL")
         print(
             f"generated in {gen:.1f}s; rollups built in {build:.1f}s "
-            f"(15-min rows {rollup_15m:,}, hourly rows {rollup_h:,})"
+            f"(15-min rows {rollup_15m:,}, hourly rows {rollup_h:,}, daily rows {rollup_d:,})"
         )
 
         ro = await clickhouse_url_client(ro_url, send_receive_timeout=3600)
@@ -130,6 +131,12 @@ async def main(messages: int, runs: int) -> None:
                     "retention, 1 year of cohorts, 12 weeks",
                     lambda s: analytics.retention(
                         ro, GUILD, "Europe/Berlin", START, END, weeks=12, source=s
+                    ),
+                ),
+                (
+                    "retention, 1 year, 12 weeks, Asia/Kolkata",
+                    lambda s: analytics.retention(
+                        ro, GUILD, "Asia/Kolkata", START, END, weeks=12, source=s
                     ),
                 ),
             ):
