@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING
 
 import asyncpg
 import pytest
@@ -18,6 +19,9 @@ from herwa.analytics import Cohort, Entry, GrowthPoint
 from herwa.devstack import Endpoints
 from herwa.etl.runner import RunOptions, run_once
 from herwa.stores import clickhouse_url_client
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.asyncclient import AsyncClient
 
 
 def Z(text: str) -> datetime:
@@ -54,7 +58,7 @@ VOICE = [
 
 
 @pytest.fixture
-async def ro(migrated: Endpoints) -> AsyncIterator[object]:
+async def ro(migrated: Endpoints) -> AsyncIterator[AsyncClient]:
     pg = await asyncpg.connect(migrated.postgres_dsn)
     try:
         for guild in (G, 2):  # guild 2 mirrors guild 1 and must never leak into its figures
@@ -138,18 +142,18 @@ HEATMAPS = {
 
 
 @pytest.mark.parametrize("tz", sorted(HEATMAPS))
-async def test_heatmap_cells_in_the_guilds_time_zone(ro: object, tz: str) -> None:
+async def test_heatmap_cells_in_the_guilds_time_zone(ro: AsyncClient, tz: str) -> None:
     for source in ("rollup", "raw"):
-        hm = await analytics.heatmap(ro, G, tz, *MARCH, source=source)  # type: ignore[arg-type]
+        hm = await analytics.heatmap(ro, G, tz, *MARCH, source=source)
         assert _cells(hm) == HEATMAPS[tz], source
         assert hm.total == 7
-    with_bots = await analytics.heatmap(ro, G, "UTC", *MARCH, include_bots=True)  # type: ignore[arg-type]
+    with_bots = await analytics.heatmap(ro, G, "UTC", *MARCH, include_bots=True)
     assert _cells(with_bots)[("Sun", 7)] == 2
 
 
-async def test_retention_matrix_utc_and_kolkata(ro: object) -> None:
+async def test_retention_matrix_utc_and_kolkata(ro: AsyncClient) -> None:
     span = (Z("2024-02-26 00:00"), Z("2024-03-25 00:00"))
-    utc = await analytics.retention(ro, G, "UTC", *span, weeks=4)  # type: ignore[arg-type]
+    utc = await analytics.retention(ro, G, "UTC", *span, weeks=4)
     assert utc == [
         Cohort(date(2024, 2, 26), 1, (0, 1, 0, 0), (0, 0, 0, 0)),
         Cohort(date(2024, 3, 4), 2, (2, 1, 0, 0), (1, 1, 0, 0)),
@@ -161,7 +165,7 @@ async def test_retention_matrix_utc_and_kolkata(ro: object) -> None:
             G,
             "Asia/Kolkata",
             *span,
-            weeks=4,  # type: ignore[arg-type]
+            weeks=4,
             source=source,
         )
         assert kolkata == [
@@ -170,14 +174,14 @@ async def test_retention_matrix_utc_and_kolkata(ro: object) -> None:
         ], source
 
 
-async def test_growth_series_with_snapshots(ro: object) -> None:
+async def test_growth_series_with_snapshots(ro: AsyncClient) -> None:
     span = (Z("2024-03-03 00:00"), Z("2024-03-06 00:00"))
-    assert await analytics.growth(ro, G, "UTC", *span) == [  # type: ignore[arg-type]
+    assert await analytics.growth(ro, G, "UTC", *span) == [
         GrowthPoint(date(2024, 3, 3), 1, 0, 1, None),
         GrowthPoint(date(2024, 3, 4), 1, 0, 2, 42),
         GrowthPoint(date(2024, 3, 5), 1, 1, 2, None),
     ]
-    kolkata = await analytics.growth(ro, G, "Asia/Kolkata", *span)  # type: ignore[arg-type]
+    kolkata = await analytics.growth(ro, G, "Asia/Kolkata", *span)
     assert [(p.day.day, p.joins, p.leaves, p.net) for p in kolkata] == [
         (3, 0, 0, 0),
         (4, 2, 0, 2),
@@ -186,39 +190,37 @@ async def test_growth_series_with_snapshots(ro: object) -> None:
     ]
 
 
-async def test_leaderboards_and_channel_stats(ro: object) -> None:
-    assert await analytics.leaderboard(ro, G, *MARCH) == [  # type: ignore[arg-type]
+async def test_leaderboards_and_channel_stats(ro: AsyncClient) -> None:
+    assert await analytics.leaderboard(ro, G, *MARCH) == [
         Entry(100, 3),
         Entry(101, 2),
         Entry(103, 1),
         Entry(104, 1),
     ]
-    with_bots = await analytics.leaderboard(ro, G, *MARCH, include_bots=True, limit=3)  # type: ignore[arg-type]
+    with_bots = await analytics.leaderboard(ro, G, *MARCH, include_bots=True, limit=3)
     assert with_bots == [Entry(100, 3), Entry(101, 2), Entry(102, 1)]
-    assert await analytics.leaderboard(ro, G, *MARCH, kind="voice") == [  # type: ignore[arg-type]
+    assert await analytics.leaderboard(ro, G, *MARCH, kind="voice") == [
         Entry(101, 3600.0),
         Entry(100, 1800.0),
     ]
-    clipped = await analytics.leaderboard(  # type: ignore[arg-type]
-        ro, G, Z("2024-03-12 20:30"), MARCH[1], kind="voice"
-    )
+    clipped = await analytics.leaderboard(ro, G, Z("2024-03-12 20:30"), MARCH[1], kind="voice")
     assert clipped == [Entry(101, 1800.0)]
-    channels = await analytics.channel_stats(ro, G, *MARCH)  # type: ignore[arg-type]
+    channels = await analytics.channel_stats(ro, G, *MARCH)
     assert [(c.channel_id, c.messages, c.authors) for c in channels] == [(10, 4, 3), (11, 3, 2)]
 
 
-async def test_member_summary_and_overview(ro: object) -> None:
-    summary = await analytics.member_summary(ro, G, 100, *MARCH)  # type: ignore[arg-type]
+async def test_member_summary_and_overview(ro: AsyncClient) -> None:
+    summary = await analytics.member_summary(ro, G, 100, *MARCH)
     assert summary == analytics.MemberSummary(100, 3, 2, 2, 1800.0, 1, Z("2024-03-04 10:00"))
-    nobody = await analytics.member_summary(ro, G, 999, *MARCH)  # type: ignore[arg-type]
+    nobody = await analytics.member_summary(ro, G, 999, *MARCH)
     assert (nobody.messages, nobody.voice_seconds, nobody.first_joined) == (0, 0.0, None)
-    assert await analytics.overview(ro, G, *MARCH) == analytics.Overview(  # type: ignore[arg-type]
+    assert await analytics.overview(ro, G, *MARCH) == analytics.Overview(
         messages=7, active_members=4, voice_seconds=5400.0, voice_members=2, joins=4, leaves=1
     )
 
 
-async def test_queries_run_as_the_readonly_user(ro: object, migrated: Endpoints) -> None:
+async def test_queries_run_as_the_readonly_user(ro: AsyncClient, migrated: Endpoints) -> None:
     from clickhouse_connect.driver.exceptions import DatabaseError
 
     with pytest.raises(DatabaseError, match=r"(?i)readonly"):
-        await ro.command("INSERT INTO messages (message_id) VALUES (1)")  # type: ignore[attr-defined]
+        await ro.command("INSERT INTO messages (message_id) VALUES (1)")

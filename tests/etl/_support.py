@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 
@@ -79,7 +80,7 @@ async def clickhouse(url: str) -> AsyncIterator[object]:
         await client.close()
 
 
-async def ch_value(endpoints: Endpoints, sql: str, **params: object) -> object:
+async def ch_value(endpoints: Endpoints, sql: str, **params: object) -> Any:
     client = await clickhouse_url_client(endpoints.clickhouse_url)
     try:
         return (await client.query(sql, parameters=params)).result_rows[0][0]

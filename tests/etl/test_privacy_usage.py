@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -20,14 +21,14 @@ OPTIONS = RunOptions(batch_rows=1000)
 
 
 @pytest.fixture
-async def pg(migrated: Endpoints) -> asyncpg.Connection:
+async def pg(migrated: Endpoints) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(migrated.postgres_dsn)
     yield conn
     await conn.close()
 
 
 @pytest.fixture
-async def redis(migrated: Endpoints) -> Redis:
+async def redis(migrated: Endpoints) -> AsyncIterator[Redis]:
     client = Redis.from_url(migrated.redis_url)
     yield client
     await client.aclose()

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import asyncpg
@@ -37,7 +38,7 @@ class InjectedCrash(RuntimeError):
 
 
 @pytest.fixture
-async def pg(migrated: Endpoints) -> asyncpg.Connection:
+async def pg(migrated: Endpoints) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(migrated.postgres_dsn)
     yield conn
     await conn.close()
