@@ -68,7 +68,7 @@ TABLES: dict[str, tuple[str, ...]] = {
 # Every series exists from the start, so dashboards and alerts see 0 rather than nothing.
 for _table in TABLES:
     metrics.ROWS_FLUSHED.labels(_table)
-metrics.ROWS_DROPPED.labels("all")
+    metrics.ROWS_DROPPED.labels(_table)
 
 
 def _merge_sql(table: str, columns: tuple[str, ...]) -> str:
@@ -146,6 +146,13 @@ class FlushBuffer:
     @property
     def depth(self) -> int:
         return self._live_count + (self._pending.count if self._pending else 0)
+
+    def _unflushed(self) -> dict[str, int]:
+        counts = {table: len(rows) for table, rows in self._live.items()}
+        if self._pending is not None:
+            for table, rows in self._pending.rows.items():
+                counts[table] += len(rows)
+        return {table: count for table, count in counts.items() if count}
 
     def add(self, table: str, row: Row) -> None:
         self._live[table].append(row)
@@ -328,7 +335,7 @@ class FlushBuffer:
             self._task = None
         done = await self.flush(timeout)
         if not done:
-            left = self.depth
-            log.error("shutdown grace exceeded with %d rows unflushed", left)
-            metrics.ROWS_DROPPED.labels("all").inc(left)
+            log.error("shutdown grace exceeded with %d rows unflushed", self.depth)
+            for table, count in self._unflushed().items():
+                metrics.ROWS_DROPPED.labels(table).inc(count)
         return done

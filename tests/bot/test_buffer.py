@@ -8,6 +8,7 @@ import urllib.parse
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+from prometheus_client import REGISTRY
 
 from herwa.bot.buffer import FlushBuffer
 from herwa.devstack import Endpoints
@@ -115,3 +116,36 @@ async def test_postgres_outage_keeps_rows_pushes_back_and_loses_nothing(
         await buf.close(5.0)
         await pool.close()
         await proxy.stop()
+
+
+async def test_rows_left_after_the_grace_period_are_counted_per_table(
+    migrated: Endpoints,
+) -> None:
+    parts = urllib.parse.urlsplit(migrated.postgres_dsn)
+    proxy = await TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432).start()
+    dsn = urllib.parse.urlunsplit(
+        parts._replace(netloc=parts.netloc.rsplit(":", 1)[0] + f":{proxy.port}")
+    )
+    pool = await asyncpg.create_pool(dsn, min_size=0, max_size=2, timeout=1.0)
+    buf = FlushBuffer(pool, interval=0.05, max_rows=500, capacity=2_000, backoff_max=0.2)
+    before = {t: _dropped(t) for t in ("message_events", "guild_events")}
+    buf.start()
+    try:
+        proxy.cut()
+        for i in range(30):
+            buf.add("message_events", message(i))
+        buf.add("guild_events", (1, "join", T0, 10))
+        # Postgres stays unreachable for the whole grace period: the shutdown reports failure
+        # and every row it gives up on is counted under its own table.
+        assert not await buf.close(1.0)
+        assert _dropped("message_events") - before["message_events"] == 30
+        assert _dropped("guild_events") - before["guild_events"] == 1
+    finally:
+        await pool.close()
+        await proxy.stop()
+
+
+def _dropped(table: str) -> float:
+    value = REGISTRY.get_sample_value("herwa_bot_rows_dropped_total", {"table": table})
+    assert value is not None, table
+    return value
