@@ -31,11 +31,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("herwa.demo", "run the whole pipeline end to end on this machine"),
 }
 
-# Roles whose issue has not landed yet: the command exists, says so, and fails.
-NOT_BUILT_YET: dict[str, int] = {}
-
 EXIT_CONFIG_ERROR = 2
-EXIT_NOT_BUILT = 3
 
 
 def _load(name: str) -> ModuleType:
@@ -52,7 +48,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_module, summary) in SUBCOMMANDS.items():
         sub = subparsers.add_parser(name, help=summary, description=summary)
-        if name == only and name not in NOT_BUILT_YET:
+        if name == only:
             _load(name).configure(sub)
     return parser
 
@@ -62,10 +58,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = next((a for a in args_list if not a.startswith("-")), None)
     parser = build_parser(chosen if chosen in SUBCOMMANDS else None)
     args = parser.parse_args(args_list)
-    if args.command in NOT_BUILT_YET:
-        issue = NOT_BUILT_YET[args.command]
-        print(f"herwa {args.command}: not built yet (issue #{issue})", file=sys.stderr)
-        return EXIT_NOT_BUILT
     try:
         telemetry = config.telemetry()
         setup_logging(telemetry.log_level, telemetry.log_format)
