@@ -22,14 +22,16 @@ import asyncio
 import contextlib
 import os
 import sys
-import tempfile
 import time
 import urllib.parse
 import uuid
 from pathlib import Path
 
 import asyncpg
+from _stores import bench_stores
 from simulator_ceiling import benchmark_simulator, consume
+
+from herwa.devstack import Endpoints
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -129,17 +131,8 @@ def _with_db(url: str, name: str) -> str:
     return urllib.parse.urlunsplit(urllib.parse.urlsplit(url)._replace(path=f"/{name}"))
 
 
-async def main_async(messages: int) -> None:
-    stack = None
-    dsn = os.environ.get("HERWA_POSTGRES_DSN")
-    redis_url = os.environ.get("HERWA_REDIS_URL")
-    clickhouse_url = os.environ.get("HERWA_CLICKHOUSE_URL")
-    if not dsn or not redis_url or not clickhouse_url:
-        from herwa.devstack import DevStack
-
-        stack = DevStack(Path(tempfile.mkdtemp(prefix="herwa-bench-")))
-        ep = await asyncio.to_thread(stack.up)
-        dsn, redis_url, clickhouse_url = ep.postgres_dsn, ep.redis_url, ep.clickhouse_url
+async def main_async(stores: Endpoints, messages: int) -> None:
+    dsn, redis_url, clickhouse_url = stores.postgres_dsn, stores.redis_url, stores.clickhouse_url
     name = f"herwa_bench_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(dsn)
     await admin.execute(f'CREATE DATABASE "{name}"')
@@ -153,15 +146,14 @@ async def main_async(messages: int) -> None:
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
-        if stack is not None:
-            await asyncio.to_thread(stack.down)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=100_000)
     args = ap.parse_args()
-    asyncio.run(main_async(args.messages))
+    with bench_stores() as stores:
+        asyncio.run(main_async(stores, args.messages))
     return 0
 
 

@@ -23,25 +23,21 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import shutil
 import statistics
-import tempfile
 import time
 import urllib.parse
 import uuid
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import discord
+from _stores import bench_stores
 from discord import app_commands
 from redis.asyncio import Redis
 
 from herwa import platform
 from herwa.bot.commands import CommandDeps, install
 from herwa.config import CommandSettings
-from herwa.devstack import DevStack
 from herwa.etl.rollups import recompute
 from herwa.schema import migrate
 from herwa.simulator import Simulator, SimulatorConfig, point_discord_at
@@ -245,33 +241,15 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=10_000_000)
     parser.add_argument("--runs", type=int, default=40)
     args = parser.parse_args()
-    env = {
-        "pg": os.environ.get("HERWA_POSTGRES_DSN"),
-        "redis": os.environ.get("HERWA_REDIS_URL"),
-        "ch": os.environ.get("HERWA_CLICKHOUSE_URL"),
-        "ch_ro": os.environ.get("HERWA_CLICKHOUSE_READONLY_URL")
-        or os.environ.get("HERWA_CLICKHOUSE_URL"),
-    }
-    stack: DevStack | None = None
-    data_dir: Path | None = None
-    if not all(env.values()):
-        data_dir = Path(tempfile.mkdtemp(prefix="herwa-bench-"))
-        stack = DevStack(data_dir)
-        e = stack.up()
+    print(f"command latency, {args.messages:,} messages, {args.runs} runs per case", flush=True)
+    with bench_stores() as e:
         env = {
             "pg": e.postgres_dsn,
             "redis": e.redis_url,
             "ch": e.clickhouse_url,
             "ch_ro": e.clickhouse_readonly_url,
         }
-    print(f"command latency, {args.messages:,} messages, {args.runs} runs per case", flush=True)
-    try:
-        asyncio.run(run({k: str(v) for k, v in env.items()}, args.messages, args.runs))
-    finally:
-        if stack is not None:
-            stack.down()
-        if data_dir is not None:
-            shutil.rmtree(data_dir, ignore_errors=True)
+        asyncio.run(run(env, args.messages, args.runs))
 
 
 if __name__ == "__main__":

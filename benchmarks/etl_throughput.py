@@ -1,8 +1,8 @@
 """ETL throughput: Postgres staging → ClickHouse committed, beside the raw ceilings.
 
-Usage: ``python benchmarks/etl_throughput.py [--rows 1000000] [--batch-rows 100000]`` with
-HERWA_POSTGRES_DSN / HERWA_CLICKHOUSE_URL pointing at servers (``eval "$(herwa dev up)"``).
-Creates throw-away databases, stages N message events, then measures on the same machine:
+Usage: ``python benchmarks/etl_throughput.py [--rows 1000000] [--batch-rows 100000]``; uses
+HERWA_POSTGRES_DSN / HERWA_CLICKHOUSE_URL where set, embedded servers otherwise. Creates
+throw-away databases, stages N message events, then measures on the same machine:
 
 1. COPY out of Postgres alone (the same SELECT the ETL renders, no claim, no mark);
 2. bulk insert into ClickHouse alone (those CSV bytes, same batch size, same table schema);
@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import os
 import time
 import urllib.parse
 import uuid
 
 import asyncpg
+from _stores import bench_stores
 
 from herwa.etl.families import BY_NAME
 from herwa.etl.rollups import CSV_SETTINGS
@@ -141,8 +141,7 @@ async def _etl(pg_dsn: str, ch_url: str, rows: int, batch_rows: int, pipeline: b
     return etl_s
 
 
-async def main(rows: int, batch_rows: int, guilds: int) -> None:
-    base_pg, base_ch = os.environ["HERWA_POSTGRES_DSN"], os.environ["HERWA_CLICKHOUSE_URL"]
+async def main(base_pg: str, base_ch: str, rows: int, batch_rows: int, guilds: int) -> None:
     timings: dict[str, float] = {}
     # Each ETL variant gets a freshly staged database: a marked table is not the same table.
     for variant in ("ceilings", "pipelined", "serial"):
@@ -183,4 +182,9 @@ if __name__ == "__main__":
     parser.add_argument("--batch-rows", type=int, default=100_000)
     parser.add_argument("--guilds", type=int, default=50)
     args = parser.parse_args()
-    asyncio.run(main(args.rows, args.batch_rows, args.guilds))
+    with bench_stores() as stores:
+        asyncio.run(
+            main(
+                stores.postgres_dsn, stores.clickhouse_url, args.rows, args.batch_rows, args.guilds
+            )
+        )

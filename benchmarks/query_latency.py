@@ -1,7 +1,7 @@
 """Heatmap and retention latency for one guild with >= 10 M message events: rollups vs raw.
 
-Usage: ``python benchmarks/query_latency.py [--messages 10000000]`` with HERWA_CLICKHOUSE_URL
-(and optionally HERWA_CLICKHOUSE_READONLY_URL) set. Builds a throw-away database: messages are
+Usage: ``python benchmarks/query_latency.py [--messages 10000000]``; uses the HERWA_* servers
+where set, embedded ones otherwise. Builds a throw-away database: messages are
 generated inside ClickHouse (a year of traffic, skewed authors and channels), member joins and
 voice sessions beside them, and the rollups are built by the ETL's own recompute. Each query
 runs through herwa.analytics as the read-only user; the median of several runs is printed.
@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import time
 import urllib.parse
 import uuid
 from datetime import UTC, datetime
 
+from _stores import bench_stores
+
 from herwa import analytics
+from herwa.devstack import Endpoints
 from herwa.etl import rollups
 from herwa.stores import clickhouse_url_client
 
@@ -42,15 +44,15 @@ async def _median(fn, runs: int) -> float:  # type: ignore[no-untyped-def]
     return statistics.median(times)
 
 
-async def main(messages: int, runs: int) -> None:
+async def main(stores: Endpoints, messages: int, runs: int) -> None:
     from herwa.schema import migrate
 
-    base = os.environ["HERWA_CLICKHOUSE_URL"]
-    ro_base = os.environ.get("HERWA_CLICKHOUSE_READONLY_URL", base)
+    base = stores.clickhouse_url
+    ro_base = stores.clickhouse_readonly_url
     name = f"herwa_qbench_{uuid.uuid4().hex[:8]}"
     url, ro_url = _with_db(base, name), _with_db(ro_base, name)
     # Only the ClickHouse half of the schema is needed; migrate() wants Postgres too.
-    pg = os.environ["HERWA_POSTGRES_DSN"]
+    pg = stores.postgres_dsn
     import asyncpg
 
     admin = await asyncpg.connect(pg)
@@ -167,4 +169,5 @@ if __name__ == "__main__":
     parser.add_argument("--messages", type=int, default=10_000_000)
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    asyncio.run(main(args.messages, args.runs))
+    with bench_stores() as stores:
+        asyncio.run(main(stores, args.messages, args.runs))
