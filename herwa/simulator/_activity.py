@@ -176,6 +176,9 @@ class Activity:
         self.config = config
         self.rng = random.Random(config.seed)
         self.ids = SnowflakeFactory(worker=1)
+        # A replay emits past timestamps after live ids exist, and a forward-only clock would
+        # stamp them "now": replayed events get their own worker, whose clock is the replay's.
+        self.replay_ids = SnowflakeFactory(worker=2)
         self.history_ids = SnowflakeFactory(worker=3)
         self._voice_sessions: dict[tuple[int, int], VoiceRecord] = {}
         self._zones = {g.id: zoneinfo.ZoneInfo(g.timezone) for g in world.guilds.values()}
@@ -207,6 +210,11 @@ class Activity:
             self._weight_hour = hour
             self._guild_cum = _cumulative(self.local_weight(g, at_ms) for g in self._guild_list)
         return self.rng.choices(self._guild_list, cum_weights=self._guild_cum)[0]
+
+    def new_id(self, at_ms: int) -> int:
+        """A snowflake whose timestamp is ``at_ms``, for live and replayed events alike."""
+        factory = self.replay_ids if at_ms < self.ids.last_ms else self.ids
+        return factory.make(at_ms)
 
     def step(self, at_ms: int, *, family: str | None = None) -> str:
         """One random event at ``at_ms``; returns the family actually produced."""
@@ -378,7 +386,7 @@ class Activity:
             "components": [],
         }
         if kind == "attachment":
-            aid = self.ids.make(at_ms)
+            aid = self.new_id(at_ms)
             name = f"image{aid % 1000}.png"
             d["content"] = content if rng.random() < 0.3 else ""
             d["attachments"] = [
@@ -437,7 +445,7 @@ class Activity:
         member = guild.members[author_id]
         if kind == "reply" and not self._recent.get(channel_id):
             raise ValueError("a reply needs an earlier message in the channel")
-        mid = (self.history_ids if historical else self.ids).make(at_ms)
+        mid = self.history_ids.make(at_ms) if historical else self.new_id(at_ms)
         d = self.message_payload(guild, channel, member, kind, mid, at_ms)
         self.ledger.message(
             MessageRecord(
@@ -601,7 +609,7 @@ class Activity:
         channel = guild.channels[channel_id]
         member = guild.members[user_id]
         cmd = self.app.find_command(name, guild_id)
-        iid = self.ids.make(at_ms)
+        iid = self.new_id(at_ms)
         rec = InteractionRecord(
             iid, self.interactions.new_token(), guild_id, channel_id, user_id, name, options
         )
@@ -612,7 +620,7 @@ class Activity:
             "application_id": str(self.app.application_id),
             "type": 2,
             "data": {
-                "id": str(cmd["id"]) if cmd else str(self.ids.make(at_ms)),
+                "id": str(cmd["id"]) if cmd else str(self.new_id(at_ms)),
                 "name": name,
                 "type": 1,
                 "options": options,

@@ -45,6 +45,10 @@ class SnowflakeFactory:
                 self._inc = 0
         return ((self._last_ms - DISCORD_EPOCH_MS) << 22) | self._bits | self._inc
 
+    @property
+    def last_ms(self) -> int:
+        return self._last_ms
+
     def at(self, ms: int) -> int:
         """An id with exactly this timestamp (for world objects created at arbitrary past
         times: account creation, guild creation). Unique per factory."""

@@ -10,6 +10,7 @@ import zoneinfo
 import aiohttp
 
 from herwa.simulator import Simulator, SimulatorConfig
+from herwa.simulator._snowflake import DISCORD_EPOCH_MS
 from tests.simulator.conftest import Bot, SimFactory, make_client, now_ms
 
 START = 1_717_200_000_000  # 2024-06-01T00:00:00Z
@@ -104,13 +105,21 @@ async def test_control_api_drives_a_simulator(make_sim: SimFactory, bots: list[B
 
 async def test_replay_emits_historic_timestamps(make_sim: SimFactory) -> None:
     sim = await make_sim(guilds=2, seed=42)
+    # Live traffic first: the replay must not inherit the live id clock (it did, once, and
+    # every replayed message then carried the present time in its id).
+    live = sim.step(20, family="message")
+    assert live
     weeks_ago = now_ms() - 21 * 86_400_000
     sim.start_activity(500, replay_from_ms=weeks_ago, speed=86_400 * 7)  # a week per second
     await asyncio.sleep(1.0)
     await sim.stop_activity()
-    times = sorted(r.created_ms for r in sim.ledger.messages.values())
+    replayed = [r for r in sim.ledger.messages.values() if r.created_ms < now_ms() - 60_000]
+    times = sorted(r.created_ms for r in replayed)
     assert times[0] < weeks_ago + 86_400_000
     assert times[-1] - times[0] > 3 * 86_400_000
+    # What a client reads: the time inside the snowflake is the event's own time.
+    for record in replayed:
+        assert (record.id >> 22) + DISCORD_EPOCH_MS == record.created_ms
 
 
 async def test_cli_prints_url_and_settings() -> None:
