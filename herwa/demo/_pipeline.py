@@ -43,15 +43,17 @@ BOTS = 2
 KEEP_TABLES = frozenset(
     ("schema_migrations", "features", "tiers", "tier_features", "commands", "etl_runs")
 )
-# The scenario of the replayed traffic. Voice is left out of the replay and driven live
-# afterwards: the bot stamps voice sessions with its receive time, so replayed (virtual-time)
-# voice seconds could never reconcile. Commands are left to the demo itself: random members
-# running analytics commands at hundreds of events per second would only load the machine.
+# The scenario of the replayed traffic. Voice and member leaves are left out of the replay and
+# driven live afterwards: Discord sends neither with a time, the bot stamps them on receipt, so
+# replayed (virtual-time) voice seconds could never reconcile and replayed leaves would all be
+# dated today. Joins carry their time and are replayed. Commands are left to the demo itself:
+# random members running analytics commands at hundreds of events per second would only load
+# the machine.
 REPLAY_FAMILIES = {
     "message": 0.88,
     "edit": 0.03,
     "delete": 0.02,
-    "member": 0.05,
+    "join": 0.05,
     "thread": 0.02,
 }
 # (tier, commands run there): the most active guild gets everything; one free-tier guild shows
@@ -364,12 +366,14 @@ class Demo:
             while (elapsed := time.monotonic() - started) < opts.duration:
                 await asyncio.sleep(min(1.0, max(0.05, opts.duration - elapsed)))
                 if not voice_on and time.monotonic() >= voice_from:
-                    # The replay has reached the present: from now on only voice, in real time
-                    # (more messages at the present hour would dwarf the replayed weeks).
+                    # The replay has reached the present: from now on only voice and member
+                    # churn, in real time (more messages at the present hour would dwarf the
+                    # replayed weeks).
                     await sim.stop_activity()
                     voice_on = True
                 if voice_on:
                     sim.step(max(1, int(opts.rate * 0.1)), family="voice")
+                    sim.step(max(1, int(opts.rate * 0.01)), family="member")
                 t, c = time.monotonic(), await self._captured()
                 rate = (c - prev_c) / max(1e-3, t - prev_t)
                 peak = max(peak, rate)

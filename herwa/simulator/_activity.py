@@ -228,8 +228,8 @@ class Activity:
         if fam == "voice":
             self._voice_random(guild, at_ms)
             return fam
-        if fam == "member":
-            self._member_random(guild, at_ms)
+        if fam in ("member", "join"):
+            self._member_random(guild, at_ms, joins_only=fam == "join")
             return fam
         if fam == "thread" and guild.text_channels():
             parent = rng.choice(guild.text_channels())
@@ -343,11 +343,11 @@ class Activity:
         else:
             self.voice_leave(guild.id, uid, at_ms=at_ms)
 
-    def _member_random(self, guild: Guild, at_ms: int) -> None:
+    def _member_random(self, guild: Guild, at_ms: int, *, joins_only: bool = False) -> None:
         rng = self.rng
         # Cohorts: joins and leaves come in small waves (an invite link shared, a raid, a purge).
         cohort = min(self.config.max_cohort, int(rng.paretovariate(1.5)))
-        if rng.random() < 0.6:
+        if joins_only or rng.random() < 0.6:
             for _ in range(cohort):
                 self.member_join(guild.id, at_ms=at_ms)
         else:

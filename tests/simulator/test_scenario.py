@@ -167,3 +167,11 @@ async def test_cli_prints_url_and_settings() -> None:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 10)
     assert proc.returncode == 0
+
+
+async def test_join_family_only_joins(make_sim: SimFactory) -> None:
+    sim = await make_sim(guilds=2, seed=11)
+    sim.step(200, family="join")
+    members = [g["members"] for g in sim.ledger.summary()["guilds"].values()]
+    assert sum(m["joins"] for m in members) >= 200
+    assert sum(m["leaves"] for m in members) == 0
