@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 import urllib.parse
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import pytest
 from prometheus_client import REGISTRY
 
 from herwa.bot.buffer import FlushBuffer
@@ -78,14 +80,27 @@ async def test_time_trigger_and_retried_batches_never_duplicate(migrated: Endpoi
         await pool.close()
 
 
-async def test_postgres_outage_keeps_rows_pushes_back_and_loses_nothing(
-    migrated: Endpoints,
-) -> None:
+@pytest.fixture
+async def proxied(migrated: Endpoints) -> AsyncIterator[tuple[TcpProxy, str]]:
+    """A TCP proxy in front of the test's Postgres (cut it to simulate an outage) and the DSN
+    that goes through it."""
     parts = urllib.parse.urlsplit(migrated.postgres_dsn)
     proxy = await TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432).start()
-    dsn = urllib.parse.urlunsplit(
-        parts._replace(netloc=parts.netloc.rsplit(":", 1)[0] + f":{proxy.port}")
-    )
+    try:
+        yield (
+            proxy,
+            urllib.parse.urlunsplit(
+                parts._replace(netloc=parts.netloc.rsplit(":", 1)[0] + f":{proxy.port}")
+            ),
+        )
+    finally:
+        await proxy.stop()
+
+
+async def test_postgres_outage_keeps_rows_pushes_back_and_loses_nothing(
+    migrated: Endpoints, proxied: tuple[TcpProxy, str]
+) -> None:
+    proxy, dsn = proxied
     pool = await asyncpg.create_pool(dsn, min_size=0, max_size=2, timeout=2.0)
     buf = FlushBuffer(pool, interval=0.1, max_rows=500, capacity=2_000, backoff_max=0.5)
     buf.start()
@@ -115,17 +130,12 @@ async def test_postgres_outage_keeps_rows_pushes_back_and_loses_nothing(
     finally:
         await buf.close(5.0)
         await pool.close()
-        await proxy.stop()
 
 
 async def test_rows_left_after_the_grace_period_are_counted_per_table(
-    migrated: Endpoints,
+    proxied: tuple[TcpProxy, str],
 ) -> None:
-    parts = urllib.parse.urlsplit(migrated.postgres_dsn)
-    proxy = await TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432).start()
-    dsn = urllib.parse.urlunsplit(
-        parts._replace(netloc=parts.netloc.rsplit(":", 1)[0] + f":{proxy.port}")
-    )
+    proxy, dsn = proxied
     pool = await asyncpg.create_pool(dsn, min_size=0, max_size=2, timeout=1.0)
     buf = FlushBuffer(pool, interval=0.05, max_rows=500, capacity=2_000, backoff_max=0.2)
     before = {t: _dropped(t) for t in ("message_events", "guild_events")}
@@ -142,7 +152,6 @@ async def test_rows_left_after_the_grace_period_are_counted_per_table(
         assert _dropped("guild_events") - before["guild_events"] == 1
     finally:
         await pool.close()
-        await proxy.stop()
 
 
 def _dropped(table: str) -> float:
