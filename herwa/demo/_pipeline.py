@@ -387,10 +387,7 @@ class Demo:
                     f"({rate:,.0f} events/s)  bot buffers {depth:,} rows"
                 )
             await sim.stop_activity()
-            # Close every open voice session so that the ledger's closed sessions are all.
-            for g in sim.world.guilds.values():
-                for uid in list(g.voice):
-                    sim.activity.voice_leave(g.id, uid, at_ms=sim.now_ms())
+            sim.end_voice_sessions()
             emitted = sum(sim.ledger.events_emitted.values()) - emitted0
             took = time.monotonic() - started
             captured = await self._captured() - captured0

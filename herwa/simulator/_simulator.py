@@ -334,6 +334,12 @@ class Simulator:
     def revoke_token(self) -> None:
         self.app.revoke(self.app.token)
 
+    def end_voice_sessions(self) -> None:
+        """Every member in voice leaves now, so the ledger's closed sessions are all of them."""
+        for guild in self.world.guilds.values():
+            for user_id in list(guild.voice):
+                self.activity.voice_leave(guild.id, user_id, at_ms=self.now_ms())
+
     async def invoke_command(
         self,
         guild_id: int,

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from herwa.simulator import Simulator
-from tests.bot.conftest import pg
+from tests.bot.conftest import pg, wait_for
 
 # Voice durations are the bot's receive times: each session boundary may be late by the
 # event's delivery + processing delay on loopback. Allowed: 50 ms per boundary plus 0.5 s.
@@ -115,3 +116,31 @@ async def compare_all(
 
 def summary(sim: Simulator) -> dict[str, Any]:
     return {k: v for k, v in sim.ledger.summary().items() if k != "guilds"}
+
+
+async def settle(
+    sim: Simulator,
+    dsn: str,
+    *,
+    content: bool,
+    timeout: float = 30,
+    voice_seconds: bool = True,
+    diagnose: Callable[[], Awaitable[str]] | None = None,
+) -> float:
+    """End every voice session, then wait until Postgres equals the ledger for every family;
+    returns the seconds it took. On time-out the differences (and ``diagnose()``) are raised."""
+    sim.end_voice_sessions()
+    problems: list[str] = []
+
+    async def equal() -> bool:
+        nonlocal problems
+        problems = await compare_all(sim, dsn, content=content, voice_seconds=voice_seconds)
+        return not problems
+
+    try:
+        return await wait_for(equal, timeout, "Postgres to equal the ledger", interval=0.25)
+    except AssertionError:
+        detail = "\n".join(problems)
+        if diagnose is not None:
+            detail += "\n" + await diagnose()
+        raise AssertionError(detail) from None

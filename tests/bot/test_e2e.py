@@ -4,13 +4,12 @@ event family Postgres ends up equal to the simulator's ledger."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
 from herwa.simulator import Simulator
 from tests.bot.conftest import Fleet, pg, split_names, wait_for
-from tests.bot.expect import compare_all
+from tests.bot.expect import settle
 
 pytestmark = pytest.mark.slow
 
@@ -50,25 +49,9 @@ async def test_two_bots_capture_every_family_exactly(fleet: Fleet, sim: Simulato
     assert {r["guild_id"]: r["member_count"] for r in rows} == initial
 
     await emit(sim, 3000, seconds=3.0)
-    # Close every open voice session so the ledger's closed seconds are the whole story.
-    for g in sim.world.guilds.values():
-        for uid in list(g.voice):
-            sim.activity.voice_leave(g.id, uid, at_ms=sim.now_ms())
-
-    problems: list[str] = []
-
-    async def equal() -> bool:
-        nonlocal problems
-        problems = await compare_all(sim, dsn, content=True)
-        return not problems
-
-    started = time.monotonic()
-    try:
-        await wait_for(equal, 20, "Postgres to equal the ledger", interval=0.25)
-    except AssertionError:
-        raise AssertionError("\n".join(problems)) from None
+    matched = await settle(sim, dsn, content=True, timeout=20)
     print(
-        f"connected in {took:.1f}s; ledger matched {time.monotonic() - started:.1f}s "
+        f"connected in {took:.1f}s; ledger matched {matched:.1f}s "
         f"after traffic; {sim.ledger.summary()['events_emitted']}"
     )
     for bot in fleet.bots.values():

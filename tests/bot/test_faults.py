@@ -19,7 +19,7 @@ from herwa.devstack import DevStack, Endpoints
 from herwa.schema import migrate
 from herwa.simulator import GatewayConfig, Simulator, SimulatorConfig
 from tests.bot.conftest import Fleet, pg, split_names, wait_for
-from tests.bot.expect import actual_messages, compare_all, expected_messages
+from tests.bot.expect import actual_messages, expected_messages, settle
 
 pytestmark = pytest.mark.slow
 
@@ -47,25 +47,6 @@ async def _missing_report(sim: Simulator, dsn: str) -> str:
         if not m.is_bot and m.id not in ids:
             out.append(f"{m.id} ms={m.created_ms % 100000} {deliv.get(m.id)}")
     return "\n".join(out[:40])
-
-
-async def _settle(
-    sim: Simulator, dsn: str, *, content: bool, timeout: float = 30, voice_seconds: bool = True
-) -> None:
-    for g in sim.world.guilds.values():
-        for uid in list(g.voice):
-            sim.activity.voice_leave(g.id, uid, at_ms=sim.now_ms())
-    problems: list[str] = []
-
-    async def equal() -> bool:
-        nonlocal problems
-        problems = await compare_all(sim, dsn, content=content, voice_seconds=voice_seconds)
-        return not problems
-
-    try:
-        await wait_for(equal, timeout, "Postgres to equal the ledger", interval=0.25)
-    except AssertionError:
-        raise AssertionError("\n".join(problems) + "\n" + await _missing_report(sim, dsn)) from None
 
 
 @pytest.fixture
@@ -201,7 +182,14 @@ async def test_postgres_down_for_ten_seconds_loses_and_duplicates_nothing(
         await sim.stop_activity()
         # Back-pressure held the gateway unread during the outage: voice boundaries are the
         # receive times, so durations are skewed by the pause; counts must still be exact.
-        await _settle(sim, ep.postgres_dsn, content=False, timeout=60, voice_seconds=False)
+        await settle(
+            sim,
+            ep.postgres_dsn,
+            content=False,
+            timeout=60,
+            voice_seconds=False,
+            diagnose=lambda: _missing_report(sim, ep.postgres_dsn),
+        )
         for n, b in fleet.bots.items():
             text = await b.metrics()
             assert 'herwa_bot_rows_dropped_total{table="message_events"} 0.0' in text

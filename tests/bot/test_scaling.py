@@ -16,7 +16,7 @@ import pytest
 
 from herwa.simulator import Simulator
 from tests.bot.conftest import SHARDS, Fleet, wait_for
-from tests.bot.expect import compare_all
+from tests.bot.expect import settle
 
 pytestmark = pytest.mark.slow
 
@@ -83,21 +83,7 @@ async def test_grow_to_three_and_shrink_to_two_under_traffic(fleet: Fleet, sim: 
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
-    for g in sim.world.guilds.values():
-        for uid in list(g.voice):
-            sim.activity.voice_leave(g.id, uid, at_ms=sim.now_ms())
-
-    problems: list[str] = []
-
-    async def equal() -> bool:
-        nonlocal problems
-        problems = await compare_all(sim, dsn, content=False)
-        return not problems
-
-    try:
-        await wait_for(equal, 30, "Postgres to equal the ledger", interval=0.25)
-    except AssertionError:
-        raise AssertionError("\n".join(problems)) from None
+    await settle(sim, dsn, content=False, timeout=30)
     print(
         f"samples={watch.samples} longest shard gap={watch.longest_gap:.2f}s "
         f"emitted={sum(sim.ledger.events_emitted.values())} "
