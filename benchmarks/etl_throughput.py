@@ -30,6 +30,8 @@ from herwa.etl.runner import RunOptions, run_once
 from herwa.schema import migrate
 from herwa.stores import clickhouse_url_client
 
+_STAGING_TRANSACTION = 5_000  # the bot's flush limit
+
 
 def _with_db(url: str, name: str) -> str:
     return urllib.parse.urlunsplit(urllib.parse.urlsplit(url)._replace(path=f"/{name}"))
@@ -46,18 +48,22 @@ async def _stage(base_pg: str, base_ch: str, rows: int, guilds: int) -> tuple[st
     await migrate(pg_dsn, ch_url)
     pg = await asyncpg.connect(pg_dsn)
     try:
-        # Snowflake-like: ids and created_at rise together, ~30 days of traffic.
-        await pg.execute(
-            f"""
-            INSERT INTO message_events (message_id, guild_id, channel_id, thread_id, author_id,
-                                        created_at, kind, is_bot)
-            SELECT 1000000000000 + g, 1 + g % {guilds}, 100 + g % 37,
-                   CASE WHEN g % 10 = 0 THEN 5000 + g % 7 END, 10000 + (g::bigint * 7919) % 5000,
-                   timestamptz '2024-01-01 00:00Z' + g * (interval '30 days' / {rows}),
-                   (ARRAY['text','attachment','embed','reply'])[1 + g % 4], g % 50 = 0
-            FROM generate_series(1, {rows}) g
-            """
-        )
+        # Snowflake-like: ids and created_at rise together, ~30 days of traffic. Staged like the
+        # bot stages, in transactions of at most 5,000 rows (a claim takes whole transactions).
+        for lo in range(0, rows, _STAGING_TRANSACTION):
+            hi = min(rows, lo + _STAGING_TRANSACTION)
+            await pg.execute(
+                f"""
+                INSERT INTO message_events (message_id, guild_id, channel_id, thread_id,
+                                            author_id, created_at, kind, is_bot)
+                SELECT 1000000000000 + g, 1 + g % {guilds}, 100 + g % 37,
+                       CASE WHEN g % 10 = 0 THEN 5000 + g % 7 END,
+                       10000 + (g::bigint * 7919) % 5000,
+                       timestamptz '2024-01-01 00:00Z' + g * (interval '30 days' / {rows}),
+                       (ARRAY['text','attachment','embed','reply'])[1 + g % 4], g % 50 = 0
+                FROM generate_series({lo + 1}, {hi}) g
+                """
+            )
         await pg.execute("VACUUM ANALYZE message_events")
         # Every variant starts from the same WAL state (full-page images after a checkpoint).
         await pg.execute("CHECKPOINT")

@@ -2,8 +2,9 @@
 ``member_count_snapshots``, taken by the pod that owns the guild's shard at the first check at
 or after the guild's ``snapshot_hour_utc`` (the ``guilds`` table, else the pod setting) and
 upserted — a later snapshot the same day (another pod after a handover) replaces the count and
-sets ``ch_ingested_at`` back to NULL so the ETL loads it again. A Redis marker per guild and
-day keeps it to one snapshot a day in the normal case.
+sets ``ch_ingested_at`` back to NULL so the ETL loads it again, with a new ``staged_xid`` (the
+ETL claims above a low-water mark of those: postgres migration 0006). A Redis marker per guild
+and day keeps it to one snapshot a day in the normal case.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ log = logging.getLogger(__name__)
 UPSERT = (
     "INSERT INTO member_count_snapshots (guild_id, day, member_count, taken_at) "
     "VALUES ($1, $2, $3, $4) ON CONFLICT (guild_id, day) DO UPDATE SET "
-    "member_count = EXCLUDED.member_count, taken_at = EXCLUDED.taken_at, ch_ingested_at = NULL"
+    "member_count = EXCLUDED.member_count, taken_at = EXCLUDED.taken_at, ch_ingested_at = NULL, "
+    "staged_xid = EXCLUDED.staged_xid"
 )
 
 

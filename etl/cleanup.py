@@ -8,6 +8,7 @@ from datetime import datetime
 
 import asyncpg
 
+from herwa.etl import low_water
 from herwa.etl.families import FAMILIES, Family
 
 _CHUNK = 50_000
@@ -16,10 +17,12 @@ _CHUNK = 50_000
 async def cleanup_family(pg: asyncpg.Connection, family: Family, older_than: datetime) -> int:
     """Delete ingested rows of one family; an un-ingested row (NULL) never matches ``<``.
 
-    Found through the `<table>_ingested_brin` index or a sequential scan (postgres migration
-    0005 dropped the per-row btree on ch_ingested_at to make the mark cheaper): cleanup runs once
-    per run over a table bounded by the retention, so it takes the slower path.
+    Candidates come from the staged_xid index: rows below the low-water mark that was current
+    at the cutoff were all ingested by then (etl/low_water.py). The ch_ingested_at test decides.
     """
+    bound = await low_water.mark_at(pg, family, older_than)
+    if bound is None:
+        return 0
     deleted = 0
     while True:
         # Chunked so no single transaction holds millions of row locks or bloats WAL at once.
@@ -27,7 +30,8 @@ async def cleanup_family(pg: asyncpg.Connection, family: Family, older_than: dat
             f"""
             DELETE FROM {family.staging_table} WHERE ctid = ANY(ARRAY(
                 SELECT ctid FROM {family.staging_table}
-                WHERE ch_ingested_at IS NOT NULL AND ch_ingested_at < $1
+                WHERE staged_xid < '{bound}'::xid8
+                  AND ch_ingested_at IS NOT NULL AND ch_ingested_at < $1
                 LIMIT {_CHUNK}))
             """,
             older_than,
@@ -35,7 +39,9 @@ async def cleanup_family(pg: asyncpg.Connection, family: Family, older_than: dat
         count = int(status.rsplit(" ", 1)[1])
         deleted += count
         if count < _CHUNK:
-            return deleted
+            break
+    await low_water.forget_before(pg, family, bound)
+    return deleted
 
 
 async def cleanup(pg: asyncpg.Connection, older_than: datetime) -> dict[str, int]:

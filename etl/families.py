@@ -13,7 +13,8 @@ from dataclasses import dataclass
 def _ms(column: str) -> str:
     # Staging capture time in ms is the row's ClickHouse version: stable across retries (so a
     # re-sent batch has identical bytes and a matching dedup token) and newer for a re-capture.
-    return f"floor(extract(epoch FROM {column}) * 1000)::bigint"
+    # date_part is float8 arithmetic (extract() is numeric: ~0.4 s more per 1 M rows).
+    return f"floor(date_part('epoch', {column}) * 1000)::bigint"
 
 
 @dataclass(frozen=True)
@@ -21,10 +22,6 @@ class Family:
     name: str  # metric label and run-log key
     staging_table: str  # Postgres
     target_table: str  # ClickHouse
-    key: tuple[str, ...]  # staging primary key: the claimed batch is ordered by it
-    # The columns of the table's `<table>_pending` partial index (WHERE ch_ingested_at IS NULL):
-    # a claim takes the first n pending rows in this order, straight off that index.
-    pending_order: tuple[str, ...]
     columns: tuple[tuple[str, str], ...]  # (ClickHouse column, Postgres expression)
     lag_column: str = "captured_at"  # ingestion lag = now() - min(this) over pending rows
     user_column: str | None = None  # rows of opted-out (guild_id, user) are never loaded
@@ -40,8 +37,6 @@ FAMILIES: tuple[Family, ...] = (
         name="message_events",
         staging_table="message_events",
         target_table="messages",
-        key=("message_id",),
-        pending_order=("message_id",),
         columns=(
             ("message_id", "message_id"),
             ("guild_id", "guild_id"),
@@ -61,8 +56,6 @@ FAMILIES: tuple[Family, ...] = (
         name="message_edits",
         staging_table="message_edits",
         target_table="message_edits",
-        key=("message_id", "edited_at"),
-        pending_order=("message_id",),
         columns=(
             ("message_id", "message_id"),
             ("guild_id", "guild_id"),
@@ -75,8 +68,6 @@ FAMILIES: tuple[Family, ...] = (
         name="message_deletions",
         staging_table="message_deletions",
         target_table="message_deletions",
-        key=("message_id",),
-        pending_order=("message_id",),
         columns=(
             ("message_id", "message_id"),
             ("guild_id", "guild_id"),
@@ -90,8 +81,6 @@ FAMILIES: tuple[Family, ...] = (
         name="voice_sessions",
         staging_table="voice_sessions",
         target_table="voice_sessions",
-        key=("session_id",),
-        pending_order=("session_id",),
         columns=(
             ("session_id", "session_id"),
             ("guild_id", "guild_id"),
@@ -112,8 +101,6 @@ FAMILIES: tuple[Family, ...] = (
         name="member_events",
         staging_table="member_events",
         target_table="member_events",
-        key=("guild_id", "user_id", "event", "at"),
-        pending_order=("guild_id", "user_id"),
         columns=(
             ("guild_id", "guild_id"),
             ("user_id", "user_id"),
@@ -129,8 +116,6 @@ FAMILIES: tuple[Family, ...] = (
         name="guild_events",
         staging_table="guild_events",
         target_table="guild_events",
-        key=("guild_id", "event", "at"),
-        pending_order=("guild_id",),
         columns=(
             ("guild_id", "guild_id"),
             ("event", "event"),
@@ -143,8 +128,6 @@ FAMILIES: tuple[Family, ...] = (
         name="member_count_snapshots",
         staging_table="member_count_snapshots",
         target_table="member_count_snapshots",
-        key=("guild_id", "day"),
-        pending_order=("guild_id", "day"),
         columns=(
             ("guild_id", "guild_id"),
             ("day", "day"),
@@ -157,8 +140,6 @@ FAMILIES: tuple[Family, ...] = (
         name="command_usage",
         staging_table="command_usage",
         target_table="command_usage",
-        key=("drain_id", "guild_id", "command", "hour", "outcome"),
-        pending_order=("guild_id",),
         columns=(
             ("drain_id", "drain_id"),
             ("guild_id", "guild_id"),

@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, push_to_gateway
 
+from herwa.etl.families import Family
+from herwa.etl.low_water import low_water
+
 log = logging.getLogger(__name__)
 
 JOB = "herwa_etl"
@@ -135,9 +138,11 @@ async def finish_run(
     )
 
 
-async def ingestion_lag(pg: asyncpg.Connection, table: str, column: str) -> float:
+async def ingestion_lag(pg: asyncpg.Connection, family: Family) -> float:
+    # Pending rows all lie above the low-water mark: the staged_xid index finds them.
     lag = await pg.fetchval(
-        f"SELECT coalesce(extract(epoch FROM now() - min({column})), 0)::float8 "
-        f"FROM {table} WHERE ch_ingested_at IS NULL"
+        f"SELECT coalesce(extract(epoch FROM now() - min({family.lag_column})), 0)::float8 "
+        f"FROM {family.staging_table} WHERE staged_xid >= '{await low_water(pg, family)}'::xid8"
+        " AND ch_ingested_at IS NULL"
     )
     return max(0.0, float(lag))

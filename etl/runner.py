@@ -16,7 +16,15 @@ from redis.asyncio import Redis
 from herwa import usage
 from herwa.etl import cleanup, lock, metrics, privacy, rollups
 from herwa.etl.families import BY_NAME, FAMILIES
-from herwa.etl.sync import BatchResult, Claimed, FaultHook, claim, prepare_session, purge_opted_out
+from herwa.etl.low_water import load_cursors
+from herwa.etl.sync import (
+    BatchResult,
+    Claimed,
+    FaultHook,
+    claim,
+    prepare_session,
+    purge_opted_out,
+)
 from herwa.stores import clickhouse_url_client, postgres_connection
 
 if TYPE_CHECKING:
@@ -101,16 +109,16 @@ async def _sync_families(
     turn = 0
     outcome = "caught_up"
     try:
-        pending = list(FAMILIES)
+        pending = list((await load_cursors(pg)).values())
         while pending:
             if time.monotonic() >= deadline:
                 outcome = "deadline"
                 break
-            for family in list(pending):
-                claimed = await claim(conns[turn], family, options.batch_rows, fault=fault)
+            for cursor in list(pending):
+                claimed = await claim(conns[turn], cursor, options.batch_rows, fault=fault)
                 turn = (turn + 1) % len(conns)
-                if claimed.rows < options.batch_rows:
-                    pending.remove(family)
+                if cursor.caught_up:
+                    pending.remove(cursor)
                 if inflight is not None:
                     task, inflight = inflight, None
                     record(await task)
@@ -179,9 +187,7 @@ async def _locked_run(
         for table, count in stats.rows_cleaned.items():
             prom.cleaned.labels(table).inc(count)
         for family in FAMILIES:
-            stats.lag_seconds[family.name] = await metrics.ingestion_lag(
-                pg, family.staging_table, family.lag_column
-            )
+            stats.lag_seconds[family.name] = await metrics.ingestion_lag(pg, family)
     except Exception as exc:
         outcome, error = "failed", f"{type(exc).__name__}: {exc}"
         log.exception("etl run failed")

@@ -1,28 +1,41 @@
 """One claim → load → mark batch for one event family, exactly once in effect.
 
-Per batch, inside one Postgres transaction:
+Rows are claimed in ``staged_xid`` order (the id of the transaction that staged them, postgres
+migration 0006) from the family's :class:`Cursor`. Per batch, inside one Postgres transaction:
 
-1. ``COPY (WITH claimed AS (UPDATE … SET ch_ingested_at = now() WHERE ctid = ANY(ARRAY(SELECT
-   ctid … WHERE ch_ingested_at IS NULL ORDER BY <pending index> LIMIT n FOR UPDATE SKIP
-   LOCKED))) RETURNING …) SELECT … ORDER BY key) TO STDOUT CSV``: the claim and the mark are one
-   statement; Postgres renders the rows as CSV in ClickHouse column order, so no row passes
-   through Python objects. The batch's (guild, hour) buckets go to a per-session temp table.
-2. The CSV goes to ClickHouse as one insert with an ``insert_deduplication_token`` derived from
+1. Bound the batch: from the cursor up to the (n+1)-th row's staged_xid, never past the xmin of
+   a snapshot taken now (every transaction below it has ended, so no row below the bound can
+   still appear: the hole of watermarks on serial ids does not open). A batch is always whole
+   staging transactions; one larger than n rows becomes one larger batch.
+2. ``COPY (WITH claimed AS (UPDATE … SET ch_ingested_at = now() WHERE staged_xid in the bound
+   AND ch_ingested_at IS NULL RETURNING *) SELECT … FROM claimed) TO STDOUT CSV``: the claim and
+   the mark are one statement; Postgres renders the rows as CSV in ClickHouse column order, so
+   no row passes through Python objects. No index mentions ch_ingested_at, so the mark is a HOT
+   update. The batch's (guild, hour) buckets go to a per-session temp table.
+3. The CSV goes to ClickHouse as one insert with an ``insert_deduplication_token`` derived from
    its bytes (the fast path: an identical retry is dropped by the server).
-3. The buckets are queued in ``etl_dirty_buckets`` (same transaction).
-4. COMMIT makes the mark and the queue durable. Rollups of queued buckets are recomputed after
-   the sync loop (rollups.flush) and dequeued only once recomputed.
+4. The buckets are queued in ``etl_dirty_buckets`` and the cursor's new position is recorded in
+   ``etl_low_water`` (same transaction).
+5. COMMIT makes the mark, the queue and the low-water mark durable. Rollups of queued buckets
+   are recomputed after the sync loop (rollups.flush) and dequeued only once recomputed.
 
-A crash before 4 rolls the mark back: the next run claims the rows again and loads them again.
+A crash before 5 rolls the mark back: the next run claims the rows again and loads them again.
 That is harmless because every ClickHouse table is a ReplacingMergeTree keyed by the natural id
 and every query reads FINAL, and the rollups are recomputed rather than incremented.
 
 Pipelining (runner.py): batch N+1 is claimed on a second connection while batch N is being
-inserted into ClickHouse. Step 1 of N+1 only ever overlaps steps 2-4 of N; steps 2-4 run one
-batch at a time and in claim order, so every batch still commits after its own insert, and the
-crash analysis above holds per batch. The two claims are disjoint because of SKIP LOCKED (N's
-rows are locked by N's uncommitted UPDATE until N commits), and step 3 waits for step 4 of the
-previous batch so the two transactions never wait on each other's dirty-bucket keys.
+inserted into ClickHouse. Step 2 of N+1 only ever overlaps steps 3-5 of N; steps 3-5 run one
+batch at a time and in claim order, so every batch still commits after its own insert, the
+low-water mark only moves forward, and the crash analysis above holds per batch. The two claims
+are disjoint because their staged_xid bounds are (the cursor moves at claim time).
+
+Why no FOR UPDATE SKIP LOCKED: the run lock admits one ETL run at a time and the bounds keep
+pipelined batches apart, so the lock would only add a second write to every row (measured on
+1 M rows: +0.8 s for the row locks and +0.75 s for re-finding locked rows by ctid, on ~5 s).
+The one other writer of pending rows is the member-count upsert: a plain UPDATE waits for it
+and then re-checks its WHERE on the newest row version (READ COMMITTED), so a row that the
+upsert moved to a new staged_xid is left for a later batch, and one whose upsert rolled back is
+claimed — where SKIP LOCKED would have stepped over it and the cursor left it behind.
 """
 
 # ruff: noqa: S608 - identifiers in SQL come from this package's static registries; values are bound.
@@ -42,6 +55,7 @@ from asyncpg.transaction import Transaction
 
 from herwa.etl import rollups
 from herwa.etl.families import Family
+from herwa.etl.low_water import Cursor, low_water, record_low_water
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.asyncclient import AsyncClient
@@ -59,9 +73,30 @@ class BatchResult:
     deduplicated: bool  # ClickHouse recognised the batch token and stored nothing new
 
 
-def claim_sql(family: Family, batch_rows: int) -> str:
-    key = ", ".join(family.key)
-    order = ", ".join(family.pending_order)
+async def _bound(pg: asyncpg.Connection, cursor: Cursor, batch_rows: int) -> tuple[int, bool]:
+    """Step 1: the exclusive staged_xid bound of the next batch, and whether it is the last."""
+    table = cursor.family.staging_table
+    (row,) = await pg.fetch(
+        f"""
+        WITH snap AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin),
+        ahead AS (
+            SELECT s.staged_xid FROM {table} s, snap
+            WHERE s.staged_xid >= '{int(cursor.next_xid)}'::xid8 AND s.staged_xid < snap.xmin
+            ORDER BY s.staged_xid LIMIT {int(batch_rows) + 1}
+        )
+        SELECT (SELECT xmin FROM snap)::text::bigint AS xmin, count(*) AS ahead,
+               min(staged_xid)::text::bigint AS first, max(staged_xid)::text::bigint AS last
+        FROM ahead
+        """
+    )
+    if row["ahead"] <= batch_rows:
+        return max(int(row["xmin"]), cursor.next_xid), True
+    first, last = int(row["first"]), int(row["last"])
+    # The (n+1)-th row's transaction starts the next batch, unless it is the first one too.
+    return (last if last > first else last + 1), False
+
+
+def claim_sql(family: Family, lower: int, upper: int) -> str:
     select = ", ".join(f"{expr} AS {name}" for name, expr in family.columns)
     opted_out = ""
     if family.user_column is not None:
@@ -81,31 +116,16 @@ def claim_sql(family: Family, batch_rows: int) -> str:
             INSERT INTO pg_temp.etl_batch_buckets (guild_id, hour)
             SELECT DISTINCT guild_id, date_trunc('hour', created_at) FROM claimed
         )"""
-    # Why FOR UPDATE SKIP LOCKED although the run lock admits one ETL run at a time (measured:
-    # dropping it saves nothing within noise on 1 M rows, see benchmarks/etl_throughput.py):
-    # - the pipelined run claims batch N+1 while batch N is still uncommitted; SKIP LOCKED is
-    #   what keeps the two claims disjoint instead of making N+1 wait for N;
-    # - the bot's member_count_snapshots upsert (… SET ch_ingested_at = NULL) may update a row
-    #   between our snapshot and our UPDATE. With the row lock taken in the subquery, READ
-    #   COMMITTED re-checks the newest row version (still NULL → claimed, and its newest
-    #   values are the ones exported; marked by the UPDATE of that very version, whose ctid the
-    #   lock returned). An upsert arriving after the claim waits for our commit and then sets
-    #   NULL again, so the newer count is loaded by the next batch. A plain UPDATE … WHERE
-    #   ctid = ANY(<unlocked ctids>) would silently skip a concurrently upserted row instead.
-    # ctid: the claimed rows are found again by physical address, whatever the key's shape;
-    # the row lock pins that address until the UPDATE in the same statement.
-    # ORDER BY the pending index's columns: the claim reads the first n entries of the small
-    # `_pending` partial index (no sort of the backlog), and a re-claim after a crash takes the
-    # same rows, so the re-sent batch has the same bytes and dedup token.
+    # A re-claim after a crash has the same bounds, so it finds the same rows in the same order
+    # and sends the same bytes: ClickHouse recognises the dedup token.
     return f"""
         WITH claimed AS (
             UPDATE {table} SET ch_ingested_at = now()
-            WHERE ctid = ANY(ARRAY(
-                SELECT ctid FROM {table} WHERE ch_ingested_at IS NULL ORDER BY {order}
-                LIMIT {int(batch_rows)} FOR UPDATE SKIP LOCKED))
+            WHERE staged_xid >= '{int(lower)}'::xid8 AND staged_xid < '{int(upper)}'::xid8
+              AND ch_ingested_at IS NULL
             RETURNING *
         ){dirty}
-        SELECT {select} FROM claimed c {opted_out} ORDER BY {key}
+        SELECT {select} FROM claimed c {opted_out}
     """
 
 
@@ -115,8 +135,7 @@ async def prepare_session(pg: asyncpg.Connection) -> None:
     # Safe here: a mark lost in a server crash only makes the next run load the rows again,
     # which is idempotent; it saves a WAL flush per batch.
     await pg.execute("SET synchronous_commit = off")
-    # A 100k-row claim materialises its CTE and sorts it: with the 4 MB default both spill to
-    # disk, and the 10-row estimate for the ctid array picks a nested-loop opt-out probe.
+    # A 100k-row claim materialises its CTE: with the 4 MB default it spills to disk.
     await pg.execute("SET work_mem = '64MB'")
     # The batch's rollup buckets until queue_dirty moves them into etl_dirty_buckets.
     await pg.execute(
@@ -140,8 +159,8 @@ async def purge_opted_out(pg: asyncpg.Connection, family: Family) -> int:
     status = await pg.execute(
         f"""
         DELETE FROM {family.staging_table} t USING opt_outs o
-        WHERE t.ch_ingested_at IS NULL AND o.guild_id = t.guild_id
-          AND o.user_id = t.{family.user_column}
+        WHERE t.staged_xid >= '{await low_water(pg, family)}'::xid8 AND t.ch_ingested_at IS NULL
+          AND o.guild_id = t.guild_id AND o.user_id = t.{family.user_column}
         """
     )
     return int(status.rsplit(" ", 1)[1])
@@ -157,9 +176,10 @@ class Claimed:
     rows: int
     data: bytes
     started: float
+    next_xid: int  # the family's low-water mark once this batch has committed
 
     async def load_and_commit(self, ch: AsyncClient, fault: FaultHook | None = None) -> BatchResult:
-        """Steps 2-4; rolls the transaction back (un-claims the rows) if any of them fails."""
+        """Steps 3-5; rolls the transaction back (un-claims the rows) if any of them fails."""
         family = self.family
         try:
             deduplicated = False
@@ -183,6 +203,7 @@ class Claimed:
                         ch, family.rollup, self.data
                     )
                     await rollups.mark_dirty(self.pg, buckets)
+            await record_low_water(self.pg, family, self.next_xid)
             if fault:
                 await fault("before_commit", family)
             await self.tx.commit()
@@ -200,21 +221,29 @@ class Claimed:
 
 async def claim(
     pg: asyncpg.Connection,
-    family: Family,
+    cursor: Cursor,
     batch_rows: int,
     *,
     fault: FaultHook | None = None,
 ) -> Claimed:
-    """Step 1 in a new transaction on ``pg``, left open for :meth:`Claimed.load_and_commit`."""
+    """Steps 1-2 in a new transaction on ``pg``, left open for :meth:`Claimed.load_and_commit`.
+
+    Moves the cursor past the batch at once, so the next claim may start before this one
+    commits.
+    """
     started = time.perf_counter()
+    family = cursor.family
     tx = pg.transaction()
     await tx.start()
     try:
+        upper, cursor.caught_up = await _bound(pg, cursor, batch_rows)
         buffer = io.BytesIO()
         status = await pg.copy_from_query(
-            claim_sql(family, batch_rows), output=buffer, format="csv", null="\\N"
+            claim_sql(family, cursor.next_xid, upper), output=buffer, format="csv", null="\\N"
         )
-        claimed = Claimed(pg, tx, family, int(status.rsplit(" ", 1)[1]), buffer.getvalue(), started)
+        rows = int(status.rsplit(" ", 1)[1])
+        claimed = Claimed(pg, tx, family, rows, buffer.getvalue(), started, upper)
+        cursor.next_xid = upper
         if fault:
             await fault("claimed", family)
     except BaseException:
@@ -228,11 +257,11 @@ async def claim(
 async def sync_batch(
     pg: asyncpg.Connection,
     ch: AsyncClient,
-    family: Family,
+    cursor: Cursor,
     batch_rows: int,
     *,
     fault: FaultHook | None = None,
 ) -> BatchResult:
     """One batch, unpipelined: claim, load, commit."""
-    claimed = await claim(pg, family, batch_rows, fault=fault)
+    claimed = await claim(pg, cursor, batch_rows, fault=fault)
     return await claimed.load_and_commit(ch, fault)

@@ -16,6 +16,7 @@ import pytest
 
 from herwa import analytics
 from herwa.analytics import Cohort, Entry, GrowthPoint
+from herwa.bot.snapshots import UPSERT as SNAPSHOT_UPSERT
 from herwa.devstack import Endpoints
 from herwa.etl.runner import RunOptions, run_once
 from herwa.stores import clickhouse_url_client
@@ -91,11 +92,7 @@ async def ro(migrated: Endpoints) -> AsyncIterator[AsyncClient]:
         options = RunOptions(batch_rows=1000)
         await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, options)
         # The daily snapshot is re-taken: the upsert re-queues it and the newer count wins.
-        await pg.execute(
-            "UPDATE member_count_snapshots SET member_count = 42, taken_at = $1,"
-            " ch_ingested_at = NULL",
-            Z("2024-03-04 06:00"),
-        )
+        await pg.execute(SNAPSHOT_UPSERT, 1, date(2024, 3, 4), 42, Z("2024-03-04 06:00"))
         await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, options)
     finally:
         await pg.close()

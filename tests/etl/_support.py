@@ -23,13 +23,20 @@ async def stage_messages(
     author_of: int = 5,
     start: datetime = T0,
     step: timedelta = timedelta(minutes=7),
+    per_transaction: int = 50,
 ) -> None:
-    """Message i: channel 10 + i % 3, author 100 + i % author_of, at start + i * step."""
-    await pg.executemany(
-        "INSERT INTO message_events (message_id, guild_id, channel_id, author_id, created_at,"
-        " kind, is_bot) VALUES ($1, $2, $3, $4, $5, 'text', false)",
-        [(i, guild_id, 10 + i % 3, 100 + i % author_of, start + i * step) for i in ids],
-    )
+    """Message i: channel 10 + i % 3, author 100 + i % author_of, at start + i * step.
+
+    Staged like the bot does, in transactions of ``per_transaction`` rows: a claim takes whole
+    staging transactions, so this decides how the rows can be split into batches.
+    """
+    rows = [(i, guild_id, 10 + i % 3, 100 + i % author_of, start + i * step) for i in ids]
+    for at in range(0, len(rows), per_transaction):
+        await pg.executemany(  # one transaction per call
+            "INSERT INTO message_events (message_id, guild_id, channel_id, author_id, created_at,"
+            " kind, is_bot) VALUES ($1, $2, $3, $4, $5, 'text', false)",
+            rows[at : at + per_transaction],
+        )
 
 
 async def stage_other_families(pg: asyncpg.Connection, guild_id: int = 1) -> None:

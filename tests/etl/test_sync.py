@@ -17,10 +17,9 @@ import pytest
 
 from herwa.devstack import Endpoints
 from herwa.etl import lock
-from herwa.etl.families import BY_NAME, FAMILIES, Family
-from herwa.etl.runner import RunOptions, run_once
-from herwa.etl.sync import FAULT_POINTS, prepare_session, sync_batch
-from herwa.stores import clickhouse_url_client
+from herwa.etl.families import FAMILIES, Family
+from herwa.etl.runner import RunOptions, RunResult, run_once
+from herwa.etl.sync import FAULT_POINTS
 from tests.etl._support import (
     T0,
     actual_hourly,
@@ -207,42 +206,73 @@ async def test_a_second_run_exits_at_once_while_one_holds_the_lock(
     await _assert_exact(migrated, pg)
 
 
-async def test_skip_locked_lets_parallel_claims_take_disjoint_rows(
+async def test_a_staging_transaction_that_commits_late_is_not_skipped(
     migrated: Endpoints, pg: asyncpg.Connection
 ) -> None:
-    # member_events: its claim queues no rollup buckets, whose unique keys would (rightly)
-    # serialise two claimers and deadlock against the barrier below.
-    await pg.execute(
-        "INSERT INTO member_events (guild_id, user_id, event, at, account_created_at)"
-        " SELECT 1, g, 'join', $1, $1 FROM generate_series(1, 300) g",
-        T0,
-    )
-    family = BY_NAME["member_events"]
-    conns = [await asyncpg.connect(migrated.postgres_dsn) for _ in range(2)]
-    clients = [await clickhouse_url_client(migrated.clickhouse_url) for _ in range(2)]
+    # The hole of watermarks on serial ids: a transaction that began first (lower id) commits
+    # after later ones were loaded. Here it holds message 1 open across a whole run.
+    late = await asyncpg.connect(migrated.postgres_dsn)
     try:
-        for conn in conns:
-            await prepare_session(conn)
-        both_claimed = asyncio.Barrier(2)
-
-        async def wait_for_other(at: str, fam: Family) -> None:
-            if at == "claimed":
-                await both_claimed.wait()
-
-        results = await asyncio.gather(
-            *(
-                sync_batch(conn, client, family, 100, fault=wait_for_other)
-                for conn, client in zip(conns, clients, strict=True)
-            )
-        )
+        tx = late.transaction()
+        await tx.start()
+        await stage_messages(late, range(1, 2))
+        await stage_messages(pg, range(2, 301))
+        first = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS)
+        assert first.outcome == "caught_up", first.error
+        # Nothing at or above the open transaction's id is claimed while it is open, so the
+        # rows staged after it wait too, and the lag says so.
+        assert first.stats.rows_moved["message_events"] == 0
+        assert first.stats.lag_seconds["message_events"] > 0
+        await tx.commit()
     finally:
-        for conn in conns:
-            await conn.close()
-        for client in clients:
-            await client.close()
-    assert [r.rows for r in results] == [100, 100]
-    assert await ch_value(migrated, "SELECT count() FROM member_events") == 200
-    assert await ch_value(migrated, "SELECT uniqExact(user_id) FROM member_events") == 200
+        await late.close()
+    second = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS)
+    assert second.stats.rows_moved["message_events"] == 300
+    await _assert_exact(migrated, pg)
+
+
+async def test_rows_staged_after_a_run_began_are_left_for_the_next_run(
+    migrated: Endpoints, pg: asyncpg.Connection
+) -> None:
+    await stage_messages(pg, range(1, 201))
+    staged_during_run = False
+
+    async def stage_more(at: str, family: Family) -> None:
+        nonlocal staged_during_run
+        if at == "claimed" and family.name == "message_events" and not staged_during_run:
+            staged_during_run = True
+            await stage_messages(pg, range(201, 251))
+
+    first = await run_once(
+        migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS, fault=stage_more
+    )
+    assert first.outcome == "caught_up", first.error
+    loaded = first.stats.rows_moved["message_events"]
+    assert 200 <= loaded <= 250
+    second = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS)
+    assert loaded + second.stats.rows_moved["message_events"] == 250
+    await _assert_exact(migrated, pg)
+
+
+async def test_every_mark_is_a_hot_update(migrated: Endpoints, pg: asyncpg.Connection) -> None:
+    # The ETL's speed rests on this: an index that mentions ch_ingested_at (or a full page)
+    # would make marks write every index again (postgres migration 0006).
+    await stage_messages(pg, range(1, 1001), per_transaction=200)
+    result = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS)
+    assert result.stats.rows_moved["message_events"] == 1000
+    # The run's backends have exited, which flushes their statistics.
+    counts: tuple[int, int] = (0, 0)
+    for _ in range(50):
+        await pg.execute("SELECT pg_stat_clear_snapshot()")
+        (row,) = await pg.fetch(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables"
+            " WHERE relname = 'message_events'"
+        )
+        counts = (row["n_tup_upd"], row["n_tup_hot_upd"])
+        if counts[0] >= 1000:
+            break
+        await asyncio.sleep(0.1)
+    assert counts == (1000, 1000)
 
 
 async def test_deadline_leaves_the_rest_for_the_next_run(
@@ -270,38 +300,48 @@ async def test_deadline_leaves_the_rest_for_the_next_run(
 async def test_cleanup_deletes_only_rows_ingested_past_retention(
     migrated: Endpoints, pg: asyncpg.Connection
 ) -> None:
-    await stage_messages(pg, range(1, 31))
-    # 1-10 ingested long ago, 11-20 ingested recently, 21-30 never ingested (and captured
-    # long ago, so an age-based delete on the wrong column would take them).
-    await pg.execute("UPDATE message_events SET captured_at = now() - interval '30 days'")
-    await pg.execute(
-        "UPDATE message_events SET ch_ingested_at = now() - interval '10 days'"
-        " WHERE message_id <= 10"
-    )
-    await pg.execute(
-        "UPDATE message_events SET ch_ingested_at = now() - interval '1 hour'"
-        " WHERE message_id BETWEEN 11 AND 20"
-    )
     options = RunOptions(batch_rows=100, retention_hours=72)
-    # Crash every claim so this run's own loading cannot mark 21-30 before cleanup runs.
 
-    async def no_loading(at: str, family: Family) -> None:
-        if at == "claimed" and family.name == "message_events":
-            raise InjectedCrash(at)
+    async def run_and_age(ids: range, age: str) -> RunResult:
+        # A run that happened `age` ago: its marks and its low-water marks are dated back.
+        await stage_messages(pg, ids)
+        result = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, options)
+        assert result.stats.rows_moved["message_events"] == len(ids)
+        await pg.execute(
+            f"UPDATE message_events SET ch_ingested_at = now() - interval '{age}'"
+            " WHERE ch_ingested_at > now() - interval '1 minute'"
+        )
+        await pg.execute(
+            f"UPDATE etl_low_water SET recorded_at = now() - interval '{age}'"
+            " WHERE recorded_at > now() - interval '1 minute'"
+        )
+        return result
 
-    await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, options, fault=no_loading)
+    await run_and_age(range(1, 11), "10 days")
+    # The next run's cleanup finds 1-10 ingested longer ago than the retention.
+    second = await run_and_age(range(11, 21), "1 hour")
+    assert second.stats.rows_cleaned["message_events"] == 10
+    # 21-30 never ingested, captured long ago (an age-based delete on the wrong column would
+    # take them); 25 is even placed below every low-water mark, against the ETL's invariant:
+    # cleanup must keep it all the same.
+    await stage_messages(pg, range(21, 31))
+    await pg.execute(
+        "UPDATE message_events SET captured_at = now() - interval '30 days' WHERE message_id > 20"
+    )
+    await pg.execute("UPDATE message_events SET staged_xid = '2' WHERE message_id = 25")
     from datetime import UTC, datetime
 
     from herwa.etl.cleanup import cleanup
 
     deleted = await cleanup(pg, datetime.now(UTC) - timedelta(hours=72))
-    assert deleted["message_events"] == 10
+    assert deleted["message_events"] == 0
     remaining = [
         r[0] for r in await pg.fetch("SELECT message_id FROM message_events ORDER BY message_id")
     ]
     assert remaining == list(range(11, 31))
-    # A normal run loads 21-30 and its cleanup still keeps the recently ingested rows.
+    # A normal run loads 21-30 (not 25, stranded below the mark by hand) and its cleanup still
+    # keeps the recently ingested rows.
     result = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, options)
-    assert result.stats.rows_moved["message_events"] == 10
+    assert result.stats.rows_moved["message_events"] == 9
     assert result.stats.rows_cleaned["message_events"] == 0
     assert await pg.fetchval("SELECT count(*) FROM message_events") == 20

@@ -1,0 +1,81 @@
+"""Per-family low-water marks of ``staged_xid``: where claims start, and what cleanup may drop.
+
+Invariant: every un-ingested staging row of a family has ``staged_xid`` >= the family's newest
+mark in ``etl_low_water`` (postgres migration 0006). A batch records the mark it leaves behind in
+its own transaction; batches of a family commit in claim order, so marks only grow. Older marks
+are kept as history, with the time they were recorded: rows below the mark that was current at
+a time T were all ingested by T, which is how cleanup finds old rows without an index on
+ch_ingested_at.
+"""
+
+# ruff: noqa: S608 - identifiers in SQL come from this package's static registries; values are bound.
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from herwa.etl.families import FAMILIES, Family
+
+
+@dataclass
+class Cursor:
+    """Where a family's next claim starts.
+
+    Every un-ingested row has ``staged_xid >= next_xid`` once the batches claimed before it
+    have committed; ``caught_up`` is set when a claim reached the snapshot bound.
+    """
+
+    family: Family
+    next_xid: int
+    caught_up: bool = False
+
+
+# No real transaction has id 0 or 1; rows ingested before migration 0006 carry 0.
+_FIRST_XID = 1
+
+
+async def load_cursors(pg: asyncpg.Connection) -> dict[str, Cursor]:
+    rows = await pg.fetch(
+        "SELECT family, max(staged_xid)::text::bigint AS mark FROM etl_low_water GROUP BY family"
+    )
+    marks: dict[str, int] = {r["family"]: int(r["mark"]) for r in rows}
+    return {f.name: Cursor(f, marks.get(f.name, _FIRST_XID)) for f in FAMILIES}
+
+
+async def low_water(pg: asyncpg.Connection, family: Family) -> int:
+    """The family's recorded low-water mark: no un-ingested row has a smaller staged_xid."""
+    mark = await pg.fetchval(
+        "SELECT max(staged_xid)::text::bigint FROM etl_low_water WHERE family = $1", family.name
+    )
+    return int(mark or _FIRST_XID)
+
+
+async def record_low_water(pg: asyncpg.Connection, family: Family, xid: int) -> None:
+    """In a batch's transaction: rows below ``xid`` are claimed by it or by earlier batches."""
+    await pg.execute(
+        f"INSERT INTO etl_low_water (family, staged_xid) VALUES ($1, '{int(xid)}'::xid8)"
+        " ON CONFLICT DO NOTHING",
+        family.name,
+    )
+
+
+async def mark_at(pg: asyncpg.Connection, family: Family, when: datetime) -> int | None:
+    """The newest mark recorded at or before ``when``; None if there was none yet."""
+    mark = await pg.fetchval(
+        "SELECT max(staged_xid)::text::bigint FROM etl_low_water"
+        " WHERE family = $1 AND recorded_at <= $2",
+        family.name,
+        when,
+    )
+    return None if mark is None else int(mark)
+
+
+async def forget_before(pg: asyncpg.Connection, family: Family, xid: int) -> None:
+    """Drop history older than ``xid`` (a mark cleanup has used); the newest mark always stays."""
+    await pg.execute(
+        f"DELETE FROM etl_low_water WHERE family = $1 AND staged_xid < '{int(xid)}'::xid8",
+        family.name,
+    )
