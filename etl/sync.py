@@ -43,9 +43,8 @@ claimed — where SKIP LOCKED would have stepped over it and the cursor left it 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -176,7 +175,7 @@ class Claimed:
     rows: int
     data: bytes
     started: float
-    next_xid: int  # the family's low-water mark once this batch has committed
+    bounds: tuple[int, int]  # staged_xid >= first, < second: the low-water mark after commit
 
     async def load_and_commit(self, ch: AsyncClient, fault: FaultHook | None = None) -> BatchResult:
         """Steps 3-5; rolls the transaction back (un-claims the rows) if any of them fails."""
@@ -184,7 +183,14 @@ class Claimed:
         try:
             deduplicated = False
             if self.rows:
-                token = f"herwa:{family.target_table}:{hashlib.sha256(self.data).hexdigest()}"
+                # The same bounds always hold the same rows (their transactions had ended),
+                # and a re-claim renders them in the same order: a crc of the bytes only guards
+                # against a row deleted in between (~8x cheaper than sha256 on 10 MB).
+                lower, upper = self.bounds
+                token = (
+                    f"herwa:{family.target_table}:{lower}-{upper}:{self.rows}:"
+                    f"{zlib.crc32(self.data):08x}"
+                )
                 summary = await ch.raw_insert(
                     family.target_table,
                     family.target_columns,
@@ -203,7 +209,7 @@ class Claimed:
                         ch, family.rollup, self.data
                     )
                     await rollups.mark_dirty(self.pg, buckets)
-            await record_low_water(self.pg, family, self.next_xid)
+            await record_low_water(self.pg, family, self.bounds[1])
             if fault:
                 await fault("before_commit", family)
             await self.tx.commit()
@@ -237,12 +243,18 @@ async def claim(
     await tx.start()
     try:
         upper, cursor.caught_up = await _bound(pg, cursor, batch_rows)
-        buffer = io.BytesIO()
+        parts: list[bytes] = []
+
+        async def collect(chunk: bytes) -> None:
+            # A coroutine sink: with a file object asyncpg hands every chunk to a thread.
+            parts.append(chunk)
+
         status = await pg.copy_from_query(
-            claim_sql(family, cursor.next_xid, upper), output=buffer, format="csv", null="\\N"
+            claim_sql(family, cursor.next_xid, upper), output=collect, format="csv", null="\\N"
         )
         rows = int(status.rsplit(" ", 1)[1])
-        claimed = Claimed(pg, tx, family, rows, buffer.getvalue(), started, upper)
+        bounds = (cursor.next_xid, upper)
+        claimed = Claimed(pg, tx, family, rows, b"".join(parts), started, bounds)
         cursor.next_xid = upper
         if fault:
             await fault("claimed", family)
