@@ -24,7 +24,7 @@ class Family:
     target_table: str  # ClickHouse
     columns: tuple[tuple[str, str], ...]  # (ClickHouse column, Postgres expression)
     lag_column: str = "captured_at"  # ingestion lag = now() - min(this) over pending rows
-    user_column: str | None = None  # rows of opted-out (guild_id, user) are never loaded
+    user_column: str | None = None  # ClickHouse column; opted-out (guild_id, user) never loaded
     rollup: str | None = None  # which rollup maintenance the batch triggers (see rollups.py)
 
     @property

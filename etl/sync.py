@@ -96,7 +96,9 @@ async def _bound(pg: asyncpg.Connection, cursor: Cursor, batch_rows: int) -> tup
 
 
 def claim_sql(family: Family, lower: int, upper: int) -> str:
-    select = ", ".join(f"{expr} AS {name}" for name, expr in family.columns)
+    # The UPDATE returns the ClickHouse columns already computed, so the CTE holds only those.
+    rendered = ", ".join(f"{expr} AS {name}" for name, expr in family.columns)
+    columns = ", ".join(family.target_columns)
     opted_out = ""
     if family.user_column is not None:
         # Race guard only: opt-outs known before the run were purged already (purge_opted_out).
@@ -122,9 +124,9 @@ def claim_sql(family: Family, lower: int, upper: int) -> str:
             UPDATE {table} SET ch_ingested_at = now()
             WHERE staged_xid >= '{int(lower)}'::xid8 AND staged_xid < '{int(upper)}'::xid8
               AND ch_ingested_at IS NULL
-            RETURNING *
+            RETURNING {rendered}
         ){dirty}
-        SELECT {select} FROM claimed c {opted_out}
+        SELECT {columns} FROM claimed c {opted_out}
     """
 
 
