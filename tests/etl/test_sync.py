@@ -15,6 +15,7 @@ from datetime import timedelta
 import asyncpg
 import pytest
 
+from herwa.bot.snapshots import UPSERT as SNAPSHOT_UPSERT
 from herwa.devstack import Endpoints
 from herwa.etl import lock
 from herwa.etl.families import FAMILIES, Family
@@ -345,3 +346,49 @@ async def test_cleanup_deletes_only_rows_ingested_past_retention(
     assert result.stats.rows_moved["message_events"] == 9
     assert result.stats.rows_cleaned["message_events"] == 0
     assert await pg.fetchval("SELECT count(*) FROM message_events") == 20
+
+
+@pytest.mark.parametrize("upsert_ends", ["commit", "rollback"])
+async def test_a_claim_waits_for_a_concurrent_snapshot_upsert(
+    migrated: Endpoints, pg: asyncpg.Connection, upsert_ends: str
+) -> None:
+    # The claim takes no SKIP LOCKED: a row the bot is re-snapshotting is waited for, then
+    # either left for a later batch under its new staged_xid (commit) or claimed as it was
+    # (rollback) — never stepped over and left below the low-water mark.
+    day = T0.date()
+    await pg.execute(SNAPSHOT_UPSERT, 1, day, 40, T0)
+    bot = await asyncpg.connect(migrated.postgres_dsn)
+    try:
+        tx = bot.transaction()
+        await tx.start()
+        await bot.execute(SNAPSHOT_UPSERT, 1, day, 42, T0 + timedelta(hours=1))
+        run = asyncio.create_task(
+            run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS)
+        )
+        for _ in range(200):
+            waiting = await pg.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock'"
+            )
+            if waiting or run.done():
+                break
+            await asyncio.sleep(0.05)
+        assert waiting == 1, "the claim should be waiting for the upsert's row lock"
+        await (tx.commit() if upsert_ends == "commit" else tx.rollback())
+    finally:
+        await bot.close()
+    first = await run
+    assert first.outcome == "caught_up", first.error
+    second = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS)
+    assert second.outcome == "caught_up", second.error
+    assert (
+        await pg.fetchval(
+            "SELECT count(*) FROM member_count_snapshots WHERE ch_ingested_at IS NULL"
+        )
+        == 0
+    )
+    expected = 42 if upsert_ends == "commit" else 40
+    assert (
+        await ch_value(migrated, "SELECT member_count FROM member_count_snapshots FINAL")
+        == expected
+    )
