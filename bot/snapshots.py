@@ -2,9 +2,9 @@
 ``member_count_snapshots``, taken by the pod that owns the guild's shard at the first check at
 or after the guild's ``snapshot_hour_utc`` (the ``guilds`` table, else the pod setting) and
 upserted — a later snapshot the same day (another pod after a handover) replaces the count and
-sets ``ch_ingested_at`` back to NULL so the ETL loads it again, with a new ``staged_xid`` (the
-ETL claims above a low-water mark of those: postgres migration 0006). A Redis marker per guild
-and day keeps it to one snapshot a day in the normal case.
+sets ``ch_ingested_at`` back to NULL so the ETL loads it again (a trigger gives the row a new
+``staged_xid``: postgres migration 0006). A Redis marker per guild and day keeps it to one
+snapshot a day in the normal case.
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ log = logging.getLogger(__name__)
 UPSERT = (
     "INSERT INTO member_count_snapshots (guild_id, day, member_count, taken_at) "
     "VALUES ($1, $2, $3, $4) ON CONFLICT (guild_id, day) DO UPDATE SET "
-    "member_count = EXCLUDED.member_count, taken_at = EXCLUDED.taken_at, ch_ingested_at = NULL, "
-    "staged_xid = EXCLUDED.staged_xid"
+    "member_count = EXCLUDED.member_count, taken_at = EXCLUDED.taken_at, ch_ingested_at = NULL"
 )
 
 
@@ -72,7 +71,11 @@ class Snapshotter:
         if not todo:
             return 0
         async with app.pool.acquire() as conn:
-            await conn.executemany(UPSERT, [(gid, day, count, now) for gid, count in todo])
+            # One row per transaction (not executemany, which is one transaction): an ETL claim
+            # locks snapshot rows in its own order, and holding several locks here could
+            # deadlock with it. The upsert is idempotent, so a partial pass is simply redone.
+            for gid, count in todo:
+                await conn.execute(UPSERT, gid, day, count, now)
         pipe = app.redis.pipeline(transaction=False)
         for gid, _ in todo:
             pipe.set(app.key("snapshot", day.isoformat(), gid), "1", ex=2 * 86400)

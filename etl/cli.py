@@ -1,5 +1,8 @@
 """``herwa etl run``: one bounded ETL run (the CronJob), or ``--loop`` for local use.
 
+``herwa etl reset-low-water``: once, after the database was restored or copied into another
+Postgres cluster (runs refuse to start until then; see herwa.etl.low_water).
+
 Exit codes: 0 caught up or stopped at the deadline (the rest is left for the next run);
 1 the run failed; 2 configuration error (herwa.cli); 75 another run holds the lock (EX_TEMPFAIL:
 nothing wrong, try later — a CronJob with concurrencyPolicy Forbid rarely sees it).
@@ -13,9 +16,9 @@ import logging
 import sys
 
 from herwa import config
-from herwa.etl.lock import LockHeld
+from herwa.etl import lock, low_water
 from herwa.etl.runner import RunOptions, run_once
-from herwa.stores import redis_client
+from herwa.stores import postgres_connection, redis_client
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +28,7 @@ EXIT_LOCKED = 75
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    actions = parser.add_subparsers(dest="etl_action", metavar="{run}")
+    actions = parser.add_subparsers(dest="etl_action", metavar="{run,reset-low-water}")
     actions.required = True
     run = actions.add_parser("run", help="move staged rows into ClickHouse, then exit")
     run.add_argument(
@@ -36,10 +39,33 @@ def configure(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--interval", type=float, default=5.0, help="seconds between --loop runs")
     run.add_argument("--batch-rows", type=int, help="override HERWA_ETL_BATCH_ROWS")
     run.add_argument("--deadline", type=float, help="override HERWA_ETL_DEADLINE_SECONDS")
+    actions.add_parser(
+        "reset-low-water",
+        help="re-base the claim marks on this server's transaction ids (after a restore)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.etl_action == "reset-low-water":
+        return asyncio.run(_reset())
     return asyncio.run(_main(args))
+
+
+async def _reset() -> int:
+    conn = await postgres_connection(config.postgres().dsn)
+    try:
+        try:
+            await lock.acquire(conn)
+        except lock.LockHeld as exc:
+            print(
+                f"herwa etl reset-low-water: {exc}; exiting (code {EXIT_LOCKED})", file=sys.stderr
+            )
+            return EXIT_LOCKED
+        restaged = await low_water.reset(conn)
+    finally:
+        await conn.close()
+    print(f"herwa etl reset-low-water: done; rows re-staged: {restaged}", file=sys.stderr)
+    return EXIT_OK
 
 
 async def _main(args: argparse.Namespace) -> int:
@@ -75,7 +101,7 @@ async def _main(args: argparse.Namespace) -> int:
 async def _one(dsn: str, url: str, redis: object, options: RunOptions) -> int:
     try:
         result = await run_once(dsn, url, redis, options)  # type: ignore[arg-type]
-    except LockHeld as exc:
+    except lock.LockHeld as exc:
         print(f"herwa etl run: {exc}; exiting (code {EXIT_LOCKED})", file=sys.stderr)
         return EXIT_LOCKED
     if result.outcome == "failed":

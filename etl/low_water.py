@@ -39,7 +39,7 @@ _FIRST_XID = 1
 
 async def load_cursors(pg: asyncpg.Connection) -> dict[str, Cursor]:
     rows = await pg.fetch(
-        "SELECT family, max(staged_xid)::text::bigint AS mark FROM etl_low_water GROUP BY family"
+        "SELECT family, max(staged_xid::text::bigint) AS mark FROM etl_low_water GROUP BY family"
     )
     marks: dict[str, int] = {r["family"]: int(r["mark"]) for r in rows}
     return {f.name: Cursor(f, marks.get(f.name, _FIRST_XID)) for f in FAMILIES}
@@ -48,7 +48,7 @@ async def load_cursors(pg: asyncpg.Connection) -> dict[str, Cursor]:
 async def low_water(pg: asyncpg.Connection, family: Family) -> int:
     """The family's recorded low-water mark: no un-ingested row has a smaller staged_xid."""
     mark = await pg.fetchval(
-        "SELECT max(staged_xid)::text::bigint FROM etl_low_water WHERE family = $1", family.name
+        "SELECT max(staged_xid::text::bigint) FROM etl_low_water WHERE family = $1", family.name
     )
     return int(mark or _FIRST_XID)
 
@@ -65,7 +65,7 @@ async def record_low_water(pg: asyncpg.Connection, family: Family, xid: int) -> 
 async def mark_at(pg: asyncpg.Connection, family: Family, when: datetime) -> int | None:
     """The newest mark recorded at or before ``when``; None if there was none yet."""
     mark = await pg.fetchval(
-        "SELECT max(staged_xid)::text::bigint FROM etl_low_water"
+        "SELECT max(staged_xid::text::bigint) FROM etl_low_water"
         " WHERE family = $1 AND recorded_at <= $2",
         family.name,
         when,
@@ -79,3 +79,53 @@ async def forget_before(pg: asyncpg.Connection, family: Family, xid: int) -> Non
         f"DELETE FROM etl_low_water WHERE family = $1 AND staged_xid < '{int(xid)}'::xid8",
         family.name,
     )
+
+
+class MarksAhead(RuntimeError):
+    """The marks come from another cluster's transaction ids (a restore or a logical copy)."""
+
+
+async def check_counter(pg: asyncpg.Connection) -> None:
+    """Refuse to run when a mark lies beyond the server's next transaction id.
+
+    A dump/restore or a logical-replication move brings the marks and staged_xids along but not
+    the transaction-id counter (pg_upgrade and physical failover do keep it): every new row
+    would be staged below the marks and never loaded, while each run reported "caught up".
+    """
+    row = await pg.fetchrow(
+        "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS next,"
+        " max(staged_xid::text::bigint) AS mark FROM etl_low_water"
+    )
+    if row is not None and row["mark"] is not None and row["mark"] > row["next"]:
+        raise MarksAhead(
+            f"the ETL's low-water marks (up to {row['mark']}) are ahead of this Postgres "
+            f"server's transaction ids (next {row['next']}): the database was restored or "
+            "copied into another cluster. Run `herwa etl reset-low-water` once; see "
+            "charts/herwa/RUNBOOKS.md (HerwaEtlRunFailed)"
+        )
+
+
+async def reset(pg: asyncpg.Connection) -> dict[str, int]:
+    """Re-base every family on this server's transaction ids; returns rows re-staged per family.
+
+    Rows whose staged_xid lies at or beyond the current id get a valid one: pending rows the
+    current id (claimable once this commits), ingested rows 0. Then the marks start again at 1.
+    """
+    restaged: dict[str, int] = {}
+    async with pg.transaction():
+        for family in FAMILIES:
+            status = await pg.execute(
+                f"""
+                UPDATE {family.staging_table} SET staged_xid =
+                    CASE WHEN ch_ingested_at IS NULL THEN pg_current_xact_id() ELSE '0' END
+                WHERE staged_xid >= pg_current_xact_id()
+                """
+            )
+            restaged[family.name] = int(status.rsplit(" ", 1)[1])
+        await pg.execute("DELETE FROM etl_low_water")
+        await pg.executemany(
+            "INSERT INTO etl_low_water (family, staged_xid, recorded_at)"
+            " VALUES ($1, '1', '-infinity')",
+            [(family.name,) for family in FAMILIES],
+        )
+    return restaged

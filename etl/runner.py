@@ -14,7 +14,7 @@ import asyncpg
 from redis.asyncio import Redis
 
 from herwa import usage
-from herwa.etl import cleanup, lock, metrics, privacy, rollups
+from herwa.etl import cleanup, lock, low_water, metrics, privacy, rollups
 from herwa.etl.families import BY_NAME, FAMILIES
 from herwa.etl.low_water import load_cursors
 from herwa.etl.sync import (
@@ -162,6 +162,7 @@ async def _locked_run(
     deadline = started + options.deadline_seconds
     outcome, error = "caught_up", None
     try:
+        await low_water.check_counter(pg)
         # Deletions first: rows of a user being erased must not be loaded by this very run.
         stats.deletions = await privacy.carry_out_all(pg, ch)
         prom.deletions.inc(stats.deletions)

@@ -79,12 +79,13 @@ async def _bound(pg: asyncpg.Connection, cursor: Cursor, batch_rows: int) -> tup
         f"""
         WITH snap AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin),
         ahead AS (
-            SELECT s.staged_xid FROM {table} s, snap
+            SELECT s.staged_xid::text::bigint AS xid FROM {table} s, snap
             WHERE s.staged_xid >= '{int(cursor.next_xid)}'::xid8 AND s.staged_xid < snap.xmin
             ORDER BY s.staged_xid LIMIT {int(batch_rows) + 1}
         )
+        -- Aggregates over bigint: min/max(xid8) exist only from PostgreSQL 15.
         SELECT (SELECT xmin FROM snap)::text::bigint AS xmin, count(*) AS ahead,
-               min(staged_xid)::text::bigint AS first, max(staged_xid)::text::bigint AS last
+               min(xid) AS first, max(xid) AS last
         FROM ahead
         """
     )
@@ -117,8 +118,10 @@ def claim_sql(family: Family, lower: int, upper: int) -> str:
             INSERT INTO pg_temp.etl_batch_buckets (guild_id, hour)
             SELECT DISTINCT guild_id, date_trunc('hour', created_at) FROM claimed
         )"""
-    # A re-claim after a crash has the same bounds, so it finds the same rows in the same order
-    # and sends the same bytes: ClickHouse recognises the dedup token.
+    # A re-claim after a crash usually has the same bounds (not when the crashed batch ended at
+    # the snapshot bound, which has moved since), finds the same rows in the same order and
+    # sends the same bytes: ClickHouse recognises the dedup token. Otherwise FINAL hides the
+    # duplicates, which carry the same version.
     return f"""
         WITH claimed AS (
             UPDATE {table} SET ch_ingested_at = now()

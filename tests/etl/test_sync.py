@@ -392,3 +392,38 @@ async def test_a_claim_waits_for_a_concurrent_snapshot_upsert(
         await ch_value(migrated, "SELECT member_count FROM member_count_snapshots FINAL")
         == expected
     )
+
+
+async def test_marks_from_another_cluster_stop_the_run_until_reset(
+    migrated: Endpoints, pg: asyncpg.Connection
+) -> None:
+    # A restore into another cluster: marks and staged_xids from a server whose transaction
+    # ids were far ahead of this one's. New rows would be staged below the marks.
+    ahead = await pg.fetchval("SELECT pg_current_xact_id()::text::bigint") + 10_000_000
+    await stage_messages(pg, range(1, 101))
+    await pg.execute(f"UPDATE message_events SET staged_xid = '{ahead}' WHERE message_id <= 50")
+    await pg.execute(f"INSERT INTO etl_low_water VALUES ('message_events', '{ahead + 1}', now())")
+    await stage_messages(pg, range(101, 151))  # staged on the new cluster, below the marks
+
+    refused = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS)
+    assert refused.outcome == "failed"
+    assert "herwa etl reset-low-water" in (refused.error or "")
+    env = {**os.environ, **migrated.as_env(), "HERWA_TELEMETRY_LOG_FORMAT": "console"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "herwa.cli",
+        "etl",
+        "reset-low-water",
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    _, stderr = await proc.communicate()
+    assert proc.returncode == 0, stderr.decode()
+    assert "'message_events': 50" in stderr.decode()
+
+    result = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS)
+    assert result.outcome == "caught_up", result.error
+    assert result.stats.rows_moved["message_events"] == 150
+    await _assert_exact(migrated, pg)
