@@ -371,6 +371,9 @@ class Demo:
                     # replayed weeks).
                     await sim.stop_activity()
                     voice_on = True
+                    # A few leaves for certain: a short live phase may see only a step or two
+                    # of member churn, all joins, and the checks compare leaves as well.
+                    sim.step(3, family="leave")
                 if voice_on:
                     sim.step(max(1, int(opts.rate * 0.1)), family="voice")
                     sim.step(max(1, int(opts.rate * 0.01)), family="member")

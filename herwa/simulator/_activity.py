@@ -39,7 +39,8 @@ from herwa.simulator._world import (
 Json = dict[str, Any]
 
 KINDS = ("text", "attachment", "embed", "sticker", "reply")
-FAMILIES = ("message", "edit", "delete", "voice", "member", "thread", "command")
+# What step() can produce; "join" and "leave" are the two halves of "member" on their own.
+FAMILIES = ("message", "edit", "delete", "voice", "member", "join", "leave", "thread", "command")
 
 # Relative activity per local hour (0..23): quiet nights, a lunch bump, evening peak.
 DIURNAL = (
@@ -228,8 +229,8 @@ class Activity:
         if fam == "voice":
             self._voice_random(guild, at_ms)
             return fam
-        if fam in ("member", "join"):
-            self._member_random(guild, at_ms, joins_only=fam == "join")
+        if fam in ("member", "join", "leave"):
+            self._member_random(guild, at_ms, fam)
             return fam
         if fam == "thread" and guild.text_channels():
             parent = rng.choice(guild.text_channels())
@@ -343,11 +344,12 @@ class Activity:
         else:
             self.voice_leave(guild.id, uid, at_ms=at_ms)
 
-    def _member_random(self, guild: Guild, at_ms: int, *, joins_only: bool = False) -> None:
+    def _member_random(self, guild: Guild, at_ms: int, family: str) -> None:
+        """``family``: "member" (joins and leaves), "join" or "leave" (only those)."""
         rng = self.rng
         # Cohorts: joins and leaves come in small waves (an invite link shared, a raid, a purge).
         cohort = min(self.config.max_cohort, int(rng.paretovariate(1.5)))
-        if joins_only or rng.random() < 0.6:
+        if family == "join" or (family == "member" and rng.random() < 0.6):
             for _ in range(cohort):
                 self.member_join(guild.id, at_ms=at_ms)
         else:
