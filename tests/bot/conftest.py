@@ -190,7 +190,8 @@ class Fleet:
 
     async def status(self) -> dict[str, dict[str, Any]]:
         out = {}
-        for name, bot in self.bots.items():
+        # A copy: bots are added while this awaits each one (the scaling tests watch as they grow).
+        for name, bot in list(self.bots.items()):
             if bot.alive:
                 with contextlib.suppress(Exception):
                     out[name] = await bot.readyz()
@@ -218,7 +219,7 @@ class Fleet:
         return counts
 
     async def stop(self) -> None:
-        await asyncio.gather(*(b.stop() for b in self.bots.values()), return_exceptions=True)
+        await asyncio.gather(*(b.stop() for b in list(self.bots.values())), return_exceptions=True)
 
 
 @pytest.fixture
