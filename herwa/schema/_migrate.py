@@ -115,7 +115,8 @@ def _check_applied(store: Store, applied: dict[int, str], known: list[Migration]
         )
 
 
-async def _migrate_postgres(conn: asyncpg.Connection, report: MigrationReport) -> None:
+async def postgres_history(conn: asyncpg.Connection) -> dict[int, str]:
+    """The applied Postgres migrations (version → checksum); creates the record table."""
     await conn.execute(
         """
         CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -127,21 +128,30 @@ async def _migrate_postgres(conn: asyncpg.Connection, report: MigrationReport) -
         """
     )
     rows = await conn.fetch("SELECT version, checksum FROM schema_migrations")
-    applied = {row["version"]: row["checksum"] for row in rows}
+    return {row["version"]: row["checksum"] for row in rows}
+
+
+async def apply_postgres(conn: asyncpg.Connection, migration: Migration) -> None:
+    """One migration and its record, in one transaction."""
+    log.info("applying postgres migration %04d_%s", migration.version, migration.name)
+    async with conn.transaction():
+        await conn.execute(migration.sql)
+        await conn.execute(
+            "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+            migration.version,
+            migration.name,
+            migration.checksum,
+        )
+
+
+async def _migrate_postgres(conn: asyncpg.Connection, report: MigrationReport) -> None:
+    applied = await postgres_history(conn)
     known = discover("postgres")
     _check_applied("postgres", applied, known)
     for migration in known:
         if migration.version in applied:
             continue
-        log.info("applying postgres migration %04d_%s", migration.version, migration.name)
-        async with conn.transaction():
-            await conn.execute(migration.sql)
-            await conn.execute(
-                "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                migration.version,
-                migration.name,
-                migration.checksum,
-            )
+        await apply_postgres(conn, migration)
         report.applied["postgres"].append(migration.version)
     report.current["postgres"] = known[-1].version if known else 0
 

@@ -44,6 +44,23 @@ async def pg(migrated: Endpoints) -> AsyncIterator[asyncpg.Connection]:
     await conn.close()
 
 
+async def _herwa_etl(endpoints: Endpoints, action: str) -> tuple[int | None, str]:
+    """`herwa etl <action>` as a process, configured like a pod; (exit code, stderr)."""
+    env = {**os.environ, **endpoints.as_env(), "HERWA_TELEMETRY_LOG_FORMAT": "console"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "herwa.cli",
+        "etl",
+        action,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    _, stderr = await proc.communicate()
+    return proc.returncode, stderr.decode()
+
+
 async def _assert_exact(endpoints: Endpoints, pg: asyncpg.Connection) -> None:
     assert (
         await pg.fetchval("SELECT count(*) FROM message_events WHERE ch_ingested_at IS NULL") == 0
@@ -187,20 +204,9 @@ async def test_a_second_run_exits_at_once_while_one_holds_the_lock(
     with pytest.raises(lock.LockHeld, match="another ETL run"):
         await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS)
     # The CLI reports the same as a distinct exit code and a clear message.
-    env = {**os.environ, **migrated.as_env(), "HERWA_TELEMETRY_LOG_FORMAT": "console"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "herwa.cli",
-        "etl",
-        "run",
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    _, stderr = await proc.communicate()
-    assert proc.returncode == 75, stderr.decode()
-    assert "another ETL run holds the run lock" in stderr.decode()
+    code, stderr = await _herwa_etl(migrated, "run")
+    assert code == 75, stderr
+    assert "another ETL run holds the run lock" in stderr
     release.set()
     result = await first
     assert result.outcome == "caught_up", result.error
@@ -408,20 +414,9 @@ async def test_marks_from_another_cluster_stop_the_run_until_reset(
     refused = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS)
     assert refused.outcome == "failed"
     assert "herwa etl reset-low-water" in (refused.error or "")
-    env = {**os.environ, **migrated.as_env(), "HERWA_TELEMETRY_LOG_FORMAT": "console"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "herwa.cli",
-        "etl",
-        "reset-low-water",
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    _, stderr = await proc.communicate()
-    assert proc.returncode == 0, stderr.decode()
-    assert "'message_events': 50" in stderr.decode()
+    code, stderr = await _herwa_etl(migrated, "reset-low-water")
+    assert code == 0, stderr
+    assert "'message_events': 50" in stderr
 
     result = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS)
     assert result.outcome == "caught_up", result.error

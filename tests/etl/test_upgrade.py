@@ -7,7 +7,7 @@ import asyncpg
 from herwa.devstack import Endpoints
 from herwa.etl.runner import RunOptions, run_once
 from herwa.schema import migrate
-from herwa.schema._migrate import discover
+from herwa.schema._migrate import apply_postgres, discover, postgres_history
 from herwa.stores import clickhouse_url_client
 from tests.etl._support import stage_messages
 
@@ -16,21 +16,11 @@ _BEFORE = 6  # the first postgres migration that knows staged_xid
 
 async def _migrate_postgres_below(pg: asyncpg.Connection, version: int) -> None:
     """The schema as a release before ``version`` left it, recorded like `herwa migrate` does."""
-    await pg.execute(
-        "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
-        " checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-    )
+    await postgres_history(pg)
     for migration in discover("postgres"):
         if migration.version >= version:
             break
-        async with pg.transaction():
-            await pg.execute(migration.sql)
-            await pg.execute(
-                "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                migration.version,
-                migration.name,
-                migration.checksum,
-            )
+        await apply_postgres(pg, migration)
 
 
 async def test_rows_staged_before_the_upgrade_are_loaded_once(endpoints: Endpoints) -> None:
