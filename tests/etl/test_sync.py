@@ -329,8 +329,8 @@ async def test_cleanup_deletes_only_rows_ingested_past_retention(
     second = await run_and_age(range(11, 21), "1 hour")
     assert second.stats.rows_cleaned["message_events"] == 10
     # 21-30 never ingested, captured long ago (an age-based delete on the wrong column would
-    # take them); 25 is even placed below every low-water mark, against the ETL's invariant:
-    # cleanup must keep it all the same.
+    # take them); 25 is even placed below every low-water mark, against the ETL's invariant
+    # (as a hand-written UPDATE could): cleanup must keep it all the same.
     await stage_messages(pg, range(21, 31))
     await pg.execute(
         "UPDATE message_events SET captured_at = now() - interval '30 days' WHERE message_id > 20"
@@ -346,12 +346,16 @@ async def test_cleanup_deletes_only_rows_ingested_past_retention(
         r[0] for r in await pg.fetch("SELECT message_id FROM message_events ORDER BY message_id")
     ]
     assert remaining == list(range(11, 31))
-    # A normal run loads 21-30 (not 25, stranded below the mark by hand) and its cleanup still
-    # keeps the recently ingested rows.
+    # That cleanup also gave 25 a current staged_xid (it would never be claimed below the
+    # marks): a normal run loads 21-30, and its cleanup keeps the recently ingested rows.
+    assert await pg.fetchval("SELECT staged_xid > '2' FROM message_events WHERE message_id = 25")
     result = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, options)
-    assert result.stats.rows_moved["message_events"] == 9
+    assert result.stats.rows_moved["message_events"] == 10
     assert result.stats.rows_cleaned["message_events"] == 0
     assert await pg.fetchval("SELECT count(*) FROM message_events") == 20
+    # Every message reached ClickHouse once, the cleaned-up ones included.
+    assert await ch_value(migrated, "SELECT count() FROM messages FINAL") == 30
+    assert await ch_value(migrated, "SELECT uniqExact(message_id) FROM messages") == 30
 
 
 @pytest.mark.parametrize("upsert_ends", ["commit", "rollback"])

@@ -42,7 +42,8 @@ SET LOCAL lock_timeout = '10s';
 -- that does it whoever writes (also a bot pod of the previous release during a rolling
 -- upgrade). The other staging tables get none: a row trigger, even one whose WHEN is false,
 -- costs the ETL's mark ~15 %. To re-load rows of those by hand, set staged_xid =
--- pg_current_xact_id() in the same UPDATE that sets ch_ingested_at to NULL.
+-- pg_current_xact_id() in the same UPDATE that sets ch_ingested_at to NULL (otherwise the ETL's
+-- cleanup finds them below its bound one retention later and re-stages them then).
 CREATE FUNCTION herwa_restage() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     NEW.staged_xid := pg_current_xact_id();
