@@ -27,6 +27,7 @@ from typing import Any
 import asyncpg
 
 from herwa.bot import metrics
+from herwa.stores import rows_affected
 from herwa.telemetry import tracer
 
 log = logging.getLogger(__name__)
@@ -301,7 +302,7 @@ class FlushBuffer:
                     f"_herwa_{table}", records=rows, columns=TABLES[table]
                 )
                 status = await conn.execute(_MERGE[table])
-                batch.inserted[table] = int(status.rsplit(" ", 1)[1])
+                batch.inserted[table] = rows_affected(status)
 
     # -- shutdown / sync ------------------------------------------------------------------
     async def flush(self, timeout: float | None = None) -> bool:

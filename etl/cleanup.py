@@ -11,6 +11,7 @@ import asyncpg
 
 from herwa.etl import low_water
 from herwa.etl.families import FAMILIES, Family
+from herwa.stores import rows_affected
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ async def cleanup_family(pg: asyncpg.Connection, family: Family, older_than: dat
             """,
             older_than,
         )
-        count = int(status.rsplit(" ", 1)[1])
+        count = rows_affected(status)
         deleted += count
         if count < _CHUNK:
             break
@@ -61,7 +62,7 @@ async def _restage_stranded(pg: asyncpg.Connection, family: Family, bound: int) 
         WHERE staged_xid < '{bound}'::xid8 AND ch_ingested_at IS NULL
         """
     )
-    restaged = int(status.rsplit(" ", 1)[1])
+    restaged = rows_affected(status)
     if restaged:
         log.warning(
             "un-ingested rows below the low-water mark were re-staged for the next run",

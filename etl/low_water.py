@@ -18,6 +18,7 @@ from datetime import datetime
 import asyncpg
 
 from herwa.etl.families import FAMILIES, Family
+from herwa.stores import rows_affected
 
 
 @dataclass
@@ -121,7 +122,7 @@ async def reset(pg: asyncpg.Connection) -> dict[str, int]:
                 WHERE staged_xid >= pg_current_xact_id()
                 """
             )
-            restaged[family.name] = int(status.rsplit(" ", 1)[1])
+            restaged[family.name] = rows_affected(status)
         await pg.execute("DELETE FROM etl_low_water")
         await pg.executemany(
             "INSERT INTO etl_low_water (family, staged_xid, recorded_at)"

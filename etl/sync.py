@@ -55,6 +55,7 @@ from asyncpg.transaction import Transaction
 from herwa.etl import rollups
 from herwa.etl.families import Family
 from herwa.etl.low_water import Cursor, low_water, record_low_water
+from herwa.stores import rows_affected
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.asyncclient import AsyncClient
@@ -167,7 +168,7 @@ async def purge_opted_out(pg: asyncpg.Connection, family: Family) -> int:
           AND o.guild_id = t.guild_id AND o.user_id = t.{family.user_column}
         """
     )
-    return int(status.rsplit(" ", 1)[1])
+    return rows_affected(status)
 
 
 @dataclass
@@ -257,7 +258,7 @@ async def claim(
         status = await pg.copy_from_query(
             claim_sql(family, cursor.next_xid, upper), output=collect, format="csv", null="\\N"
         )
-        rows = int(status.rsplit(" ", 1)[1])
+        rows = rows_affected(status)
         bounds = (cursor.next_xid, upper)
         claimed = Claimed(pg, tx, family, rows, b"".join(parts), started, bounds)
         cursor.next_xid = upper

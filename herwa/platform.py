@@ -20,6 +20,8 @@ import yaml
 from asyncpg.pool import PoolConnectionProxy
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from herwa.stores import rows_affected
+
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,31}$")]
 QuotaName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 
@@ -171,7 +173,7 @@ async def seed(
         tier_features = await _sync_tier_features(conn, platform)
         commands = await _sync_commands(conn, platform)
         # Features go last: commands and tier_features no longer point at the removed ones.
-        features += _count(
+        features += rows_affected(
             await conn.execute(
                 "DELETE FROM features WHERE NOT feature = ANY($1::text[])",
                 [f.name for f in platform.features],
@@ -180,13 +182,8 @@ async def seed(
     return SeedReport(features, tiers, tier_features, commands, kept)
 
 
-def _count(status: str) -> int:
-    # asyncpg returns the command tag, e.g. "INSERT 0 3" or "DELETE 2".
-    return int(status.rsplit(" ", 1)[-1])
-
-
 async def _sync_features(conn: _Conn, platform: Platform) -> int:
-    return _count(
+    return rows_affected(
         await conn.execute(
             """INSERT INTO features (feature, description)
            SELECT * FROM unnest($1::text[], $2::text[])
@@ -200,7 +197,7 @@ async def _sync_features(conn: _Conn, platform: Platform) -> int:
 
 async def _sync_tiers(conn: _Conn, platform: Platform) -> tuple[int, tuple[str, ...]]:
     names = [t.name for t in platform.tiers]
-    changed = _count(
+    changed = rows_affected(
         await conn.execute(
             """INSERT INTO tiers (tier, description, rank, quotas)
            SELECT t, d, r, q::jsonb FROM unnest($1::text[], $2::text[], $3::int[], $4::text[])
@@ -221,7 +218,7 @@ async def _sync_tiers(conn: _Conn, platform: Platform) -> tuple[int, tuple[str, 
            ORDER BY tier""",
         names,
     )
-    changed += _count(
+    changed += rows_affected(
         await conn.execute(
             """DELETE FROM tiers WHERE NOT tier = ANY($1::text[])
            AND tier NOT IN (SELECT tier FROM entitlements)""",
@@ -234,7 +231,7 @@ async def _sync_tiers(conn: _Conn, platform: Platform) -> tuple[int, tuple[str, 
 async def _sync_tier_features(conn: _Conn, platform: Platform) -> int:
     pairs = [(t.name, f) for t in platform.tiers for f in t.features]
     tiers, feats = [p[0] for p in pairs], [p[1] for p in pairs]
-    deleted = _count(
+    deleted = rows_affected(
         await conn.execute(
             """DELETE FROM tier_features tf WHERE NOT EXISTS (
                SELECT 1 FROM unnest($1::text[], $2::text[]) AS x(t, f)
@@ -245,7 +242,7 @@ async def _sync_tier_features(conn: _Conn, platform: Platform) -> int:
             [t.name for t in platform.tiers],
         )
     )
-    inserted = _count(
+    inserted = rows_affected(
         await conn.execute(
             """INSERT INTO tier_features (tier, feature)
            SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING""",
@@ -258,7 +255,7 @@ async def _sync_tier_features(conn: _Conn, platform: Platform) -> int:
 
 async def _sync_commands(conn: _Conn, platform: Platform) -> int:
     names = list(platform.commands)
-    changed = _count(
+    changed = rows_affected(
         await conn.execute(
             """INSERT INTO commands (command, feature)
            SELECT * FROM unnest($1::text[], $2::text[])
@@ -268,7 +265,7 @@ async def _sync_commands(conn: _Conn, platform: Platform) -> int:
             list(platform.commands.values()),
         )
     )
-    changed += _count(
+    changed += rows_affected(
         await conn.execute("DELETE FROM commands WHERE NOT command = ANY($1::text[])", names)
     )
     return changed

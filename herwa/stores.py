@@ -23,6 +23,11 @@ def _secret(value: SecretStr | str) -> str:
     return value.get_secret_value() if isinstance(value, SecretStr) else value
 
 
+def rows_affected(status: str) -> int:
+    """The row count of an asyncpg command tag, e.g. "INSERT 0 3" or "DELETE 2"."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
 async def postgres_pool(settings: PostgresSettings, **kwargs: Any) -> asyncpg.Pool:
     return await asyncpg.create_pool(
         _secret(settings.dsn),
