@@ -48,10 +48,8 @@ async def load_cursors(pg: asyncpg.Connection) -> dict[str, Cursor]:
 
 async def low_water(pg: asyncpg.Connection, family: Family) -> int:
     """The family's recorded low-water mark: no un-ingested row has a smaller staged_xid."""
-    mark = await pg.fetchval(
-        "SELECT max(staged_xid::text::bigint) FROM etl_low_water WHERE family = $1", family.name
-    )
-    return int(mark or _FIRST_XID)
+    mark = await mark_at(pg, family)
+    return _FIRST_XID if mark is None else mark
 
 
 async def record_low_water(pg: asyncpg.Connection, family: Family, xid: int) -> None:
@@ -63,11 +61,13 @@ async def record_low_water(pg: asyncpg.Connection, family: Family, xid: int) -> 
     )
 
 
-async def mark_at(pg: asyncpg.Connection, family: Family, when: datetime) -> int | None:
-    """The newest mark recorded at or before ``when``; None if there was none yet."""
+async def mark_at(
+    pg: asyncpg.Connection, family: Family, when: datetime | None = None
+) -> int | None:
+    """The newest mark recorded at or before ``when`` (ever, if None); None if there is none."""
     mark = await pg.fetchval(
         "SELECT max(staged_xid::text::bigint) FROM etl_low_water"
-        " WHERE family = $1 AND recorded_at <= $2",
+        " WHERE family = $1 AND ($2::timestamptz IS NULL OR recorded_at <= $2)",
         family.name,
         when,
     )

@@ -8,12 +8,14 @@ migration 0006) from the family's :class:`Cursor`. Per batch, inside one Postgre
    still appear: the hole of watermarks on serial ids does not open). A batch is always whole
    staging transactions; one larger than n rows becomes one larger batch.
 2. ``COPY (WITH claimed AS (UPDATE … SET ch_ingested_at = now() WHERE staged_xid in the bound
-   AND ch_ingested_at IS NULL RETURNING *) SELECT … FROM claimed) TO STDOUT CSV``: the claim and
-   the mark are one statement; Postgres renders the rows as CSV in ClickHouse column order, so
-   no row passes through Python objects. No index mentions ch_ingested_at, so the mark is a HOT
-   update. The batch's (guild, hour) buckets go to a per-session temp table.
+   AND ch_ingested_at IS NULL RETURNING <ClickHouse columns>) SELECT … FROM claimed) TO STDOUT
+   CSV``: the claim and the mark are one statement; Postgres renders the rows as CSV in
+   ClickHouse column order, so no row passes through Python objects. No index mentions
+   ch_ingested_at, so the mark is a HOT update. The batch's (guild, hour) buckets go to a
+   per-session temp table.
 3. The CSV goes to ClickHouse as one insert with an ``insert_deduplication_token`` derived from
-   its bytes (the fast path: an identical retry is dropped by the server).
+   the bounds, the row count and a crc of the bytes (the fast path: an identical retry is
+   dropped by the server).
 4. The buckets are queued in ``etl_dirty_buckets`` and the cursor's new position is recorded in
    ``etl_low_water`` (same transaction).
 5. COMMIT makes the mark, the queue and the low-water mark durable. Rollups of queued buckets
