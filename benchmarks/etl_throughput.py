@@ -5,7 +5,7 @@ HERWA_POSTGRES_DSN / HERWA_CLICKHOUSE_URL where set, embedded servers otherwise.
 throw-away databases, stages N message events, then measures on the same machine:
 
 1. COPY out of Postgres alone (the same SELECT the ETL renders, no claim, no mark);
-2. bulk insert into ClickHouse alone (those CSV bytes, same batch size, same table schema);
+2. bulk insert into ClickHouse alone (those bytes, same batch size, format, settings, schema);
 3. the ETL's claim-and-mark statements alone, committed, nothing loaded: the Postgres half of
    the ETL, which the ETL can only beat by running it beside the ClickHouse half on other cores;
 4. ``herwa etl run`` end to end: claim + mark + insert + rollup recompute + commit, pipelined
@@ -26,9 +26,8 @@ import uuid
 import asyncpg
 from _stores import bench_stores
 
-from herwa.etl.families import BY_NAME
+from herwa.etl.families import BY_NAME, INSERT_SETTINGS, WIRE_FORMAT
 from herwa.etl.low_water import load_cursors
-from herwa.etl.rollups import CSV_SETTINGS
 from herwa.etl.runner import RunOptions, run_once
 from herwa.etl.sync import claim, prepare_session
 from herwa.schema import migrate
@@ -105,8 +104,7 @@ async def _ceilings(pg_dsn: str, ch_url: str, rows: int, batch_rows: int) -> tup
                 f"SELECT {select} FROM message_events WHERE message_id > {1000000000000 + lo}"
                 f" AND message_id <= {1000000000000 + lo + batch_rows} ORDER BY message_id",
                 output=buf,
-                format="csv",
-                null="\\N",
+                format="text",
             )
             chunks.append(buf.getvalue())
         copy_s = time.perf_counter() - t
@@ -119,8 +117,8 @@ async def _ceilings(pg_dsn: str, ch_url: str, rows: int, batch_rows: int) -> tup
                 "ceiling",
                 family.target_columns,
                 insert_block=chunk,
-                fmt="CSV",
-                settings=CSV_SETTINGS,
+                fmt=WIRE_FORMAT,
+                settings=INSERT_SETTINGS,
             )
         insert_s = time.perf_counter() - t
         assert await ch.command("SELECT count() FROM ceiling") == rows
@@ -196,7 +194,7 @@ async def main(base_pg: str, base_ch: str, rows: int, batch_rows: int, guilds: i
     print(f"{'path':<52}{'seconds':>9}{'rows/s':>12}{'/ceiling':>10}")
     for key, label in (
         ("copy", "COPY out of Postgres alone"),
-        ("insert", "bulk insert into ClickHouse alone (CSV)"),
+        ("insert", "bulk insert into ClickHouse alone (TSV)"),
         ("claims", "ETL's claim+mark alone (Postgres, nothing loaded)"),
         ("pipelined", "ETL pipelined: claim+mark | insert, rollups, commit"),
         ("serial", "ETL serial: claim+mark, insert, rollups, commit"),

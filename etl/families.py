@@ -1,13 +1,27 @@
 """The event families the ETL moves, registered in one place.
 
 Adding an event family means one :class:`Family` entry here and one migration per store. The
-SELECT list is rendered by Postgres straight into CSV in the ClickHouse column order, so a batch
-never passes through Python objects row by row (see :mod:`herwa.etl.sync`).
+SELECT list is rendered by Postgres straight into its text COPY format in the ClickHouse column
+order, so a batch never passes through Python objects row by row (see :mod:`herwa.etl.sync`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+# Postgres's text COPY format is ClickHouse's TabSeparated: the same escapes, \\N for NULL.
+# Measured on 1 M message events: TabSeparated with plain timestamps, without the insert-time
+# merge below, loads in ~70 % of the time of CSV with best-effort timestamps.
+WIRE_FORMAT = "TabSeparated"
+# optimize_on_insert would collapse duplicate keys inside a batch at insert time; nothing relies
+# on that (every read is FINAL), so it is pure cost.
+INSERT_SETTINGS = {"optimize_on_insert": 0}
+
+
+def _utc(column: str) -> str:
+    # A timestamp without zone ("2024-01-01 00:00:02.592"): ClickHouse's basic parser reads it
+    # as UTC (the columns are DateTime64(3, 'UTC')), truncating to milliseconds.
+    return f"({column} AT TIME ZONE 'UTC')"
 
 
 def _ms(column: str) -> str:
@@ -43,7 +57,7 @@ FAMILIES: tuple[Family, ...] = (
             ("channel_id", "channel_id"),
             ("thread_id", "coalesce(thread_id, 0)"),
             ("author_id", "author_id"),
-            ("created_at", "created_at"),
+            ("created_at", _utc("created_at")),
             ("kind", "kind"),
             ("is_bot", "is_bot::int"),
             ("source", "source"),
@@ -60,7 +74,7 @@ FAMILIES: tuple[Family, ...] = (
             ("message_id", "message_id"),
             ("guild_id", "guild_id"),
             ("channel_id", "channel_id"),
-            ("edited_at", "edited_at"),
+            ("edited_at", _utc("edited_at")),
             ("version", _ms("captured_at")),
         ),
     ),
@@ -72,7 +86,7 @@ FAMILIES: tuple[Family, ...] = (
             ("message_id", "message_id"),
             ("guild_id", "guild_id"),
             ("channel_id", "channel_id"),
-            ("deleted_at", "deleted_at"),
+            ("deleted_at", _utc("deleted_at")),
             ("version", _ms("captured_at")),
         ),
         rollup="deletions",
@@ -87,8 +101,8 @@ FAMILIES: tuple[Family, ...] = (
             ("channel_id", "channel_id"),
             ("user_id", "user_id"),
             ("channel_kind", "channel_kind"),
-            ("joined_at", "joined_at"),
-            ("left_at", "left_at"),
+            ("joined_at", _utc("joined_at")),
+            ("left_at", _utc("left_at")),
             ("duration_seconds", "duration_seconds"),
             ("muted_seconds", "muted_seconds"),
             ("close_reason", "close_reason"),
@@ -105,8 +119,8 @@ FAMILIES: tuple[Family, ...] = (
             ("guild_id", "guild_id"),
             ("user_id", "user_id"),
             ("event", "event"),
-            ("at", "at"),
-            ("account_created_at", "account_created_at"),
+            ("at", _utc("at")),
+            ("account_created_at", _utc("account_created_at")),
             ("is_bot", "is_bot::int"),
             ("version", _ms("captured_at")),
         ),
@@ -119,7 +133,7 @@ FAMILIES: tuple[Family, ...] = (
         columns=(
             ("guild_id", "guild_id"),
             ("event", "event"),
-            ("at", "at"),
+            ("at", _utc("at")),
             ("member_count", "member_count"),
             ("version", _ms("captured_at")),
         ),
@@ -132,7 +146,7 @@ FAMILIES: tuple[Family, ...] = (
             ("guild_id", "guild_id"),
             ("day", "day"),
             ("member_count", "member_count"),
-            ("taken_at", "taken_at"),
+            ("taken_at", _utc("taken_at")),
         ),
         lag_column="taken_at",
     ),
@@ -144,7 +158,7 @@ FAMILIES: tuple[Family, ...] = (
             ("drain_id", "drain_id"),
             ("guild_id", "guild_id"),
             ("command", "command"),
-            ("hour", "hour"),
+            ("hour", _utc("hour")),
             ("outcome", "outcome"),
             ("invocations", "invocations"),
             ("version", _ms("captured_at")),

@@ -24,10 +24,12 @@ from typing import TYPE_CHECKING
 import asyncpg
 from clickhouse_connect.driver.external import ExternalData
 
+from herwa.etl.families import WIRE_FORMAT
+
 if TYPE_CHECKING:
     from clickhouse_connect.driver.asyncclient import AsyncClient
 
-# The CSV batch as ClickHouse sees it, column for column (see families.py).
+# A batch as ClickHouse sees it, column for column (see families.py).
 _BATCH_STRUCTURE = {
     "deletions": (
         "message_id UInt64, guild_id UInt64, channel_id UInt64, "
@@ -43,24 +45,21 @@ _AFFECTED = {
     ),
 }
 
-CSV_SETTINGS = {"date_time_input_format": "best_effort", "format_csv_null_representation": "\\N"}
-
 
 def _version() -> int:
     return time.time_ns() // 1_000_000
 
 
 async def affected_buckets_from_batch(
-    ch: AsyncClient, kind: str, batch_csv: bytes
+    ch: AsyncClient, kind: str, batch: bytes
 ) -> list[tuple[int, int]]:
-    """(guild_id, hour as epoch seconds) touched by a CSV batch of ``kind``."""
+    """(guild_id, hour as epoch seconds) touched by a batch of ``kind`` (as loaded)."""
     external = ExternalData(
-        file_name="batch", data=batch_csv, fmt="CSV", structure=_BATCH_STRUCTURE[kind]
+        file_name="batch", data=batch, fmt=WIRE_FORMAT, structure=_BATCH_STRUCTURE[kind]
     )
     result = await ch.query(
         f"SELECT guild_id, toUnixTimestamp(h) FROM ({_AFFECTED[kind]}) AS a(guild_id, h)",
         external_data=external,
-        settings=CSV_SETTINGS,
     )
     return [(int(g), int(h)) for g, h in result.result_rows]
 

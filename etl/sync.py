@@ -8,12 +8,13 @@ migration 0006) from the family's :class:`Cursor`. Per batch, inside one Postgre
    still appear: the hole of watermarks on serial ids does not open). A batch is always whole
    staging transactions; one larger than n rows becomes one larger batch.
 2. ``COPY (WITH claimed AS (UPDATE … SET ch_ingested_at = now() WHERE staged_xid in the bound
-   AND ch_ingested_at IS NULL RETURNING <ClickHouse columns>) SELECT … FROM claimed) TO STDOUT
-   CSV``: the claim and the mark are one statement; Postgres renders the rows as CSV in
-   ClickHouse column order, so no row passes through Python objects. No index mentions
+   AND ch_ingested_at IS NULL RETURNING <ClickHouse columns>) SELECT … FROM claimed) TO STDOUT``:
+   the claim and the mark are one statement; Postgres renders the rows in its text format,
+   which ClickHouse reads as TabSeparated, in ClickHouse column order, so no row passes through
+   Python objects. No index mentions
    ch_ingested_at, so the mark is a HOT update. The batch's (guild, hour) buckets go to a
    per-session temp table.
-3. The CSV goes to ClickHouse as one insert with an ``insert_deduplication_token`` derived from
+3. The batch goes to ClickHouse as one insert with an ``insert_deduplication_token`` derived from
    the bounds, the row count and a crc of the bytes (the fast path: an identical retry is
    dropped by the server).
 4. The buckets are queued in ``etl_dirty_buckets`` and the cursor's new position is recorded in
@@ -55,7 +56,7 @@ import asyncpg
 from asyncpg.transaction import Transaction
 
 from herwa.etl import rollups
-from herwa.etl.families import Family
+from herwa.etl.families import INSERT_SETTINGS, WIRE_FORMAT, Family
 from herwa.etl.low_water import Cursor, low_water, record_low_water
 from herwa.stores import rows_affected
 
@@ -137,7 +138,7 @@ def claim_sql(family: Family, lower: int, upper: int) -> str:
 
 
 async def prepare_session(pg: asyncpg.Connection) -> None:
-    # CSV timestamps must be unambiguous UTC for ClickHouse's best_effort parser.
+    # The dirty buckets' date_trunc('hour', …) must be UTC hours.
     await pg.execute("SET TIME ZONE 'UTC'; SET DateStyle = 'ISO, YMD'")
     # Safe here: a mark lost in a server crash only makes the next run load the rows again,
     # which is idempotent; it saves a WAL flush per batch.
@@ -203,8 +204,8 @@ class Claimed:
                     family.target_table,
                     family.target_columns,
                     insert_block=self.data,
-                    fmt="CSV",
-                    settings={**rollups.CSV_SETTINGS, "insert_deduplication_token": token},
+                    fmt=WIRE_FORMAT,
+                    settings={**INSERT_SETTINGS, "insert_deduplication_token": token},
                 )
                 deduplicated = summary.written_rows == 0
                 if fault:
@@ -258,7 +259,7 @@ async def claim(
             parts.append(chunk)
 
         status = await pg.copy_from_query(
-            claim_sql(family, cursor.next_xid, upper), output=collect, format="csv", null="\\N"
+            claim_sql(family, cursor.next_xid, upper), output=collect, format="text"
         )
         rows = rows_affected(status)
         bounds = (cursor.next_xid, upper)
