@@ -72,11 +72,28 @@ for _table in TABLES:
     metrics.ROWS_DROPPED.labels(_table)
 
 
+# The member a row is about, in the tables that have one: an opted-out member's rows are never
+# staged ("nothing new about you is recorded"). The check runs in the merge, so every event that
+# happened after the opt-out committed is dropped — such an event is flushed by a statement that
+# starts after it, and so sees the opt-out.
+_MEMBER_COLUMN = {
+    "message_events": "author_id",
+    "voice_sessions": "user_id",
+    "member_events": "user_id",
+}
+
+
 def _merge_sql(table: str, columns: tuple[str, ...]) -> str:
     cols = ", ".join(columns)
+    opted_out = ""
+    if member := _MEMBER_COLUMN.get(table):
+        opted_out = (
+            " WHERE NOT EXISTS (SELECT 1 FROM opt_outs o"  # noqa: S608
+            f" WHERE o.guild_id = b.guild_id AND o.user_id = b.{member})"
+        )
     # Table and column names are the constants above, never input.
     return (
-        f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _herwa_{table} "  # noqa: S608
+        f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _herwa_{table} b{opted_out} "  # noqa: S608
         "ON CONFLICT DO NOTHING"
     )
 

@@ -80,6 +80,40 @@ async def test_time_trigger_and_retried_batches_never_duplicate(migrated: Endpoi
         await pool.close()
 
 
+async def test_opted_out_members_rows_are_never_staged(migrated: Endpoints) -> None:
+    pool = await asyncpg.create_pool(migrated.postgres_dsn, min_size=1, max_size=2)
+    buf = FlushBuffer(pool, interval=30.0, max_rows=5000, capacity=10_000)
+    buf.start()
+    try:
+        await pool.execute("INSERT INTO opt_outs (guild_id, user_id) VALUES (1, 3), (1, 7)")
+        for i in range(4):  # author 3 in guild 1: opted out
+            buf.add("message_events", message(i))
+        buf.add("message_events", (20_000, 1, 2, None, 4, T0, "text", False, "gateway"))
+        buf.add("message_events", (20_001, 9, 2, None, 3, T0, "text", False, "gateway"))
+        for n, user in ((1, 7), (2, 8)):
+            session = (f"00000000-0000-0000-0000-00000000000{n}", 1, 50, user, "voice", T0, T0)
+            buf.add("voice_sessions", (*session, 0.0, "leave", False))
+        buf.add("member_events", (1, 7, "join", T0, T0, False))
+        buf.add("member_events", (1, 8, "join", T0, T0, False))
+        # Rows without a member are kept whoever they concern.
+        buf.add("guild_events", (1, "join", T0, 10))
+        assert await buf.flush(5.0)
+        staged = await pool.fetch("SELECT guild_id, author_id FROM message_events ORDER BY 1, 2")
+        # The same user in another guild, and another user in the same guild, are recorded.
+        assert [tuple(r) for r in staged] == [(1, 4), (9, 3)]
+        assert await pool.fetchval("SELECT array_agg(user_id) FROM voice_sessions") == [8]
+        assert await pool.fetchval("SELECT array_agg(user_id) FROM member_events") == [8]
+        assert await count(migrated.postgres_dsn, "guild_events") == 1
+        # After an opt-in, the member's events are recorded again.
+        await pool.execute("DELETE FROM opt_outs WHERE guild_id = 1 AND user_id = 3")
+        buf.add("message_events", message(9))
+        assert await buf.flush(5.0)
+        assert await count(migrated.postgres_dsn) == 3
+    finally:
+        await buf.close(5.0)
+        await pool.close()
+
+
 @pytest.fixture
 async def proxied(migrated: Endpoints) -> AsyncIterator[tuple[TcpProxy, str]]:
     """A TCP proxy in front of the test's Postgres (cut it to simulate an outage) and the DSN
