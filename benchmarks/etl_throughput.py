@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import time
 import urllib.parse
 import uuid
@@ -29,7 +28,7 @@ from _stores import bench_stores
 from herwa.etl.families import BY_NAME, INSERT_SETTINGS, WIRE_FORMAT
 from herwa.etl.low_water import load_cursors
 from herwa.etl.runner import RunOptions, run_once
-from herwa.etl.sync import claim, prepare_session
+from herwa.etl.sync import claim, prepare_session, rendered_columns
 from herwa.schema import migrate
 from herwa.stores import clickhouse_url_client
 
@@ -93,20 +92,24 @@ async def _ceilings(pg_dsn: str, ch_url: str, rows: int, batch_rows: int) -> tup
     ch = await clickhouse_url_client(ch_url)
     try:
         family = BY_NAME["message_events"]
-        select = ", ".join(f"{expr} AS {col}" for col, expr in family.columns)
         # 1. Raw ceiling: COPY out of Postgres alone, in batches of the same size.
-        await pg.execute("SET TIME ZONE 'UTC'")
+        await prepare_session(pg)
         chunks: list[bytes] = []
         t = time.perf_counter()
         for lo in range(0, rows, batch_rows):
-            buf = io.BytesIO()
+            parts: list[bytes] = []
+
+            async def collect(chunk: bytes, parts: list[bytes] = parts) -> None:
+                parts.append(chunk)  # a coroutine sink, as the ETL's (no thread per chunk)
+
             await pg.copy_from_query(
-                f"SELECT {select} FROM message_events WHERE message_id > {1000000000000 + lo}"
+                f"SELECT {rendered_columns(family, lo + 1)} FROM message_events"
+                f" WHERE message_id > {1000000000000 + lo}"
                 f" AND message_id <= {1000000000000 + lo + batch_rows} ORDER BY message_id",
-                output=buf,
+                output=collect,
                 format="text",
             )
-            chunks.append(buf.getvalue())
+            chunks.append(b"".join(parts))
         copy_s = time.perf_counter() - t
 
         # 2. Raw ceiling: bulk insert of those bytes into ClickHouse alone.

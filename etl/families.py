@@ -40,10 +40,14 @@ class Family:
     lag_column: str = "captured_at"  # ingestion lag = now() - min(this) over pending rows
     user_column: str | None = None  # ClickHouse column; opted-out (guild_id, user) never loaded
     rollup: str | None = None  # which rollup maintenance the batch triggers (see rollups.py)
+    # ClickHouse column that records the loading batch (its upper staged_xid bound), for rollups
+    # that find their work by batch instead of a queue (clickhouse migration 0004).
+    batch_column: str | None = None
 
     @property
     def target_columns(self) -> list[str]:
-        return [name for name, _ in self.columns]
+        names = [name for name, _ in self.columns]
+        return names if self.batch_column is None else [*names, self.batch_column]
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -65,6 +69,7 @@ FAMILIES: tuple[Family, ...] = (
         ),
         user_column="author_id",
         rollup="messages",
+        batch_column="loaded_batch",
     ),
     Family(
         name="message_edits",

@@ -94,8 +94,9 @@ async def check_counter(pg: asyncpg.Connection) -> None:
     would be staged below the marks and never loaded, while each run reported "caught up".
     """
     row = await pg.fetchrow(
-        "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS next,"
-        " max(staged_xid::text::bigint) AS mark FROM etl_low_water"
+        "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS next, greatest("
+        " (SELECT max(staged_xid::text::bigint) FROM etl_low_water),"
+        " (SELECT max(loaded_batch::text::bigint) FROM etl_rollup_progress)) AS mark"
     )
     if row is not None and row["mark"] is not None and row["mark"] > row["next"]:
         raise MarksAhead(
@@ -110,7 +111,8 @@ async def reset(pg: asyncpg.Connection) -> dict[str, int]:
     """Re-base every family on this server's transaction ids; returns rows re-staged per family.
 
     Rows whose staged_xid lies at or beyond the current id get a valid one: pending rows the
-    current id (claimable once this commits), ingested rows 0. Then the marks start again at 1.
+    current id (claimable once this commits), ingested rows 0. Then the marks start again at 1,
+    and so does the rollups' progress: the next recompute covers every batch loaded from then.
     """
     restaged: dict[str, int] = {}
     async with pg.transaction():
@@ -129,4 +131,5 @@ async def reset(pg: asyncpg.Connection) -> dict[str, int]:
             " VALUES ($1, '1', '-infinity')",
             [(family.name,) for family in FAMILIES],
         )
+        await pg.execute("UPDATE etl_rollup_progress SET loaded_batch = '0', updated_at = now()")
     return restaged

@@ -2,14 +2,25 @@
 
 A materialized view adds whatever is inserted; if a batch is inserted twice (a crash between
 the ClickHouse insert and the Postgres commit) the view counts it twice, and it cannot subtract
-a message deleted later. Instead, every message or deletion batch queues its affected
-(guild, UTC hour) buckets in Postgres (etl_dirty_buckets, same transaction as the mark); each
-queued bucket is then recomputed from ``messages FINAL`` minus ``message_deletions`` and written
-again whole, with a newer version; keys that no longer have messages are written as zero rows so
-they replace the stale counts. The per-author daily rollup (message_activity_daily, for
-retention) is recomputed for the whole UTC day of every queued bucket. A bucket leaves the
-queue only after its recompute, so a crash anywhere leaves it queued and the next run
-recomputes it.
+a message deleted later. Instead, every affected (guild, UTC hour) bucket is recomputed from
+``messages FINAL`` minus ``message_deletions`` and written again whole, with a newer version;
+keys that no longer have messages are written as zero rows so they replace the stale counts.
+The per-author daily rollup (message_activity_daily, for retention) is recomputed for the whole
+UTC day of every affected bucket.
+
+Affected buckets come from two places:
+
+* Message batches: every message records the batch that loaded it (``loaded_batch``).
+  :func:`flush_loaded` redoes the buckets of the messages loaded above the progress mark
+  (``etl_rollup_progress``) and at or below the committed low-water mark of message_events,
+  then moves the mark. It runs beside the sync loop as batches commit (runner.py).
+* Everything else — deletion batches, deletion requests, batches loaded before loaded_batch
+  existed — queues its buckets in Postgres (``etl_dirty_buckets``, in the same transaction as
+  its mark); :func:`flush_queue` recomputes them after the sync loop, so that no batch queues a
+  bucket while it is being recomputed and dequeued.
+
+Either way the record of the work (the mark, the queue row) goes only after the recompute, so a
+crash anywhere leaves it to the next run.
 """
 
 # ruff: noqa: S608 - identifiers in SQL come from this package's static registries; values are bound.
@@ -24,7 +35,8 @@ from typing import TYPE_CHECKING
 import asyncpg
 from clickhouse_connect.driver.external import ExternalData
 
-from herwa.etl.families import WIRE_FORMAT
+from herwa.etl.families import BY_NAME, WIRE_FORMAT
+from herwa.etl.low_water import low_water
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.asyncclient import AsyncClient
@@ -74,11 +86,36 @@ async def mark_dirty(pg: asyncpg.Connection, buckets: list[tuple[int, int]]) -> 
     )
 
 
-async def flush(
-    pg: asyncpg.Connection,
-    ch: AsyncClient,
-    on_recomputed: Callable[[], Awaitable[None]] | None = None,
-) -> int:
+Hook = Callable[[], Awaitable[None]]
+
+
+async def flush_loaded(pg: asyncpg.Connection, ch: AsyncClient, on_recomputed: Hook | None) -> int:
+    """Recompute the buckets of every message batch committed since the last call."""
+    done = await pg.fetchval(
+        "SELECT loaded_batch::text::bigint FROM etl_rollup_progress WHERE rollup = 'messages'"
+    )
+    upto = await low_water(pg, BY_NAME["message_events"])
+    if done is None or upto <= done:
+        return 0
+    # Without FINAL: every copy of a row loaded twice is seen, whichever FINAL would keep.
+    result = await ch.query(
+        "SELECT DISTINCT guild_id, toUnixTimestamp(toStartOfHour(created_at)) FROM messages"
+        " WHERE loaded_batch > {done:UInt64} AND loaded_batch <= {upto:UInt64}",
+        parameters={"done": done, "upto": upto},
+    )
+    buckets = [(int(g), int(h)) for g, h in result.result_rows]
+    await recompute(ch, buckets)
+    if on_recomputed is not None:
+        await on_recomputed()
+    await pg.execute(
+        "UPDATE etl_rollup_progress SET loaded_batch = $1::text::xid8, updated_at = now()"
+        " WHERE rollup = 'messages'",
+        str(upto),
+    )
+    return len(buckets)
+
+
+async def flush_queue(pg: asyncpg.Connection, ch: AsyncClient, on_recomputed: Hook | None) -> int:
     """Recompute every queued bucket, dequeuing each chunk only after its recompute."""
     done = 0
     while True:

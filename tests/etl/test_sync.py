@@ -74,6 +74,9 @@ async def _assert_exact(endpoints: Endpoints, pg: asyncpg.Connection) -> None:
         "(SELECT 1 FROM message_deletions d WHERE d.message_id = m.message_id)"
     )
     assert await ch_value(endpoints, "SELECT sum(messages) FROM message_activity_15m FINAL") == live
+    assert (
+        await ch_value(endpoints, "SELECT sum(messages) FROM message_activity_daily FINAL") == live
+    )
 
 
 async def test_a_run_loads_every_family_once(migrated: Endpoints, pg: asyncpg.Connection) -> None:
@@ -123,8 +126,9 @@ async def test_crash_at_each_step_then_next_run_is_exact(
         T0 + timedelta(days=1),
     )
     calls = 0
-    # Batch steps crash in the second of four batches; "rolled_up" (the rollup recompute after
-    # the loop, before its queue is emptied) happens once per run.
+    # Batch steps crash in the second of four batches; "rolled_up" in the first rollup
+    # recompute (after it, before its progress is recorded), which runs as soon as the first
+    # batch has committed, beside the loop.
     crash_at = 1 if point == "rolled_up" else 2
 
     async def crash(at: str, family: Family) -> None:
@@ -144,9 +148,14 @@ async def test_crash_at_each_step_then_next_run_is_exact(
         "SELECT count(*) FROM message_events WHERE ch_ingested_at IS NOT NULL"
     )
     if point == "rolled_up":
-        # Every batch committed, but the recomputed buckets are still queued.
-        assert marked == 350
-        assert await pg.fetchval("SELECT count(*) FROM etl_dirty_buckets") > 0
+        # Batches committed, but the rollups' progress was not recorded: the recompute is owed.
+        assert marked >= 100
+        owed = await pg.fetchval(
+            "SELECT p.loaded_batch < (SELECT max(staged_xid) FROM etl_low_water"
+            " WHERE family = 'message_events') FROM etl_rollup_progress p"
+            " WHERE rollup = 'messages'"
+        )
+        assert owed is True
     else:
         # The crashed batch was rolled back in Postgres: only the first batch is marked.
         assert marked == 100
@@ -413,6 +422,7 @@ async def test_marks_from_another_cluster_stop_the_run_until_reset(
     await stage_messages(pg, range(1, 101))
     await pg.execute(f"UPDATE message_events SET staged_xid = '{ahead}' WHERE message_id <= 50")
     await pg.execute(f"INSERT INTO etl_low_water VALUES ('message_events', '{ahead + 1}', now())")
+    await pg.execute(f"UPDATE etl_rollup_progress SET loaded_batch = '{ahead + 1}'")
     await stage_messages(pg, range(101, 151))  # staged on the new cluster, below the marks
 
     refused = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS)
