@@ -83,20 +83,30 @@ class _RecomputeRounds:
 
     Without this the recompute ran after the loop, on a core the loop no longer used (~20 % of
     a run's time). Each round covers every batch committed before it started
-    (rollups.flush_loaded); the run ends with one more round after the loop.
+    (rollups.flush_loaded); the run ends with one more round after the loop. A round starts
+    once two batches' worth of rows are owed: a round has a fixed cost (it reads every part of
+    the guilds' months with FINAL), and one per batch cost more than it overlapped (measured on
+    1 M rows: 6.2-6.6 s a run with a round per batch, 5.9 s with this, 6.5-6.7 s without rounds).
     """
 
-    def __init__(self, postgres_dsn: str, clickhouse_url: str, hook: rollups.Hook | None) -> None:
+    def __init__(
+        self, postgres_dsn: str, clickhouse_url: str, hook: rollups.Hook | None, min_rows: int
+    ) -> None:
         self._dsn, self._url, self._hook = postgres_dsn, clickhouse_url, hook
+        self._min_rows = min_rows
         self._wake = asyncio.Event()
         self._stopping = False
+        self._owed = 0
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._rounds())
 
-    def committed(self) -> None:
-        self._wake.set()
+    def committed(self, rows: int) -> None:
+        self._owed += rows
+        if self._owed >= self._min_rows:
+            self._owed = 0
+            self._wake.set()
 
     def check(self) -> None:
         """Raise a round's failure in the sync loop, which then stops like on its own."""
@@ -150,7 +160,7 @@ async def _sync_families(
     """
     postgres_dsn, clickhouse_url = stores
     conns = [pg]
-    rounds = _RecomputeRounds(postgres_dsn, clickhouse_url, rounds_hook)
+    rounds = _RecomputeRounds(postgres_dsn, clickhouse_url, rounds_hook, 2 * options.batch_rows)
     if options.pipeline:
         second = await postgres_connection(postgres_dsn)
         await prepare_session(second)
@@ -162,7 +172,7 @@ async def _sync_families(
         prom.rows.labels(result.family).inc(result.rows)
         prom.batch.labels(result.family).observe(result.seconds)
         if result.family == "message_events" and result.rows:
-            rounds.committed()
+            rounds.committed(result.rows)
 
     inflight: asyncio.Task[BatchResult] | None = None
     claimed: Claimed | None = None
