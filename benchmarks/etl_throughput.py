@@ -17,12 +17,12 @@ throw-away databases, stages N message events, then measures on the same machine
 from __future__ import annotations
 
 import argparse
-import asyncio
 import time
 import urllib.parse
 import uuid
 
 import asyncpg
+import uvloop
 from _stores import bench_stores
 
 from herwa.etl.families import BY_NAME, INSERT_SETTINGS, WIRE_FORMAT
@@ -216,7 +216,8 @@ if __name__ == "__main__":
     parser.add_argument("--guilds", type=int, default=50)
     args = parser.parse_args()
     with bench_stores() as stores:
-        asyncio.run(
+        # The event loop `herwa etl run` uses (etl/cli.py), for the ceilings too.
+        uvloop.run(
             main(
                 stores.postgres_dsn, stores.clickhouse_url, args.rows, args.batch_rows, args.guilds
             )

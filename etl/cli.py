@@ -15,6 +15,8 @@ import asyncio
 import logging
 import sys
 
+import uvloop
+
 from herwa import config
 from herwa.etl import lock, low_water
 from herwa.etl.runner import RunOptions, run_once
@@ -48,7 +50,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.etl_action == "reset-low-water":
         return asyncio.run(_reset())
-    return asyncio.run(_main(args))
+    # uvloop: the run is one process shuttling ~90 MB per million rows between two sockets;
+    # measured on 1 M rows its own CPU went from ~1.7 to ~0.9 s (on a 2-core box that is
+    # time taken from Postgres and ClickHouse).
+    return uvloop.run(_main(args))
 
 
 async def _reset() -> int:
