@@ -436,3 +436,43 @@ async def test_marks_from_another_cluster_stop_the_run_until_reset(
     assert result.outcome == "caught_up", result.error
     assert result.stats.rows_moved["message_events"] == 150
     await _assert_exact(migrated, pg)
+
+
+async def test_message_rollups_are_recomputed_while_the_loop_still_runs(
+    migrated: Endpoints, pg: asyncpg.Connection
+) -> None:
+    # 10 batches of 100: a recompute round starts once two batches are owed, beside the loop.
+    await stage_messages(pg, range(1, 1001))
+    progress_seen: list[int] = []
+
+    async def at_claim(at: str, family: Family) -> None:
+        if at != "claimed" or family.name != "message_events":
+            return
+        claimed = await pg.fetchval(
+            "SELECT count(*) FROM message_events WHERE ch_ingested_at IS NOT NULL"
+        )
+        if claimed < 700:
+            return
+        # Later claims wait here for a round to have recorded its progress.
+        for _ in range(200):
+            progress = await pg.fetchval(
+                "SELECT loaded_batch::text::bigint FROM etl_rollup_progress"
+                " WHERE rollup = 'messages'"
+            )
+            if progress > 0:
+                progress_seen.append(progress)
+                return
+            await asyncio.sleep(0.05)
+
+    result = await run_once(
+        migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS, fault=at_claim
+    )
+    assert result.outcome == "caught_up", result.error
+    assert progress_seen, "no rollup round finished while batches were still being claimed"
+    # The run's last round covered the rest.
+    await _assert_exact(migrated, pg)
+    final = await pg.fetchval(
+        "SELECT loaded_batch = (SELECT max(staged_xid) FROM etl_low_water"
+        " WHERE family = 'message_events') FROM etl_rollup_progress WHERE rollup = 'messages'"
+    )
+    assert final is True
