@@ -14,10 +14,12 @@ Affected buckets come from two places:
   :func:`flush_loaded` redoes the buckets of the messages loaded above the progress mark
   (``etl_rollup_progress``) and at or below the committed low-water mark of message_events,
   then moves the mark. It runs beside the sync loop as batches commit (runner.py).
-* Everything else — deletion batches, deletion requests, batches loaded before loaded_batch
-  existed — queues its buckets in Postgres (``etl_dirty_buckets``, in the same transaction as
-  its mark); :func:`flush_queue` recomputes them after the sync loop, so that no batch queues a
-  bucket while it is being recomputed and dequeued.
+* Message deletion batches (and batches loaded before loaded_batch existed) queue their
+  buckets in Postgres (``etl_dirty_buckets``, in the same transaction as their mark);
+  :func:`flush_queue` recomputes them after the sync loop, so that no batch queues a bucket
+  while it is being recomputed and dequeued.
+
+A deletion request recomputes the buckets it empties itself (privacy.py).
 
 Either way the record of the work (the mark, the queue row) goes only after the recompute, so a
 crash anywhere leaves it to the next run.

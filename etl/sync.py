@@ -78,9 +78,9 @@ class BatchResult:
 async def _bound(pg: asyncpg.Connection, cursor: Cursor, batch_rows: int) -> tuple[int, bool]:
     """Step 1: the exclusive staged_xid bound of the next batch, and whether it is the last."""
     table = cursor.family.staging_table
-    # Two index-only probes, the first row and the (n+1)-th; aggregating over the n rows in
-    # between cost twice as much. xid8 has no min/max aggregates before PostgreSQL 15 and
-    # compares fine without, so only the results are cast.
+    # Two index-only probes, the first row and the (n+1)-th: counting and casting the n rows in
+    # between cost ~7 times as much (0.45 s per 1 M rows). Only the results are cast to bigint
+    # (xid8 compares fine but has no min/max aggregates before PostgreSQL 15).
     ahead = (
         f"SELECT staged_xid FROM {table} WHERE staged_xid >= '{int(cursor.next_xid)}'::xid8"
         " AND staged_xid < (SELECT xmin FROM snap) ORDER BY staged_xid"
@@ -127,8 +127,9 @@ def claim_sql(family: Family, lower: int, upper: int) -> str:
 
 
 async def prepare_session(pg: asyncpg.Connection) -> None:
-    # Timestamps are rendered in ISO form whatever the server's default DateStyle.
-    await pg.execute("SET DateStyle = 'ISO, YMD'")
+    # Values are rendered as ClickHouse parses them whatever the server's defaults: ISO
+    # timestamps, floats with every digit that round-trips.
+    await pg.execute("SET DateStyle = 'ISO, YMD'; SET extra_float_digits = 1")
     # Safe here: a mark lost in a server crash only makes the next run load the rows again,
     # which is idempotent; it saves a WAL flush per batch.
     await pg.execute("SET synchronous_commit = off")
