@@ -17,13 +17,18 @@ throw-away databases, stages N message events, then measures on the same machine
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import time
 import urllib.parse
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import asyncpg
 import uvloop
-from _stores import bench_stores
+from _stores import ServerCpu, bench_servers
 
 from herwa.etl.families import BY_NAME, INSERT_SETTINGS, WIRE_FORMAT
 from herwa.etl.low_water import load_cursors
@@ -33,6 +38,31 @@ from herwa.schema import migrate
 from herwa.stores import clickhouse_url_client
 
 _STAGING_TRANSACTION = 5_000  # the bot's flush limit
+
+
+@dataclass
+class _Use:
+    wall: float
+    cpu: dict[str, float]  # CPU seconds: postgres, clickhouse (embedded only), etl (this process)
+
+
+class _Meter:
+    """Wall time and CPU time of each measured path, side by side."""
+
+    def __init__(self, servers: ServerCpu) -> None:
+        self._servers = servers
+        self.uses: dict[str, _Use] = {}
+
+    def _cpu(self) -> dict[str, float]:
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        return {**self._servers.seconds(), "etl": own.ru_utime + own.ru_stime}
+
+    @contextmanager
+    def span(self, key: str) -> Iterator[None]:
+        cpu, t = self._cpu(), time.perf_counter()
+        yield
+        wall, after = time.perf_counter() - t, self._cpu()
+        self.uses[key] = _Use(wall, {k: after[k] - cpu[k] for k in after if k in cpu})
 
 
 def _with_db(url: str, name: str) -> str:
@@ -87,7 +117,7 @@ async def _drop(base_pg: str, base_ch: str, name: str) -> None:
         await ch.close()
 
 
-async def _ceilings(pg_dsn: str, ch_url: str, rows: int, batch_rows: int) -> tuple[float, float]:
+async def _ceilings(meter: _Meter, pg_dsn: str, ch_url: str, rows: int, batch_rows: int) -> None:
     pg = await asyncpg.connect(pg_dsn)
     ch = await clickhouse_url_client(ch_url)
     try:
@@ -95,70 +125,62 @@ async def _ceilings(pg_dsn: str, ch_url: str, rows: int, batch_rows: int) -> tup
         # 1. Raw ceiling: COPY out of Postgres alone, in batches of the same size.
         await prepare_session(pg)
         chunks: list[bytes] = []
-        t = time.perf_counter()
-        for lo in range(0, rows, batch_rows):
-            parts: list[bytes] = []
+        with meter.span("copy"):
+            for lo in range(0, rows, batch_rows):
+                parts: list[bytes] = []
 
-            async def collect(chunk: bytes, parts: list[bytes] = parts) -> None:
-                parts.append(chunk)  # a coroutine sink, as the ETL's (no thread per chunk)
+                async def collect(chunk: bytes, parts: list[bytes] = parts) -> None:
+                    parts.append(chunk)  # a coroutine sink, as the ETL's (no thread per chunk)
 
-            await pg.copy_from_query(
-                f"SELECT {rendered_columns(family, lo + 1)} FROM message_events"
-                f" WHERE message_id > {1000000000000 + lo}"
-                f" AND message_id <= {1000000000000 + lo + batch_rows} ORDER BY message_id",
-                output=collect,
-                format="text",
-            )
-            chunks.append(b"".join(parts))
-        copy_s = time.perf_counter() - t
+                await pg.copy_from_query(
+                    f"SELECT {rendered_columns(family, lo + 1)} FROM message_events"
+                    f" WHERE message_id > {1000000000000 + lo}"
+                    f" AND message_id <= {1000000000000 + lo + batch_rows} ORDER BY message_id",
+                    output=collect,
+                    format="text",
+                )
+                chunks.append(b"".join(parts))
 
         # 2. Raw ceiling: bulk insert of those bytes into ClickHouse alone.
         await ch.command("CREATE TABLE ceiling AS messages")
-        t = time.perf_counter()
-        for chunk in chunks:
-            await ch.raw_insert(
-                "ceiling",
-                family.target_columns,
-                insert_block=chunk,
-                fmt=WIRE_FORMAT,
-                settings=INSERT_SETTINGS,
-            )
-        insert_s = time.perf_counter() - t
+        with meter.span("insert"):
+            for chunk in chunks:
+                await ch.raw_insert(
+                    "ceiling",
+                    family.target_columns,
+                    insert_block=chunk,
+                    fmt=WIRE_FORMAT,
+                    settings=INSERT_SETTINGS,
+                )
         assert await ch.command("SELECT count() FROM ceiling") == rows
-        return copy_s, insert_s
     finally:
         await pg.close()
         await ch.close()
 
 
-async def _claims(pg_dsn: str, rows: int, batch_rows: int) -> float:
+async def _claims(meter: _Meter, pg_dsn: str, rows: int, batch_rows: int) -> None:
     """The Postgres half of the ETL alone: every claim-and-mark statement, committed, no load."""
     pg = await asyncpg.connect(pg_dsn)
     try:
         await prepare_session(pg)
         cursor = (await load_cursors(pg))["message_events"]
         claimed_rows = 0
-        t = time.perf_counter()
-        while not cursor.caught_up:
-            claimed = await claim(pg, cursor, batch_rows)
-            await claimed.tx.commit()
-            claimed_rows += claimed.rows
-        seconds = time.perf_counter() - t
+        with meter.span("claims"):
+            while not cursor.caught_up:
+                claimed = await claim(pg, cursor, batch_rows)
+                await claimed.tx.commit()
+                claimed_rows += claimed.rows
         assert claimed_rows == rows
-        return seconds
     finally:
         await pg.close()
 
 
-async def _etl(pg_dsn: str, ch_url: str, rows: int, batch_rows: int, pipeline: bool) -> float:
-    t = time.perf_counter()
-    result = await run_once(
-        pg_dsn,
-        ch_url,
-        None,
-        RunOptions(batch_rows=batch_rows, deadline_seconds=3600, pipeline=pipeline),
-    )
-    etl_s = time.perf_counter() - t
+async def _etl(
+    meter: _Meter, pg_dsn: str, ch_url: str, rows: int, batch_rows: int, pipeline: bool
+) -> None:
+    options = RunOptions(batch_rows=batch_rows, deadline_seconds=3600, pipeline=pipeline)
+    with meter.span("pipelined" if pipeline else "serial"):
+        result = await run_once(pg_dsn, ch_url, None, options)
     assert result.outcome == "caught_up", result.error
     assert result.stats.rows_moved["message_events"] == rows
     ch = await clickhouse_url_client(ch_url)
@@ -168,33 +190,35 @@ async def _etl(pg_dsn: str, ch_url: str, rows: int, batch_rows: int, pipeline: b
         assert await ch.command("SELECT sum(messages) FROM message_activity_daily FINAL") == rows
     finally:
         await ch.close()
-    return etl_s
 
 
-async def main(base_pg: str, base_ch: str, rows: int, batch_rows: int, guilds: int) -> None:
-    timings: dict[str, float] = {}
+async def main(
+    servers: ServerCpu, base_pg: str, base_ch: str, rows: int, batch_rows: int, guilds: int
+) -> None:
+    meter = _Meter(servers)
     # Each ETL variant gets a freshly staged database: a marked table is not the same table.
     for variant in ("ceilings", "claims", "pipelined", "serial"):
         print(f"{variant}: staging {rows:,} message events across {guilds} guilds …", flush=True)
         name, pg_dsn, ch_url = await _stage(base_pg, base_ch, rows, guilds)
         try:
             if variant == "ceilings":
-                timings["copy"], timings["insert"] = await _ceilings(
-                    pg_dsn, ch_url, rows, batch_rows
-                )
+                await _ceilings(meter, pg_dsn, ch_url, rows, batch_rows)
             elif variant == "claims":
-                timings["claims"] = await _claims(pg_dsn, rows, batch_rows)
+                await _claims(meter, pg_dsn, rows, batch_rows)
             else:
-                timings[variant] = await _etl(
-                    pg_dsn, ch_url, rows, batch_rows, pipeline=variant == "pipelined"
-                )
+                await _etl(meter, pg_dsn, ch_url, rows, batch_rows, variant == "pipelined")
         finally:
             await _drop(base_pg, base_ch, name)
 
-    rate = {k: rows / v for k, v in timings.items()}
+    uses = meter.uses
+    rate = {k: rows / use.wall for k, use in uses.items()}
     slower = min(rate["copy"], rate["insert"])
-    print(f"\nrows: {rows:,}   batch: {batch_rows:,}   guilds: {guilds}")
-    print(f"{'path':<52}{'seconds':>9}{'rows/s':>12}{'/ceiling':>10}")
+    cores = os.cpu_count() or 1
+    print(f"\nrows: {rows:,}   batch: {batch_rows:,}   guilds: {guilds}   cores: {cores}")
+    # CPU seconds per server: what the path costs the machine, whatever overlapped.
+    servers_seen = [k for k in ("postgres", "clickhouse") if k in uses["copy"].cpu]
+    cpu_heads = "".join(f"{k[:10]:>11}" for k in [*servers_seen, "etl"])
+    print(f"{'path':<52}{'seconds':>9}{'rows/s':>12}{'/ceiling':>10}  | CPU s:{cpu_heads}")
     for key, label in (
         ("copy", "COPY out of Postgres alone"),
         ("insert", "bulk insert into ClickHouse alone (TSV)"),
@@ -202,10 +226,20 @@ async def main(base_pg: str, base_ch: str, rows: int, batch_rows: int, guilds: i
         ("pipelined", "ETL pipelined: claim+mark | insert, rollups, commit"),
         ("serial", "ETL serial: claim+mark, insert, rollups, commit"),
     ):
-        print(f"{label:<52}{timings[key]:>9.2f}{rate[key]:>12,.0f}{rate[key] / slower:>10.0%}")
+        use = uses[key]
+        cpu = "".join(f"{use.cpu[k]:>11.2f}" for k in [*servers_seen, "etl"])
+        print(
+            f"{label:<52}{use.wall:>9.2f}{rate[key]:>12,.0f}{rate[key] / slower:>10.0%}"
+            f"  |       {cpu}"
+        )
+    etl_cpu = sum(uses["pipelined"].cpu[k] for k in [*servers_seen, "etl"])
     print(
         f"\nETL (pipelined) / slower raw ceiling: {rate['pipelined'] / slower:.0%}   "
-        f"(targets: >= 200,000 rows/s and >= 50%)"
+        f"(targets: >= 200,000 rows/s and >= 50%)\n"
+        f"ETL (pipelined) CPU: {etl_cpu:.2f} s over the measured processes = at least "
+        f"{etl_cpu / cores:.2f} s of wall time on {cores} cores, i.e. at most "
+        f"{rows * cores / etl_cpu:,.0f} rows/s with perfect overlap"
+        + ("" if servers_seen else " (servers not embedded: their CPU is not counted)")
     )
 
 
@@ -215,10 +249,15 @@ if __name__ == "__main__":
     parser.add_argument("--batch-rows", type=int, default=100_000)
     parser.add_argument("--guilds", type=int, default=50)
     args = parser.parse_args()
-    with bench_stores() as stores:
+    with bench_servers() as (stores, servers):
         # The event loop `herwa etl run` uses (etl/cli.py), for the ceilings too.
         uvloop.run(
             main(
-                stores.postgres_dsn, stores.clickhouse_url, args.rows, args.batch_rows, args.guilds
+                servers,
+                stores.postgres_dsn,
+                stores.clickhouse_url,
+                args.rows,
+                args.batch_rows,
+                args.guilds,
             )
         )
