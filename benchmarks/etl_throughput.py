@@ -10,6 +10,10 @@ throw-away databases, stages N message events, then measures on the same machine
    the ETL, which the ETL can only beat by running it beside the ClickHouse half on other cores;
 4. ``herwa etl run`` end to end: claim + mark + insert + rollup recompute + commit, pipelined
    (claim of batch N+1 overlapping the insert of batch N) and, on a freshly staged copy, serial.
+
+Beside each path's wall time it prints the CPU seconds it cost Postgres and ClickHouse (when
+embedded) and this process: their sum over the machine's cores is a floor on the wall time no
+amount of overlap can beat.
 """
 
 # ruff: noqa: S608 - benchmark SQL is composed from its own constants and integers.
