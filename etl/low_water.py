@@ -112,7 +112,8 @@ async def reset(pg: asyncpg.Connection) -> dict[str, int]:
 
     Rows whose staged_xid lies at or beyond the current id get a valid one: pending rows the
     current id (claimable once this commits), ingested rows 0. Then the marks start again at 1,
-    and so does the rollups' progress: the next recompute covers every batch loaded from then.
+    and the rollups' progress at 0: the next recompute covers every batch loaded from then, and
+    the range it still owed on the old ids (etl_rollup_owed).
     """
     restaged: dict[str, int] = {}
     async with pg.transaction():
@@ -125,6 +126,23 @@ async def reset(pg: asyncpg.Connection) -> dict[str, int]:
                 """
             )
             restaged[family.name] = rows_affected(status)
+        # Messages loaded by batches the rollups had not reached yet carry old-cluster bounds
+        # that the new marks will not pass for a long time: their range is owed separately.
+        await pg.execute(
+            """
+            INSERT INTO etl_rollup_owed (rollup, above, upto)
+            SELECT p.rollup, p.loaded_batch, m.mark
+            FROM etl_rollup_progress p,
+                 (SELECT max(staged_xid) AS mark FROM etl_low_water
+                  WHERE family = 'message_events') m
+            WHERE p.rollup = 'messages' AND p.loaded_batch < m.mark
+            ON CONFLICT DO NOTHING
+            """
+        )
+        # Opt-outs committed on the old cluster are old: below any snapshot from now on.
+        await pg.execute(
+            "UPDATE opt_outs SET opted_out_xid = '0' WHERE opted_out_xid >= pg_current_xact_id()"
+        )
         await pg.execute("DELETE FROM etl_low_water")
         await pg.executemany(
             "INSERT INTO etl_low_water (family, staged_xid, recorded_at)"

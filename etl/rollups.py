@@ -109,21 +109,38 @@ async def flush_loaded(pg: asyncpg.Connection, ch: AsyncClient, on_recomputed: H
         "SELECT loaded_batch::text::bigint FROM etl_rollup_progress WHERE rollup = 'messages'"
     )
     upto = await low_water(pg, BY_NAME["message_events"])
-    if done is None or upto <= done:
+    # Ranges left from before a reset-low-water (low_water.reset), usually none.
+    owed = [
+        (int(r["above"]), int(r["upto"]))
+        for r in await pg.fetch(
+            "SELECT above::text::bigint AS above, upto::text::bigint AS upto"
+            " FROM etl_rollup_owed WHERE rollup = 'messages'"
+        )
+    ]
+    ranges = [*owed, *([(done, upto)] if done is not None and upto > done else [])]
+    if not ranges:
         return 0
-    # Without FINAL: every copy of a row loaded twice is seen, whichever FINAL would keep.
-    result = await ch.query(
-        "SELECT DISTINCT guild_id, toUnixTimestamp(toStartOfHour(created_at)) FROM messages"
-        " WHERE loaded_batch > {done:UInt64} AND loaded_batch <= {upto:UInt64}",
-        parameters={"done": done, "upto": upto},
-    )
-    buckets = [(int(g), int(h)) for g, h in result.result_rows]
-    await _recompute_then(ch, buckets, on_recomputed)
-    await pg.execute(
-        "UPDATE etl_rollup_progress SET loaded_batch = $1::text::xid8, updated_at = now()"
-        " WHERE rollup = 'messages'",
-        str(upto),
-    )
+    buckets: set[tuple[int, int]] = set()
+    for above, below in ranges:
+        # Without FINAL: every copy of a row loaded twice is seen, whichever FINAL would keep.
+        result = await ch.query(
+            "SELECT DISTINCT guild_id, toUnixTimestamp(toStartOfHour(created_at)) FROM messages"
+            " WHERE loaded_batch > {above:UInt64} AND loaded_batch <= {below:UInt64}",
+            parameters={"above": above, "below": below},
+        )
+        buckets.update((int(g), int(h)) for g, h in result.result_rows)
+    await _recompute_then(ch, sorted(buckets), on_recomputed)
+    async with pg.transaction():
+        await pg.execute(
+            "UPDATE etl_rollup_progress SET loaded_batch = $1::text::xid8, updated_at = now()"
+            " WHERE rollup = 'messages' AND loaded_batch < $1::text::xid8",
+            str(upto),
+        )
+        await pg.execute(
+            "DELETE FROM etl_rollup_owed WHERE rollup = 'messages'"
+            " AND above = ANY($1::text[]::xid8[])",
+            [str(above) for above, _ in owed],
+        )
     return len(buckets)
 
 

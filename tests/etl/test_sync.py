@@ -25,6 +25,7 @@ from tests.etl._support import (
     T0,
     actual_hourly,
     ch_value,
+    clickhouse,
     expected_hourly,
     stage_messages,
     stage_other_families,
@@ -476,3 +477,53 @@ async def test_message_rollups_are_recomputed_while_the_loop_still_runs(
         " WHERE family = 'message_events') FROM etl_rollup_progress WHERE rollup = 'messages'"
     )
     assert final is True
+
+
+async def test_rollups_owed_before_a_reset_of_the_marks_are_still_recomputed(
+    migrated: Endpoints, pg: asyncpg.Connection
+) -> None:
+    await stage_messages(pg, range(1, 101))
+
+    async def crash_in_rollups(at: str, family: Family) -> None:
+        if at == "rolled_up":
+            raise InjectedCrash(at)
+
+    # The batch is loaded and committed, its rollup recompute is still owed (the crash comes
+    # after the recompute, before its progress is recorded: the rollups are emptied to stand
+    # for a recompute that never happened) ...
+    crashed = await run_once(
+        migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS, fault=crash_in_rollups
+    )
+    assert crashed.outcome == "failed"
+    async with clickhouse(migrated.clickhouse_url) as ch:
+        for rollup in ("message_activity_hourly", "message_activity_15m", "message_activity_daily"):
+            await ch.command(f"TRUNCATE TABLE {rollup}")  # type: ignore[attr-defined]
+    # ... when the database is restored into a cluster whose transaction ids are far behind:
+    # emulated by moving every id of the old cluster up (marks, rows, rollup progress, and the
+    # batch bounds the messages carry in ClickHouse).
+    ahead = 1 << 40
+    for table, column in (
+        ("message_events", "staged_xid"),
+        ("etl_low_water", "staged_xid"),
+        ("etl_rollup_progress", "loaded_batch"),
+    ):
+        await pg.execute(
+            f"UPDATE {table} SET {column} = ({column}::text::bigint + {ahead})::text::xid8"
+        )
+    async with clickhouse(migrated.clickhouse_url) as ch:
+        await ch.command(  # type: ignore[attr-defined]
+            f"ALTER TABLE messages UPDATE loaded_batch = loaded_batch + {ahead} WHERE 1"
+            " SETTINGS mutations_sync = 2"
+        )
+    refused = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS)
+    assert "herwa etl reset-low-water" in (refused.error or "")
+    code, stderr = await _herwa_etl(migrated, "reset-low-water")
+    assert code == 0, stderr
+
+    await stage_messages(pg, range(101, 111))
+    result = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS)
+    assert result.outcome == "caught_up", result.error
+    assert result.stats.rows_moved["message_events"] == 10
+    # The 100 messages of the old cluster are in the rollups as well as the 10 new ones.
+    await _assert_exact(migrated, pg)
+    assert await pg.fetchval("SELECT count(*) FROM etl_rollup_owed") == 0
