@@ -37,7 +37,7 @@ from _stores import ServerCpu, bench_servers
 from herwa.etl.families import BY_NAME, INSERT_SETTINGS, WIRE_FORMAT
 from herwa.etl.low_water import load_cursors
 from herwa.etl.runner import RunOptions, run_once
-from herwa.etl.sync import claim, prepare_session, rendered_columns
+from herwa.etl.sync import claim, opt_out_horizon, prepare_session, rendered_columns
 from herwa.schema import migrate
 from herwa.stores import clickhouse_url_client
 
@@ -170,8 +170,9 @@ async def _claims(meter: _Meter, pg_dsn: str, rows: int, batch_rows: int) -> Non
         cursor = (await load_cursors(pg))["message_events"]
         claimed_rows = 0
         with meter.span("claims"):
+            horizon = await opt_out_horizon(pg)  # as a run does before its purges
             while not cursor.caught_up:
-                claimed = await claim(pg, cursor, batch_rows)
+                claimed = await claim(pg, cursor, batch_rows, horizon)
                 await claimed.tx.commit()
                 claimed_rows += claimed.rows
         assert claimed_rows == rows

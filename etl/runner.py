@@ -22,6 +22,7 @@ from herwa.etl.sync import (
     Claimed,
     FaultHook,
     claim,
+    opt_out_horizon,
     prepare_session,
     purge_opted_out,
 )
@@ -150,6 +151,7 @@ async def _sync_families(
     fault: FaultHook | None,
     stores: tuple[str, str],
     rounds_hook: rollups.Hook | None,
+    horizon: int,
 ) -> str:
     """Every family to ClickHouse; returns "caught_up" or "deadline".
 
@@ -170,6 +172,8 @@ async def _sync_families(
     def record(result: BatchResult) -> None:
         stats.rows_moved[result.family] += result.rows
         prom.rows.labels(result.family).inc(result.rows)
+        stats.rows_skipped[result.family] += result.skipped
+        prom.skipped.labels(result.family).inc(result.skipped)
         prom.batch.labels(result.family).observe(result.seconds)
         if result.family == "message_events" and result.rows:
             rounds.committed(result.rows)
@@ -186,7 +190,7 @@ async def _sync_families(
                 break
             for cursor in list(pending):
                 rounds.check()
-                claimed = await claim(conns[turn], cursor, options.batch_rows, fault=fault)
+                claimed = await claim(conns[turn], cursor, options.batch_rows, horizon, fault=fault)
                 turn = (turn + 1) % len(conns)
                 if cursor.caught_up:
                     pending.remove(cursor)
@@ -243,6 +247,7 @@ async def _locked_run(
         if redis is not None:
             stats.usage_drained = await usage.drain(redis, options.redis_prefix, pg)
             prom.usage.inc(stats.usage_drained)
+        horizon = await opt_out_horizon(pg)
         for family in FAMILIES:
             skipped = await purge_opted_out(pg, family)
             stats.rows_skipped[family.name] = skipped
@@ -255,7 +260,7 @@ async def _locked_run(
                 await fault("rolled_up", messages)
 
         outcome = await _sync_families(
-            pg, ch, options, stats, prom, deadline, fault, stores, after_recompute
+            pg, ch, options, stats, prom, deadline, fault, stores, after_recompute, horizon
         )
         # Also at the deadline: the loaded rows must show up in the rollups of this run.
         await rollups.flush_loaded(pg, ch, after_recompute)

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from herwa import usage
 from herwa.devstack import Endpoints
+from herwa.etl.families import Family
 from herwa.etl.runner import RunOptions, run_once
 from tests.etl._support import T0, actual_hourly, ch_value, expected_hourly, stage_messages
 
@@ -70,6 +71,45 @@ async def test_opted_out_users_events_are_never_loaded(
     assert await ch_value(migrated, "SELECT count() FROM messages FINAL") == 40
     # The opted-out user's staged rows are gone from Postgres too, not merely skipped.
     assert await pg.fetchval("SELECT count(*) FROM message_events WHERE author_id = 101") == 0
+
+
+async def test_rows_the_run_start_purge_could_not_see_are_not_loaded_either(
+    migrated: Endpoints, pg: asyncpg.Connection
+) -> None:
+    # 200 messages in 4 staging transactions: 2 batches of 100 (authors 100-104, 20 each).
+    await stage_messages(pg, range(1, 201))
+    await pg.execute("INSERT INTO opt_outs (guild_id, user_id) VALUES (1, 101)")
+    first_claim = True
+
+    async def during_the_run(at: str, family: Family) -> None:
+        nonlocal first_claim
+        if at != "claimed" or family.name != "message_events" or not first_claim:
+            return
+        first_claim = False
+        # The run's purge is done and its first batch claimed. Now member 100 opts out while
+        # rows of theirs wait in the second batch, and a bot pod of an older release (which
+        # does not filter) stages a message of member 101, opted out before the run.
+        await pg.execute("INSERT INTO opt_outs (guild_id, user_id) VALUES (1, 100)")
+        await stage_messages(pg, range(1001, 1002), author_of=1000)  # author 100 + 1001 % 1000
+
+    options = RunOptions(batch_rows=100)
+    result = await run_once(
+        migrated.postgres_dsn, migrated.clickhouse_url, None, options, fault=during_the_run
+    )
+    assert result.outcome == "caught_up", result.error
+    # Member 100's rows of the first batch were claimed before the opt-out: loaded. None after.
+    assert await ch_value(migrated, "SELECT count() FROM messages WHERE author_id = 100") == 20
+    assert (
+        await ch_value(
+            migrated, "SELECT count() FROM messages WHERE author_id = 100 AND message_id > 100"
+        )
+        == 0
+    )
+    assert await ch_value(migrated, "SELECT count() FROM messages WHERE author_id = 101") == 0
+    # 40 rows of 101 at the start, 20 of 100 in the second batch, the late row of 101.
+    assert result.stats.rows_skipped["message_events"] == 40 + 20 + 1
+    assert await ch_value(migrated, "SELECT count() FROM messages FINAL") == 200 - 40 - 20
+    assert await actual_hourly(migrated) == await expected_hourly(pg)
 
 
 async def test_user_deletion_request_removes_data_from_both_stores(
