@@ -149,14 +149,7 @@ async def purge_opted_out(pg: asyncpg.Connection, family: Family) -> int:
     """Delete pending rows of opted-out members: they must never reach ClickHouse."""
     if family.user_column is None:
         return 0
-    status = await pg.execute(
-        f"""
-        DELETE FROM {family.staging_table} t USING opt_outs o
-        WHERE t.staged_xid >= '{await low_water(pg, family)}'::xid8 AND t.ch_ingested_at IS NULL
-          AND o.guild_id = t.guild_id AND o.user_id = t.{family.user_column}
-        """
-    )
-    return rows_affected(status)
+    return await _delete_opted_out(pg, family, await low_water(pg, family))
 
 
 async def _purge_unseen(
@@ -169,30 +162,42 @@ async def _purge_unseen(
     (The bot never stages an opted-out member's rows, but a pod of an older release may, and
     a member may opt out while rows staged before are waiting.)
     """
-    column = family.user_column
-    if column is None:
+    if family.user_column is None:
         return 0
-    table = family.staging_table
-    same_member = f"o.guild_id = t.guild_id AND o.user_id = t.{column}"
-    pending = f"t.ch_ingested_at IS NULL AND t.staged_xid < '{int(upper)}'::xid8"
     deleted = 0
     if upper > horizon:
-        status = await pg.execute(
-            f"DELETE FROM {table} t USING opt_outs o WHERE {same_member} AND {pending}"
-            f" AND t.staged_xid >= '{max(int(lower), int(horizon))}'::xid8"
-        )
-        deleted += rows_affected(status)
+        deleted += await _delete_opted_out(pg, family, max(lower, horizon), upper)
     if await pg.fetchval(
         "SELECT EXISTS (SELECT 1 FROM opt_outs WHERE opted_out_xid >= $1::text::xid8)",
         str(horizon),
     ):
-        status = await pg.execute(
-            f"DELETE FROM {table} t USING opt_outs o WHERE {same_member} AND {pending}"
-            f" AND t.staged_xid >= '{int(lower)}'::xid8"
-            f" AND o.opted_out_xid >= '{int(horizon)}'::xid8"
-        )
-        deleted += rows_affected(status)
+        deleted += await _delete_opted_out(pg, family, lower, upper, opted_out_since=horizon)
     return deleted
+
+
+async def _delete_opted_out(
+    pg: asyncpg.Connection,
+    family: Family,
+    lower: int,
+    upper: int | None = None,
+    *,
+    opted_out_since: int | None = None,
+) -> int:
+    """Delete pending rows of opted-out members staged in [lower, upper) (no upper bound if
+    None), of opt-outs made at or above ``opted_out_since`` only, if given."""
+    where = [
+        f"o.guild_id = t.guild_id AND o.user_id = t.{family.user_column}",
+        "t.ch_ingested_at IS NULL",
+        f"t.staged_xid >= '{int(lower)}'::xid8",
+    ]
+    if upper is not None:
+        where.append(f"t.staged_xid < '{int(upper)}'::xid8")
+    if opted_out_since is not None:
+        where.append(f"o.opted_out_xid >= '{int(opted_out_since)}'::xid8")
+    status = await pg.execute(
+        f"DELETE FROM {family.staging_table} t USING opt_outs o WHERE {' AND '.join(where)}"
+    )
+    return rows_affected(status)
 
 
 @dataclass
