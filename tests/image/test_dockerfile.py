@@ -51,13 +51,16 @@ USERADD = re.compile(r"useradd .*--uid 10001 ")
 
 
 def _lock() -> dict[str, str]:
+    """The pins that apply to this interpreter (a pin may carry an environment marker)."""
     pins: dict[str, str] = {}
     for line in LOCK.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
-            name, sep, version = line.partition("==")
-            assert sep, f"requirements.lock: {line!r} is not pinned with =="
-            pins[str(canonicalize_name(name))] = version
+            req = Requirement(line)
+            (spec,) = req.specifier
+            assert spec.operator == "==", f"requirements.lock: {line!r} is not pinned with =="
+            if req.marker is None or req.marker.evaluate():
+                pins[str(canonicalize_name(req.name))] = spec.version
     return pins
 
 
