@@ -487,6 +487,11 @@ _CHANNEL_KINDS = {
 }
 
 
+# The metadata tables' dead-letter series exist from the start, like the staging tables' ones
+# (an alert on increase() misses a series whose first sample is already 1).
+for _table in ("guilds", "channels"):
+    metrics.DEAD_LETTER_ROWS.labels(_table)
+
 _GUILD_COLUMNS = ("guild_id", "name", "joined_at", "snapshot_hour_utc", "count_bot_messages")
 _GUILD_UPSERT = (
     "INSERT INTO guilds (guild_id, name, joined_at, snapshot_hour_utc, "

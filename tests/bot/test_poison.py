@@ -108,6 +108,7 @@ async def test_metadata_writer_sets_aside_a_refused_name_and_writes_the_rest(
     migrated: Endpoints,
 ) -> None:
     conn = await asyncpg.connect(migrated.postgres_dsn)
+    before = {t: _dead(t) for t in ("guilds", "channels")}
     try:
         settings = BotSettings()
         guild = {
@@ -140,5 +141,6 @@ async def test_metadata_writer_sets_aside_a_refused_name_and_writes_the_rest(
             ("channels", 100),
         ]
         assert all(r["sqlstate"] == "22021" for r in dead)  # invalid byte sequence (NUL)
+        assert {t: _dead(t) - before[t] for t in before} == {"guilds": 1, "channels": 1}
     finally:
         await conn.close()
