@@ -1,4 +1,5 @@
-"""Raw gateway payloads → staging rows. Pure functions: no I/O, no discord.py models.
+"""Raw gateway payloads → staging rows. Pure functions (apart from counting what they cannot
+read): no I/O, no discord.py models.
 
 Handlers call these and hand the rows to the buffer; nothing here decides anything beyond what
 a row must contain. Rows are tuples in the column order of :data:`herwa.bot.buffer.TABLES`.
