@@ -29,7 +29,8 @@ from redis.asyncio import Redis
 
 from herwa.bot import metrics
 from herwa.bot.backfill import Backfiller
-from herwa.bot.buffer import Batch, FlushBuffer
+from herwa.bot.buffer import Batch, FlushBuffer, dead_letter, refused
+from herwa.bot.capture import rejected
 from herwa.bot.commands import CommandDeps
 from herwa.bot.directory import Directory, GuildConfig
 from herwa.bot.shard import Mark, MemberCountOp, ShardRunner
@@ -383,7 +384,10 @@ class BotApp:
         self._meta.put_nowait(("channel", (guild_id, d)))
 
     async def _write_meta(self) -> None:
-        """Guild and channel metadata upserts (rare, off the hot path), retried until done."""
+        """Guild and channel metadata upserts (rare, off the hot path), retried until done.
+        Only an outage is retried: a row Postgres refuses is set aside (``dead_letter_rows``)
+        and an item that cannot be read is counted and skipped, so one bad name never holds
+        back the metadata queued behind it."""
         while True:
             kind, item = await self._meta.get()
             backoff = 0.1
@@ -393,6 +397,9 @@ class BotApp:
                         await _upsert_meta(conn, kind, item, self.settings)
                     break
                 except Exception as exc:
+                    if refused(exc):
+                        rejected(f"metadata:{kind}", "malformed")
+                        break
                     log.warning("metadata write failed, retrying: %s", exc)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
@@ -480,23 +487,69 @@ _CHANNEL_KINDS = {
 }
 
 
+# The metadata tables' dead-letter series exist from the start, like the staging tables' ones
+# (an alert on increase() misses a series whose first sample is already 1).
+for _table in ("guilds", "channels"):
+    metrics.DEAD_LETTER_ROWS.labels(_table)
+
+_GUILD_COLUMNS = ("guild_id", "name", "joined_at", "snapshot_hour_utc", "count_bot_messages")
+_GUILD_UPSERT = (
+    "INSERT INTO guilds (guild_id, name, joined_at, snapshot_hour_utc, "
+    "count_bot_messages) VALUES ($1, $2, $3, $4, $5) "
+    "ON CONFLICT (guild_id) DO UPDATE SET name = EXCLUDED.name, "
+    "joined_at = COALESCE(guilds.joined_at, EXCLUDED.joined_at), left_at = NULL, "
+    "updated_at = now()"
+)
+_CHANNEL_COLUMNS = ("channel_id", "guild_id", "parent_id", "name", "kind")
+_CHANNEL_UPSERT = (
+    "INSERT INTO channels (channel_id, guild_id, parent_id, name, kind) "
+    "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (channel_id) DO UPDATE SET "
+    "parent_id = EXCLUDED.parent_id, name = EXCLUDED.name, kind = EXCLUDED.kind, "
+    "updated_at = now()"
+)
+
+
+async def _write_rows(
+    conn: Any, table: str, sql: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+) -> None:
+    """All rows in one statement; if Postgres refuses one, each row on its own, and the refused
+    ones go to ``dead_letter_rows`` (the upserts are idempotent, so redoing the others is
+    harmless)."""
+    try:
+        await conn.executemany(sql, rows)
+        return
+    except Exception as exc:
+        if not refused(exc):
+            raise
+    for row in rows:
+        try:
+            await conn.execute(sql, *row)
+        except Exception as exc:
+            if not refused(exc):
+                raise
+            await dead_letter(conn, table, columns, row, exc)
+
+
 async def _upsert_meta(conn: Any, kind: str, item: Any, settings: BotSettings) -> None:
     if kind == "guild":
         d: Json = item
         gid = int(d["id"])
         joined = d.get("joined_at")
         # A new guild starts with the pod's defaults; from then on its row is the authority.
-        await conn.execute(
-            "INSERT INTO guilds (guild_id, name, joined_at, snapshot_hour_utc, "
-            "count_bot_messages) VALUES ($1, $2, $3, $4, $5) "
-            "ON CONFLICT (guild_id) DO UPDATE SET name = EXCLUDED.name, "
-            "joined_at = COALESCE(guilds.joined_at, EXCLUDED.joined_at), left_at = NULL, "
-            "updated_at = now()",
-            gid,
-            d.get("name"),
-            datetime.fromisoformat(joined) if joined else None,
-            settings.snapshot_hour_utc,
-            settings.count_bot_messages,
+        await _write_rows(
+            conn,
+            "guilds",
+            _GUILD_UPSERT,
+            _GUILD_COLUMNS,
+            [
+                (
+                    gid,
+                    d.get("name"),
+                    datetime.fromisoformat(joined) if joined else None,
+                    settings.snapshot_hour_utc,
+                    settings.count_bot_messages,
+                )
+            ],
         )
         channels = [*d.get("channels", ()), *d.get("threads", ())]
         await _upsert_channels(conn, gid, channels)
@@ -512,11 +565,11 @@ async def _upsert_meta(conn: Any, kind: str, item: Any, settings: BotSettings) -
 async def _upsert_channels(conn: Any, guild_id: int, channels: list[Json]) -> None:
     if not channels:
         return
-    await conn.executemany(
-        "INSERT INTO channels (channel_id, guild_id, parent_id, name, kind) "
-        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (channel_id) DO UPDATE SET "
-        "parent_id = EXCLUDED.parent_id, name = EXCLUDED.name, kind = EXCLUDED.kind, "
-        "updated_at = now()",
+    await _write_rows(
+        conn,
+        "channels",
+        _CHANNEL_UPSERT,
+        _CHANNEL_COLUMNS,
         [
             (
                 int(c["id"]),

@@ -8,6 +8,12 @@
   key, all in one transaction: a retried batch can never duplicate a row.
 - On a database error the batch stays in memory and is retried with exponential backoff (capped)
   until it commits; rows arriving meanwhile keep accumulating behind it.
+- A row Postgres refuses (a data or constraint error: retrying it can never succeed) must not
+  hold the rest back: the batch is bisected, table by table, in transactions of their own until
+  each refused row stands alone; that row goes to ``dead_letter_rows`` (postgres migration 0008)
+  with the error and is counted (``herwa_bot_dead_letter_rows_total{table}``), every other row
+  commits, and the batch's gateway marks move on. Capture validates every field so this is the
+  last line, not the usual path.
 - Memory is bounded: once ``capacity`` rows are held, :meth:`wait_for_room` blocks the shards'
   websocket readers (back-pressure: Discord buffers, and the gateway replays on RESUME) instead
   of growing without limit. The overshoot is at most one gateway event's rows per shard.
@@ -18,13 +24,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import math
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from herwa.bot import metrics
 from herwa.stores import rows_affected
@@ -34,6 +45,8 @@ log = logging.getLogger(__name__)
 _tracer = tracer("herwa.bot.buffer")
 
 Row = tuple[Any, ...]
+# A connection, or one lent by the pool.
+Conn = asyncpg.Connection | PoolConnectionProxy
 
 # table -> columns, in the order capture builds the tuples.
 TABLES: dict[str, tuple[str, ...]] = {
@@ -70,6 +83,7 @@ TABLES: dict[str, tuple[str, ...]] = {
 for _table in TABLES:
     metrics.ROWS_FLUSHED.labels(_table)
     metrics.ROWS_DROPPED.labels(_table)
+    metrics.DEAD_LETTER_ROWS.labels(_table)
 
 
 # The member a row is about, in the tables that have one: an opted-out member's rows are never
@@ -98,6 +112,72 @@ def _merge_sql(table: str, columns: tuple[str, ...]) -> str:
     )
 
 
+def refused(exc: BaseException) -> bool:
+    """The rows themselves are refused, so retrying them can never succeed: SQLSTATE class 22
+    (data exception: NUL byte, out of range) or 23 (constraint), or a value the driver cannot
+    encode for its column (a string for an integer, an int out of range, a lone surrogate).
+    Anything else (a lost connection, a server shutting down) is an outage: retry."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return str(exc.sqlstate or "")[:2] in ("22", "23")
+    return isinstance(exc, asyncpg.DataError | ValueError | TypeError | OverflowError)
+
+
+_BIGINT = 2**63
+
+
+def _storable(value: Any) -> Any:
+    """A value as jsonb can hold it: JSON scalars when faithful, else the escaped repr."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int) and -_BIGINT <= value < _BIGINT:
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, str) and "\x00" not in value:
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            pass
+    return ascii(value)
+
+
+def _bigint(value: Any) -> int | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and -_BIGINT <= value < _BIGINT
+    return value if ok else None
+
+
+async def dead_letter(
+    conn: Conn, table: str, columns: tuple[str, ...], row: Row, exc: BaseException
+) -> None:
+    """Set aside one row Postgres refused: stored with the error, counted, logged."""
+    values = dict(zip(columns, row, strict=False))
+    if len(row) != len(columns):
+        values["_row"] = row
+    member = _MEMBER_COLUMN.get(table, "user_id")
+    await conn.execute(
+        "INSERT INTO dead_letter_rows (table_name, row, reason, sqlstate, guild_id, user_id) "
+        "VALUES ($1, $2::jsonb, $3, $4, $5, $6)",
+        table,
+        json.dumps({c: _storable(v) for c, v in values.items()}),
+        ascii(f"{type(exc).__name__}: {exc}")[:2000],
+        getattr(exc, "sqlstate", None),
+        _bigint(values.get("guild_id")),
+        _bigint(values.get(member)),
+    )
+    metrics.DEAD_LETTER_ROWS.labels(table).inc()
+    log.error(
+        "Postgres refused a %s row; stored in dead_letter_rows: %s: %s",
+        table,
+        type(exc).__name__,
+        ascii(str(exc))[:500],
+    )
+
+
 _TEMP_DDL = "".join(
     f"CREATE TEMP TABLE IF NOT EXISTS _herwa_{t} "
     f"(LIKE {t} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;"
@@ -114,6 +194,20 @@ class Batch:
     count: int
     committed: bool = False  # Postgres part done; only after_commit is left to retry
     inserted: dict[str, int] = field(default_factory=dict)
+
+
+async def _merge(conn: Conn, rows: dict[str, list[Row]], inserted: dict[str, int]) -> None:
+    """COPY the rows into the temporary tables and merge them, in one transaction."""
+    async with conn.transaction():
+        await conn.execute(_TEMP_DDL)
+        for table, table_rows in rows.items():
+            if not table_rows:
+                continue
+            await conn.copy_records_to_table(
+                f"_herwa_{table}", records=table_rows, columns=TABLES[table]
+            )
+            status = await conn.execute(_MERGE[table])
+            inserted[table] = inserted.get(table, 0) + rows_affected(status)
 
 
 MarkProvider = Callable[[], Any]
@@ -312,14 +406,36 @@ class FlushBuffer:
     async def _write(self, batch: Batch) -> None:
         if not batch.rows:
             return
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(_TEMP_DDL)
-            for table, rows in batch.rows.items():
-                await conn.copy_records_to_table(
-                    f"_herwa_{table}", records=rows, columns=TABLES[table]
-                )
-                status = await conn.execute(_MERGE[table])
-                batch.inserted[table] = rows_affected(status)
+        async with self._pool.acquire() as conn:
+            batch.inserted = {}
+            try:
+                await _merge(conn, batch.rows, batch.inserted)
+                return
+            except Exception as exc:
+                if not refused(exc):
+                    raise
+            # Some row is refused: every part that holds none commits on its own (a retry after
+            # an outage mid-way re-merges those parts, which ON CONFLICT makes a no-op).
+            batch.inserted = {}
+            for table, rows in list(batch.rows.items()):
+                await self._bisect(conn, batch, table, rows)
+
+    async def _bisect(self, conn: Conn, batch: Batch, table: str, rows: list[Row]) -> None:
+        try:
+            await _merge(conn, {table: rows}, batch.inserted)
+            return
+        except Exception as exc:
+            if not refused(exc):
+                raise
+            if len(rows) == 1:
+                await dead_letter(conn, table, TABLES[table], rows[0], exc)
+                # Out of the batch for good: a retry of the batch must not store it again.
+                batch.rows[table] = [r for r in batch.rows[table] if r is not rows[0]]
+                batch.count -= 1
+                return
+        half = len(rows) // 2
+        await self._bisect(conn, batch, table, rows[:half])
+        await self._bisect(conn, batch, table, rows[half:])
 
     # -- shutdown / sync ------------------------------------------------------------------
     async def flush(self, timeout: float | None = None) -> bool:

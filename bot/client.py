@@ -27,6 +27,8 @@ from discord.backoff import ExponentialBackoff
 from discord.errors import ConnectionClosed, GatewayNotFound, HTTPException
 from discord.gateway import DiscordWebSocket, ReconnectWebSocket
 
+from herwa.bot.capture import BadPayload, rejected
+
 log = logging.getLogger(__name__)
 
 Parser = Callable[[Any], None]
@@ -43,6 +45,20 @@ def capture_intents(*, message_content: bool) -> discord.Intents:
     intents.members = True
     intents.message_content = message_content
     return intents
+
+
+def _guarded(event: str, *parsers: Parser) -> Parser:
+    def run(data: Any) -> None:
+        for parse in parsers:
+            try:
+                parse(data)
+            except BadPayload as exc:
+                rejected(event, exc.reason)
+            except Exception:
+                rejected(event, "malformed")
+                log.exception("unreadable %s payload skipped", event)
+
+    return run
 
 
 class CaptureClient(discord.Client):
@@ -71,19 +87,15 @@ class CaptureClient(discord.Client):
 
     def install_parsers(self, replace: dict[str, Parser], wrap: dict[str, Parser]) -> None:
         """``replace``: discord.py never sees these events. ``wrap``: ours runs first, then
-        discord.py's own parser."""
+        discord.py's own parser. Each is guarded: a payload one of them cannot read is counted
+        and skipped, because an exception here would end the gateway loop, and the RESUME
+        after it would deliver the same payload again, for ever."""
         parsers: dict[str, Parser] = self._connection.parsers
         for event, fn in replace.items():
-            parsers[event] = fn
+            parsers[event] = _guarded(event, fn)
         for event, fn in wrap.items():
             original = parsers.get(event)
-
-            def both(data: Any, _ours: Parser = fn, _theirs: Parser | None = original) -> None:
-                _ours(data)
-                if _theirs is not None:
-                    _theirs(data)
-
-            parsers[event] = both
+            parsers[event] = _guarded(event, fn, *([original] if original is not None else []))
 
     async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
         # Replaces discord.py's fixed 5 s sleep with the cross-pod per-bucket lock.

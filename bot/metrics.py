@@ -66,3 +66,14 @@ BACKFILL_MESSAGES = PromCounter("herwa_bot_backfill_messages", "Messages read by
 VOICE_OPEN = Gauge("herwa_bot_voice_sessions_open", "Open voice sessions in owned guilds")
 VOICE_CLOSED = PromCounter("herwa_bot_voice_sessions_closed", "Closed voice sessions", ["reason"])
 SNAPSHOTS = PromCounter("herwa_bot_member_snapshots", "Member-count snapshots upserted")
+PAYLOAD_REJECTIONS = PromCounter(
+    "herwa_bot_payload_rejections",
+    "Gateway payloads (or fields of one) capture could not read: skipped, or the field recorded "
+    "as unknown / NULL / cleaned",
+    ["event", "reason"],
+)
+DEAD_LETTER_ROWS = PromCounter(
+    "herwa_bot_dead_letter_rows",
+    "Rows Postgres refused, set aside in dead_letter_rows so the rest of their batch commits",
+    ["table"],
+)

@@ -15,12 +15,16 @@ from discord import app_commands
 
 from herwa.bot import metrics
 from herwa.bot.capture import (
+    channel_payload,
     deletion_rows,
     edit_row,
+    guild_join_row,
+    guild_payload,
     member_join_row,
     member_leave_row,
     message_row,
-    parse_time,
+    snowflake,
+    voice_state_payload,
 )
 from herwa.bot.client import CaptureClient, Parser
 from herwa.bot.commands import install
@@ -208,7 +212,10 @@ class ShardRunner:
         def message_delete(d: Json) -> None:
             add_many("message_deletions", deletion_rows(d, directory, datetime.now(UTC)))
 
-        def voice_state(d: Json) -> None:
+        def voice_state(raw: Json) -> None:
+            d = voice_state_payload(raw)
+            if d is None:
+                return
             rows, ops = voice.update(d, time.time(), sid)
             if rows:
                 add_many("voice_sessions", rows)
@@ -216,51 +223,52 @@ class ShardRunner:
                 add_extra(op)
 
         def member_add(d: Json) -> None:
-            add("member_events", member_join_row(d))
-            gid = int(d["guild_id"])
+            row = member_join_row(d)
+            if row is None:
+                return
+            add("member_events", row)
+            gid = row[0]
             directory.member_delta(gid, 1)
             self._member_count(gid)
 
         def member_remove(d: Json) -> None:
-            add("member_events", member_leave_row(d, datetime.now(UTC)))
-            gid = int(d["guild_id"])
+            row = member_leave_row(d, datetime.now(UTC))
+            if row is None:
+                return
+            add("member_events", row)
+            gid = row[0]
             directory.member_delta(gid, -1)
             self._member_count(gid)
 
         def ignore(d: Json) -> None:
             return None
 
-        def guild_create(d: Json) -> None:
-            if d.get("unavailable"):
+        def guild_create(raw: Json) -> None:
+            if raw.get("unavailable"):
                 return
-            gid = int(d["id"])
+            d = guild_payload(raw)  # validated: only what capture may trust
+            if d is None:
+                return
+            # discord.py parses the same payload next (a string count breaks it): it gets the
+            # count capture could read.
+            raw["member_count"] = d["member_count"]
+            gid = d["id"]
             directory.add_guild(d)
             self.guilds.add(gid)
             now = time.time()
-            bots = {
-                int(m["user"]["id"])
-                for m in d.get("members", ())
-                if (m.get("user") or {}).get("bot")
-            }
-            rows, ops = voice.reconcile(
-                gid, d.get("voice_states") or [], bots, now, self.last_alive, sid
-            )
+            bots = {m["user"]["id"] for m in d["members"] if m["user"]["bot"]}
+            rows, ops = voice.reconcile(gid, d["voice_states"], bots, now, self.last_alive, sid)
             add_many("voice_sessions", rows)
             for op in ops:
                 add_extra(op)
-            joined = d.get("joined_at")
-            count = d.get("member_count")
-            add(
-                "guild_events",
-                (gid, "join", parse_time(joined) if joined else datetime.now(UTC), count),
-            )
+            add("guild_events", guild_join_row(d))
             self._member_count(gid)
             app.guild_available(self, d)
 
         def guild_delete(d: Json) -> None:
             if d.get("unavailable"):
                 return  # an outage, not a leave
-            gid = int(d["id"])
+            gid = snowflake(d.get("id"), "id")
             now = time.time()
             rows, ops = voice.close_guild(gid, now, "guild_left", sid)
             add_many("voice_sessions", rows)
@@ -271,19 +279,22 @@ class ShardRunner:
             self.guilds.discard(gid)
             app.guild_left(gid)
 
-        def channel_upsert(d: Json) -> None:
-            gid = d.get("guild_id")
-            if gid is not None:
-                directory.add_channel(int(gid), d)
-                app.channel_changed(int(gid), d)
+        def channel_upsert(raw: Json) -> None:
+            d = channel_payload(raw)
+            gid = d.get("guild_id") if d is not None else None
+            if d is not None and gid is not None:
+                directory.add_channel(gid, d)
+                app.channel_changed(gid, d)
 
         def channel_delete(d: Json) -> None:
             directory.remove_channel(int(d["id"]))
 
         def thread_list_sync(d: Json) -> None:
-            gid = int(d["guild_id"])
+            gid = snowflake(d.get("guild_id"), "guild_id")
             for t in d.get("threads", ()):
-                directory.add_channel(gid, t)
+                thread = channel_payload(t)
+                if thread is not None:
+                    directory.add_channel(gid, thread)
 
         def ready(d: Json) -> None:
             self.session_seen = True

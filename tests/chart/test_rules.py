@@ -53,6 +53,7 @@ def test_every_alert_has_a_unit_test_and_runbook_text(kube_tools: KubeTools) -> 
         "HerwaShardsUnowned",
         "HerwaFlushFailing",
         "HerwaRowsDropped",
+        "HerwaDeadLetterRows",
         "HerwaEtlLagHigh",
         "HerwaEtlRunFailed",
         "HerwaEtlNotSucceeding",
