@@ -43,6 +43,9 @@ class RunOptions:
     redis_prefix: str = "herwa:"
     # Claim batch N+1 on a second connection while batch N goes to ClickHouse (see sync.py).
     pipeline: bool = True
+    # At most this share of deadline_seconds goes to deletion requests at the start of a run;
+    # the rest are carried out by the next runs (privacy.carry_out_due).
+    deletion_share: float = 0.25
 
 
 @dataclass
@@ -241,9 +244,18 @@ async def _locked_run(
     outcome, error = "caught_up", None
     try:
         await low_water.check_counter(pg)
-        # Deletions first: rows of a user being erased must not be loaded by this very run.
-        stats.deletions = await privacy.carry_out_all(pg, ch)
-        prom.deletions.inc(stats.deletions)
+        # Deletions first, within their share of the deadline, so that requests (however
+        # many, however slow or failing) never starve loading. A member's deferred request
+        # loses nothing: asking for it opted them out, and the purge below drops their rows.
+        budget = min(options.deletion_share * options.deadline_seconds, deadline - time.monotonic())
+        deleted = await privacy.carry_out_due(pg, ch, redis, options.redis_prefix, budget)
+        stats.deletions = deleted.completed
+        stats.deletion_subjects = deleted.subjects
+        stats.deletions_failed = deleted.failed
+        stats.deletions_deferred = deleted.deferred
+        prom.deletions.inc(deleted.completed)
+        prom.deletion_failures.inc(deleted.failed)
+        prom.deletions_pending.set(await privacy.pending_count(pg))
         if redis is not None:
             stats.usage_drained = await usage.drain(redis, options.redis_prefix, pg)
             prom.usage.inc(stats.usage_drained)
