@@ -35,6 +35,7 @@ from herwa.bot.directory import Directory, GuildConfig
 from herwa.bot.shard import Mark, MemberCountOp, ShardRunner
 from herwa.bot.sharding import Coordinator, assigned_shards
 from herwa.bot.snapshots import Snapshotter
+from herwa.bot.tombstones import Tombstones
 from herwa.bot.voice import VoiceOp, VoiceTracker
 from herwa.config import BotSettings, DiscordSettings
 from herwa.telemetry import Readiness
@@ -75,6 +76,9 @@ class BotApp:
             )
         )
         self.voice = VoiceTracker(self.directory, settings.voice_session_max_hours)
+        # Deleted servers: shared with the commands, which apply /privacy at once.
+        self.tombstones = commands.tombstones if commands is not None else Tombstones()
+        self.tombstones.on_deleted = self.voice.drop_guilds
         self.buffer = FlushBuffer(
             pool,
             interval=settings.flush_interval_seconds,
@@ -404,6 +408,7 @@ class BotApp:
                 "SELECT guild_id, tracked_channel_ids, count_bot_messages, snapshot_hour_utc "
                 "FROM guilds"
             )
+            await self.tombstones.load(conn)
         self.directory.configs = {
             r["guild_id"]: GuildConfig(
                 frozenset(r["tracked_channel_ids"])
