@@ -259,7 +259,12 @@ class BotApp:
         sid = runner.shard_id
         r = self.redis
         raw_guilds = await r.smembers(self.key("voice", "guilds"))
-        guilds = [int(g) for g in raw_guilds if self.shard_of(int(g)) == sid]
+        # A deleted server's open sessions stay behind: closing them later would record them.
+        guilds = [
+            int(g)
+            for g in raw_guilds
+            if self.shard_of(int(g)) == sid and int(g) not in self.tombstones
+        ]
         if guilds:
             pipe = r.pipeline(transaction=False)
             for g in guilds:

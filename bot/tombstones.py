@@ -34,7 +34,8 @@ class Tombstones:
         return guild_id in self._deleted
 
     def deleted(self, guild_id: int) -> None:
-        self._apply({guild_id}, {k: v for k, v in self._resumed_floor.items() if k != guild_id})
+        floors = {k: v for k, v in self._resumed_floor.items() if k != guild_id}
+        self._apply(self._deleted | {guild_id}, floors)
 
     def resumed(self, guild_id: int, at: datetime) -> None:
         self._apply(self._deleted - {guild_id}, {**self._resumed_floor, guild_id: _snowflake(at)})

@@ -45,7 +45,7 @@ class ChannelScope:
 
 
 _UNSCOPED: dict[str, object] = {"scoped": False, "viewable": [], "listed": [], "unlisted": False}
-IN_SCOPE = """
+_IN_SCOPE = """
     (NOT {scoped:Bool} OR has({viewable:Array(UInt64)}, channel_id)
      OR ({unlisted:Bool} AND NOT has({listed:Array(UInt64)}, channel_id)))
 """
@@ -62,7 +62,7 @@ _MESSAGES = f"""
     SELECT author_id, sum(messages) AS n
     FROM message_activity_hourly FINAL
     WHERE guild_id = {{guild_id:UInt64}} AND hour >= {SINCE} AND hour < {UNTIL}
-      AND (NOT is_bot OR {{bots:Bool}}) AND {IN_SCOPE}
+      AND (NOT is_bot OR {{bots:Bool}}) AND {_IN_SCOPE}
     GROUP BY author_id HAVING n > 0
     ORDER BY n DESC, author_id LIMIT {{limit:UInt32}}
 """
@@ -76,7 +76,7 @@ _VOICE = f"""
     SELECT user_id, sum({VOICE_SECONDS}) AS seconds
     FROM voice_sessions FINAL
     WHERE guild_id = {{guild_id:UInt64}} AND joined_at < {UNTIL} AND left_at > {SINCE}
-      AND (NOT is_bot OR {{bots:Bool}}) AND {IN_SCOPE}
+      AND (NOT is_bot OR {{bots:Bool}}) AND {_IN_SCOPE}
     GROUP BY user_id HAVING seconds > 0
     ORDER BY seconds DESC, user_id LIMIT {{limit:UInt32}}
 """
@@ -85,7 +85,7 @@ _CHANNELS = f"""
     SELECT channel_id, sum(messages) AS n, uniqExactIf(author_id, messages > 0)
     FROM message_activity_hourly FINAL
     WHERE guild_id = {{guild_id:UInt64}} AND hour >= {SINCE} AND hour < {UNTIL}
-      AND (NOT is_bot OR {{bots:Bool}}) AND {IN_SCOPE}
+      AND (NOT is_bot OR {{bots:Bool}}) AND {_IN_SCOPE}
     GROUP BY channel_id HAVING n > 0
     ORDER BY n DESC, channel_id
 """

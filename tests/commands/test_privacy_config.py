@@ -130,6 +130,13 @@ async def test_privacy_needs_no_subscription(harness: Harness) -> None:
     assert text_of(result).startswith("All of this server's recorded data will be deleted")
     assert await h.pool.fetchval("SELECT count(*) FROM opt_outs WHERE user_id = $1", u2) == 1
     assert await h.pool.fetchval("SELECT count(*) FROM deletion_requests") == 1
+    # A second server's deletion adds to the first's: both stay unrecorded.
+    result = await h.invoke(
+        "privacy", sub("delete-server-data", opt("confirm", True)), guild=h.other
+    )
+    assert text_of(result).startswith("All of this server's recorded data will be deleted")
+    assert h.guild in h.rt.deps.tombstones
+    assert h.other in h.rt.deps.tombstones
     # Gated commands stay denied for the same unsubscribed guild.
     result = await h.invoke("overview")
     assert text_of(result).startswith("This server has no Herwa subscription yet")
