@@ -118,7 +118,7 @@ class Subject:
 @dataclass(frozen=True)
 class StorePlan:
     guild_tables: tuple[str, ...]
-    user_tables: tuple[tuple[str, str], ...]  # (table, its user column)
+    user_tables: tuple[tuple[str, str], ...]  # (table, a user column of it)
     message_tables: tuple[str, ...]  # keyed by message id, without a user column
 
 
@@ -170,24 +170,20 @@ def _deletable(columns: frozenset[str]) -> bool:
     return not engines or any(e.endswith("MergeTree") for e in engines)
 
 
-def _user_column(columns: frozenset[str]) -> str | None:
-    found = sorted(USER_COLUMNS & columns)
-    return found[0] if found else None
-
-
 def plan_for(store: str, tables: Tables) -> StorePlan:
     kept = KEPT[store]
     source = MESSAGE_SOURCE[store]
-    guild, user, message = [], [], []
+    guild: list[str] = []
+    user: list[tuple[str, str]] = []
+    message: list[str] = []
     for table in sorted(tables):
         columns = tables[table]
         if table in kept or GUILD_COLUMN not in columns or not _deletable(columns):
             continue
         guild.append(table)
-        column = _user_column(columns)
-        if column is not None:
-            user.append((table, column))
-        elif MESSAGE_COLUMN in columns and table != source:
+        members = sorted(USER_COLUMNS & columns)
+        user.extend((table, column) for column in members)
+        if not members and MESSAGE_COLUMN in columns and table != source:
             message.append(table)
     return StorePlan(tuple(guild), tuple(user), tuple(message))
 

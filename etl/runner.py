@@ -308,6 +308,9 @@ async def _locked_run(
             "seconds": round(seconds, 3),
             "rows": stats.rows_moved,
             "lag": stats.lag_seconds,
+            "deletions": stats.deletions,
+            "deletions_failed": stats.deletions_failed,
+            "deletions_deferred": stats.deletions_deferred,
         },
     )
     return RunResult(run_id, outcome, seconds, stats, error)

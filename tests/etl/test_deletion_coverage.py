@@ -226,9 +226,13 @@ async def test_member_deletion_leaves_no_row_with_their_id(
 async def test_a_table_a_later_migration_adds_is_deleted_from_too(
     migrated: Endpoints, pg: asyncpg.Connection
 ) -> None:
-    await pg.execute("CREATE TABLE later_thing (guild_id bigint, user_id bigint, n int)")
+    # Two member columns: a row goes when either names the member.
     await pg.execute(
-        "INSERT INTO later_thing VALUES (1, 100, 1), (1, 101, 2), (2, 100, 3), (3, 100, 4)"
+        "CREATE TABLE later_thing (guild_id bigint, user_id bigint, author_id bigint, n int)"
+    )
+    await pg.execute(
+        "INSERT INTO later_thing VALUES (1, 100, 7, 1), (1, 101, 7, 2), (1, 102, 100, 5),"
+        " (2, 100, 7, 3), (3, 100, 7, 4)"
     )
     ch = await clickhouse_url_client(migrated.clickhouse_url)
     try:
@@ -248,6 +252,11 @@ async def test_a_table_a_later_migration_adds_is_deleted_from_too(
     result = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS)
     assert result.outcome == "caught_up", result.error
     assert result.stats.deletions == 2
-    expected = [(1, 101, 2), (3, 100, 4)]
-    assert [tuple(r) for r in await pg.fetch("SELECT * FROM later_thing ORDER BY n")] == expected
-    assert await ch_rows(migrated, "SELECT * FROM later_thing ORDER BY n") == expected
+    assert [tuple(r) for r in await pg.fetch("SELECT * FROM later_thing ORDER BY n")] == [
+        (1, 101, 7, 2),
+        (3, 100, 7, 4),
+    ]
+    assert await ch_rows(migrated, "SELECT * FROM later_thing ORDER BY n") == [
+        (1, 101, 2),
+        (3, 100, 4),
+    ]
