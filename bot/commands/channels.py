@@ -43,7 +43,7 @@ def build(rt: Runtime) -> app_commands.Command[Any, Any, None]:
         async def prepare(ctx: Context) -> tuple[dict[str, Any], Work]:
             span = await resolve_range(ctx, days, end)
             number_ = check_page(page)
-            scope = visible_channels(ctx)
+            scope = await visible_channels(ctx)
             only: int | None = None
             if channel is not None:
                 if not isinstance(channel, str):

@@ -56,7 +56,7 @@ def _build(
         async def prepare(ctx: Context) -> tuple[dict[str, Any], Work]:
             span = await resolve_range(ctx, days, end)
             number_ = check_page(page)
-            scope = visible_channels(ctx)
+            scope = await visible_channels(ctx)
             size = ctx.deps.settings.page_size
 
             async def work() -> Reply:

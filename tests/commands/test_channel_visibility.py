@@ -5,12 +5,19 @@ it (Discord's permission overwrites, as GUILD_CREATE delivers them to real disco
 
 from __future__ import annotations
 
+import signal
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import asyncpg
 import pytest
 
+from herwa import platform
 from herwa.devstack import Endpoints
-from herwa.simulator import Simulator
+from herwa.etl.runner import RunOptions, run_once
+from herwa.simulator import Simulator, SimulatorConfig
+from tests.bot.conftest import Fleet, wait_for
 from tests.commands.conftest import Harness, build_dataset, opt, start_harness, stop_harness
 
 WEEK = [opt("days", 7), opt("end", "2024-03-10")]
@@ -105,3 +112,71 @@ async def test_members_see_only_channels_they_can_view(staff: Harness) -> None:
     # The owner sees every channel, the staff one included.
     owner = await h.invoke("channels", WEEK)
     assert f"<#{c2}> — 2 messages" in _description(owner)
+
+
+async def test_a_pod_that_resumed_the_session_still_knows_who_sees_what(
+    migrated: Endpoints, tmp_path: Path
+) -> None:
+    """A restarted ``herwa bot`` RESUMEs its sessions and gets no GUILD_CREATE, so discord.py
+    knows neither roles nor overwrites: the commands must still answer per member."""
+    sim = Simulator(SimulatorConfig(guilds=2, seed=11))
+    _staff_channel(sim)
+    async with sim:
+        fleet = Fleet(sim, migrated, tmp_path)
+        try:
+            guild = min(sim.world.guilds)
+            g = sim.world.guilds[guild]
+            others = sorted(u for u, m in g.members.items() if u != g.owner_id and not m.user.bot)
+            u1, u2, u3, u4 = g.owner_id, *others[:3]
+            c1, c2 = sorted(c.id for c in g.channels.values() if c.type == 0)[:2]
+            await _stage_recent(migrated, guild, [(c1, u1), (c1, u1), (c1, u3), (c2, u2)])
+            await fleet.start("bot-0")
+            await wait_for(fleet.all_connected, 60, "the bot connected")
+            fleet.bots["bot-0"].signal(signal.SIGTERM)
+            assert await fleet.bots["bot-0"].wait_exit(30) == 0
+            await fleet.start("bot-0")
+            await wait_for(fleet.all_connected, 60, "the bot connected again")
+            events = await fleet.bots["bot-0"].metrics()
+            assert 'type="RESUMED"' in events
+            assert 'type="GUILD_CREATE"' not in events
+
+            async def channels(user: int) -> str:
+                result = await sim.invoke_command(
+                    guild, "channels", [], user_id=user, permissions=MEMBER_PERMISSIONS, timeout=30
+                )
+                return _description(result)
+
+            assert channels_line(c2, 1) in await channels(u4)
+            as_member = await channels(u3)
+            assert channels_line(c1, 3) in as_member
+            assert f"<#{c2}>" not in as_member
+        finally:
+            await fleet.stop()
+
+
+def channels_line(channel: int, messages: int) -> str:
+    return f"<#{channel}> — {messages} messages"
+
+
+async def _stage_recent(endpoints: Endpoints, guild: int, messages: list[tuple[int, int]]) -> None:
+    """(channel, author) messages of the last hour, loaded by the ETL, and a subscription."""
+    pool = await asyncpg.create_pool(endpoints.postgres_dsn, min_size=1, max_size=2)
+    try:
+        await platform.seed(pool, platform.load())
+        now = datetime.now(UTC) - timedelta(minutes=30)
+        await pool.executemany(
+            "INSERT INTO message_events (message_id, guild_id, channel_id, author_id, created_at,"
+            " kind, is_bot) VALUES ($1, $2, $3, $4, $5, 'text', false)",
+            [(9_000 + i, guild, c, a, now) for i, (c, a) in enumerate(messages)],
+        )
+        await pool.execute(
+            "INSERT INTO entitlements (guild_id, tier, features, quotas, source_namespace,"
+            " source_name, source_uid) SELECT $1, 'enterprise', array_agg(feature),"
+            " '{\"queries_per_month\": 1000}'::jsonb, 'ns', 'sub', 'uid' FROM tier_features"
+            " WHERE tier = 'enterprise'",
+            guild,
+        )
+    finally:
+        await pool.close()
+    result = await run_once(endpoints.postgres_dsn, endpoints.clickhouse_url, None, RunOptions())
+    assert result.outcome == "caught_up", result.error
