@@ -245,8 +245,9 @@ async def _locked_run(
     try:
         await low_water.check_counter(pg)
         # Deletions first, within their share of the deadline, so that requests (however
-        # many, however slow or failing) never starve loading. A member's deferred request
-        # loses nothing: asking for it opted them out, and the purge below drops their rows.
+        # many, however slow or failing) never starve loading. A deferred request lets nothing
+        # through: asking for a member's opted them out (the purge below drops their rows), and
+        # a server's tombstone stopped its capture (what this run loads goes with the rest).
         budget = min(options.deletion_share * options.deadline_seconds, deadline - time.monotonic())
         deleted = await privacy.carry_out_due(pg, ch, redis, options.redis_prefix, budget)
         stats.deletions = deleted.completed
