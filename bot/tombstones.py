@@ -29,19 +29,25 @@ class Tombstones:
         self._resumed_floor: dict[int, int] = {}  # guild -> first snowflake backfill may read
         # Called with servers that just became deleted: the bot drops their live state.
         self.on_deleted: Callable[[set[int]], None] | None = None
+        self._changes = 0  # by this pod's commands
 
     def __contains__(self, guild_id: object) -> bool:
         return guild_id in self._deleted
 
     def deleted(self, guild_id: int) -> None:
+        self._changes += 1
         floors = {k: v for k, v in self._resumed_floor.items() if k != guild_id}
         self._apply(self._deleted | {guild_id}, floors)
 
     def resumed(self, guild_id: int, at: datetime) -> None:
+        self._changes += 1
         self._apply(self._deleted - {guild_id}, {**self._resumed_floor, guild_id: _snowflake(at)})
 
     async def load(self, conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy[Any]) -> None:
+        seen = self._changes
         rows = await conn.fetch("SELECT guild_id, resumed_at FROM guild_tombstones")
+        if seen != self._changes:
+            return  # a command of this pod changed them during the read: the read is older
         self._apply(
             {int(r["guild_id"]) for r in rows if r["resumed_at"] is None},
             {int(r["guild_id"]): _snowflake(r["resumed_at"]) for r in rows if r["resumed_at"]},

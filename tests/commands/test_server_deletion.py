@@ -6,13 +6,16 @@ Real ``herwa bot`` processes (discord.py over the simulator's gateway and REST),
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
+import asyncpg
 import pytest
 
+from herwa.bot.tombstones import Tombstones
 from herwa.devstack import Endpoints
 from herwa.etl.runner import RunOptions, run_once
 from herwa.simulator import GatewayConfig, Simulator, SimulatorConfig
@@ -136,3 +139,34 @@ async def test_a_deleted_server_is_not_recorded_again_until_an_admin_opts_it_in(
 
 async def _has_messages(dsn: str, guild: int) -> bool:
     return await _messages_of(dsn, guild) > 0
+
+
+async def test_a_reload_read_before_a_deletion_does_not_undo_it(migrated: Endpoints) -> None:
+    """The periodic reload races the command: its read, taken before the command's commit,
+    must not drop the server the command has just tombstoned in this pod."""
+    locker = await asyncpg.connect(migrated.postgres_dsn)
+    reader = await asyncpg.connect(migrated.postgres_dsn)
+    try:
+        tombstones = Tombstones()
+        lock = locker.transaction()
+        await lock.start()
+        await locker.execute("LOCK TABLE guild_tombstones IN ACCESS EXCLUSIVE MODE")
+        reload = asyncio.create_task(tombstones.load(reader))
+        await wait_for(
+            lambda: _waiting_on_lock(locker), 10, "the reload's read waiting on the lock"
+        )
+        tombstones.deleted(42)  # the command, committed meanwhile
+        await lock.rollback()
+        await reload
+        assert 42 in tombstones
+    finally:
+        await reader.close()
+        await locker.close()
+
+
+async def _waiting_on_lock(conn: asyncpg.Connection) -> bool:
+    waiting = await conn.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        " AND datname = current_database()"
+    )
+    return bool(waiting)
