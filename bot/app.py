@@ -258,6 +258,9 @@ class BotApp:
         gateway session (if any) to RESUME."""
         sid = runner.shard_id
         r = self.redis
+        async with self.pool.acquire() as conn:
+            # A shard taken over honours a deletion its previous owner answered just now.
+            await self.tombstones.load(conn)
         raw_guilds = await r.smembers(self.key("voice", "guilds"))
         # A deleted server's open sessions stay behind: closing them later would record them.
         guilds = [

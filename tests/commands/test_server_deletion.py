@@ -15,11 +15,12 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from herwa.bot.sharding import assigned_shards
 from herwa.bot.tombstones import Tombstones
 from herwa.devstack import Endpoints
 from herwa.etl.runner import RunOptions, run_once
 from herwa.simulator import GatewayConfig, Simulator, SimulatorConfig
-from tests.bot.conftest import Fleet, pg, wait_for
+from tests.bot.conftest import SHARDS, Fleet, pg, split_names, wait_for
 from tests.bot.expect import actual_messages, expected_messages
 from tests.commands.conftest import opt, sub
 
@@ -170,3 +171,37 @@ async def _waiting_on_lock(conn: asyncpg.Connection) -> bool:
         " AND datname = current_database()"
     )
     return bool(waiting)
+
+
+async def test_a_shard_taken_over_honours_a_deletion_answered_by_its_old_owner(
+    migrated: Endpoints, tmp_path: Path
+) -> None:
+    config = SimulatorConfig(
+        guilds=8,
+        seed=11,
+        gateway=GatewayConfig(identify_window_s=0.25, heartbeat_interval_ms=5_000),
+    )
+    dsn = migrated.postgres_dsn
+    async with Simulator(config) as sim:
+        fleet = Fleet(sim, migrated, tmp_path)
+        try:
+            old, new = split_names(2)
+            await fleet.start(new)
+            await fleet.start(old)
+            await wait_for(fleet.all_connected, 60, "two bots connected")
+            owned = assigned_shards([old, new], old, SHARDS)
+            guild = min(g for g in sim.world.guilds if (g >> 22) % SHARDS in owned)
+            # The old owner answered /privacy delete-server-data (as the command writes it).
+            await pg(dsn, "INSERT INTO guild_tombstones (guild_id) VALUES ($1)", guild)
+            fleet.bots[old].signal(signal.SIGTERM)
+            assert await fleet.bots[old].wait_exit(30) == 0
+            await wait_for(
+                lambda: fleet.all_connected([new]), 60, "the shards taken over by the other bot"
+            )
+            before = await _messages_of(dsn, guild)
+            sim.step(400, family="message")
+            assert _by_guild(expected_messages(sim, content=False))[guild] > 0  # it had traffic
+            await _others_complete(sim, dsn, deleted=guild)
+            assert await _messages_of(dsn, guild) == before
+        finally:
+            await fleet.stop()
