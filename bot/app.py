@@ -36,6 +36,7 @@ from herwa.bot.directory import Directory, GuildConfig
 from herwa.bot.shard import Mark, MemberCountOp, ShardRunner
 from herwa.bot.sharding import Coordinator, assigned_shards
 from herwa.bot.snapshots import Snapshotter
+from herwa.bot.tombstones import Tombstones
 from herwa.bot.voice import VoiceOp, VoiceTracker
 from herwa.config import BotSettings, DiscordSettings
 from herwa.telemetry import Readiness
@@ -76,6 +77,9 @@ class BotApp:
             )
         )
         self.voice = VoiceTracker(self.directory, settings.voice_session_max_hours)
+        # Deleted servers: shared with the commands, which apply /privacy at once.
+        self.tombstones = commands.tombstones if commands is not None else Tombstones()
+        self.tombstones.on_deleted = self.voice.drop_guilds
         self.buffer = FlushBuffer(
             pool,
             interval=settings.flush_interval_seconds,
@@ -255,8 +259,16 @@ class BotApp:
         gateway session (if any) to RESUME."""
         sid = runner.shard_id
         r = self.redis
+        async with self.pool.acquire() as conn:
+            # A shard taken over honours a deletion its previous owner answered just now.
+            await self.tombstones.load(conn)
         raw_guilds = await r.smembers(self.key("voice", "guilds"))
-        guilds = [int(g) for g in raw_guilds if self.shard_of(int(g)) == sid]
+        # A deleted server's open sessions stay behind: closing them later would record them.
+        guilds = [
+            int(g)
+            for g in raw_guilds
+            if self.shard_of(int(g)) == sid and int(g) not in self.tombstones
+        ]
         if guilds:
             pipe = r.pipeline(transaction=False)
             for g in guilds:
@@ -411,6 +423,7 @@ class BotApp:
                 "SELECT guild_id, tracked_channel_ids, count_bot_messages, snapshot_hour_utc "
                 "FROM guilds"
             )
+            await self.tombstones.load(conn)
         self.directory.configs = {
             r["guild_id"]: GuildConfig(
                 frozenset(r["tracked_channel_ids"])

@@ -120,7 +120,12 @@ class Backfiller:
                 for c in directory.guild_channels(guild_id, TEXT_KINDS | THREAD_TYPES)
                 if tracked is None or (directory.thread_parent(c) or c) in tracked
             ]
-            floor = snowflake_at((time.time() - app.settings.backfill_window_hours * 3600) * 1000)
+            floor = app.tombstones.backfill_floor(
+                guild_id,
+                snowflake_at((time.time() - app.settings.backfill_window_hours * 3600) * 1000),
+            )
+            if floor is None:  # the server's data was deleted: read none of its history
+                return True
             ok = True
             for channel_id in channels:
                 try:

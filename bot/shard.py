@@ -255,6 +255,9 @@ class ShardRunner:
             gid = d["id"]
             directory.add_guild(d)
             self.guilds.add(gid)
+            if gid in app.tombstones:  # a deleted server: its channels, none of its data
+                app.guild_available(self, d)
+                return
             now = time.time()
             bots = {m["user"]["id"] for m in d["members"] if m["user"]["bot"]}
             rows, ops = voice.reconcile(gid, d["voice_states"], bots, now, self.last_alive, sid)
@@ -274,7 +277,11 @@ class ShardRunner:
             add_many("voice_sessions", rows)
             for op in ops:
                 add_extra(op)
-            add("guild_events", (gid, "leave", datetime.now(UTC), directory.member_counts.get(gid)))
+            if gid not in app.tombstones:
+                add(
+                    "guild_events",
+                    (gid, "leave", datetime.now(UTC), directory.member_counts.get(gid)),
+                )
             directory.forget_guild(gid)
             self.guilds.discard(gid)
             app.guild_left(gid)
@@ -303,7 +310,7 @@ class ShardRunner:
             self.session_seen = True
             self.resumes += 1
 
-        replace: dict[str, Parser] = {
+        capture: dict[str, Parser] = {
             "MESSAGE_CREATE": message_create,
             "MESSAGE_UPDATE": message_update,
             "MESSAGE_DELETE": counted("MESSAGE_DELETE", message_delete),
@@ -314,6 +321,8 @@ class ShardRunner:
             "GUILD_MEMBER_UPDATE": counted("GUILD_MEMBER_UPDATE", ignore),
             "TYPING_START": counted("TYPING_START", ignore),
         }
+        # Nothing of a server whose data was deleted is recorded (bot/tombstones.py).
+        replace = {event: app.tombstones.honoured(fn) for event, fn in capture.items()}
         wrap: dict[str, Parser] = {
             "GUILD_CREATE": counted("GUILD_CREATE", guild_create),
             "GUILD_DELETE": counted("GUILD_DELETE", guild_delete),

@@ -51,7 +51,7 @@ class Snapshotter:
                 continue
             for gid in list(runner.guilds):
                 count = app.directory.member_counts.get(gid)
-                if count is None:
+                if count is None or gid in app.tombstones:  # none of a deleted server's data
                     continue
                 hour = app.directory.config(gid).snapshot_hour_utc
                 if hour is None:

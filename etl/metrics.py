@@ -32,7 +32,10 @@ class RunStats:
     rows_cleaned: dict[str, int] = field(default_factory=dict)
     lag_seconds: dict[str, float] = field(default_factory=dict)
     usage_drained: int = 0
-    deletions: int = 0
+    deletions: int = 0  # requests completed
+    deletion_subjects: int = 0  # servers and members whose data was deleted (requests deduped)
+    deletions_failed: int = 0  # subjects whose deletion failed (retried by a later run)
+    deletions_deferred: int = 0  # subjects left for a later run: the run's share was spent
 
 
 class EtlMetrics:
@@ -83,6 +86,16 @@ class EtlMetrics:
         )
         self.deletions = Counter(
             "herwa_etl_deletion_requests_completed", "Deletion requests carried out", registry=r
+        )
+        self.deletion_failures = Counter(
+            "herwa_etl_deletion_failures",
+            "Deletion subjects (a server, or a member of one) whose deletion failed this run",
+            registry=r,
+        )
+        self.deletions_pending = Gauge(
+            "herwa_etl_deletion_requests_pending",
+            "Deletion requests not yet completed after the run's deletion step",
+            registry=r,
         )
 
     def finish(self, outcome: str, seconds: float, stats: RunStats, end_epoch: float) -> None:

@@ -43,6 +43,9 @@ class RunOptions:
     redis_prefix: str = "herwa:"
     # Claim batch N+1 on a second connection while batch N goes to ClickHouse (see sync.py).
     pipeline: bool = True
+    # At most this share of deadline_seconds goes to deletion requests at the start of a run;
+    # the rest are carried out by the next runs (privacy.carry_out_due).
+    deletion_share: float = 0.25
 
 
 @dataclass
@@ -241,9 +244,19 @@ async def _locked_run(
     outcome, error = "caught_up", None
     try:
         await low_water.check_counter(pg)
-        # Deletions first: rows of a user being erased must not be loaded by this very run.
-        stats.deletions = await privacy.carry_out_all(pg, ch)
-        prom.deletions.inc(stats.deletions)
+        # Deletions first, within their share of the deadline, so that requests (however
+        # many, however slow or failing) never starve loading. A deferred request lets nothing
+        # through: asking for a member's opted them out (the purge below drops their rows), and
+        # a server's tombstone stopped its capture (what this run loads goes with the rest).
+        budget = min(options.deletion_share * options.deadline_seconds, deadline - time.monotonic())
+        deleted = await privacy.carry_out_due(pg, ch, redis, options.redis_prefix, budget)
+        stats.deletions = deleted.completed
+        stats.deletion_subjects = deleted.subjects
+        stats.deletions_failed = deleted.failed
+        stats.deletions_deferred = deleted.deferred
+        prom.deletions.inc(deleted.completed)
+        prom.deletion_failures.inc(deleted.failed)
+        prom.deletions_pending.set(await privacy.pending_count(pg))
         if redis is not None:
             stats.usage_drained = await usage.drain(redis, options.redis_prefix, pg)
             prom.usage.inc(stats.usage_drained)
@@ -296,6 +309,9 @@ async def _locked_run(
             "seconds": round(seconds, 3),
             "rows": stats.rows_moved,
             "lag": stats.lag_seconds,
+            "deletions": stats.deletions,
+            "deletions_failed": stats.deletions_failed,
+            "deletions_deferred": stats.deletions_deferred,
         },
     )
     return RunResult(run_id, outcome, seconds, stats, error)

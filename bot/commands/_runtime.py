@@ -27,6 +27,7 @@ from herwa.bot.commands._gate import Gate, Outcome
 from herwa.bot.commands._metrics import INVOCATIONS, LATENCY
 from herwa.bot.commands._options import OptionError
 from herwa.bot.commands._reply import Reply
+from herwa.bot.tombstones import Tombstones
 from herwa.config import CommandSettings
 from herwa.entitlements import CommandAccess
 from herwa.telemetry import tracer as _tracer
@@ -49,6 +50,8 @@ class CommandDeps:
     settings: CommandSettings = field(default_factory=CommandSettings)
     redis_prefix: str = "herwa:"
     default_timezone: str = "UTC"
+    # The bot's own: /privacy applies a server's deletion or opt-in to capture at once.
+    tombstones: Tombstones = field(default_factory=Tombstones)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""/channels — messages and distinct authors per channel, paginated, or one channel's figures."""
+"""/channels — messages and distinct authors per channel, paginated, or one channel's figures;
+only channels the invoking member can view (see _visibility.py)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from herwa.bot.commands._common import (
 from herwa.bot.commands._options import OptionError, parse_channel_id
 from herwa.bot.commands._reply import Reply
 from herwa.bot.commands._runtime import Context, Runtime, Spec, Work
+from herwa.bot.commands._visibility import scope_key, visible_channels
 
 SPEC = Spec("channels")
 
@@ -41,16 +43,19 @@ def build(rt: Runtime) -> app_commands.Command[Any, Any, None]:
         async def prepare(ctx: Context) -> tuple[dict[str, Any], Work]:
             span = await resolve_range(ctx, days, end)
             number_ = check_page(page)
+            scope = await visible_channels(ctx)
             only: int | None = None
             if channel is not None:
                 if not isinstance(channel, str):
                     raise OptionError("`channel` must be a #mention or a channel id.")
                 only = parse_channel_id(channel, set(await ctx.guild_channels()))
+                if only not in scope.viewable and not (scope.unlisted and only not in scope.listed):
+                    raise OptionError("You can only see figures of channels you can view.")
             size = ctx.deps.settings.page_size
 
             async def work() -> Reply:
                 stats = await analytics.channel_stats(
-                    ctx.deps.clickhouse, ctx.guild_id, span.start_utc, span.end_utc
+                    ctx.deps.clickhouse, ctx.guild_id, span.start_utc, span.end_utc, scope=scope
                 )
                 if only is not None:
                     stats = [s for s in stats if s.channel_id == only] or [
@@ -75,6 +80,7 @@ def build(rt: Runtime) -> app_commands.Command[Any, Any, None]:
                 "tz": span.tz,
                 "page": number_,
                 "channel": only,
+                "visible": scope_key(scope),
             }
             return key, work
 

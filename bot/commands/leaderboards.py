@@ -1,4 +1,5 @@
-"""/leaderboard and /voice-leaderboard — top members by messages or voice time, paginated."""
+"""/leaderboard and /voice-leaderboard — top members by messages or voice time, paginated,
+counting only the channels the invoking member can view (see _visibility.py)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from herwa.bot.commands._common import (
 )
 from herwa.bot.commands._reply import Reply
 from herwa.bot.commands._runtime import Context, Runtime, Spec, Work
+from herwa.bot.commands._visibility import scope_key, visible_channels
 
 MESSAGES = Spec("leaderboard")
 VOICE = Spec("voice-leaderboard")
@@ -54,6 +56,7 @@ def _build(
         async def prepare(ctx: Context) -> tuple[dict[str, Any], Work]:
             span = await resolve_range(ctx, days, end)
             number_ = check_page(page)
+            scope = await visible_channels(ctx)
             size = ctx.deps.settings.page_size
 
             async def work() -> Reply:
@@ -64,6 +67,7 @@ def _build(
                     span.end_utc,
                     kind=kind,
                     limit=number_ * size + 1,
+                    scope=scope,
                 )
                 lines, more = page_lines(entries, number_, size, kind)
                 if not lines:
@@ -77,7 +81,13 @@ def _build(
                 e.set_footer(text=footer)
                 return Reply(embeds=(e,))
 
-            key = {"first": span.first, "last": span.last, "tz": span.tz, "page": number_}
+            key = {
+                "first": span.first,
+                "last": span.last,
+                "tz": span.tz,
+                "page": number_,
+                "visible": scope_key(scope),
+            }
             return key, work
 
         await rt.run(interaction, spec, prepare)

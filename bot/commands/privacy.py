@@ -1,6 +1,8 @@
 """/privacy — a member opts out (or back in) or asks for their data to be deleted; an admin
-asks for the whole server's data to be deleted. Requests are rows in Postgres
-(``opt_outs``, ``deletion_requests``); the ETL carries deletions out in ClickHouse."""
+asks for the whole server's data to be deleted, or opts the server back in. Requests are rows in
+Postgres (``opt_outs``, ``deletion_requests``, ``guild_tombstones``); the ETL carries deletions
+out in every store, and the bot records nothing of a deleted server until it is opted back in
+(bot/tombstones.py)."""
 
 from __future__ import annotations
 
@@ -115,15 +117,57 @@ def build(rt: Runtime) -> app_commands.Group:
             _confirmed(confirm)
 
             async def work() -> Reply:
-                await ctx.deps.pool.execute(
-                    "INSERT INTO deletion_requests (scope, guild_id, requested_by)"
-                    " VALUES ('guild', $1, $2)",
+                async with ctx.deps.pool.acquire() as conn, conn.transaction():
+                    await conn.execute(
+                        "INSERT INTO deletion_requests (scope, guild_id, requested_by)"
+                        " VALUES ('guild', $1, $2)",
+                        ctx.guild_id,
+                        ctx.user_id,
+                    )
+                    # Without it the next fresh connection's backfill would read the last
+                    # day of history back in, and live capture would go on.
+                    await conn.execute(
+                        "INSERT INTO guild_tombstones (guild_id, deleted_by) VALUES ($1, $2)"
+                        " ON CONFLICT (guild_id) DO UPDATE SET deleted_at = now(),"
+                        " deleted_by = EXCLUDED.deleted_by, resumed_at = NULL, resumed_by = NULL",
+                        ctx.guild_id,
+                        ctx.user_id,
+                    )
+                ctx.deps.tombstones.deleted(ctx.guild_id)
+                return await _done(
+                    ctx,
+                    "All of this server's recorded data will be deleted with the next data run, "
+                    "and nothing more is recorded here until an admin runs "
+                    "`/privacy server-opt-in`.",
+                )
+
+            return {}, work
+
+        await rt.run(interaction, ADMIN_SPEC, prepare)
+
+    @group.command(
+        name="server-opt-in",
+        description="Admins: record this server's activity again after its data was deleted",
+    )
+    async def resume_guild(interaction: discord.Interaction[Any]) -> None:
+        async def prepare(ctx: Context) -> tuple[dict[str, Any], Work]:
+            async def work() -> Reply:
+                resumed_at = await ctx.deps.pool.fetchval(
+                    "UPDATE guild_tombstones SET resumed_at = now(), resumed_by = $2"
+                    " WHERE guild_id = $1 AND resumed_at IS NULL RETURNING resumed_at",
                     ctx.guild_id,
                     ctx.user_id,
                 )
+                if resumed_at is None:
+                    return Reply(
+                        "This server's activity is being recorded; nothing to opt back into.",
+                        ephemeral=True,
+                    )
+                ctx.deps.tombstones.resumed(ctx.guild_id, resumed_at)
                 return await _done(
                     ctx,
-                    "All of this server's recorded data will be deleted with the next data run.",
+                    "This server's activity is recorded again from now on. "
+                    "Nothing from before this moment is read back.",
                 )
 
             return {}, work

@@ -8,12 +8,19 @@ the ETL-maintained rollups (``message_activity_15m`` / ``_hourly`` / ``_daily``)
 
 from herwa.analytics.growth import GrowthPoint, growth
 from herwa.analytics.heatmap import DAYS, Heatmap, heatmap
-from herwa.analytics.leaderboards import ChannelStats, Entry, channel_stats, leaderboard
+from herwa.analytics.leaderboards import (
+    ChannelScope,
+    ChannelStats,
+    Entry,
+    channel_stats,
+    leaderboard,
+)
 from herwa.analytics.members import MemberSummary, Overview, member_summary, overview
 from herwa.analytics.retention import Cohort, retention
 
 __all__ = [
     "DAYS",
+    "ChannelScope",
     "ChannelStats",
     "Cohort",
     "Entry",

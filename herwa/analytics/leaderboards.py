@@ -3,6 +3,7 @@
 Message figures come from the hourly rollup: ``since``/``until`` act at whole UTC hours.
 Voice figures come from ``voice_sessions`` (one row per session, small next to messages), with
 each session clipped to the range so a session crossing a bound counts only its inside part.
+A :class:`ChannelScope` limits every figure to the channels the asking member may see.
 """
 
 # ruff: noqa: S608 - only constant SQL fragments are composed; every value is a bound parameter.
@@ -26,6 +27,31 @@ class Entry:
 
 
 @dataclass(frozen=True)
+class ChannelScope:
+    """Channels whose activity an answer may include: the ``viewable`` ones and, when
+    ``unlisted`` is set, every channel not in ``listed`` (channels the server no longer has)."""
+
+    viewable: frozenset[int]
+    listed: frozenset[int]
+    unlisted: bool
+
+    def parameters(self) -> dict[str, object]:
+        return {
+            "scoped": True,
+            "viewable": sorted(self.viewable),
+            "listed": sorted(self.listed),
+            "unlisted": self.unlisted,
+        }
+
+
+_UNSCOPED: dict[str, object] = {"scoped": False, "viewable": [], "listed": [], "unlisted": False}
+_IN_SCOPE = """
+    (NOT {scoped:Bool} OR has({viewable:Array(UInt64)}, channel_id)
+     OR ({unlisted:Bool} AND NOT has({listed:Array(UInt64)}, channel_id)))
+"""
+
+
+@dataclass(frozen=True)
 class ChannelStats:
     channel_id: int
     messages: int
@@ -36,7 +62,7 @@ _MESSAGES = f"""
     SELECT author_id, sum(messages) AS n
     FROM message_activity_hourly FINAL
     WHERE guild_id = {{guild_id:UInt64}} AND hour >= {SINCE} AND hour < {UNTIL}
-      AND (NOT is_bot OR {{bots:Bool}})
+      AND (NOT is_bot OR {{bots:Bool}}) AND {_IN_SCOPE}
     GROUP BY author_id HAVING n > 0
     ORDER BY n DESC, author_id LIMIT {{limit:UInt32}}
 """
@@ -50,7 +76,7 @@ _VOICE = f"""
     SELECT user_id, sum({VOICE_SECONDS}) AS seconds
     FROM voice_sessions FINAL
     WHERE guild_id = {{guild_id:UInt64}} AND joined_at < {UNTIL} AND left_at > {SINCE}
-      AND (NOT is_bot OR {{bots:Bool}})
+      AND (NOT is_bot OR {{bots:Bool}}) AND {_IN_SCOPE}
     GROUP BY user_id HAVING seconds > 0
     ORDER BY seconds DESC, user_id LIMIT {{limit:UInt32}}
 """
@@ -59,7 +85,7 @@ _CHANNELS = f"""
     SELECT channel_id, sum(messages) AS n, uniqExactIf(author_id, messages > 0)
     FROM message_activity_hourly FINAL
     WHERE guild_id = {{guild_id:UInt64}} AND hour >= {SINCE} AND hour < {UNTIL}
-      AND (NOT is_bot OR {{bots:Bool}})
+      AND (NOT is_bot OR {{bots:Bool}}) AND {_IN_SCOPE}
     GROUP BY channel_id HAVING n > 0
     ORDER BY n DESC, channel_id
 """
@@ -74,9 +100,11 @@ async def leaderboard(
     kind: Literal["messages", "voice"] = "messages",
     limit: int = 10,
     include_bots: bool = False,
+    scope: ChannelScope | None = None,
 ) -> list[Entry]:
     sql = _MESSAGES if kind == "messages" else _VOICE
-    p = params(guild_id, since, until, bots=include_bots, limit=limit)
+    where = scope.parameters() if scope is not None else _UNSCOPED
+    p = params(guild_id, since, until, bots=include_bots, limit=limit, **where)
     return [Entry(int(user), float(value)) for user, value in await rows(client, sql, p)]
 
 
@@ -87,6 +115,8 @@ async def channel_stats(
     until: datetime,
     *,
     include_bots: bool = False,
+    scope: ChannelScope | None = None,
 ) -> list[ChannelStats]:
-    p = params(guild_id, since, until, bots=include_bots)
+    where = scope.parameters() if scope is not None else _UNSCOPED
+    p = params(guild_id, since, until, bots=include_bots, **where)
     return [ChannelStats(int(c), int(n), int(a)) for c, n, a in await rows(client, _CHANNELS, p)]

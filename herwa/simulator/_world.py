@@ -77,10 +77,12 @@ class Member:
     joined_at_ms: int
     # Heavy-tailed activity weight: a few members write most messages.
     weight: float = 1.0
+    # Role ids beyond @everyone (Guild.roles); set before the member's payload is first built.
+    role_ids: list[int] = field(default_factory=list)
 
     def payload(self, *, with_user: bool = True) -> Json:
         data: Json = {
-            "roles": [],
+            "roles": [str(r) for r in self.role_ids],
             "joined_at": iso_from_ms(self.joined_at_ms),
             "deaf": False,
             "mute": False,
@@ -110,6 +112,8 @@ class Channel:
     parent_id: int | None = None
     owner_id: int | None = None
     created_ms: int = 0
+    # Discord's permission overwrites: {"id", "type" (0 role, 1 member), "allow", "deny"}.
+    overwrites: list[Json] = field(default_factory=list)
 
     @property
     def is_thread(self) -> bool:
@@ -126,7 +130,7 @@ class Channel:
             "type": self.type,
             "name": self.name,
             "position": self.position,
-            "permission_overwrites": [],
+            "permission_overwrites": [dict(o) for o in self.overwrites],
             "nsfw": False,
             "parent_id": str(self.parent_id) if self.parent_id else None,
         }
@@ -192,6 +196,8 @@ class Guild:
     voice: dict[int, VoiceState] = field(default_factory=dict)
     # Scale factor for how busy the guild is relative to the others.
     activity: float = 1.0
+    # Roles besides @everyone, as GUILD_CREATE lists them ({"id", "name", "permissions", …}).
+    roles: list[Json] = field(default_factory=list)
 
     def text_channels(self) -> list[Channel]:
         return [c for c in self.channels.values() if c.type == TEXT]
@@ -235,7 +241,8 @@ class Guild:
                     "managed": False,
                     "mentionable": False,
                     "flags": 0,
-                }
+                },
+                *self.roles,
             ],
             "emojis": [],
             "stickers": [],

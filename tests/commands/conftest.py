@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -127,9 +127,14 @@ def sub(name: str, *options: Json) -> list[Json]:
 
 
 async def start_harness(
-    endpoints: Endpoints, settings: CommandSettings | None = None
+    endpoints: Endpoints,
+    settings: CommandSettings | None = None,
+    prepare: Callable[[Simulator], None] | None = None,
 ) -> tuple[Harness, list[Any]]:
+    """``prepare`` shapes the simulated world (roles, overwrites) before the bot connects."""
     sim = Simulator(SimulatorConfig(guilds=2, seed=11))
+    if prepare is not None:
+        prepare(sim)
     await sim.start()
     point_discord_at(sim.api_base, sim.ws_url)
     pool = await asyncpg.create_pool(endpoints.postgres_dsn, min_size=1, max_size=8)

@@ -7,6 +7,7 @@ from tests.commands.conftest import Harness, build_dataset, is_ephemeral, opt, s
 from tests.etl._support import ch_value
 
 WEEK = [opt("days", 7), opt("end", "2024-03-10")]
+MEMBER = 1071698660929  # @everyone's permissions in the simulator: no Manage Server
 
 
 async def _etl(h: Harness) -> None:
@@ -85,17 +86,35 @@ async def test_privacy_requests_are_carried_out(harness: Harness) -> None:
 
     result = await h.invoke("privacy", sub("delete-server-data", opt("confirm", True)), user=u1)
     assert text_of(result) == (
-        "All of this server's recorded data will be deleted with the next data run."
+        "All of this server's recorded data will be deleted with the next data run, and "
+        "nothing more is recorded here until an admin runs `/privacy server-opt-in`."
     )
     ((scope, by),) = await h.pool.fetch(
         "SELECT scope, requested_by FROM deletion_requests WHERE scope = 'guild'"
     )
     assert (scope, by) == ("guild", u1)
+    assert h.guild in h.rt.deps.tombstones  # capture stops at once in this pod
     await _etl(h)
     result = await h.invoke("overview", WEEK)
     assert "Messages: 0" in text_of(result)
     # The other guild keeps its data.
     assert await ch_value(h.endpoints, "SELECT count() FROM messages FINAL") == 100
+
+    # Only an admin opts the server back in, once.
+    result = await h.invoke("privacy", sub("server-opt-in"), user=u2, permissions=MEMBER)
+    assert "Manage Server" in text_of(result)
+    assert h.guild in h.rt.deps.tombstones
+    result = await h.invoke("privacy", sub("server-opt-in"), user=u1)
+    assert text_of(result).startswith("This server's activity is recorded again from now on")
+    assert h.guild not in h.rt.deps.tombstones
+    assert (
+        await h.pool.fetchval(
+            "SELECT resumed_by FROM guild_tombstones WHERE guild_id = $1", h.guild
+        )
+        == u1
+    )
+    result = await h.invoke("privacy", sub("server-opt-in"), user=u1)
+    assert text_of(result).startswith("This server's activity is being recorded")
 
 
 async def test_privacy_needs_no_subscription(harness: Harness) -> None:
@@ -111,6 +130,13 @@ async def test_privacy_needs_no_subscription(harness: Harness) -> None:
     assert text_of(result).startswith("All of this server's recorded data will be deleted")
     assert await h.pool.fetchval("SELECT count(*) FROM opt_outs WHERE user_id = $1", u2) == 1
     assert await h.pool.fetchval("SELECT count(*) FROM deletion_requests") == 1
+    # A second server's deletion adds to the first's: both stay unrecorded.
+    result = await h.invoke(
+        "privacy", sub("delete-server-data", opt("confirm", True)), guild=h.other
+    )
+    assert text_of(result).startswith("All of this server's recorded data will be deleted")
+    assert h.guild in h.rt.deps.tombstones
+    assert h.other in h.rt.deps.tombstones
     # Gated commands stay denied for the same unsubscribed guild.
     result = await h.invoke("overview")
     assert text_of(result).startswith("This server has no Herwa subscription yet")

@@ -1,0 +1,262 @@
+"""Deletion reaches every table that holds a server's or a member's id, in every store.
+
+The tables are found the way the ETL finds them, from the migrated schema itself, so a table a
+later migration adds is checked here without editing this file.
+"""
+
+# ruff: noqa: S608 - table and column names come from the stores' own catalogues.
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from herwa.devstack import Endpoints
+from herwa.etl import privacy
+from herwa.etl.runner import RunOptions, run_once
+from herwa.stores import clickhouse_url_client
+from tests.etl._support import (
+    T0,
+    actual_hourly,
+    ch_rows,
+    ch_value,
+    expected_hourly,
+    stage_messages,
+    stage_other_families,
+)
+
+OPTIONS = RunOptions(batch_rows=1000, redis_prefix="t:")
+G, OTHER, MEMBER = 1, 2, 100
+
+
+@pytest.fixture
+async def pg(migrated: Endpoints) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(migrated.postgres_dsn)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def redis(migrated: Endpoints) -> AsyncIterator[Redis]:
+    client = Redis.from_url(migrated.redis_url)
+    yield client
+    await client.aclose()
+
+
+async def _schemas(endpoints: Endpoints) -> dict[str, dict[str, frozenset[str]]]:
+    pg = await asyncpg.connect(endpoints.postgres_dsn)
+    ch = await clickhouse_url_client(endpoints.clickhouse_url)
+    try:
+        return {
+            "postgres": await privacy.postgres_tables(pg),
+            "clickhouse": await privacy.clickhouse_tables(ch),
+        }
+    finally:
+        await ch.close()
+        await pg.close()
+
+
+async def _stage_everything(pg: asyncpg.Connection, guild: int) -> None:
+    """Every family, a deleted message and an edit of MEMBER's, and other members' rows."""
+    base = guild * 1000
+    # Authors 100..104; 100 is MEMBER. Messages over two UTC days, so two daily rollup days.
+    await stage_messages(pg, range(base, base + 60), guild_id=guild, step=timedelta(minutes=50))
+    if guild == G:  # its rows have fixed keys: once per test
+        await stage_other_families(pg, guild)
+    await pg.execute(
+        "INSERT INTO message_edits (message_id, edited_at, guild_id, channel_id)"
+        " VALUES ($1, $2, $3, 10)",
+        base,  # author 100 + base % 5 = MEMBER
+        T0 + timedelta(hours=2),
+        guild,
+    )
+    await pg.execute(
+        "INSERT INTO message_deletions (message_id, guild_id, channel_id, deleted_at)"
+        " VALUES ($1, $2, 10, $3)",
+        base + 5,  # MEMBER's too
+        guild,
+        T0 + timedelta(hours=3),
+    )
+    await pg.execute(
+        "INSERT INTO voice_sessions (session_id, guild_id, channel_id, user_id, joined_at,"
+        " left_at, close_reason) VALUES (gen_random_uuid(), $1, 50, 101, $2, $3, 'leave')",
+        guild,
+        T0,
+        T0 + timedelta(minutes=5),
+    )
+
+
+async def _rows_with(
+    endpoints: Endpoints, pg: asyncpg.Connection, guild: int, user: int | None
+) -> dict[str, int]:
+    """Rows left in every table deletion must empty, by "store.table" (zeros left out)."""
+    schemas = await _schemas(endpoints)
+    left: dict[str, int] = {}
+    for store, tables in schemas.items():
+        plan = privacy.plan_for(store, tables)
+        if user is None:
+            targets = [
+                (t, "guild_id = {g:UInt64}" if store == "clickhouse" else "guild_id = $1")
+                for t in plan.guild_tables
+            ]
+        else:
+            targets = [
+                (
+                    t,
+                    f"guild_id = {{g:UInt64}} AND {c} = {{u:UInt64}}"
+                    if store == "clickhouse"
+                    else f"guild_id = $1 AND {c} = $2",
+                )
+                for t, c in plan.user_tables
+            ]
+        for table, where in targets:
+            if store == "postgres":
+                args = (guild,) if user is None else (guild, user)
+                n = int(await pg.fetchval(f'SELECT count(*) FROM "{table}" WHERE {where}', *args))
+            else:
+                n = int(
+                    await ch_value(
+                        endpoints,
+                        f"SELECT count() FROM `{table}` WHERE {where}",
+                        g=guild,
+                        u=user or 0,
+                    )
+                )
+            if n:
+                left[f"{store}.{table}"] = n
+    return left
+
+
+async def test_every_table_holding_an_id_is_classified(migrated: Endpoints) -> None:
+    """Fails when a migration adds a table with an id column deletion cannot place."""
+    schemas = await _schemas(migrated)
+    problems = [p for store, tables in schemas.items() for p in privacy.audit(store, tables)]
+    assert problems == []
+    # And the deletion plan reaches what the issue found missed: the daily rollup, for both.
+    ch = privacy.plan_for("clickhouse", schemas["clickhouse"])
+    assert "message_activity_daily" in ch.guild_tables
+    assert ("message_activity_daily", "author_id") in ch.user_tables
+    # A table the audit would refuse: an unknown id column, a member id without guild_id.
+    assert privacy.audit("postgres", {"x": frozenset({"guild_id", "member_id"})})
+    assert privacy.audit("clickhouse", {"y": frozenset({"user_id", "day"})})
+
+
+async def test_guild_deletion_leaves_no_row_in_any_table_or_cache(
+    migrated: Endpoints, pg: asyncpg.Connection, redis: Redis
+) -> None:
+    await _stage_everything(pg, G)
+    await _stage_everything(pg, OTHER)
+    first = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, redis, OPTIONS)
+    assert first.outcome == "caught_up", first.error
+    assert (
+        await ch_value(
+            migrated,
+            "SELECT count() FROM message_activity_daily FINAL WHERE guild_id = {g:UInt64}",
+            g=G,
+        )
+        > 0
+    )
+    # Cached replies and an open voice session of both guilds, as the bot keeps them.
+    for guild in (G, OTHER):
+        await redis.set(f"t:cmdresult:{guild}:leaderboard:abc", b"reply")
+        await redis.hset(f"t:bot:voice:{guild}", "101", b"session")
+        await redis.sadd("t:bot:voice:guilds", str(guild))
+    await pg.execute("INSERT INTO deletion_requests (scope, guild_id) VALUES ('guild', $1)", G)
+    result = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, redis, OPTIONS)
+    assert result.outcome == "caught_up", result.error
+    assert result.stats.deletions == 1
+    assert await _rows_with(migrated, pg, G, None) == {}
+    assert await redis.keys(f"t:cmdresult:{G}:*") == []
+    assert await redis.exists(f"t:bot:voice:{G}") == 0
+    assert await redis.smembers("t:bot:voice:guilds") == {str(OTHER).encode()}
+    # The other guild is untouched, in every store.
+    assert len(await _rows_with(migrated, pg, OTHER, None)) > 5
+    assert await redis.keys(f"t:cmdresult:{OTHER}:*") != []
+
+
+async def test_member_deletion_leaves_no_row_with_their_id(
+    migrated: Endpoints, pg: asyncpg.Connection, redis: Redis
+) -> None:
+    await _stage_everything(pg, G)
+    await _stage_everything(pg, OTHER)
+    await run_once(migrated.postgres_dsn, migrated.clickhouse_url, redis, OPTIONS)
+    daily_before = await ch_rows(
+        migrated,
+        "SELECT day, author_id, messages FROM message_activity_daily FINAL"
+        " WHERE guild_id = {g:UInt64} AND author_id != {u:UInt64} AND messages > 0 ORDER BY 1, 2",
+        g=G,
+        u=MEMBER,
+    )
+    assert daily_before
+    await redis.set(f"t:cmdresult:{G}:leaderboard:abc", b"reply")
+    await pg.execute(
+        "INSERT INTO deletion_requests (scope, guild_id, user_id) VALUES ('user', $1, $2)",
+        G,
+        MEMBER,
+    )
+    result = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, redis, OPTIONS)
+    assert result.outcome == "caught_up", result.error
+    assert result.stats.deletions == 1
+    # Not even zero-message rollup rows keep their id.
+    assert await _rows_with(migrated, pg, G, MEMBER) == {}
+    # Their edits and deletions went with their messages (ids 1000 and 1005, see above).
+    for table in ("message_edits", "message_deletions"):
+        mine = "message_id IN (1000, 1005)"
+        assert await pg.fetchval(f"SELECT count(*) FROM {table} WHERE {mine}") == 0
+        assert await ch_value(migrated, f"SELECT count() FROM {table} WHERE {mine}") == 0
+    # Everybody else's figures are exactly what they were, and the hourly rollup is exact.
+    assert (
+        await ch_rows(
+            migrated,
+            "SELECT day, author_id, messages FROM message_activity_daily FINAL"
+            " WHERE guild_id = {g:UInt64} AND messages > 0 ORDER BY 1, 2",
+            g=G,
+        )
+        == daily_before
+    )
+    assert await actual_hourly(migrated) == await expected_hourly(pg)
+    assert len(await _rows_with(migrated, pg, OTHER, MEMBER)) >= 4
+    assert await redis.keys(f"t:cmdresult:{G}:*") == []
+
+
+async def test_a_table_a_later_migration_adds_is_deleted_from_too(
+    migrated: Endpoints, pg: asyncpg.Connection
+) -> None:
+    # Two member columns: a row goes when either names the member.
+    await pg.execute(
+        "CREATE TABLE later_thing (guild_id bigint, user_id bigint, author_id bigint, n int)"
+    )
+    await pg.execute(
+        "INSERT INTO later_thing VALUES (1, 100, 7, 1), (1, 101, 7, 2), (1, 102, 100, 5),"
+        " (2, 100, 7, 3), (3, 100, 7, 4)"
+    )
+    ch = await clickhouse_url_client(migrated.clickhouse_url)
+    try:
+        await ch.command(
+            "CREATE TABLE later_thing (guild_id UInt64, author_id UInt64, n UInt32)"
+            " ENGINE = MergeTree ORDER BY guild_id"
+        )
+        await ch.command(
+            "INSERT INTO later_thing VALUES (1, 100, 1), (1, 101, 2), (2, 100, 3), (3, 100, 4)"
+        )
+    finally:
+        await ch.close()
+    await pg.execute(
+        "INSERT INTO deletion_requests (scope, guild_id, user_id) VALUES ('user', 1, 100)"
+    )
+    await pg.execute("INSERT INTO deletion_requests (scope, guild_id) VALUES ('guild', 2)")
+    result = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS)
+    assert result.outcome == "caught_up", result.error
+    assert result.stats.deletions == 2
+    assert [tuple(r) for r in await pg.fetch("SELECT * FROM later_thing ORDER BY n")] == [
+        (1, 101, 7, 2),
+        (3, 100, 7, 4),
+    ]
+    assert await ch_rows(migrated, "SELECT * FROM later_thing ORDER BY n") == [
+        (1, 101, 2),
+        (3, 100, 4),
+    ]
