@@ -39,9 +39,21 @@ DAY_MS = 86_400_000
 REDIS_PREFIX = "herwa:"  # the bots' and the ETL's default key prefix
 SHARDS = 4
 BOTS = 2
-# Tables the demo keeps between runs: the schema's own bookkeeping and the seeded platform.
+# Tables the demo keeps between runs: the schema's own bookkeeping, the seeded platform, and
+# the ETL's marks. A migration's seed row must survive: emptied, etl_rollup_progress once made
+# the rollups skip every batch (the marks stay valid: transaction ids only grow on a server).
+# tests/demo/test_clear.py checks that every table a Postgres migration inserts into is here.
 KEEP_TABLES = frozenset(
-    ("schema_migrations", "features", "tiers", "tier_features", "commands", "etl_runs")
+    (
+        "schema_migrations",
+        "features",
+        "tiers",
+        "tier_features",
+        "commands",
+        "etl_runs",
+        "etl_low_water",
+        "etl_rollup_progress",
+    )
 )
 # The scenario of the replayed traffic. Voice and member leaves are left out of the replay and
 # driven live afterwards: Discord sends neither with a time, the bot stamps them on receipt, so
