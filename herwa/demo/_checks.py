@@ -1,4 +1,5 @@
-"""The numbers the demo reconciles: the simulator's ledger, Postgres staging, ClickHouse.
+"""The numbers the demo reconciles: the simulator's ledger, Postgres staging, ClickHouse, and
+what the slash commands answered.
 
 The mapping from ledger to rows is the one the bot tests use (tests/bot/expect.py): messages
 written by bots are not recorded (``HERWA_BOT_COUNT_BOT_MESSAGES`` is off), deleted messages keep
