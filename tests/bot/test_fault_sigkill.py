@@ -63,10 +63,13 @@ async def test_fault_sigkill_bot_mid_traffic(
         await sim.stop_activity()
         assert await invoke(sim, guilds) == len(guilds)
 
+        # Discord held events for the dead pod's sessions and replayed them on RESUME.
+        held = sum(1 for d in sim.ledger.deliveries if not d.connected)
+        assert held > 0
         compared = await settle_every_family(
             sim, dsn, migrated.redis_url, snapshots, timeout=60, diagnose=lambda: _state(fleet)
         )
-        print(f"compared with the ledger after a SIGKILL: {compared}")
+        print(f"compared with the ledger after a SIGKILL: {compared}; held for RESUME: {held}")
     finally:
         await fleet.stop()
 
