@@ -223,7 +223,11 @@ def asdict_ledger(sim: Simulator) -> dict[str, object]:
 # still exists in the N-th local week after it.
 
 _LABEL = re.compile(r"(\d{4}-\d{2}-\d{2}) to (\d{4}-\d{2}-\d{2}) \(([^)\s]+)\)")
-_HEATMAP_TOTAL = re.compile(r"^([\d,]+) messages\. Busiest", re.MULTILINE)
+_HEATMAP = re.compile(
+    r"^([\d,]+) messages\. Busiest hour: .* with ([\d,]+) messages\. "
+    r"Busiest day: \w+ with ([\d,]+)\.",
+    re.MULTILINE,
+)
 _COHORT = re.compile(r"^(\d{4}-\d{2}-\d{2}): (\d+) joined; active (.*)$", re.MULTILINE)
 _GROWTH = re.compile(r"^([\d,]+) joins, ([\d,]+) leaves, net ([+-]?[\d,]+)\.", re.MULTILINE)
 _MEMBERS = re.compile(r"Members: ([\d,]+) on (\S+), ([\d,]+) on (\S+)\.")
@@ -348,13 +352,31 @@ def _minutes(value: str) -> float:
 
 
 def heatmap_checks(sim: Simulator, guild_id: int, text: str) -> list[Check]:
+    """The total, the busiest hour's and the busiest day's counts (by local weekday and hour)."""
     w = reply_window(text)
-    expected = sum(w.holds(m.created_ms) for m in _live_messages(sim, guild_id))
-    m = _HEATMAP_TOTAL.search(text)
-    actual = 0.0 if "No messages in this range" in text else math.nan
-    if m is not None:
-        actual = _int(m[1])
-    return [Check("commands", "/heatmap total messages", expected, actual)]
+    zone = ZoneInfo(w.tz)
+    cells: Counter[tuple[int, int]] = Counter()
+    for msg in _live_messages(sim, guild_id):
+        if w.holds(msg.created_ms):
+            local = datetime.fromtimestamp(msg.created_ms / 1000, zone)
+            cells[(local.weekday(), local.hour)] += 1
+    days: Counter[int] = Counter()
+    for (day, _), n in cells.items():
+        days[day] += n
+    shown = [math.nan] * 3
+    if "No messages in this range" in text:
+        shown = [0.0, 0.0, 0.0]
+    elif (m := _HEATMAP.search(text)) is not None:
+        shown = [_int(m[1]), _int(m[2]), _int(m[3])]
+    return [
+        Check("commands", "/heatmap total messages", cells.total(), shown[0]),
+        Check(
+            "commands", "/heatmap busiest hour's messages", max(cells.values(), default=0), shown[1]
+        ),
+        Check(
+            "commands", "/heatmap busiest day's messages", max(days.values(), default=0), shown[2]
+        ),
+    ]
 
 
 def expected_cohorts(
@@ -392,15 +414,13 @@ def retention_checks(sim: Simulator, guild_id: int, text: str, weeks: int) -> li
         joined, cells = expected.get(week, (0, (0,) * weeks))
         got_joined, got_cells = shown.get(week, (0, (0,) * weeks))
         checks.append(Check("commands", f"/retention cohort {week} size", joined, got_joined))
-        checks.append(
-            Check(
-                "commands",
-                f"/retention cohort {week} active (all weeks)",
-                sum(cells),
-                sum(got_cells) if len(got_cells) == len(cells) else math.nan,
-                note=" ".join(f"w{n}:{c}" for n, c in enumerate(cells)),
-            )
-        )
+        shown_cells: tuple[float, ...] = got_cells
+        if len(shown_cells) != len(cells):  # the reply followed another number of weeks
+            shown_cells = (math.nan,) * len(cells)
+        checks += [
+            Check("commands", f"/retention cohort {week} active in week {n}", c, got)
+            for n, (c, got) in enumerate(zip(cells, shown_cells, strict=True))
+        ]
     return checks
 
 
@@ -413,18 +433,16 @@ def growth_checks(
     leaves = sum(w.holds(e.at_ms) for e in _member_events(sim, guild_id, "leave"))
     m = _GROWTH.search(text)
     got = (math.nan, math.nan) if m is None else (_int(m[1]), _int(m[2]))
+    # One snapshot in the range (the bots took it today): the first and the last shown.
     members = _MEMBERS.search(text)
-    shown_count = math.nan
-    if members is not None and members[4] == snapshot[0].isoformat():
-        shown_count = _int(members[3])
+    day = snapshot[0].isoformat()
+    shown = [math.nan, math.nan]
+    if members is not None and members[2] == members[4] == day:
+        shown = [_int(members[1]), _int(members[3])]
+    note = f"snapshot of {day}"
     return [
         Check("commands", "/growth joins", joins, got[0]),
         Check("commands", "/growth leaves", leaves, got[1]),
-        Check(
-            "commands",
-            "/growth member count",
-            snapshot[1],
-            shown_count,
-            note=f"snapshot of {snapshot[0].isoformat()}",
-        ),
+        Check("commands", "/growth member count (first)", snapshot[1], shown[0], note=note),
+        Check("commands", "/growth member count (last)", snapshot[1], shown[1], note=note),
     ]

@@ -165,7 +165,7 @@ def test_small_demo_reconciles_and_cleans_up(workdir: Path) -> None:
     assert shown > 0
     assert by_what[("commands", "/heatmap total messages")]["actual"] == shown
     assert by_what[("commands", "/overview active members")]["actual"] > 0
-    assert by_what[("commands", "/growth member count")]["actual"] > 0
+    assert by_what[("commands", "/growth member count (last)")]["actual"] > 0
     assert any(c["what"].startswith("/retention cohort ") for c in checks)
     stages = {s["name"]: s for s in report["stages"]}
     assert stages["backfill"]["numbers"]["backfilled"] == ledger["historical_messages"]
