@@ -21,6 +21,13 @@ Affected buckets come from two places:
 
 A deletion request recomputes the buckets it empties itself (privacy.py).
 
+A missing progress row (the table emptied by hand or by a tool, as ``herwa demo`` once did) is
+read as 0, the mark migration 0007 starts from, and written back: recomputing a bucket again is
+always correct, only slower, whereas skipping — what the code once did — left every later batch
+out of the rollups without a word. Failing the run instead would have stopped loading as well
+until someone re-inserted a row whose only correct value is the one the migration gives it. The
+ETL logs a warning, so the cause is seen.
+
 Either way the record of the work (the mark, the queue row) goes only after the recompute, so a
 crash anywhere leaves it to the next run.
 """
@@ -29,6 +36,7 @@ crash anywhere leaves it to the next run.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -42,6 +50,8 @@ from herwa.etl.low_water import low_water
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.asyncclient import AsyncClient
+
+log = logging.getLogger(__name__)
 
 # A batch as ClickHouse sees it, column for column (see families.py).
 _BATCH_STRUCTURE = {
@@ -102,12 +112,21 @@ async def mark_dirty(pg: asyncpg.Connection, buckets: list[tuple[int, int]]) -> 
 
 Hook = Callable[[], Awaitable[None]]
 
+# The progress migration 0007 inserts: no message batch rolled up yet.
+_NO_PROGRESS = 0
+
 
 async def flush_loaded(pg: asyncpg.Connection, ch: AsyncClient, on_recomputed: Hook | None) -> int:
     """Recompute the buckets of every message batch committed since the last call."""
     done = await pg.fetchval(
         "SELECT loaded_batch::text::bigint FROM etl_rollup_progress WHERE rollup = 'messages'"
     )
+    if done is None:
+        log.warning(
+            "etl_rollup_progress has no 'messages' row: recomputing the rollups of every"
+            " message batch loaded so far, as after migration 0007"
+        )
+        done = _NO_PROGRESS
     upto = await low_water(pg, BY_NAME["message_events"])
     # Ranges left from before a reset-low-water (low_water.reset), usually none.
     owed = [
@@ -117,7 +136,7 @@ async def flush_loaded(pg: asyncpg.Connection, ch: AsyncClient, on_recomputed: H
             " FROM etl_rollup_owed WHERE rollup = 'messages'"
         )
     ]
-    ranges = [*owed, *([(done, upto)] if done is not None and upto > done else [])]
+    ranges = [*owed, *([(done, upto)] if upto > done else [])]
     if not ranges:
         return 0
     buckets: set[tuple[int, int]] = set()
@@ -131,9 +150,12 @@ async def flush_loaded(pg: asyncpg.Connection, ch: AsyncClient, on_recomputed: H
         buckets.update((int(g), int(h)) for g, h in result.result_rows)
     await _recompute_then(ch, sorted(buckets), on_recomputed)
     async with pg.transaction():
+        # An upsert: the row may be the one that was missing.
         await pg.execute(
-            "UPDATE etl_rollup_progress SET loaded_batch = $1::text::xid8, updated_at = now()"
-            " WHERE rollup = 'messages' AND loaded_batch < $1::text::xid8",
+            "INSERT INTO etl_rollup_progress AS p (rollup, loaded_batch)"
+            " VALUES ('messages', $1::text::xid8) ON CONFLICT (rollup) DO UPDATE"
+            " SET loaded_batch = EXCLUDED.loaded_batch, updated_at = now()"
+            " WHERE p.loaded_batch < EXCLUDED.loaded_batch",
             str(upto),
         )
         await pg.execute(

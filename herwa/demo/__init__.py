@@ -5,7 +5,8 @@ operator's reconcile code) → the Discord simulator with a community and its ch
 two ``herwa bot`` processes sharing four shards → backfill of the history → live traffic that
 replays weeks of activity in seconds (voice in real time at the end) → Postgres equals the
 simulator's ledger → ETL into ClickHouse (ClickHouse equals Postgres) → slash commands through the
-simulator, their PNG charts saved → a report in a results folder → everything stopped.
+simulator, every number they answer equal to the ledger, their PNG charts saved → a report in a
+results folder → everything stopped.
 
 Re-running on the same data dir reuses the servers, passwords, ports, schema and tiers, and
 empties the previous run's events first, so every run reconciles with its own ledger;

@@ -1,4 +1,5 @@
-"""The numbers the demo reconciles: the simulator's ledger, Postgres staging, ClickHouse.
+"""The numbers the demo reconciles: the simulator's ledger, Postgres staging, ClickHouse, and
+what the slash commands answered.
 
 The mapping from ledger to rows is the one the bot tests use (tests/bot/expect.py): messages
 written by bots are not recorded (``HERWA_BOT_COUNT_BOT_MESSAGES`` is off), deleted messages keep
@@ -11,14 +12,18 @@ seconds are the bot's receive times, so they may differ by the delivery delay pe
 
 from __future__ import annotations
 
+import math
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 import asyncpg
 from clickhouse_connect.driver.asyncclient import AsyncClient
 
 from herwa.etl.families import FAMILIES
-from herwa.simulator import Simulator
+from herwa.simulator import MemberEventRecord, MessageRecord, Simulator
 
 # Voice seconds are compared within this tolerance: 50 ms per session boundary (join, leave,
 # and both sides of every move) plus 0.5 s per guild — loopback delivery and processing delay.
@@ -206,3 +211,238 @@ async def command_invocations(ch: AsyncClient) -> int:
 
 def asdict_ledger(sim: Simulator) -> dict[str, object]:
     return asdict(ledger_counts(sim))
+
+
+# -- what the slash commands answered, against the ledger ---------------------------------------
+#
+# Each reply states its range as "YYYY-MM-DD to YYYY-MM-DD (zone)"; the expected numbers are
+# computed from the ledger over exactly that range, the way the analytics define them: messages
+# not written by a bot and not deleted; voice seconds clipped to the range; joins and leaves of
+# members that are not bots; a retention cohort is the members whose first join lies in the
+# range, by the local week (Monday) of that join, active in week N when they wrote a message that
+# still exists in the N-th local week after it.
+
+_LABEL = re.compile(r"(\d{4}-\d{2}-\d{2}) to (\d{4}-\d{2}-\d{2}) \(([^)\s]+)\)")
+_HEATMAP = re.compile(
+    r"^([\d,]+) messages\. Busiest hour: .* with ([\d,]+) messages\. "
+    r"Busiest day: \w+ with ([\d,]+)\.",
+    re.MULTILINE,
+)
+_COHORT = re.compile(r"^(\d{4}-\d{2}-\d{2}): (\d+) joined; active (.*)$", re.MULTILINE)
+_GROWTH = re.compile(r"^([\d,]+) joins, ([\d,]+) leaves, net ([+-]?[\d,]+)\.", re.MULTILINE)
+_MEMBERS = re.compile(r"Members: ([\d,]+) on (\S+), ([\d,]+) on (\S+)\.")
+_VOICE_TIME = re.compile(r"^(?:(\d+) h )?(\d+) min$")
+
+
+class ReplyUnreadable(ValueError):
+    """A reply lacks a number the demo checks: the check fails with this message."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """A reply's range: whole local days ``first``..``last`` in ``tz``, as UTC milliseconds."""
+
+    first: date
+    last: date
+    tz: str
+
+    @property
+    def start_ms(self) -> int:
+        return int(datetime.combine(self.first, time(), ZoneInfo(self.tz)).timestamp() * 1000)
+
+    @property
+    def end_ms(self) -> int:
+        nxt = self.last + timedelta(days=1)
+        return int(datetime.combine(nxt, time(), ZoneInfo(self.tz)).timestamp() * 1000)
+
+    def holds(self, at_ms: int) -> bool:
+        return self.start_ms <= at_ms < self.end_ms
+
+    def week(self, at_ms: int) -> date:
+        """The local Monday of the week holding ``at_ms``."""
+        local = datetime.fromtimestamp(at_ms / 1000, ZoneInfo(self.tz)).date()
+        return local - timedelta(days=local.weekday())
+
+
+def reply_window(text: str) -> Window:
+    m = _LABEL.search(text)
+    if m is None:
+        raise ReplyUnreadable("no date range in the reply")
+    return Window(date.fromisoformat(m[1]), date.fromisoformat(m[2]), m[3])
+
+
+def _int(text: str) -> int:
+    return int(text.replace(",", ""))
+
+
+def _live_messages(sim: Simulator, guild_id: int) -> list[MessageRecord]:
+    return [m for m in sim.ledger.messages_in(guild_id, include_deleted=False) if not m.is_bot]
+
+
+def _member_events(sim: Simulator, guild_id: int, event: str) -> list[MemberEventRecord]:
+    return [
+        e
+        for e in sim.ledger.member_events
+        if e.guild_id == guild_id and e.event == event and not e.is_bot
+    ]
+
+
+def _voice(sim: Simulator, guild_id: int, w: Window) -> tuple[float, int, int]:
+    """Closed sessions overlapping the window: (seconds inside it, members, boundaries)."""
+    seconds, users, boundaries = 0.0, set[int](), 0
+    members = sim.world.guilds[guild_id].members
+    bots = {uid for uid, m in members.items() if m.user.bot}
+    for v in sim.ledger.voice_sessions:
+        if v.guild_id != guild_id or v.leave_ms is None or v.user_id in bots:
+            continue
+        if v.join_ms < w.end_ms and v.leave_ms > w.start_ms:
+            seconds += max(0, min(v.leave_ms, w.end_ms) - max(v.join_ms, w.start_ms)) / 1000
+            users.add(v.user_id)
+            boundaries += 2 + 2 * v.moves
+    return seconds, len(users), boundaries
+
+
+def overview_checks(
+    sim: Simulator, guild_id: int, fields: dict[str, str], text: str
+) -> list[Check]:
+    w = reply_window(text)
+    messages = [m for m in _live_messages(sim, guild_id) if w.holds(m.created_ms)]
+    joins = sum(w.holds(e.at_ms) for e in _member_events(sim, guild_id, "join"))
+    leaves = sum(w.holds(e.at_ms) for e in _member_events(sim, guild_id, "leave"))
+    seconds, voice_members, boundaries = _voice(sim, guild_id, w)
+    expected = {
+        "Messages": len(messages),
+        "Active members": len({m.author_id for m in messages}),
+        "Voice members": voice_members,
+        "Joins": joins,
+        "Leaves": leaves,
+        "Net growth": joins - leaves,
+    }
+    checks = [
+        Check("commands", f"/overview {name.lower()}", n, _field(fields, name))
+        for name, n in expected.items()
+    ]
+    # Shown in whole minutes: half a minute of rounding, plus the voice slack of the capture.
+    slack_s = VOICE_BOUNDARY_S * boundaries + VOICE_SLACK_S
+    checks.append(
+        Check(
+            "commands",
+            "/overview voice time (minutes)",
+            round(seconds / 60, 3),
+            _minutes(fields.get("Voice time", "")),
+            tolerance=round(0.5 + slack_s / 60, 3),
+            note="shown rounded to minutes; bot stamps voice by receive time",
+        )
+    )
+    return checks
+
+
+def _field(fields: dict[str, str], name: str) -> float:
+    value = fields.get(name)
+    if value is None:
+        return math.nan  # never equal: the check fails and names the field
+    return float(_int(value.lstrip("+")))
+
+
+def _minutes(value: str) -> float:
+    m = _VOICE_TIME.match(value)
+    if m is None:
+        return math.nan
+    return int(m[1] or 0) * 60 + int(m[2])
+
+
+def heatmap_checks(sim: Simulator, guild_id: int, text: str) -> list[Check]:
+    """The total, the busiest hour's and the busiest day's counts (by local weekday and hour)."""
+    w = reply_window(text)
+    zone = ZoneInfo(w.tz)
+    cells: Counter[tuple[int, int]] = Counter()
+    for msg in _live_messages(sim, guild_id):
+        if w.holds(msg.created_ms):
+            local = datetime.fromtimestamp(msg.created_ms / 1000, zone)
+            cells[(local.weekday(), local.hour)] += 1
+    days: Counter[int] = Counter()
+    for (day, _), n in cells.items():
+        days[day] += n
+    shown = [math.nan] * 3
+    if "No messages in this range" in text:
+        shown = [0.0, 0.0, 0.0]
+    elif (m := _HEATMAP.search(text)) is not None:
+        shown = [_int(m[1]), _int(m[2]), _int(m[3])]
+    return [
+        Check("commands", "/heatmap total messages", cells.total(), shown[0]),
+        Check(
+            "commands", "/heatmap busiest hour's messages", max(cells.values(), default=0), shown[1]
+        ),
+        Check(
+            "commands", "/heatmap busiest day's messages", max(days.values(), default=0), shown[2]
+        ),
+    ]
+
+
+def expected_cohorts(
+    sim: Simulator, guild_id: int, w: Window, weeks: int
+) -> dict[date, tuple[int, tuple[int, ...]]]:
+    """Local join week → (members who first joined then, members active in week 0..weeks-1)."""
+    first_join: dict[int, int] = {}
+    for e in _member_events(sim, guild_id, "join"):
+        first_join[e.user_id] = min(e.at_ms, first_join.get(e.user_id, e.at_ms))
+    cohort = {u: w.week(at) for u, at in first_join.items() if w.holds(at)}
+    active: dict[int, set[date]] = {}
+    for m in _live_messages(sim, guild_id):
+        if m.author_id in cohort:
+            active.setdefault(m.author_id, set()).add(w.week(m.created_ms))
+    out: dict[date, tuple[int, list[int]]] = {}
+    for user, week in cohort.items():
+        joined, cells = out.setdefault(week, (0, [0] * weeks))
+        out[week] = (joined + 1, cells)
+        for seen in active.get(user, ()):
+            n = (seen - week).days // 7
+            if 0 <= n < weeks:
+                cells[n] += 1
+    return {week: (joined, tuple(cells)) for week, (joined, cells) in sorted(out.items())}
+
+
+def retention_checks(sim: Simulator, guild_id: int, text: str, weeks: int) -> list[Check]:
+    w = reply_window(text)
+    expected = expected_cohorts(sim, guild_id, w, weeks)
+    shown: dict[date, tuple[int, tuple[int, ...]]] = {}
+    for m in _COHORT.finditer(text):
+        cells = tuple(int(c.rsplit(": ", 1)[1]) for c in m[3].split(", "))
+        shown[date.fromisoformat(m[1])] = (int(m[2]), cells)
+    checks = [Check("commands", "/retention cohorts", len(expected), len(shown))]
+    for week in sorted(set(expected) | set(shown)):
+        joined, cells = expected.get(week, (0, (0,) * weeks))
+        got_joined, got_cells = shown.get(week, (0, (0,) * weeks))
+        checks.append(Check("commands", f"/retention cohort {week} size", joined, got_joined))
+        shown_cells: tuple[float, ...] = got_cells
+        if len(shown_cells) != len(cells):  # the reply followed another number of weeks
+            shown_cells = (math.nan,) * len(cells)
+        checks += [
+            Check("commands", f"/retention cohort {week} active in week {n}", c, got)
+            for n, (c, got) in enumerate(zip(cells, shown_cells, strict=True))
+        ]
+    return checks
+
+
+def growth_checks(
+    sim: Simulator, guild_id: int, text: str, snapshot: tuple[date, int]
+) -> list[Check]:
+    """``snapshot``: the UTC day and the member count the bots saw when they took it."""
+    w = reply_window(text)
+    joins = sum(w.holds(e.at_ms) for e in _member_events(sim, guild_id, "join"))
+    leaves = sum(w.holds(e.at_ms) for e in _member_events(sim, guild_id, "leave"))
+    m = _GROWTH.search(text)
+    got = (math.nan, math.nan) if m is None else (_int(m[1]), _int(m[2]))
+    # One snapshot in the range (the bots took it today): the first and the last shown.
+    members = _MEMBERS.search(text)
+    day = snapshot[0].isoformat()
+    shown = [math.nan, math.nan]
+    if members is not None and members[2] == members[4] == day:
+        shown = [_int(members[1]), _int(members[3])]
+    note = f"snapshot of {day}"
+    return [
+        Check("commands", "/growth joins", joins, got[0]),
+        Check("commands", "/growth leaves", leaves, got[1]),
+        Check("commands", "/growth member count (first)", snapshot[1], shown[0], note=note),
+        Check("commands", "/growth member count (last)", snapshot[1], shown[1], note=note),
+    ]

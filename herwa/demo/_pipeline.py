@@ -14,7 +14,7 @@ import time
 import urllib.parse
 import uuid
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +39,21 @@ DAY_MS = 86_400_000
 REDIS_PREFIX = "herwa:"  # the bots' and the ETL's default key prefix
 SHARDS = 4
 BOTS = 2
-# Tables the demo keeps between runs: the schema's own bookkeeping and the seeded platform.
+# Tables the demo keeps between runs: the schema's own bookkeeping, the seeded platform, and
+# the ETL's marks. A migration's seed row must survive: emptied, etl_rollup_progress once made
+# the rollups skip every batch (the marks stay valid: transaction ids only grow on a server).
+# tests/demo/test_clear.py checks that every table a Postgres migration inserts into is here.
 KEEP_TABLES = frozenset(
-    ("schema_migrations", "features", "tiers", "tier_features", "commands", "etl_runs")
+    (
+        "schema_migrations",
+        "features",
+        "tiers",
+        "tier_features",
+        "commands",
+        "etl_runs",
+        "etl_low_water",
+        "etl_rollup_progress",
+    )
 )
 # The scenario of the replayed traffic. Voice and member leaves are left out of the replay and
 # driven live afterwards: Discord sends neither with a time, the bot stamps them on receipt, so
@@ -96,6 +108,8 @@ class Demo:
         self.images: dict[str, str] = {}
         self.etl_rows: dict[str, int] = {}
         self.entitled: dict[int, str] = {}
+        # guild → (UTC day, member count) when the bots took their snapshots (before traffic).
+        self.snapshots: dict[int, tuple[date, int]] = {}
         self.started_at = datetime.now(UTC)
         self.bots_started = 0.0
         self.stopping = False
@@ -332,6 +346,8 @@ class Demo:
                 return got >= expected and snaps >= len(sim.world.guilds)
 
             await self._wait(done, max(90.0, expected / 100), "the backfill to finish")
+            today = datetime.now(UTC).date()
+            self.snapshots = {g.id: (today, len(g.members)) for g in sim.world.guilds.values()}
             got = int(await pool.fetchval("SELECT count(*) FROM message_events"))
             st.numbers = {"expected": expected, "backfilled": got}
             took = time.monotonic() - started
@@ -535,6 +551,7 @@ class Demo:
             plan.append((free, "growth", [_int("days", days)]))
         with self.console.stage("commands", "Slash commands through the simulator") as st:
             ok = True
+            answers: list[Check] = []
             for guild, name, options in plan:
                 started = time.monotonic()
                 result = await sim.invoke_command(
@@ -543,7 +560,8 @@ class Demo:
                 took = time.monotonic() - started
                 entry = self._save_reply(guild, name, result, took)
                 self.commands.append(entry)
-                expect_image = name != "overview" and self.entitled[guild] != "free"
+                entitled = self.entitled[guild] != "free"
+                expect_image = name != "overview" and entitled
                 good = bool(entry["complete"]) and (bool(entry["files"]) == expect_image)
                 ok = ok and good
                 mark = "✓" if good else "✗"
@@ -551,6 +569,12 @@ class Demo:
                     f"      {mark} /{name} in {self.entitled[guild]}-tier guild …{str(guild)[-4:]}"
                     f" ({took:.1f}s): {entry['summary']}"
                 )
+                if entitled:
+                    answers += self._answer_checks(guild, name, entry, weeks)
+            # What members see, number by number, against the ledger.
+            self.checks += answers
+            self._print_checks(answers, ("ledger", "reply"))
+            ok = ok and all(c.ok for c in answers)
             # The invocations reach ClickHouse through the usage counters the ETL drains.
             moved = await self._run_etl()
             for k, v in moved.items():
@@ -571,6 +595,21 @@ class Demo:
             st.summary = f"{len(plan)} commands answered, {len(self.images)} charts saved"
             if not st.ok:
                 raise DemoFailed("a slash command did not answer as expected")
+
+    def _answer_checks(self, guild: int, name: str, entry: Json, weeks: int) -> list[Check]:
+        sim, text = self._sim(), str(entry["text"])
+        try:
+            if name == "overview":
+                return _checks.overview_checks(sim, guild, entry["fields"], text)
+            if name == "heatmap":
+                return _checks.heatmap_checks(sim, guild, text)
+            if name == "retention":
+                return _checks.retention_checks(sim, guild, text, weeks)
+            if name == "growth":
+                return _checks.growth_checks(sim, guild, text, self.snapshots[guild])
+        except _checks.ReplyUnreadable as exc:
+            return [Check("commands", f"/{name} reply readable", 1, 0, note=str(exc))]
+        raise DemoFailed(f"no check for /{name}")
 
     def _save_reply(self, guild: int, name: str, result: Json, took: float) -> Json:
         messages = [m for m in [result.get("original"), *result.get("followups", [])] if m]

@@ -13,7 +13,13 @@ everything it emitted.
 
 from herwa.simulator._activity import ScenarioConfig
 from herwa.simulator._gateway import GatewayConfig
-from herwa.simulator._ledger import Delivery, Ledger, MessageRecord, VoiceRecord
+from herwa.simulator._ledger import (
+    Delivery,
+    Ledger,
+    MemberEventRecord,
+    MessageRecord,
+    VoiceRecord,
+)
 from herwa.simulator._simulator import DEFAULT_TOKEN, Simulator, SimulatorConfig
 from herwa.simulator._world import WorldConfig
 from herwa.simulator.client import point_discord_at
@@ -23,6 +29,7 @@ __all__ = [
     "Delivery",
     "GatewayConfig",
     "Ledger",
+    "MemberEventRecord",
     "MessageRecord",
     "ScenarioConfig",
     "Simulator",

@@ -581,7 +581,7 @@ class Activity:
         guild = self.world.guilds[guild_id]
         m = self.world.add_member(guild, self.rng, at_ms)
         self._author_pools.pop(guild_id, None)
-        self.ledger.member_join(guild_id, at_ms, len(guild.members))
+        self.ledger.member_join(guild_id, m.user.id, at_ms, len(guild.members), is_bot=m.user.bot)
         d = {**m.payload(), "guild_id": str(guild_id)}
         self.gateway.dispatch("GUILD_MEMBER_ADD", guild_id, d, intent=GUILD_MEMBERS, key=m.user.id)
         return m.user.id
@@ -592,7 +592,7 @@ class Activity:
             self.voice_leave(guild_id, user_id, at_ms=at_ms, reason="disconnect")
         m = guild.members.pop(user_id)
         self._author_pools.pop(guild_id, None)
-        self.ledger.member_leave(guild_id, at_ms, len(guild.members))
+        self.ledger.member_leave(guild_id, user_id, at_ms, len(guild.members), is_bot=m.user.bot)
         d = {"guild_id": str(guild_id), "user": m.user.payload()}
         self.gateway.dispatch("GUILD_MEMBER_REMOVE", guild_id, d, intent=GUILD_MEMBERS, key=user_id)
 

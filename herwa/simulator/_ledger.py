@@ -48,6 +48,15 @@ class VoiceRecord:
 
 
 @dataclass
+class MemberEventRecord:
+    guild_id: int
+    user_id: int
+    event: str  # "join" or "leave"
+    at_ms: int
+    is_bot: bool
+
+
+@dataclass
 class Delivery:
     event: str
     key: int
@@ -80,6 +89,7 @@ class Ledger:
         self.guilds: defaultdict[int, GuildLedger] = defaultdict(GuildLedger)
         self.messages: dict[int, MessageRecord] = {}
         self.voice_sessions: list[VoiceRecord] = []
+        self.member_events: list[MemberEventRecord] = []
         self.deliveries: list[Delivery] = []
         # Events for which no session of any shard existed: lost to the gateway (backfill only).
         self.undelivered: list[tuple[str, int, int | None]] = []
@@ -106,14 +116,20 @@ class Ledger:
         rec.deleted = True
         self.guilds[rec.guild_id].deletes += 1
 
-    def member_join(self, guild_id: int, at_ms: int, count: int) -> None:
+    def member_join(
+        self, guild_id: int, user_id: int, at_ms: int, count: int, *, is_bot: bool
+    ) -> None:
         g = self.guilds[guild_id]
         g.joins += 1
+        self.member_events.append(MemberEventRecord(guild_id, user_id, "join", at_ms, is_bot))
         self._member_count(g, at_ms, count)
 
-    def member_leave(self, guild_id: int, at_ms: int, count: int) -> None:
+    def member_leave(
+        self, guild_id: int, user_id: int, at_ms: int, count: int, *, is_bot: bool
+    ) -> None:
         g = self.guilds[guild_id]
         g.leaves += 1
+        self.member_events.append(MemberEventRecord(guild_id, user_id, "leave", at_ms, is_bot))
         self._member_count(g, at_ms, count)
 
     def member_count(self, guild_id: int, at_ms: int, count: int) -> None:
