@@ -18,7 +18,7 @@ from herwa import config
 from herwa.bot.app import BotApp, install_signal_handlers
 from herwa.bot.commands import CommandDeps
 from herwa.discord_api import point_discord_at
-from herwa.logs import register_secret
+from herwa.logs import register_secret, register_url
 from herwa.stores import clickhouse_client, postgres_pool, redis_client
 from herwa.telemetry import TelemetryServer, setup_tracing
 
@@ -58,9 +58,8 @@ async def main(pod_override: str | None = None) -> int:
     ch = config.clickhouse()
     commands = config.commands()
     tel = config.telemetry()
-    register_secret(pg.dsn.get_secret_value())
-    register_secret(rd.url.get_secret_value())
-    register_secret(ch.query_url().get_secret_value())
+    for url in (pg.dsn, rd.url, ch.query_url()):
+        register_url(url.get_secret_value())
     point_discord_at(disc.api_base, disc.gateway_url)
     setup_tracing("herwa-bot")
     pod = pod_identity(pod_override or bot.pod_name)

@@ -104,13 +104,22 @@ class ClickHouseSettings(_Section):
 
     url: ClickHouseUrl = Field(description="http://user:password@host:8123/database")
     readonly_url: ClickHouseUrl | None = Field(
-        None, description="the same for a user with readonly access; defaults to url"
+        None,
+        description="the same for a user with readonly access; required by the bot, whose "
+        "slash commands answer users",
     )
     connect_timeout_seconds: Seconds = 10.0
     query_timeout_seconds: Seconds = 30.0
 
     def query_url(self) -> SecretStr:
-        return self.readonly_url or self.url
+        """The URL for user-facing queries. Never the read-write one: a query a user can shape
+        must not run as a user that can write, so an unset read-only URL is an error."""
+        if self.readonly_url is None:
+            raise ConfigError(
+                "HERWA_CLICKHOUSE_READONLY_URL: required but not set (user-facing queries run "
+                "only as a ClickHouse user with readonly access, never as HERWA_CLICKHOUSE_URL's)"
+            )
+        return self.readonly_url
 
 
 class DiscordSettings(_Section):
