@@ -12,12 +12,10 @@ import asyncio
 import logging
 import socket
 
-import discord.http
-
 from herwa import config
 from herwa.bot.app import BotApp, install_signal_handlers
 from herwa.bot.commands import CommandDeps
-from herwa.discord_api import point_discord_at
+from herwa.discord_api import bot_gateway, point_discord_at
 from herwa.logs import register_secret, register_url
 from herwa.stores import clickhouse_client, postgres_pool, redis_client
 from herwa.telemetry import TelemetryServer, setup_tracing
@@ -35,17 +33,6 @@ def run(args: argparse.Namespace) -> int:
 
 def pod_identity(configured: str | None) -> str:
     return configured or socket.gethostname().lower()
-
-
-async def gateway_info(token: str) -> tuple[int, int]:
-    """(recommended shards, max_concurrency) from ``GET /gateway/bot``."""
-    http = discord.http.HTTPClient(asyncio.get_running_loop())
-    try:
-        await http.static_login(token)
-        shards, _url, limit = await http.get_bot_gateway()
-        return int(shards), int(limit.get("max_concurrency", 1))
-    finally:
-        await http.close()
 
 
 async def main(pod_override: str | None = None) -> int:
@@ -66,10 +53,12 @@ async def main(pod_override: str | None = None) -> int:
 
     shard_count = disc.shard_count
     max_concurrency = bot.max_concurrency
-    if shard_count is None or max_concurrency is None:
-        recommended, concurrency = await gateway_info(token)
-        shard_count = shard_count or recommended
-        max_concurrency = max_concurrency or concurrency
+    if shard_count is None or max_concurrency is None or disc.gateway_url is None:
+        gateway = await bot_gateway(token)
+        shard_count = shard_count or gateway.shards
+        max_concurrency = max_concurrency or gateway.max_concurrency
+        if disc.gateway_url is None:
+            point_discord_at(None, gateway.url)
 
     pool = await postgres_pool(pg)
     redis = redis_client(rd)
