@@ -32,7 +32,7 @@ from herwa.simulator._interactions import InteractionStore
 from herwa.simulator._ledger import Ledger
 from herwa.simulator._rest import API_PREFIX, RateLimit, Rest
 from herwa.simulator._snowflake import SnowflakeFactory
-from herwa.simulator._world import TEXT, User, World, WorldConfig
+from herwa.simulator._world import ADMIN_PERMISSIONS, TEXT, User, World, WorldConfig
 
 Json = dict[str, Any]
 
@@ -372,7 +372,7 @@ class Simulator:
             name,
             options or [],
             at_ms=self.now_ms(),
-            **({} if permissions is None else {"permissions": str(permissions)}),
+            permissions=ADMIN_PERMISSIONS if permissions is None else str(permissions),
         )
         await self.interactions.wait(rec.id, timeout)
         # Follow-ups usually come right after the original; give them a moment.
