@@ -61,7 +61,10 @@ async def main(pod_override: str | None = None) -> int:
             point_discord_at(None, gateway.url)
 
     pool = await postgres_pool(pg)
-    redis = redis_client(rd)
+    # A call that outlives a good part of the lease would let the lease lapse unnoticed.
+    redis = redis_client(
+        rd, socket_timeout=min(rd.socket_timeout_seconds, bot.member_ttl_seconds / 5)
+    )
     # Slash commands read ClickHouse as the read-only user only.
     analytics = await clickhouse_client(ch, readonly=True)
     app = BotApp(

@@ -95,6 +95,10 @@ class RedisSettings(_Section):
     key_prefix: str = Field("herwa:", pattern=r"^[A-Za-z0-9_.:-]{0,64}$")
     max_connections: int = Field(64, ge=1, le=10_000)
     pool_timeout_seconds: Seconds = Field(5.0, le=300)
+    # Every command's reply (and every connect) waits at most this long: a Redis that stops
+    # answering without closing must fail calls, never hang them. The bot bounds it further
+    # to a fifth of its shard lease.
+    socket_timeout_seconds: Seconds = Field(2.0, le=60)
 
 
 class ClickHouseSettings(_Section):
