@@ -43,9 +43,10 @@ from herwa.telemetry import Readiness
 log = logging.getLogger(__name__)
 Json = dict[str, Any]
 
-# A shard is closed once this share of its lease has passed since the last renewal that Redis
-# confirmed was *sent*: the rest of the lease is the time to stop reading its gateway before
-# another pod may take it. Checked on a clock of its own, whether or not Redis answers.
+# A shard is closed once this share of its lease has passed since its last confirmed renewal
+# was *sent* (Redis counts the TTL from no earlier): the rest of the lease is the time to stop
+# reading its gateway before another pod may take it. Checked on a clock of its own, whether
+# or not Redis answers.
 FENCE_AFTER = 0.6
 
 
