@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import time
@@ -43,6 +44,12 @@ from herwa.telemetry import Readiness
 
 log = logging.getLogger(__name__)
 Json = dict[str, Any]
+
+# A shard is closed once this share of its lease has passed since its last confirmed renewal
+# was *sent* (Redis counts the TTL from no earlier): the rest of the lease is the time to stop
+# reading its gateway before another pod may take it. Checked on a clock of its own, whether
+# or not Redis answers.
+FENCE_AFTER = 0.6
 
 
 class BotApp:
@@ -102,7 +109,8 @@ class BotApp:
         self.runners: dict[int, ShardRunner] = {}
         self.desired: set[int] = set()
         self.members: list[str] = []
-        self._lease_renewed: dict[int, float] = {}
+        self._lease_renewed: dict[int, float] = {}  # monotonic time the last renewal was sent
+        self._fencing: set[int] = set()
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._meta: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -122,6 +130,7 @@ class BotApp:
         loop = asyncio.get_running_loop()
         for coro in (
             self._coordinate(),
+            self._watch_leases(),
             self._refresh_configs(),
             self._expire_voice(),
             self._write_meta(),
@@ -171,6 +180,7 @@ class BotApp:
             except Exception as exc:
                 log.warning("coordination failed: %s: %s", type(exc).__name__, exc)
                 self._fence_expired()
+                converged = False  # retry soon: one lost round must not cost the leases
             # Poll faster while a wanted shard is still held by its previous owner.
             wait = interval if converged else min(interval, 0.25)
             with contextlib.suppress(TimeoutError):
@@ -183,8 +193,10 @@ class BotApp:
         self.desired = assigned_shards(self.members, self.pod, self.shard_count)
         # Renew first: a lease we lost means the shard must close now.
         for shard_id, runner in list(self.runners.items()):
+            sent = time.monotonic()  # Redis counts the new TTL from no earlier than this
             if await self.coordinator.renew(shard_id, runner.token, ttl):
-                self._lease_renewed[shard_id] = time.monotonic()
+                if shard_id in self.runners and shard_id not in self._fencing:
+                    self._lease_renewed[shard_id] = sent
             else:
                 log.warning("lost the lease of shard %s; closing it", shard_id)
                 await self._stop_shard(shard_id, ttl, release=False)
@@ -196,11 +208,12 @@ class BotApp:
         self._failed.clear()
         converged = True
         for shard_id in sorted(self.desired - set(self.runners)):
+            sent = time.monotonic()
             token = await self.coordinator.acquire(shard_id, ttl)
             if token is None:
                 converged = False
                 continue
-            self._lease_renewed[shard_id] = time.monotonic()
+            self._lease_renewed[shard_id] = sent
             runner = ShardRunner(self, shard_id, token)
             self.runners[shard_id] = runner
             try:
@@ -224,16 +237,37 @@ class BotApp:
                     await self.coordinator.renew(shard_id, runner.token, ttl)
             await asyncio.sleep(self.settings.member_heartbeat_seconds)
 
+    async def _watch_leases(self) -> None:
+        """Self-fencing that needs no answer from Redis: a Redis that stops answering (packets
+        dropped, nothing closed) hangs the coordination loop for a whole call timeout."""
+        tick = min(0.25, self.settings.member_ttl_seconds / 20)
+        while not self._stopping.is_set():
+            self._fence_expired()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), tick)
+
     def _fence_expired(self) -> None:
-        """Redis unreachable: a shard whose lease may have expired must not stay open."""
+        """Close every shard whose lease may lapse before a renewal can still reach Redis."""
         ttl = self.settings.member_ttl_seconds
         now = time.monotonic()
         for shard_id in list(self.runners):
-            if now - self._lease_renewed.get(shard_id, now) > ttl * 0.8:
-                log.warning("cannot renew the lease of shard %s; closing it", shard_id)
-                asyncio.get_running_loop().create_task(
+            renewed = self._lease_renewed.get(shard_id)
+            if renewed is None or shard_id in self._fencing:
+                continue
+            if now - renewed > ttl * FENCE_AFTER:
+                log.warning(
+                    "lease of shard %s not renewed for %.1fs; closing it",
+                    shard_id,
+                    now - renewed,
+                )
+                self._fencing.add(shard_id)
+                task = asyncio.get_running_loop().create_task(
                     self._stop_shard(shard_id, ttl, release=False)
                 )
+                task.add_done_callback(functools.partial(self._fenced, shard_id))
+
+    def _fenced(self, shard_id: int, _task: asyncio.Task[None]) -> None:
+        self._fencing.discard(shard_id)
 
     async def _stop_shard(self, shard_id: int, timeout: float, *, release: bool = True) -> None:
         runner = self.runners.get(shard_id)

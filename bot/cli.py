@@ -12,13 +12,11 @@ import asyncio
 import logging
 import socket
 
-import discord.http
-
 from herwa import config
 from herwa.bot.app import BotApp, install_signal_handlers
 from herwa.bot.commands import CommandDeps
-from herwa.discord_api import point_discord_at
-from herwa.logs import register_secret
+from herwa.discord_api import bot_gateway, point_discord_at
+from herwa.logs import register_secret, register_url
 from herwa.stores import clickhouse_client, postgres_pool, redis_client
 from herwa.telemetry import TelemetryServer, setup_tracing
 
@@ -37,17 +35,6 @@ def pod_identity(configured: str | None) -> str:
     return configured or socket.gethostname().lower()
 
 
-async def gateway_info(token: str) -> tuple[int, int]:
-    """(recommended shards, max_concurrency) from ``GET /gateway/bot``."""
-    http = discord.http.HTTPClient(asyncio.get_running_loop())
-    try:
-        await http.static_login(token)
-        shards, _url, limit = await http.get_bot_gateway()
-        return int(shards), int(limit.get("max_concurrency", 1))
-    finally:
-        await http.close()
-
-
 async def main(pod_override: str | None = None) -> int:
     bot = config.bot()
     disc = config.discord()
@@ -58,22 +45,26 @@ async def main(pod_override: str | None = None) -> int:
     ch = config.clickhouse()
     commands = config.commands()
     tel = config.telemetry()
-    register_secret(pg.dsn.get_secret_value())
-    register_secret(rd.url.get_secret_value())
-    register_secret(ch.query_url().get_secret_value())
+    for url in (pg.dsn, rd.url, ch.query_url()):
+        register_url(url.get_secret_value())
     point_discord_at(disc.api_base, disc.gateway_url)
     setup_tracing("herwa-bot")
     pod = pod_identity(pod_override or bot.pod_name)
 
     shard_count = disc.shard_count
     max_concurrency = bot.max_concurrency
-    if shard_count is None or max_concurrency is None:
-        recommended, concurrency = await gateway_info(token)
-        shard_count = shard_count or recommended
-        max_concurrency = max_concurrency or concurrency
+    if shard_count is None or max_concurrency is None or disc.gateway_url is None:
+        gateway = await bot_gateway(token)
+        shard_count = shard_count or gateway.shards
+        max_concurrency = max_concurrency or gateway.max_concurrency
+        if disc.gateway_url is None:
+            point_discord_at(None, gateway.url)
 
     pool = await postgres_pool(pg)
-    redis = redis_client(rd)
+    # A call that outlives a good part of the lease would let the lease lapse unnoticed.
+    redis = redis_client(
+        rd, socket_timeout=min(rd.socket_timeout_seconds, bot.member_ttl_seconds / 5)
+    )
     # Slash commands read ClickHouse as the read-only user only.
     analytics = await clickhouse_client(ch, readonly=True)
     app = BotApp(

@@ -20,6 +20,7 @@ import uvloop
 from herwa import config
 from herwa.etl import lock, low_water
 from herwa.etl.runner import RunOptions, run_once
+from herwa.logs import redact, register_url
 from herwa.stores import postgres_connection, redis_client
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _reset() -> int:
-    conn = await postgres_connection(config.postgres().dsn)
+    dsn = config.postgres().dsn
+    register_url(dsn.get_secret_value())
+    conn = await postgres_connection(dsn)
     try:
         try:
             await lock.acquire(conn)
@@ -85,6 +88,8 @@ async def _main(args: argparse.Namespace) -> int:
     pg = config.postgres()
     ch = config.clickhouse()
     redis_settings = config.redis()
+    for url in (pg.dsn, ch.url, redis_settings.url):
+        register_url(url.get_secret_value())
     options = RunOptions(
         batch_rows=settings.batch_rows,
         deadline_seconds=settings.deadline_seconds,
@@ -110,7 +115,7 @@ async def _one(dsn: str, url: str, redis: object, options: RunOptions) -> int:
         print(f"herwa etl run: {exc}; exiting (code {EXIT_LOCKED})", file=sys.stderr)
         return EXIT_LOCKED
     if result.outcome == "failed":
-        print(f"herwa etl run: failed: {result.error}", file=sys.stderr)
+        print(f"herwa etl run: failed: {redact(str(result.error))}", file=sys.stderr)
         return EXIT_FAILED
     moved = sum(result.stats.rows_moved.values())
     print(

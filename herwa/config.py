@@ -95,6 +95,10 @@ class RedisSettings(_Section):
     key_prefix: str = Field("herwa:", pattern=r"^[A-Za-z0-9_.:-]{0,64}$")
     max_connections: int = Field(64, ge=1, le=10_000)
     pool_timeout_seconds: Seconds = Field(5.0, le=300)
+    # Every command's reply (and every connect) waits at most this long: a Redis that stops
+    # answering without closing must fail calls, never hang them. The bot bounds it further
+    # to a fifth of its shard lease.
+    socket_timeout_seconds: Seconds = Field(2.0, le=60)
 
 
 class ClickHouseSettings(_Section):
@@ -104,13 +108,22 @@ class ClickHouseSettings(_Section):
 
     url: ClickHouseUrl = Field(description="http://user:password@host:8123/database")
     readonly_url: ClickHouseUrl | None = Field(
-        None, description="the same for a user with readonly access; defaults to url"
+        None,
+        description="the same for a user with readonly access; required by the bot, whose "
+        "slash commands answer users",
     )
     connect_timeout_seconds: Seconds = 10.0
     query_timeout_seconds: Seconds = 30.0
 
     def query_url(self) -> SecretStr:
-        return self.readonly_url or self.url
+        """The URL for user-facing queries. Never the read-write one: a query a user can shape
+        must not run as a user that can write, so an unset read-only URL is an error."""
+        if self.readonly_url is None:
+            raise ConfigError(
+                "HERWA_CLICKHOUSE_READONLY_URL: required but not set (user-facing queries run "
+                "only as a ClickHouse user with readonly access, never as HERWA_CLICKHOUSE_URL's)"
+            )
+        return self.readonly_url
 
 
 class DiscordSettings(_Section):

@@ -7,12 +7,14 @@ exception message, a URL in an HTTP error — is still never written out.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 import threading
 from datetime import UTC, datetime
 from typing import Literal
+from urllib.parse import unquote, urlsplit
 
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
@@ -26,6 +28,18 @@ def register_secret(value: str | None) -> None:
     if value and len(value) >= 4:  # a shorter "secret" would mangle ordinary words
         with _secrets_lock:
             _secrets.add(value)
+
+
+def register_url(value: str | None) -> None:
+    """Never write a store's DSN or URL, nor its password alone (drivers quote it by itself)."""
+    if not value:
+        return
+    register_secret(value)
+    with contextlib.suppress(ValueError):
+        password = urlsplit(value).password
+        if password:
+            register_secret(password)
+            register_secret(unquote(password))
 
 
 def redact(text: str) -> str:

@@ -42,13 +42,17 @@ async def postgres_connection(dsn: SecretStr | str, timeout: float = 10.0) -> as
     return await asyncpg.connect(_secret(dsn), timeout=timeout)
 
 
-def redis_client(settings: RedisSettings) -> Redis:
+def redis_client(settings: RedisSettings, *, socket_timeout: float | None = None) -> Redis:
+    """``socket_timeout`` (default: the configured one) bounds every call and connect."""
+    timeout = settings.socket_timeout_seconds if socket_timeout is None else socket_timeout
     # A burst of commands waits for a free connection instead of failing with
     # MaxConnectionsError, which the default pool raises once every connection is busy.
     pool = BlockingConnectionPool.from_url(
         _secret(settings.url),
         max_connections=settings.max_connections,
         timeout=settings.pool_timeout_seconds,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
     )
     return Redis(connection_pool=pool, decode_responses=False)
 

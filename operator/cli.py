@@ -18,7 +18,7 @@ import signal
 import kopf
 
 from herwa import config, platform
-from herwa.logs import register_secret
+from herwa.logs import register_url
 from herwa.operator.handlers import build_registry, configure_settings
 from herwa.operator.reconcile import Runtime
 from herwa.stores import postgres_pool, redis_client
@@ -43,8 +43,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = config.operator()
     pg, rd, tel = config.postgres(), config.redis(), config.telemetry()
-    register_secret(pg.dsn.get_secret_value())
-    register_secret(rd.url.get_secret_value())
+    for url in (pg.dsn, rd.url):
+        register_url(url.get_secret_value())
     path = args.platform_file or settings.platform_file
     try:
         plat = platform.load(path)

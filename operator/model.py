@@ -7,7 +7,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+)
+
+from herwa.platform import Name, QuotaName
 
 GROUP = "herwa.dev"
 VERSION = "v1alpha1"
@@ -16,6 +27,16 @@ KIND = "GuildSubscription"
 RESOURCE = f"{PLURAL}.{GROUP}"
 
 CONDITION_TYPES = ("Ready", "EntitlementSynced", "CommandCacheSynced", "Conflict")
+
+# Postgres keeps guild ids in a bigint: a larger id must be a spec error, not a store error.
+INT64_MAX = 2**63 - 1
+# The same bounds as the CRD's maxProperties: an API server without the schema, or an object
+# written before it, must not turn a huge spec into a status patch the API server refuses.
+MAX_FEATURE_OVERRIDES = 64
+MAX_QUOTA_OVERRIDES = 32
+# A condition message quotes what was wrong with the spec; quoted input is cut to this.
+MAX_QUOTED = 64
+MAX_MESSAGE = 2048
 
 
 class Reason:
@@ -32,20 +53,33 @@ class Reason:
     STORE_UNAVAILABLE = "StoreUnavailable"
 
 
+def _within_bigint(value: str) -> str:
+    if int(value) > INT64_MAX:
+        raise ValueError(f"must be at most {INT64_MAX}, the largest id a Postgres bigint holds")
+    return value
+
+
 class Spec(BaseModel):
     """The spec, checked again here: a CRD installed without its schema, or a field the schema
     cannot express (timezone-less dates), must still end as ``InvalidSpec``, never a crash."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    guild_id: Annotated[str, Field(alias="guildId", pattern=r"^[1-9][0-9]{16,19}$")]
-    tier: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,31}$")]
-    feature_overrides: dict[str, bool] = Field(default_factory=dict, alias="featureOverrides")
-    quota_overrides: dict[str, Annotated[int, Field(ge=0)]] = Field(
-        default_factory=dict, alias="quotaOverrides"
-    )
+    guild_id: Annotated[
+        str,
+        Field(alias="guildId", pattern=r"^[1-9][0-9]{16,18}$"),
+        AfterValidator(_within_bigint),
+    ]
+    tier: Name
+    feature_overrides: Annotated[
+        dict[Name, StrictBool], Field(max_length=MAX_FEATURE_OVERRIDES)
+    ] = Field(default_factory=dict, alias="featureOverrides")
+    quota_overrides: Annotated[
+        dict[QuotaName, Annotated[StrictInt, Field(ge=0, le=INT64_MAX)]],
+        Field(max_length=MAX_QUOTA_OVERRIDES),
+    ] = Field(default_factory=dict, alias="quotaOverrides")
     expires_at: AwareDatetime | None = Field(None, alias="expiresAt")
-    suspended: bool = False
+    suspended: StrictBool = False
 
     @property
     def guild(self) -> int:
@@ -56,22 +90,35 @@ class SpecError(ValueError):
     pass
 
 
+def quoted(value: object, limit: int = MAX_QUOTED) -> str:
+    """``value`` for a message: printable, and cut to ``limit`` characters."""
+    text = str(value)
+    cut = text if len(text) <= limit else text[: limit - 1] + "…"
+    return cut.encode("unicode_escape").decode("ascii") if not cut.isprintable() else cut
+
+
+def bounded(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
+
+
 def parse_spec(raw: Mapping[str, Any]) -> Spec:
     try:
         return Spec.model_validate(dict(raw))
     except ValidationError as exc:
         parts = []
-        for error in exc.errors(include_url=False):
-            where = ".".join(str(p) for p in error["loc"])
+        for error in exc.errors(include_url=False, include_input=False, include_context=False):
+            # A key of an override map is part of the location: quoted, never copied whole.
+            where = ".".join(quoted(p) for p in error["loc"])
             parts.append(f"spec.{where}: {error['msg']}")
-        raise SpecError("; ".join(parts)) from None
+        raise SpecError(bounded("; ".join(parts))) from None
 
 
 def guild_of(raw: Mapping[str, Any]) -> int | None:
     """The guild id of a possibly invalid spec, when it has a usable one."""
     value = raw.get("guildId")
-    if isinstance(value, str) and value.isdigit() and 17 <= len(value) <= 20:
-        return int(value)
+    if isinstance(value, str) and value.isascii() and value.isdigit() and 17 <= len(value) <= 19:
+        guild = int(value)
+        return guild if guild <= INT64_MAX else None
     return None
 
 
@@ -127,7 +174,7 @@ def merge_conditions(
                 "status": cond.status,
                 "reason": cond.reason,
                 # Never empty: kopf's status patch turns "" into null, which the schema refuses.
-                "message": cond.message or cond.reason,
+                "message": bounded(cond.message or cond.reason),
                 "observedGeneration": generation,
                 "lastTransitionTime": stamp
                 if changed or before is None

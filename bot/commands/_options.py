@@ -82,11 +82,13 @@ def date_range(
         raise OptionError(f"`days` can be at most {cap} on the {tier} tier.")
     if last > today:
         raise OptionError("`end` cannot be in the future.")
-    first = last - timedelta(days=days - 1)
-    if (today - first).days >= cap:
+    # The window check comes before the first day is computed: an `end` near year 1 would
+    # put it before the calendar (OverflowError) instead of outside the window.
+    if (today - last).days + days - 1 >= cap:
         raise OptionError(
             f"The {tier} tier keeps {cap} days of history: choose an `end` within that window."
         )
+    first = last - timedelta(days=days - 1)
     return DateRange(first, last, tz)
 
 

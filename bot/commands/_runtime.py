@@ -1,5 +1,6 @@
-"""One invocation, start to finish: gate → validate → charge quota → cache → query (deferring
-when slow) → reply, with usage counting, metrics and a span around it.
+"""One invocation, start to finish: gate → validate → cache → charge quota → query (deferring
+when slow) → reply, with usage counting, metrics and a span around it. Only a query answered
+to the member is charged: a cached answer is free, and a failed query or reply is refunded.
 
 Handlers stay thin: they describe a :class:`Spec`, a ``prepare`` step that validates options
 (and may raise :class:`OptionError`) and returns the work to do, and the work itself.
@@ -161,6 +162,11 @@ class Runtime:
         with _tracer(__name__).start_as_current_span(f"command {spec.command}") as span:
             try:
                 outcome = await self._run(interaction, spec, prepare)
+            except Exception:
+                # Whatever failed (a gate store, an answer Discord refused), the invocation is
+                # still counted: usage and metrics must show every failure.
+                log.exception("command %s failed", spec.command, extra={"command": spec.command})
+                outcome = Outcome.ERROR
             finally:
                 LATENCY.labels(spec.command).observe(time.perf_counter() - started)
             span.set_attribute("herwa.command.outcome", outcome.value)
@@ -221,6 +227,14 @@ class Runtime:
             await _send(interaction, Reply(str(exc), ephemeral=True))
             return Outcome.INVALID
 
+        # A cached answer costs no query, so it spends no quota (and is served even when the
+        # quota is used up: the server already paid for it).
+        if spec.cacheable:
+            cached = await self.cache.get(guild_id, spec.command, cache_options)
+            if cached is not None:
+                await _send(interaction, cached)
+                return Outcome.OK
+
         charged = False
         if spec.counts_quota:
             access = ctx.entitled()
@@ -237,12 +251,6 @@ class Runtime:
                 )
                 return Outcome.OVER_QUOTA
             charged = quota.limit is not None
-
-        if spec.cacheable:
-            cached = await self.cache.get(guild_id, spec.command, cache_options)
-            if cached is not None:
-                await _send(interaction, cached)
-                return Outcome.OK
 
         task = asyncio.ensure_future(work())
         deferred = False
@@ -281,7 +289,21 @@ class Runtime:
 
         if spec.cacheable:
             await self.cache.put(guild_id, spec.command, cache_options, reply)
-        await _send(interaction, reply, deferred=deferred)
+        try:
+            await _send(interaction, reply, deferred=deferred)
+        except discord.HTTPException as exc:
+            # Discord refused the answer (a 5xx, or the interaction expired): the member saw
+            # nothing, so the query is not charged; the answer stays cached for a retry.
+            if charged:
+                await self.gate.refund_quota(guild_id, now)
+            log.warning(
+                "command %s answered but the reply failed: %s %s",
+                spec.command,
+                exc.status,
+                exc.text,
+                extra={"command": spec.command, "status": exc.status},
+            )
+            return Outcome.ERROR
         return Outcome.OK
 
     async def _denied_text(self, command: str, access: CommandAccess | None) -> str:

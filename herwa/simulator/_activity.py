@@ -28,6 +28,7 @@ from herwa.simulator._ledger import Ledger, MessageRecord, VoiceRecord
 from herwa.simulator._snowflake import SnowflakeFactory, iso_from_ms
 from herwa.simulator._world import (
     ADMIN_PERMISSIONS,
+    EVERYONE_PERMISSIONS,
     PUBLIC_THREAD,
     Channel,
     Guild,
@@ -141,6 +142,9 @@ class ScenarioConfig:
     bot_author_share: float = 0.05
     thread_message_share: float = 0.1
     max_cohort: int = 5
+    # Random traffic never invokes these: a member's opt-out or erasure changes what the bot
+    # must have counted, which the ledger does not model. invoke_command still reaches them.
+    random_command_skip: tuple[str, ...] = ("privacy",)
 
 
 def strip_content(d: Json) -> Json:
@@ -194,6 +198,9 @@ class Activity:
         self._recent: dict[int, list[int]] = {}  # channel -> recent live message ids
         self._author_pools: dict[int, tuple[list[Member], list[float], list[Member]]] = {}
         self._channel_pools: dict[int, tuple[list[Channel], list[Channel]]] = {}
+        # Command options have a generator of their own, so that the events around them stay
+        # what the seed always gave.
+        self._option_rng = random.Random(config.seed + 1)
         # Message texts drawn once from the seeded generator; content carries no signal.
         self._contents = [
             " ".join(self.rng.choices(_WORDS, k=self.rng.randint(2, 12))) for _ in range(512)
@@ -238,18 +245,26 @@ class Activity:
             self.create_thread(guild.id, parent.id, owner.user.id, at_ms=at_ms)
             return fam
         if fam == "command":
-            names = self.app.command_names(guild.id)
+            skip = self.config.random_command_skip
+            names = [n for n in self.app.command_names(guild.id) if n not in skip]
             if names and guild.text_channels():
                 user = self._pick_author(guild, humans_only=True)
-                self.invoke_command(
-                    guild.id,
-                    rng.choice(guild.text_channels()).id,
-                    user.user.id,
-                    rng.choice(names),
-                    [],
-                    at_ms=at_ms,
-                )
-                return fam
+                name = rng.choice(names)
+                command = self.app.find_command(name, guild.id)
+                invocation = build_invocation(command or {}, guild, self._option_rng)
+                if invocation is not None:
+                    # An ordinary member: the @everyone permissions, not Manage Server.
+                    self.invoke_command(
+                        guild.id,
+                        rng.choice(guild.text_channels()).id,
+                        user.user.id,
+                        name,
+                        invocation.options,
+                        at_ms=at_ms,
+                        permissions=EVERYONE_PERMISSIONS,
+                        resolved=invocation.resolved,
+                    )
+                    return fam
         self._message_random(guild, at_ms)
         return "message"
 
@@ -606,6 +621,7 @@ class Activity:
         *,
         at_ms: int,
         permissions: str = ADMIN_PERMISSIONS,
+        resolved: Json | None = None,
     ) -> InteractionRecord:
         guild = self.world.guilds[guild_id]
         channel = guild.channels[channel_id]
@@ -624,9 +640,10 @@ class Activity:
             "data": {
                 "id": str(cmd["id"]) if cmd else str(self.new_id(at_ms)),
                 "name": name,
-                "type": 1,
+                "type": int(cmd.get("type", 1)) if cmd else 1,
                 "options": options,
                 "guild_id": str(guild_id),
+                **({"resolved": resolved} if resolved else {}),
             },
             "guild_id": str(guild_id),
             "guild": {"id": str(guild_id), "locale": "en-US", "features": []},
@@ -646,6 +663,114 @@ class Activity:
         }
         self.gateway.dispatch("INTERACTION_CREATE", guild_id, d, intent=0, key=iid)
         return rec
+
+
+# Application command option types (https://discord.com/developers/docs/interactions/
+# application-commands#application-command-object-application-command-option-type).
+SUB_COMMAND, SUB_COMMAND_GROUP = 1, 2
+STRING, INTEGER, BOOLEAN, USER, CHANNEL, ROLE, MENTIONABLE, NUMBER, ATTACHMENT = range(3, 12)
+
+
+@dataclass(frozen=True)
+class Invocation:
+    options: list[Json]
+    resolved: Json
+
+
+def build_invocation(command: Json, guild: Guild, rng: random.Random) -> Invocation | None:
+    """Options for one invocation of a registered command, shaped as Discord builds them from
+    the registration: one subcommand (inside its group) when the command has any, every
+    required option and some optional ones, values of the declared type within the declared
+    choices, ranges and lengths, and users, channels and roles in ``resolved``. None when the
+    command needs an option the simulator cannot supply (an attachment)."""
+    resolved: Json = {}
+    options = command.get("options") or []
+    subs = [o for o in options if o.get("type") in (SUB_COMMAND, SUB_COMMAND_GROUP)]
+    if not subs:
+        leaf = _leaf_options(options, guild, rng, resolved)
+        return None if leaf is None else Invocation(leaf, resolved)
+    sub = rng.choice(subs)
+    if sub["type"] == SUB_COMMAND_GROUP:
+        inner = rng.choice(sub.get("options") or [{"type": SUB_COMMAND, "name": "?"}])
+        leaf = _leaf_options(inner.get("options") or [], guild, rng, resolved)
+        if leaf is None:
+            return None
+        nested = [{"type": SUB_COMMAND, "name": inner["name"], "options": leaf}]
+        group = {"type": SUB_COMMAND_GROUP, "name": sub["name"], "options": nested}
+        return Invocation([group], resolved)
+    leaf = _leaf_options(sub.get("options") or [], guild, rng, resolved)
+    if leaf is None:
+        return None
+    return Invocation([{"type": SUB_COMMAND, "name": sub["name"], "options": leaf}], resolved)
+
+
+def _leaf_options(
+    declared: list[Json], guild: Guild, rng: random.Random, resolved: Json
+) -> list[Json] | None:
+    out: list[Json] = []
+    for option in declared:
+        if not option.get("required") and rng.random() < 0.5:
+            continue
+        value = _option_value(option, guild, rng, resolved)
+        if value is None:
+            if option.get("required"):
+                return None
+            continue
+        out.append({"type": option["type"], "name": option["name"], "value": value})
+    return out
+
+
+def _option_value(option: Json, guild: Guild, rng: random.Random, resolved: Json) -> Any:
+    kind = option["type"]
+    if option.get("choices"):
+        return rng.choice(option["choices"])["value"]
+    if kind == STRING:
+        low = int(option.get("min_length") or 1)
+        high = max(low, min(int(option.get("max_length") or 24), 24))
+        return "".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(low, high)))
+    if kind in (INTEGER, NUMBER):
+        low = option.get("min_value", 1)
+        high = option.get("max_value", max(low, 1) + 30)
+        return rng.randint(int(low), int(high)) if kind == INTEGER else rng.uniform(low, high)
+    if kind == BOOLEAN:
+        return rng.random() < 0.5
+    if kind in (USER, MENTIONABLE):
+        member = rng.choice(list(guild.members.values()))
+        resolved.setdefault("users", {})[str(member.user.id)] = member.user.payload()
+        resolved.setdefault("members", {})[str(member.user.id)] = {
+            **member.payload(with_user=False),
+            "permissions": EVERYONE_PERMISSIONS,
+        }
+        return str(member.user.id)
+    if kind == CHANNEL:
+        wanted = option.get("channel_types")
+        channels = [c for c in guild.channels.values() if not wanted or c.type in wanted]
+        if not channels:
+            return None
+        channel = rng.choice(channels)
+        resolved.setdefault("channels", {})[str(channel.id)] = {
+            "id": str(channel.id),
+            "name": channel.name,
+            "type": channel.type,
+            "permissions": EVERYONE_PERMISSIONS,
+            **({"parent_id": str(channel.parent_id)} if channel.parent_id else {}),
+        }
+        return str(channel.id)
+    if kind == ROLE:
+        # Every guild has its @everyone role, whose id is the guild's.
+        resolved.setdefault("roles", {})[str(guild.id)] = {
+            "id": str(guild.id),
+            "name": "@everyone",
+            "permissions": EVERYONE_PERMISSIONS,
+            "position": 0,
+            "color": 0,
+            "hoist": False,
+            "managed": False,
+            "mentionable": False,
+            "flags": 0,
+        }
+        return str(guild.id)
+    return None  # ATTACHMENT, or a type this simulator does not know
 
 
 def _cumulative(values: Any) -> list[float]:

@@ -43,6 +43,8 @@ class InteractionRecord:
     followups: list[Json] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     responded: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set when an answer was refused by an injected reply fault (see fail_next_replies).
+    refused: asyncio.Event = field(default_factory=asyncio.Event)
 
     def result(self, files: dict[int, StoredFile], *, include_bytes: bool = False) -> Json:
         def msg(m: Json | None) -> Json | None:
@@ -79,6 +81,23 @@ class InteractionStore:
         self.by_id: dict[int, InteractionRecord] = {}
         self.by_token: dict[str, InteractionRecord] = {}
         self.files: dict[int, StoredFile] = {}
+        self._reply_faults: list[int | None] = []  # None: let that answer through
+
+    def fail_next_replies(self, status: int, count: int = 1, *, after: int = 0) -> None:
+        """Let ``after`` answers through, then refuse ``count`` (callbacks and edits of a
+        deferred reply): 404 as Discord answers for an expired interaction, or a 5xx as during
+        an outage."""
+        if status != 404 and not 500 <= status <= 599:
+            raise ValueError(f"a reply fault is 404 or a 5xx, not {status}")
+        self._reply_faults.extend([None] * after + [status] * count)
+
+    def take_reply_fault(self, rec: InteractionRecord) -> int | None:
+        if not self._reply_faults:
+            return None
+        status = self._reply_faults.pop(0)
+        if status is not None:
+            rec.refused.set()
+        return status
 
     def new_token(self) -> str:
         return "aW50ZXJhY3Rpb24" + secrets.token_urlsafe(48)

@@ -343,6 +343,8 @@ class Rest:
             return error(404, "Unknown interaction", 10062)
         if rec.response_type is not None:
             return error(400, "Interaction has already been acknowledged.", 40060)
+        if (refused := self._reply_fault(rec)) is not None:
+            return refused
         body = await self._read_message_body(request)
         rtype = int(body.get("type", 0))
         data: Json = body.get("data") or {}
@@ -366,6 +368,14 @@ class Rest:
         if request.query.get("with_response") in ("1", "true", "True"):
             return json_response({"interaction": interaction, "resource": resource})
         return web.Response(status=204)
+
+    def _reply_fault(self, rec: InteractionRecord) -> web.Response | None:
+        status = self.sim.interactions.take_reply_fault(rec)
+        if status is None:
+            return None
+        if status == 404:
+            return error(404, "Unknown interaction", 10062)
+        return error(status, f"{status}: Discord is having trouble")
 
     def _rec_for(self, request: web.Request) -> InteractionRecord | None:
         if request.match_info["app"] != str(self.sim.app.application_id):
@@ -394,6 +404,8 @@ class Rest:
         msg = self._find_message(rec, request.match_info["mid"])
         if msg is None:
             return error(404, "Unknown Message", 10008)
+        if (refused := self._reply_fault(rec)) is not None:
+            return refused
         body = await self._read_message_body(request)
         for k in ("content", "embeds", "attachments", "components", "flags"):
             if k in body and body[k] is not None:

@@ -32,7 +32,7 @@ from herwa.simulator._interactions import InteractionStore
 from herwa.simulator._ledger import Ledger
 from herwa.simulator._rest import API_PREFIX, RateLimit, Rest
 from herwa.simulator._snowflake import SnowflakeFactory
-from herwa.simulator._world import TEXT, User, World, WorldConfig
+from herwa.simulator._world import ADMIN_PERMISSIONS, TEXT, User, World, WorldConfig
 
 Json = dict[str, Any]
 
@@ -60,6 +60,9 @@ class SimulatorConfig:
     world: WorldConfig | None = None
     scenario: ScenarioConfig | None = None
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    # Where the websocket is served; GET /gateway/bot announces it, as Discord announces its
+    # gateway host, which is not the REST host.
+    gateway_path: str = "/gateway"
 
 
 class Simulator:
@@ -114,8 +117,9 @@ class Simulator:
         from herwa.simulator._control import control_routes
 
         app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_get("/gateway", self.gateway.handle)
-        app.router.add_get("/gateway/", self.gateway.handle)
+        path = "/" + self.config.gateway_path.strip("/")
+        app.router.add_get(path, self.gateway.handle)
+        app.router.add_get(path + "/", self.gateway.handle)
         app.router.add_routes(control_routes(self))
         app.router.add_routes(self.rest.routes())
         self._runner = web.AppRunner(
@@ -129,7 +133,7 @@ class Simulator:
         site = web.SockSite(self._runner, sock)
         await site.start()
         self.url = f"http://127.0.0.1:{port}"
-        self.ws_url = f"ws://127.0.0.1:{port}/gateway"
+        self.ws_url = f"ws://127.0.0.1:{port}{path}"
         self.gateway.ws_url = self.ws_url
         self.gateway.start()
         return self
@@ -368,7 +372,7 @@ class Simulator:
             name,
             options or [],
             at_ms=self.now_ms(),
-            **({} if permissions is None else {"permissions": str(permissions)}),
+            permissions=ADMIN_PERMISSIONS if permissions is None else str(permissions),
         )
         await self.interactions.wait(rec.id, timeout)
         # Follow-ups usually come right after the original; give them a moment.

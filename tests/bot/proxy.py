@@ -1,5 +1,7 @@
-"""A loopback TCP proxy a test can cut and restore: the store behind it "goes away" for real
-(connections reset, new ones refused) without touching the shared server."""
+"""A loopback TCP proxy a test can cut, silence and restore: the store behind it "goes away"
+for real without touching the shared server — cut: connections reset, new ones refused;
+silence: connections stay open and every byte either way is dropped, as when packets are lost
+(a client notices only by its own timeouts)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self.up = True
+        self.silent = False
 
     async def start(self) -> TcpProxy:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -33,8 +36,12 @@ class TcpProxy:
                 w.transport.abort()
         self._writers.clear()
 
+    def silence(self) -> None:
+        self.silent = True
+
     def restore(self) -> None:
         self.up = True
+        self.silent = False
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if not self.up:
@@ -50,6 +57,8 @@ class TcpProxy:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:
                 while data := await src.read(65536):
+                    if self.silent:
+                        continue  # lost on the way: neither end hears anything
                     dst.write(data)
                     await dst.drain()
             except (ConnectionError, OSError):

@@ -14,8 +14,10 @@ import json
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import pytest
+from clickhouse_connect.driver.exceptions import DatabaseError
 
 from herwa.devstack import Endpoints
 from herwa.etl.rollups import recompute
@@ -51,7 +53,11 @@ def test_dashboards_are_well_formed() -> None:
     assert variables["clickhouse"]["query"] == CLICKHOUSE_PLUGIN
     for title, target in targets(analytics):
         assert target["datasource"]["type"] == CLICKHOUSE_PLUGIN, title
-        assert "${guild}" in target["rawSql"], f"{title}: not bound to the guild variable"
+        sql = target["rawSql"]
+        assert "${guild:percentencode}" in sql, f"{title}: not bound to the guild variable"
+        # Grafana's sqlstring format doubles quotes but keeps backslashes, which ClickHouse
+        # reads as escapes: only percent-encoded values are safe inside a literal.
+        assert not re.findall(r"\$\{(?:guild|tz)(?!:percentencode\})", sql), title
         assert "FINAL" in target["rawSql"], f"{title}: ReplacingMergeTree read without FINAL"
     for title, target in targets(DASHBOARDS["operations"]):
         assert target["datasource"]["type"] == "prometheus", title
@@ -91,6 +97,8 @@ def expand(
     sql = sql.replace("$__fromTime", f"toDateTime({lo})").replace("$__toTime", f"toDateTime({hi})")
     for name, value in variables.items():
         sql = sql.replace("${" + name + "}", value)
+        # encodeURIComponent with !'()* encoded too, as Grafana's percentencode format does.
+        sql = sql.replace("${" + name + ":percentencode}", quote(value, safe="-_.~"))
     leftover = re.findall(r"\$\{?\w+", sql)
     assert not leftover, f"unexpanded macros or variables: {leftover}"
     return sql
@@ -162,6 +170,27 @@ async def test_every_analytics_query_returns_rows(migrated: Endpoints) -> None:
             result = await reader.query(sql)
             assert result.result_rows, f"{title}: no rows for the demo guild\n{sql}"
             assert any(any(v not in (0, None, "") for v in row) for row in result.result_rows)
+
+        # Values a viewer can put in the URL (?var-guild=…&var-tz=…) stay one literal: the
+        # query finds no such guild or time zone, it never runs SQL of the viewer's making.
+        hostile = [
+            {"guild": "0') OR toUInt64('1') = toUInt64('1", "tz": "UTC"},
+            {"guild": "0\\') OR 1=1 -- ", "tz": "UTC"},
+            {"guild": str(GUILD), "tz": "UTC') AS x, 1 AS y --"},
+            {"guild": str(GUILD), "tz": "UTC\\'"},
+        ]
+        for values in hostile:
+            for title, target in targets(DASHBOARDS["analytics"]):
+                sql = expand(target["rawSql"], values, NOW - timedelta(days=30), NOW)
+                refused = ""
+                try:
+                    rows = (await reader.query(sql)).result_rows
+                except DatabaseError as exc:
+                    rows, refused = [], str(exc)
+                assert "Syntax error" not in refused, f"{title}: {values} broke out\n{sql}"
+                assert values["guild"].isdigit() or not rows, (
+                    f"{title}: rows for a guild id that is not a number: {values}\n{sql}"
+                )
     finally:
         await writer.close()
         await reader.close()

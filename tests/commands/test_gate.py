@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import discord
@@ -188,10 +188,11 @@ async def test_rate_limit_and_deferred_answers(strict: Harness) -> None:
     retry = int(re.search(r"<t:(\d+):R>", text).group(1))  # type: ignore[union-attr]
     assert 0 < retry - datetime.now(UTC).timestamp() <= 62
     assert invocations("usage", "rate_limited") == limited_before + 1
-    # Another member is not affected; the limited call did not spend the guild's quota.
+    # Another member is not affected; the limited call did not spend the guild's quota, nor
+    # did the answer served from the cache (the same /overview as the second call).
     other = await h.invoke("overview", user=h.users[1])
     assert other["original"]["embeds"][0]["title"] == "Server overview"
-    assert await h.rt.gate.quota_used(h.guild, datetime.now(UTC)) == 3
+    assert await h.rt.gate.quota_used(h.guild, datetime.now(UTC)) == 2
     assert (
         REGISTRY.get_sample_value("herwa_command_latency_seconds_count", {"command": "heatmap"})
         is not None
@@ -220,3 +221,63 @@ async def test_admin_commands_need_manage_server(harness: Harness) -> None:
         permissions=member,
     )
     assert text_of(result).startswith("You have opted out")
+
+
+async def test_cached_answers_spend_no_quota(harness: Harness) -> None:
+    h = harness
+    await h.grant("free", {"queries_per_month": 2, "history_days": 30})
+    first = await h.invoke("overview", [opt("days", 3)])
+    again = [await h.invoke("overview", [opt("days", 3)], user=u) for u in h.users[1:4]]
+    assert all(a["original"]["embeds"] == first["original"]["embeds"] for a in again)
+    assert await h.rt.gate.quota_used(h.guild, datetime.now(UTC)) == 1
+    # The one query left is still there for a question not asked before.
+    fresh = await h.invoke("overview", [opt("days", 5)])
+    assert fresh["original"]["embeds"][0]["title"] == "Server overview"
+    assert await h.rt.gate.quota_used(h.guild, datetime.now(UTC)) == 2
+
+
+async def _usage_count(h: Harness, outcome: str, command: str) -> int:
+    fields = await h.redis.hgetall(usage.live_key(PREFIX, _hour_now()))
+    return int(fields.get(f"{h.guild}|{outcome}|{command}".encode(), 0))
+
+
+@pytest.mark.parametrize(("status", "defer_after"), [(404, 2.5), (503, 2.5), (404, 0.001)])
+async def test_a_refused_final_reply_is_refunded_and_recorded(
+    migrated: Endpoints, status: int, defer_after: float
+) -> None:
+    """Discord refuses the answer (the interaction expired, or a 5xx): the member saw
+    nothing, so the quota is given back, and usage and metrics still record the failure."""
+    settings = CommandSettings(page_size=2, rate_limit_count=100, defer_after_seconds=defer_after)
+    h, extra = await start_harness(migrated, settings)
+    try:
+        await h.grant("free", {"queries_per_month": 10, "history_days": 30})
+        errors_before = invocations("heatmap", "error")
+        # Deferred: the "thinking…" callback is accepted, the edit with the answer refused.
+        # discord.py tries a 5xx five times (25 s of back-off) before giving up: refuse all.
+        attempts = 5 if status >= 500 else 1
+        h.sim.interactions.fail_next_replies(status, attempts, after=1 if defer_after < 1 else 0)
+        rec = h.sim.activity.invoke_command(
+            h.guild, h.channels[0], h.users[0], "heatmap", [], at_ms=h.sim.now_ms()
+        )
+        await asyncio.wait_for(rec.refused.wait(), 20)
+
+        async def recorded() -> bool:
+            return await _usage_count(h, "error", "heatmap") == 1
+
+        await wait_until(recorded, 45)
+        assert invocations("heatmap", "error") == errors_before + 1
+        assert await h.rt.gate.quota_used(h.guild, datetime.now(UTC)) == 0
+        assert await _usage_count(h, "ok", "heatmap") == 0
+        # The answer was computed: asked again, it comes from the cache, still free.
+        retry = await h.invoke("heatmap")
+        assert retry["original"]["embeds"][0]["title"] == "Activity heatmap"
+        assert await h.rt.gate.quota_used(h.guild, datetime.now(UTC)) == 0
+    finally:
+        await stop_harness(h, extra)
+
+
+async def wait_until(pred: Callable[[], Awaitable[bool]], timeout: float) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await pred():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)

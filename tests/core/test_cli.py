@@ -47,3 +47,30 @@ def test_invalid_configuration_exits_2_naming_the_variable() -> None:
     assert result.returncode == 2
     assert "HERWA_CLICKHOUSE_URL" in result.stderr
     assert "topsecret" not in result.stderr + result.stdout
+
+
+def test_bot_without_a_readonly_clickhouse_url_refuses_to_start() -> None:
+    # The read-write URL must never serve the queries users shape through slash commands.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERWA_")}
+    env.update(
+        {
+            "HERWA_DISCORD_TOKEN": "bot-token-secret",
+            "HERWA_DISCORD_SHARD_COUNT": "1",
+            "HERWA_BOT_MAX_CONCURRENCY": "1",
+            "HERWA_POSTGRES_DSN": "postgresql://u:pgsecret@127.0.0.1:1/x",
+            "HERWA_REDIS_URL": "redis://127.0.0.1:1/0",
+            "HERWA_CLICKHOUSE_URL": "http://writer:chsecret@127.0.0.1:1/herwa",
+        }
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "herwa.cli", "bot"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "HERWA_CLICKHOUSE_READONLY_URL: required but not set" in result.stderr
+    for secret in ("bot-token-secret", "pgsecret", "chsecret"):
+        assert secret not in result.stderr + result.stdout

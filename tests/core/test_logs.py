@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import io
 import json
 import logging
 
-from herwa.logs import register_secret, setup_logging
+import pytest
+
+from herwa import config
+from herwa.etl import cli as etl_cli
+from herwa.logs import redact, register_secret, setup_logging
 
 
 def test_registered_secret_is_redacted_everywhere() -> None:
@@ -34,3 +40,25 @@ def test_console_format_is_redacted_too() -> None:
     logging.getLogger("herwa").info("value=console-secret-value")
     assert "console-secret-value" not in stream.getvalue()
     assert "value=***" in stream.getvalue()
+
+
+def test_the_etl_registers_its_dsns_for_redaction(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Closed ports: the run fails at once, after reading its configuration like the CronJob.
+    urls = {
+        "HERWA_POSTGRES_DSN": "postgresql://etl:pg%2Fetl-secret@127.0.0.1:1/herwa",
+        "HERWA_CLICKHOUSE_URL": "http://etl:ch-etl-secret@127.0.0.1:1/herwa",
+        "HERWA_REDIS_URL": "redis://:redis-etl-secret@127.0.0.1:1/0",
+    }
+    for name, value in urls.items():
+        monkeypatch.setenv(name, value)
+    for section in (config.postgres, config.clickhouse, config.redis, config.etl):
+        section.cache_clear()
+    try:
+        with contextlib.suppress(Exception):
+            args = argparse.Namespace(etl_action="run", loop=False, batch_rows=None, deadline=None)
+            etl_cli.run(args)
+    finally:
+        for section in (config.postgres, config.clickhouse, config.redis, config.etl):
+            section.cache_clear()
+    line = " ".join([*urls.values(), "pg/etl-secret", "pg%2Fetl-secret", "ch-etl-secret"])
+    assert "secret" not in redact(line)

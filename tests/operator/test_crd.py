@@ -10,6 +10,8 @@ import jsonschema
 import pytest
 import yaml
 
+from herwa.operator.model import SpecError, parse_spec
+
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "k8s" / "crds" / "guildsubscription.yaml"
 EXAMPLES = REPO / "k8s" / "examples"
@@ -74,3 +76,32 @@ def test_rejected_examples_fail_the_schema(path: Path) -> None:
 def test_status_examples_pass_the_schema(path: Path) -> None:
     # Only the operator can tell these apart: the tier/feature lists are configuration.
     _validator().validate(yaml.safe_load(path.read_text()))
+
+
+@pytest.mark.parametrize(
+    ("guild", "valid"),
+    [
+        ("10000000000000000", True),  # the smallest 17-digit id
+        ("999999999999999999", True),
+        ("1000000000000000000", True),
+        ("9223372036854775799", True),
+        ("9223372036854775807", True),  # int64 maximum
+        ("9223372036854775808", False),
+        ("9223372036854775810", False),
+        ("9300000000000000000", False),
+        ("9999999999999999999", False),
+        ("99999999999999999999", False),
+        ("9999999999999999", False),
+        ("01234567890123456", False),
+    ],
+)
+def test_guild_id_pattern_caps_at_int64_like_the_model(guild: str, valid: bool) -> None:
+    obj = {"apiVersion": "herwa.dev/v1alpha1", "kind": "GuildSubscription", "metadata": {}}
+    obj["spec"] = {"guildId": guild, "tier": "pro"}
+    assert (not list(_validator().iter_errors(obj))) is valid
+    try:
+        parse_spec({"guildId": guild, "tier": "pro"})
+        model_valid = True
+    except SpecError:
+        model_valid = False
+    assert model_valid is valid

@@ -250,6 +250,13 @@ async def test_expiry_and_suspension(runtime: Runtime, memo: kopf.Memo) -> None:
             "unknown quota(s) parrots",
         ),
         ({"guildId": "42", "tier": "pro"}, "InvalidSpec", "spec.guildId"),
+        # Matches a digits-only pattern but overflows bigint: a spec error, not a store error.
+        ({"guildId": "99999999999999999999", "tier": "pro"}, "InvalidSpec", "spec.guildId"),
+        (
+            {"guildId": "9223372036854775808", "tier": "pro"},
+            "InvalidSpec",
+            "at most 9223372036854775807",
+        ),
         (
             {"guildId": GUILD, "tier": "pro", "expiresAt": "2030-01-01T00:00:00"},
             "InvalidSpec",
@@ -324,3 +331,37 @@ async def test_unreachable_redis_syncs_postgres_and_retries_the_cache(runtime: R
     assert cr.condition("Ready")["reason"] == "StoreUnavailable"
     assert await row(runtime) is not None
     await redis.aclose()
+
+
+async def test_int64_maximum_guild_id_is_granted(runtime: Runtime, memo: kopf.Memo) -> None:
+    cr = FakeCR("edge", {"guildId": "9223372036854775807", "tier": "pro"})
+    await change(cr, memo)
+    assert cr.condition("Ready")["status"] == "True"
+    assert await row(runtime, "9223372036854775807") is not None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        # 64 keys of 19,000 characters: a 1.2 MB spec the API server stores.
+        (
+            {"featureOverrides": {f"{i:02d}" + "x" * 18_998: True for i in range(64)}},
+            "spec.featureOverrides",
+        ),
+        ({"featureOverrides": {f"f{i}": True for i in range(65)}}, "at most 64 items"),
+        ({"quotaOverrides": {"q" * 100_000: 1}}, "spec.quotaOverrides"),
+        ({"quotaOverrides": {f"q{i}": 1 for i in range(33)}}, "at most 32 items"),
+    ],
+)
+async def test_oversized_overrides_are_invalid_with_a_bounded_status(
+    runtime: Runtime, memo: kopf.Memo, overrides: dict[str, Any], fragment: str
+) -> None:
+    cr = FakeCR("huge", {"guildId": GUILD, "tier": "pro", **overrides})
+    patch = await change(cr, memo)
+    ready = cr.condition("Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
+    assert fragment in ready["message"]
+    # The API server refuses a request body over 3 MB; the status must stay small whatever
+    # the spec holds (every condition quotes the message).
+    assert len(json.dumps(dict(patch))) < 16_384
+    assert await row(runtime) is None

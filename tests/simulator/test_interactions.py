@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import zlib
 
@@ -97,3 +98,74 @@ async def test_interaction_round_trip_with_file(make_sim: SimFactory, bots: list
             assert (await r.json())["original"]["content"] == "pong"
         async with http.get(att["url"]) as r:
             assert await r.read() == png
+
+
+async def test_random_invocations_follow_the_registered_signatures(
+    make_sim: SimFactory, bots: list[Bot]
+) -> None:
+    """Discord builds an interaction from the registered command: a group is invoked through
+    one of its subcommands, options carry their declared types within their declared bounds,
+    and users and channels come with their resolved objects. discord.py rejects anything else
+    (CommandSignatureMismatch, a failed transform) and never answers."""
+    sim = await make_sim(guilds=2, seed=37)
+    client = make_client()
+    tree = app_commands.CommandTree(client)
+    failures: list[BaseException] = []
+    seen: list[tuple[str, dict[str, object]]] = []
+
+    async def on_error(
+        interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
+        failures.append(error)
+
+    tree.on_error = on_error  # type: ignore[method-assign]
+    group = app_commands.Group(name="config", description="settings")
+
+    @group.command(name="hour", description="an hour")
+    async def hour(interaction: discord.Interaction, hour: app_commands.Range[int, 0, 23]) -> None:
+        seen.append(("config hour", {"hour": hour}))
+        await interaction.response.send_message(f"hour {hour}", ephemeral=True)
+
+    @group.command(name="where", description="a channel and a member")
+    async def where(
+        interaction: discord.Interaction,
+        channel: discord.TextChannel,
+        member: discord.Member | None = None,
+        flag: bool = False,
+    ) -> None:
+        seen.append(("config where", {"channel": channel.id, "member": member, "flag": flag}))
+        await interaction.response.send_message("ok", ephemeral=True)
+
+    tree.add_command(group)
+
+    @tree.command(name="pick", description="a choice")
+    @app_commands.choices(kind=[app_commands.Choice(name=n, value=n) for n in ("a", "b", "c")])
+    async def pick(
+        interaction: discord.Interaction,
+        kind: app_commands.Choice[str],
+        label: app_commands.Range[str, 2, 5] | None = None,
+    ) -> None:
+        seen.append(("pick", {"kind": kind.value, "label": label}))
+        await interaction.response.send_message(kind.value)
+
+    bot = Bot(client)
+    bots.append(bot)
+    await bot.start(sim.config.token)
+    await tree.sync()
+    before = set(sim.interactions.by_id)
+    assert set(sim.step(90, family="command")) == {"command"}
+    records = [r for i, r in sim.interactions.by_id.items() if i not in before]
+    assert len(records) == 90
+    await asyncio.wait_for(asyncio.gather(*(r.done.wait() for r in records)), 30)
+    assert not failures
+    names = {name for name, _ in seen}
+    assert names == {"config hour", "config where", "pick"}
+    for name, values in seen:
+        if name == "config hour":
+            assert 0 <= int(values["hour"]) <= 23  # type: ignore[call-overload]
+        if name == "pick":
+            assert values["kind"] in ("a", "b", "c")
+            assert values["label"] is None or 2 <= len(str(values["label"])) <= 5
+    # Random traffic comes from ordinary members: no Manage Server.
+    raw = bot.raw.of("INTERACTION_CREATE")[-90:]
+    assert all(not int(r["member"]["permissions"]) & (1 << 5) for r in raw)
