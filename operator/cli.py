@@ -54,6 +54,23 @@ def run(args: argparse.Namespace) -> int:
     return asyncio.run(_main(settings, plat, pg, rd, tel, standalone=args.standalone))
 
 
+async def _seed_until_done(rt: Runtime, stop: asyncio.Event) -> None:
+    """Seeds the platform at start-up, retrying while Postgres is unreachable or not migrated.
+
+    Readiness waits for the seed, so it must not wait for the first GuildSubscription: a fresh
+    install has none, and `helm install --wait` would time out on an operator never Ready."""
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            await rt.ensure_seeded()
+            return
+        except Exception as exc:  # retried: the store may come up after the operator
+            log.warning("platform seed failed; retrying", extra={"error": repr(exc)})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        delay = min(delay * 2, 30.0)
+
+
 async def _main(
     settings: config.OperatorSettings,
     plat: platform.Platform,
@@ -103,6 +120,7 @@ async def _main(
                     standalone=standalone or not settings.peering_name,
                 )
             )
+            seeding = asyncio.create_task(_seed_until_done(rt, stop))
             log.info(
                 "operator started",
                 extra={
@@ -112,6 +130,7 @@ async def _main(
                 },
             )
             await task
+            seeding.cancel()
     finally:
         with contextlib.suppress(Exception):
             await redis.aclose()

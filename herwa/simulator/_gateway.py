@@ -17,6 +17,7 @@ import logging
 import secrets
 import struct
 import time
+import urllib.parse
 import zlib
 from collections import deque
 from collections.abc import Callable
@@ -86,9 +87,20 @@ class GatewayConfig:
     honour_compression: bool = True
 
 
+def as_reached_at(url: str, host: str) -> str:
+    """``url`` with its host and port replaced by ``host``, the Host header a client sent.
+
+    Clients reach the simulator at whatever address they were given (loopback, or a forwarded
+    address from inside a container); the URLs it hands out must be reachable from there too, as
+    Discord's resume and gateway URLs are from wherever a bot runs."""
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(netloc=host)) if host else url
+
+
 class Connection:
     def __init__(self, ws: web.WebSocketResponse, request: web.Request, compress: bool) -> None:
         self.ws = ws
+        self.host = request.host
         transport = request.transport
         if transport is None:
             raise ConnectionResetError("websocket transport already gone")
@@ -458,7 +470,7 @@ class Gateway:
             "guilds": [{"id": str(g), "unavailable": True} for g in owned],
             "session_id": sess.id,
             "session_type": "normal",
-            "resume_gateway_url": self.ws_url,
+            "resume_gateway_url": as_reached_at(self.ws_url, conn.host),
             "shard": [shard_id, shard_count],
             "application": {"id": str(self.app.application_id), "flags": 0},
             "private_channels": [],

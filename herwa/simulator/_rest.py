@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import BodyPartReader, web
 
+from herwa.simulator._gateway import as_reached_at
 from herwa.simulator._interactions import (
     CHANNEL_MESSAGE,
     DEFERRED_CHANNEL_MESSAGE,
@@ -126,14 +127,14 @@ class Rest:
 
     # -- gateway / identity -----------------------------------------------------------------
     async def gateway(self, request: web.Request) -> web.Response:
-        return json_response({"url": self.sim.ws_url})
+        return json_response({"url": as_reached_at(self.sim.ws_url, request.host)})
 
     async def gateway_bot(self, request: web.Request) -> web.Response:
         gw = self.sim.gateway
         cfg = gw.config
         return json_response(
             {
-                "url": self.sim.ws_url,
+                "url": as_reached_at(self.sim.ws_url, request.host),
                 "shards": self.sim.recommended_shards(),
                 "session_start_limit": {
                     "total": cfg.session_start_total,
