@@ -361,6 +361,12 @@ def test_network_policy(rendered: dict[tuple[str, str], Manifests]) -> None:
     assert large["policyTypes"] == ["Ingress", "Egress"]
     assert large["ingress"][0]["from"][0]["namespaceSelector"]
     assert {"port": 53, "protocol": "UDP"} in large["egress"][0]["ports"]
+    # The helm test pod may reach the roles' telemetry port under both directions' policies.
+    to_roles = large["egress"][1]
+    assert to_roles["ports"] == [{"port": "telemetry", "protocol": "TCP"}]
+    assert to_roles["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "herwa"
+    from_test = large["ingress"][1]["from"][0]["podSelector"]["matchLabels"]
+    assert from_test["app.kubernetes.io/component"] == "test"
 
 
 def test_unset_connection_settings_are_left_out(helm_bin: Path) -> None:
