@@ -402,17 +402,6 @@ def test_missing_store_settings_fail_at_render_time(helm_bin: Path) -> None:
     assert render(helm_bin, "--set", "secrets.skipRenderCheck=true", stores=False).all("Job")
 
 
-def test_hook_secret_goes_whether_the_migration_succeeded_or_failed(
-    rendered: dict[tuple[str, str], Manifests],
-) -> None:
-    m = rendered[("default", NEWEST)]
-    hook_secret = next(
-        s for s in m.all("Secret") if "helm.sh/hook" in s["metadata"].get("annotations", {})
-    )
-    policy = hook_secret["metadata"]["annotations"]["helm.sh/hook-delete-policy"].split(",")
-    assert {"hook-succeeded", "hook-failed", "before-hook-creation"} <= set(policy)
-
-
 CLUSTER_SCOPED = ("ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering")
 
 
