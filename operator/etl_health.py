@@ -49,7 +49,12 @@ async def refresh(pool: asyncpg.Pool) -> bool:
 
 
 async def watch(pool: asyncpg.Pool, interval: float = INTERVAL_SECONDS) -> None:
-    """Refreshes the gauges until cancelled."""
+    """Refreshes the gauges until cancelled; an unexpected error is logged, not fatal: the
+    operator's own work must not stop over its ETL readings."""
     while True:
-        await refresh(pool)
+        try:
+            await refresh(pool)
+        except Exception:
+            log.exception("reading the ETL's state failed")
+            ETL_HEALTH.forget()
         await asyncio.sleep(interval)
