@@ -95,8 +95,10 @@ async def main(pod_override: str | None = None) -> int:
             "bot pod starting",
             extra={"pod": pod, "shard_count": shard_count, "telemetry_port": server.port},
         )
-        # Tests and supervisors read this line to find the port when 0 was asked for.
-        print(f"HERWA_BOT_TELEMETRY_PORT={server.port}", flush=True)
+        if tel.port == 0:
+            # Tests and supervisors read this stdout line to find the port the OS chose; a
+            # deployment sets the port, so its pods' output stays JSON log lines only.
+            print(f"HERWA_BOT_TELEMETRY_PORT={server.port}", flush=True)
         await app.start()
         await app.wait_stopped()
         log.info("shutting down: closing shards and flushing")

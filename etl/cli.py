@@ -13,15 +13,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import sys
 
 import uvloop
 
 from herwa import config
 from herwa.etl import lock, low_water
 from herwa.etl.runner import RunOptions, run_once
-from herwa.logs import redact, register_url
+from herwa.logs import register_url
 from herwa.stores import postgres_connection, redis_client
+from herwa.telemetry import setup_tracing
 
 log = logging.getLogger(__name__)
 
@@ -65,18 +65,17 @@ async def _reset() -> int:
         try:
             await lock.acquire(conn)
         except lock.LockHeld as exc:
-            print(
-                f"herwa etl reset-low-water: {exc}; exiting (code {EXIT_LOCKED})", file=sys.stderr
-            )
+            log.warning("%s; exiting (code %d)", exc, EXIT_LOCKED)
             return EXIT_LOCKED
         restaged = await low_water.reset(conn)
     finally:
         await conn.close()
-    print(f"herwa etl reset-low-water: done; rows re-staged: {restaged}", file=sys.stderr)
+    log.info("low-water marks reset; rows re-staged: %s", restaged, extra={"restaged": restaged})
     return EXIT_OK
 
 
 async def _main(args: argparse.Namespace) -> int:
+    setup_tracing("herwa-etl")
     settings = config.etl()
     overrides = {
         k: v
@@ -112,15 +111,7 @@ async def _one(dsn: str, url: str, redis: object, options: RunOptions) -> int:
     try:
         result = await run_once(dsn, url, redis, options)  # type: ignore[arg-type]
     except lock.LockHeld as exc:
-        print(f"herwa etl run: {exc}; exiting (code {EXIT_LOCKED})", file=sys.stderr)
+        log.warning("%s; exiting (code %d)", exc, EXIT_LOCKED)
         return EXIT_LOCKED
-    if result.outcome == "failed":
-        print(f"herwa etl run: failed: {redact(str(result.error))}", file=sys.stderr)
-        return EXIT_FAILED
-    moved = sum(result.stats.rows_moved.values())
-    print(
-        f"herwa etl run: {result.outcome}, {moved} rows in {result.seconds:.1f}s "
-        f"(run {result.run_id})",
-        file=sys.stderr,
-    )
-    return EXIT_OK
+    # The runner has logged the run's outcome, figures and error already.
+    return EXIT_FAILED if result.outcome == "failed" else EXIT_OK

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import asyncpg
+from opentelemetry import trace
 from redis.asyncio import Redis
 
 from herwa import usage
@@ -27,11 +28,13 @@ from herwa.etl.sync import (
     purge_opted_out,
 )
 from herwa.stores import clickhouse_url_client, postgres_connection
+from herwa.telemetry import tracer
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.asyncclient import AsyncClient
 
 log = logging.getLogger(__name__)
+_tracer = tracer("herwa.etl")
 
 
 @dataclass(frozen=True)
@@ -67,19 +70,26 @@ async def run_once(
 ) -> RunResult:
     """Raises :class:`lock.LockHeld` if another run is active; otherwise returns the result."""
     started = time.monotonic()
-    pg = await postgres_connection(postgres_dsn)
-    try:
-        await prepare_session(pg)
-        await lock.acquire(pg)
-        ch = await clickhouse_url_client(clickhouse_url)
+    with _tracer.start_as_current_span("etl.run") as span:
+        pg = await postgres_connection(postgres_dsn)
         try:
-            stores = (postgres_dsn, clickhouse_url)
-            return await _locked_run(pg, ch, redis, options, started, fault, stores)
+            await prepare_session(pg)
+            await lock.acquire(pg)
+            ch = await clickhouse_url_client(clickhouse_url)
+            try:
+                stores = (postgres_dsn, clickhouse_url)
+                result = await _locked_run(pg, ch, redis, options, started, fault, stores)
+            finally:
+                await ch.close()
         finally:
-            await ch.close()
-    finally:
-        # Closing the session releases the advisory lock too, even after a failed batch.
-        await pg.close()
+            # Closing the session releases the advisory lock too, even after a failed batch.
+            await pg.close()
+        span.set_attribute("herwa.etl.run_id", result.run_id)
+        span.set_attribute("herwa.etl.outcome", result.outcome)
+        span.set_attribute("herwa.etl.rows_moved", sum(result.stats.rows_moved.values()))
+        if result.error:
+            span.set_status(trace.StatusCode.ERROR, result.error)
+        return result
 
 
 class _RecomputeRounds:
@@ -249,7 +259,8 @@ async def _locked_run(
         # through: asking for a member's opted them out (the purge below drops their rows), and
         # a server's tombstone stopped its capture (what this run loads goes with the rest).
         budget = min(options.deletion_share * options.deadline_seconds, deadline - time.monotonic())
-        deleted = await privacy.carry_out_due(pg, ch, redis, options.redis_prefix, budget)
+        with _tracer.start_as_current_span("etl.privacy"):
+            deleted = await privacy.carry_out_due(pg, ch, redis, options.redis_prefix, budget)
         stats.deletions = deleted.completed
         stats.deletion_subjects = deleted.subjects
         stats.deletions_failed = deleted.failed
@@ -258,7 +269,8 @@ async def _locked_run(
         prom.deletion_failures.inc(deleted.failed)
         prom.deletions_pending.set(await privacy.pending_count(pg))
         if redis is not None:
-            stats.usage_drained = await usage.drain(redis, options.redis_prefix, pg)
+            with _tracer.start_as_current_span("etl.usage_drain"):
+                stats.usage_drained = await usage.drain(redis, options.redis_prefix, pg)
             prom.usage.inc(stats.usage_drained)
         horizon = await opt_out_horizon(pg)
         for family in FAMILIES:
@@ -272,14 +284,17 @@ async def _locked_run(
             if fault is not None:
                 await fault("rolled_up", messages)
 
-        outcome = await _sync_families(
-            pg, ch, options, stats, prom, deadline, fault, stores, after_recompute, horizon
-        )
+        with _tracer.start_as_current_span("etl.sync"):
+            outcome = await _sync_families(
+                pg, ch, options, stats, prom, deadline, fault, stores, after_recompute, horizon
+            )
         # Also at the deadline: the loaded rows must show up in the rollups of this run.
-        await rollups.flush_loaded(pg, ch, after_recompute)
-        await rollups.flush_queue(pg, ch, after_recompute)
+        with _tracer.start_as_current_span("etl.rollups"):
+            await rollups.flush_loaded(pg, ch, after_recompute)
+            await rollups.flush_queue(pg, ch, after_recompute)
         cutoff = datetime.now(UTC) - timedelta(hours=options.retention_hours)
-        stats.rows_cleaned = await cleanup.cleanup(pg, cutoff)
+        with _tracer.start_as_current_span("etl.cleanup"):
+            stats.rows_cleaned = await cleanup.cleanup(pg, cutoff)
         for table, count in stats.rows_cleaned.items():
             prom.cleaned.labels(table).inc(count)
         for family in FAMILIES:

@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "operator": ("herwa.operator.cli", "run the GuildSubscription operator (kopf)"),
     "migrate": ("herwa.schema.cli", "apply the Postgres and ClickHouse schema migrations"),
     "seed": ("herwa.operator.seed_cli", "seed tiers, features and commands into Postgres"),
+    "check": ("herwa.check", "check that every role is ready (the chart's helm test)"),
     "dev": ("herwa.devstack.cli", "start/stop embedded Postgres, Redis and ClickHouse"),
     "simulate": ("herwa.simulator.cli", "run the Discord simulator standalone"),
     "demo": ("herwa.demo", "run the whole pipeline end to end on this machine"),
@@ -60,14 +61,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(args_list)
     try:
         telemetry = config.telemetry()
-        setup_logging(telemetry.log_level, telemetry.log_format)
+    except config.ConfigError as exc:
+        setup_logging()  # the defaults: the error is still a JSON line like every other
+        return _config_error(args.command, exc)
+    setup_logging(telemetry.log_level, telemetry.log_format)
+    try:
         code: int = _load(args.command).run(args)
     except config.ConfigError as exc:
-        print(f"herwa {args.command}: configuration error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
+        return _config_error(args.command, exc)
     except KeyboardInterrupt:
         return 130
     return code
+
+
+def _config_error(command: str, exc: config.ConfigError) -> int:
+    log.error("herwa %s: configuration error: %s", command, exc)
+    return EXIT_CONFIG_ERROR
 
 
 if __name__ == "__main__":

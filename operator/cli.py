@@ -19,6 +19,7 @@ import kopf
 
 from herwa import config, platform
 from herwa.logs import register_url
+from herwa.operator import etl_health
 from herwa.operator.handlers import build_registry, configure_settings
 from herwa.operator.reconcile import Runtime
 from herwa.stores import postgres_pool, redis_client
@@ -106,6 +107,8 @@ async def _main(
         priority=random.randint(1, 2**31 - 1),  # noqa: S311 - a tie-breaker, not a secret
     )
     registry = build_registry(settings.drift_check_seconds)
+    # The ETL's health for Prometheus, read from Postgres: its CronJob pods cannot be scraped.
+    etl_watch = asyncio.create_task(etl_health.watch(pool))
     try:
         async with TelemetryServer(tel.host, tel.port, readiness=readiness):
             task = asyncio.create_task(
@@ -132,6 +135,9 @@ async def _main(
             await task
             seeding.cancel()
     finally:
+        etl_watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await etl_watch
         with contextlib.suppress(Exception):
             await redis.aclose()
         with contextlib.suppress(Exception):

@@ -66,3 +66,55 @@ class SubscriptionBook(Collector):
 
 BOOK = SubscriptionBook()
 REGISTRY.register(BOOK)
+
+
+class EtlHealthBook(Collector):
+    """The ETL's state as last read from Postgres (herwa.operator.etl_health); nothing at all
+    while unknown, so a "no data" rule can tell an unreadable state from a healthy one."""
+
+    OUTCOMES = ("caught_up", "deadline", "failed")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state: tuple[dict[str, float], float, str | None] | None = None
+
+    def record(self, backlog_age: dict[str, float], last_success: float, last: str | None) -> None:
+        with self._lock:
+            self._state = (dict(backlog_age), last_success, last)
+
+    def forget(self) -> None:
+        with self._lock:
+            self._state = None
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            state = self._state
+        if state is None:
+            return
+        backlog_age, last_success, last = state
+        age = GaugeMetricFamily(
+            "herwa_operator_etl_backlog_age_seconds",
+            "Age of the oldest staging row not yet in ClickHouse, per staging table (0: none), "
+            "read from Postgres",
+            labels=["table"],
+        )
+        for table, seconds in sorted(backlog_age.items()):
+            age.add_metric([table], seconds)
+        yield age
+        yield GaugeMetricFamily(
+            "herwa_operator_etl_last_success_timestamp_seconds",
+            "End of the newest ETL run that did not fail (etl_runs; 0: none yet)",
+            value=last_success,
+        )
+        outcome = GaugeMetricFamily(
+            "herwa_operator_etl_last_run_outcome",
+            "1 for the outcome of the newest finished ETL run (etl_runs)",
+            labels=["outcome"],
+        )
+        for name in self.OUTCOMES:
+            outcome.add_metric([name], 1 if name == last else 0)
+        yield outcome
+
+
+ETL_HEALTH = EtlHealthBook()
+REGISTRY.register(ETL_HEALTH)

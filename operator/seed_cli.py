@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import sys
+import logging
 
 from herwa import config, platform
 from herwa.stores import postgres_connection
+
+log = logging.getLogger(__name__)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -36,26 +37,29 @@ def run(args: argparse.Namespace) -> int:
     try:
         plat = platform.load(_path(args))
     except platform.PlatformError as exc:
-        print(f"herwa seed: {exc}", file=sys.stderr)
+        log.error("invalid platform file: %s", exc)
         return 2
     if args.check:
-        print(
-            f"ok: {len(plat.tiers)} tiers, {len(plat.features)} features, "
-            f"{len(plat.commands)} commands"
+        log.info(
+            "platform file ok",
+            extra={
+                "tiers": len(plat.tiers),
+                "features": len(plat.features),
+                "commands": len(plat.commands),
+            },
         )
         return 0
     report = asyncio.run(_seed(config.postgres(), plat))
-    print(
-        json.dumps(
-            {
-                "features": report.features,
-                "tiers": report.tiers,
-                "tier_features": report.tier_features,
-                "commands": report.commands,
-                "changed": report.changed,
-                "kept_tiers": list(report.kept_tiers),
-            }
-        )
+    log.info(
+        "platform seeded",
+        extra={
+            "features": report.features,
+            "tiers": report.tiers,
+            "tier_features": report.tier_features,
+            "commands": report.commands,
+            "changed": report.changed,
+            "kept_tiers": list(report.kept_tiers),
+        },
     )
     return 0
 

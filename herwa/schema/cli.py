@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import logging
 
 from herwa import config
 from herwa.schema import MigrationError, migrate
+from herwa.telemetry import setup_tracing, tracer
+
+log = logging.getLogger(__name__)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -21,10 +24,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     postgres = config.postgres()
     clickhouse = config.clickhouse()
-    try:
-        report = asyncio.run(migrate(postgres.dsn, clickhouse.url))
-    except MigrationError as exc:
-        print(f"herwa migrate: {exc}")
-        return 1
-    print(json.dumps({"applied": report.applied, "current": report.current}))
+    setup_tracing("herwa-migrate")
+    with tracer("herwa.schema").start_as_current_span("migrate") as span:
+        try:
+            report = asyncio.run(migrate(postgres.dsn, clickhouse.url))
+        except MigrationError as exc:
+            span.record_exception(exc)
+            log.error("migration failed: %s", exc)
+            return 1
+        for store, versions in report.applied.items():
+            span.set_attribute(f"herwa.migrations.applied.{store}", len(versions))
+        log.info("migrations done", extra={"applied": report.applied, "current": report.current})
     return 0

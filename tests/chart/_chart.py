@@ -16,16 +16,8 @@ EXAMPLES = CHART / "examples"
 RELEASE = "herwa"
 NAMESPACE = "herwa"
 
-# Values that make every optional object render: monitors, rules, dashboards, egress policy.
-ALL_ON: tuple[str, ...] = (
-    "--set",
-    "metrics.serviceMonitor.enabled=true",
-    "--set",
-    "metrics.prometheusRule.enabled=true",
-    "--set",
-    "grafana.dashboards.enabled=true",
-    "--set",
-    "networkPolicy.restrictEgress=true",
+# The connection settings every install needs (rendering fails without them).
+STORES: tuple[str, ...] = (
     "--set-string",
     "secrets.discordToken=token",
     "--set-string",
@@ -36,11 +28,24 @@ ALL_ON: tuple[str, ...] = (
     "secrets.clickhouseUrl=http://herwa:pw@ch:8123/herwa",
 )
 
+# Values that make every optional object render: monitors, rules, dashboards, egress policy.
+ALL_ON: tuple[str, ...] = (
+    "--set",
+    "metrics.serviceMonitor.enabled=true",
+    "--set",
+    "metrics.prometheusRule.enabled=true",
+    "--set",
+    "grafana.dashboards.enabled=true",
+    "--set",
+    "networkPolicy.restrictEgress=true",
+    *STORES,
+)
+
 # name → extra helm arguments; every one must lint and render.
 VALUE_SETS: dict[str, tuple[str, ...]] = {
-    "default": (),
-    "small": ("-f", str(EXAMPLES / "values-small.yaml")),
-    "large": ("-f", str(EXAMPLES / "values-large.yaml")),
+    "default": STORES,
+    "small": (*STORES, "-f", str(EXAMPLES / "values-small.yaml")),
+    "large": (*STORES, "-f", str(EXAMPLES / "values-large.yaml")),
     "all-on": ALL_ON,
 }
 
@@ -71,9 +76,24 @@ class Manifests:
 
 
 def render(
-    helm_bin: Path, *args: str, kube_version: str | None = None, release: str = RELEASE
+    helm_bin: Path,
+    *args: str,
+    kube_version: str | None = None,
+    release: str = RELEASE,
+    stores: bool = True,
+    namespace: str = NAMESPACE,
 ) -> Manifests:
-    cmd: list[str | Path] = ["template", release, CHART, "--namespace", NAMESPACE, *args]
+    """``helm template``; with ``stores`` the connection settings come first (``args`` may
+    override them, or name an existingSecret instead)."""
+    cmd: list[str | Path] = [
+        "template",
+        release,
+        CHART,
+        "--namespace",
+        namespace,
+        *(STORES if stores else ()),
+        *args,
+    ]
     if kube_version:
         cmd += ["--kube-version", kube_version]
     out = helm(helm_bin, *cmd).stdout
@@ -82,15 +102,17 @@ def render(
 
 
 def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
-    """The pod spec inside a workload (StatefulSet, Deployment, Job, CronJob)."""
+    """The pod spec inside a workload (StatefulSet, Deployment, Job, CronJob) or of a Pod."""
     spec = obj["spec"]
+    if obj["kind"] == "Pod":
+        return dict(spec)
     if obj["kind"] == "CronJob":
         spec = spec["jobTemplate"]["spec"]
     pod: dict[str, Any] = spec["template"]["spec"]
     return pod
 
 
-WORKLOADS = ("StatefulSet", "Deployment", "Job", "CronJob")
+WORKLOADS = ("StatefulSet", "Deployment", "Job", "CronJob", "Pod")
 
 
 def workloads(manifests: Manifests) -> list[dict[str, Any]]:

@@ -4,13 +4,23 @@
 
 The base is the chart rendered for release "herwa" in namespace "herwa" with the Kubernetes
 1.25+ API versions, secrets from an existing Secret named "herwa" (create it yourself; keys in
-the comment in k8s/base/kustomization.yaml), Helm's own labels dropped, and the migration hook
-turned into a plain Job (kustomize has no hooks: delete the finished Job before re-applying a
-new image). tests/chart/test_kustomize.py fails when the committed base differs from this.
+the comment in k8s/base/kustomization.yaml), Helm's own labels dropped, and what only Helm can
+do changed for a plain `kubectl apply -k`:
+
+* the migration hook is a plain Job named after its image ("herwa-migrate-<tag>"): a Job's pod
+  template is immutable, so the next version's Job must be a new object, not an update; a
+  finished Job is removed after a day (ttlSecondsAfterFinished);
+* the `helm test` pod is left out;
+* the operator runs without a peering object (standalone, one replica): the peering object is
+  a custom resource whose CRD the same first `kubectl apply` would only be creating, which
+  kubectl refuses ("ensure CRDs are installed first").
+
+tests/chart/test_kustomize.py fails when the committed base differs from this.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,11 +54,42 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-def build(helm_bin: Path) -> dict[str, str]:
+MIGRATE_TTL_SECONDS = 86400
+PEERING_KINDS = ("ClusterKopfPeering", "KopfPeering")
+
+
+def _image_slug(image: str) -> str:
+    """ "ghcr.io/herwa/herwa:0.1.0" → "0-1-0"; a digest → its first 12 hex digits."""
+    if "@" in image:
+        return image.rsplit(":", 1)[1][:12]
+    return re.sub(r"[^a-z0-9]+", "-", image.rsplit(":", 1)[1].lower()).strip("-")[:20]
+
+
+def _for_kubectl(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """What only Helm can do, changed for a plain `kubectl apply` (see the module docstring)."""
+    annotations = doc["metadata"].get("annotations", {})
+    if annotations.get("helm.sh/hook") == "test" or doc["kind"] in PEERING_KINDS:
+        return None
+    if doc["kind"] == "Job" and "helm.sh/hook" in annotations:
+        image = doc["spec"]["template"]["spec"]["containers"][0]["image"]
+        doc["metadata"]["name"] += "-" + _image_slug(image)
+        doc["spec"]["ttlSecondsAfterFinished"] = MIGRATE_TTL_SECONDS
+    if doc["kind"] == "Deployment":
+        for container in doc["spec"]["template"]["spec"]["containers"]:
+            container["env"] = [
+                e for e in container.get("env", []) if e["name"] != "HERWA_OPERATOR_PEERING_NAME"
+            ]
+    return doc
+
+
+def build(helm_bin: Path, *extra: str) -> dict[str, str]:
     """File name → content of every file in k8s/base."""
     files: dict[str, str] = {}
-    for doc in render(helm_bin, *ARGS, kube_version="1.25.0"):
-        doc = _clean(doc)
+    for rendered in render(helm_bin, *ARGS, *extra, kube_version="1.25.0"):
+        kept = _for_kubectl(rendered)
+        if kept is None:
+            continue
+        doc = _clean(kept)
         doc["metadata"].pop("namespace", None)  # set by the kustomization
         name = f"{doc['kind'].lower()}-{doc['metadata']['name']}.yaml"
         files[name] = HEADER + yaml.safe_dump(doc, sort_keys=False, width=100)

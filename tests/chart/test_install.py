@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.chart._chart import ALL_ON, CHART
+from tests.chart._chart import ALL_ON, CHART, STORES
 from tests.support.kube import KubeCluster
 
 pytestmark = pytest.mark.kube
@@ -155,16 +155,48 @@ def _install(
     return result
 
 
+def test_install_without_store_settings_fails_at_once(
+    kube_cluster: KubeCluster, kube_namespace: str
+) -> None:
+    """Not after Helm's timeout with a hook pod in CreateContainerConfigError: at render time,
+    naming the values, with nothing created."""
+    ns, release = kube_namespace, f"n{uuid.uuid4().hex[:6]}"
+    started = time.monotonic()
+    result = kube_cluster.helm("install", release, CHART, "--namespace", ns, "--timeout", "300s")
+    assert result.returncode != 0
+    assert time.monotonic() - started < 60
+    assert "secrets.postgresDsn, secrets.redisUrl, secrets.clickhouseUrl, secrets.discordToken" in (
+        result.stderr
+    )
+    assert kube_cluster.helm("status", release, "-n", ns).returncode != 0
+    assert not _exists(kube_cluster, ns, "job", f"{release}-herwa-migrate")
+    # The GitOps opt-out installs, and NOTES still says what is missing.
+    skipped = _install(kube_cluster, ns, release, "--set", "secrets.skipRenderCheck=true")
+    assert (
+        "WARNING: secrets.postgresDsn, secrets.redisUrl, secrets.clickhouseUrl, "
+        "secrets.discordToken not set" in skipped.stdout
+    )
+
+
+def test_same_release_name_in_two_namespaces(kube_cluster: KubeCluster) -> None:
+    release = f"s{uuid.uuid4().hex[:6]}"
+    namespaces = [kube_cluster.create_namespace(f"t-{uuid.uuid4().hex[:10]}") for _ in range(2)]
+    for ns in namespaces:
+        _install(kube_cluster, ns, release, *STORES)
+    for ns in namespaces:
+        binding = _get(kube_cluster, "default", "clusterrolebinding", f"{ns}-{release}-operator")
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": f"{release}-operator", "namespace": ns}
+        ]
+        assert _exists(kube_cluster, "default", "clusterkopfpeering", f"{ns}-{release}-operator")
+
+
 def test_install_defaults_into_kubernetes_1_20(
     kube_cluster: KubeCluster, kube_namespace: str
 ) -> None:
     ns, release = kube_namespace, f"d{uuid.uuid4().hex[:6]}"
-    result = _install(kube_cluster, ns, release)
-    # No connection settings given: NOTES says which, instead of a failing hook later.
-    assert (
-        "WARNING: secrets.postgresDsn, secrets.redisUrl, secrets.clickhouseUrl, "
-        "secrets.discordToken not set" in result.stdout
-    )
+    result = _install(kube_cluster, ns, release, *STORES)
+    assert "WARNING" not in result.stdout
     full = f"{release}-herwa"
     sts = _get(kube_cluster, ns, "statefulset", f"{full}-bot")
     assert sts["spec"]["replicas"] == 2

@@ -8,6 +8,7 @@ checked here and installed for real in test_install.py.
 from __future__ import annotations
 
 import math
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,12 @@ import pytest
 import yaml
 
 from herwa import config
+from herwa.cli import build_parser
 from herwa.platform import Platform
 from tests.chart._chart import (
     ALL_ON,
     CHART,
+    NAMESPACE,
     ROOT,
     VALUE_SETS,
     Manifests,
@@ -35,7 +38,13 @@ from tests.support.kube import KubeTools
 
 OLDEST, NEWEST = "1.25.0", "1.37.0"
 # Custom resources: no built-in schema; checked against their CRDs or by promtool instead.
-CUSTOM_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ClusterKopfPeering"}
+CUSTOM_KINDS = {
+    "ServiceMonitor",
+    "PodMonitor",
+    "PrometheusRule",
+    "ClusterKopfPeering",
+    "KopfPeering",
+}
 
 
 @pytest.fixture(scope="module")
@@ -352,12 +361,184 @@ def test_network_policy(rendered: dict[tuple[str, str], Manifests]) -> None:
     assert large["policyTypes"] == ["Ingress", "Egress"]
     assert large["ingress"][0]["from"][0]["namespaceSelector"]
     assert {"port": 53, "protocol": "UDP"} in large["egress"][0]["ports"]
+    # The helm test pod may reach the roles' telemetry port under both directions' policies.
+    to_roles = large["egress"][1]
+    assert to_roles["ports"] == [{"port": "telemetry", "protocol": "TCP"}]
+    assert to_roles["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "herwa"
+    from_test = large["ingress"][1]["from"][0]["podSelector"]["matchLabels"]
+    assert from_test["app.kubernetes.io/component"] == "test"
 
 
 def test_unset_connection_settings_are_left_out(helm_bin: Path) -> None:
     # A set value lands in the Secret; an unset one is left out, so the pod stops with
     # CreateContainerConfigError naming the key (NOTES.txt warns too: see test_install.py).
-    secret = render(helm_bin, "--set-string", "secrets.redisUrl=redis://r:6379/0").one(
-        "Secret", "herwa"
-    )
+    secret = render(
+        helm_bin,
+        "--set-string",
+        "secrets.redisUrl=redis://r:6379/0",
+        "--set",
+        "secrets.skipRenderCheck=true",
+        stores=False,
+    ).one("Secret", "herwa")
     assert secret["stringData"] == {"redis-url": "redis://r:6379/0"}
+
+
+def test_missing_store_settings_fail_at_render_time(helm_bin: Path) -> None:
+    """Not a hook pod stuck in CreateContainerConfigError until Helm's timeout: a clear error
+    naming the values, before anything reaches the cluster."""
+    result = helm(helm_bin, "template", "herwa", CHART, check=False)
+    assert result.returncode != 0
+    assert (
+        "secrets.postgresDsn, secrets.redisUrl, secrets.clickhouseUrl, secrets.discordToken "
+        "not set and no secrets.existingSecret given" in result.stderr
+    )
+    assert "secrets.skipRenderCheck=true" in result.stderr
+    # One missing value is named alone.
+    with pytest.raises(subprocess.CalledProcessError) as missing:
+        render(helm_bin, "--set-string", "secrets.redisUrl=")
+    assert "secrets.redisUrl not set" in missing.value.stderr
+    # An existing Secret, or the GitOps opt-out, renders.
+    assert render(helm_bin, "--set", "secrets.existingSecret=mine", stores=False).all("Job")
+    assert render(helm_bin, "--set", "secrets.skipRenderCheck=true", stores=False).all("Job")
+
+
+CLUSTER_SCOPED = ("ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering")
+
+
+def test_a_second_release_in_another_namespace_shares_no_cluster_scoped_name(
+    helm_bin: Path,
+) -> None:
+    def cluster_names(namespace: str, release: str = "herwa") -> set[tuple[str, str]]:
+        m = render(helm_bin, release=release, namespace=namespace)
+        return {(d["kind"], d["metadata"]["name"]) for d in m if d["kind"] in CLUSTER_SCOPED}
+
+    first, second = cluster_names("team-a"), cluster_names("team-b")
+    assert {k for k, _ in first} == set(CLUSTER_SCOPED)
+    assert not {n for _, n in first} & {n for _, n in second}
+    # Names at the length limit stay unique and valid.
+    long_ns = "n" * 63
+    a = cluster_names(long_ns, release="r" * 30)
+    b = cluster_names(long_ns[:-1] + "m", release="r" * 30)
+    assert all(len(n) <= 63 for _, n in a | b)
+    assert not {n for _, n in a} & {n for _, n in b}
+
+
+def test_watch_namespace_renders_namespaced_rbac_and_peering(helm_bin: Path) -> None:
+    m = render(helm_bin, "--set", "operator.watchNamespace=tenants")
+    assert not [d for d in m if d["kind"] in CLUSTER_SCOPED]
+    role, binding, peering = m.one("Role"), m.one("RoleBinding"), m.one("KopfPeering")
+    for obj in (role, binding, peering):
+        assert obj["metadata"]["namespace"] == "tenants"
+    jsonschema.validate(peering, _crd_schema("KopfPeering"))
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    (subject,) = binding["subjects"]
+    op = pod_spec(m.one("Deployment", "-operator"))
+    assert (subject["name"], subject["namespace"]) == (op["serviceAccountName"], NAMESPACE)
+    env = env_of(op["containers"][0])
+    assert env["HERWA_OPERATOR_NAMESPACE"]["value"] == "tenants"
+    assert env["HERWA_OPERATOR_PEERING_NAME"]["value"] == peering["metadata"]["name"]
+    peering_rules = [r for r in role["rules"] if r["apiGroups"] == ["kopf.dev"]]
+    assert {tuple(r["resources"]) for r in peering_rules} == {("kopfpeerings",)}
+    assert [r["resourceNames"] for r in peering_rules if "patch" in r["verbs"]] == [
+        [peering["metadata"]["name"]]
+    ]
+
+
+def test_bot_pdb_lets_unready_bots_be_evicted_where_supported(helm_bin: Path) -> None:
+    new = render(helm_bin, kube_version=NEWEST).one("PodDisruptionBudget")
+    assert new["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    assert (
+        "unhealthyPodEvictionPolicy"
+        not in render(helm_bin, kube_version=OLDEST).one("PodDisruptionBudget")["spec"]
+    )
+
+
+def test_every_long_running_role_has_a_startup_probe(
+    rendered: dict[tuple[str, str], Manifests],
+) -> None:
+    m = rendered[("default", NEWEST)]
+    for kind in ("StatefulSet", "Deployment"):
+        for workload in m.all(kind):
+            for container in pod_spec(workload)["containers"]:
+                probe = container["startupProbe"]
+                assert probe["httpGet"] == {"path": "/healthz", "port": "telemetry"}
+                assert probe["periodSeconds"] * probe["failureThreshold"] >= 120
+                assert "initialDelaySeconds" not in container["livenessProbe"]
+
+
+def test_operator_objects_carry_the_standard_labels_and_honour_name_override(
+    helm_bin: Path,
+) -> None:
+    m = render(helm_bin, "--set", "nameOverride=watcher")
+    operator = [
+        d
+        for d in m
+        if d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "operator"
+    ]
+    assert {d["kind"] for d in operator} >= {
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ClusterKopfPeering",
+        "Deployment",
+        "Service",
+    }
+    for obj in operator:
+        labels = obj["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "watcher", obj["kind"]
+        for key in (
+            "helm.sh/chart",
+            "app.kubernetes.io/instance",
+            "app.kubernetes.io/version",
+            "app.kubernetes.io/managed-by",
+            "app.kubernetes.io/part-of",
+        ):
+            assert key in labels, (obj["kind"], key)
+
+
+def test_pod_monitor_targets_only_ports_that_are_served(helm_bin: Path) -> None:
+    m = render(helm_bin, "--set", "metrics.podMonitor.enabled=true")
+    (expr,) = m.one("PodMonitor")["spec"]["selector"]["matchExpressions"]
+    port = m.one("PodMonitor")["spec"]["podMetricsEndpoints"][0]["port"]
+    serving = {
+        w["metadata"]["labels"]["app.kubernetes.io/component"]
+        for w in workloads(m)
+        for c in pod_spec(w)["containers"]
+        if any(p["name"] == port for p in c.get("ports", []))
+    }
+    # The long-running roles start TelemetryServer on that port; batch pods serve nothing.
+    assert set(expr["values"]) == serving == {"bot", "operator"}
+
+
+def test_helm_test_pod_checks_every_role(helm_bin: Path) -> None:
+    m = render(helm_bin, "--set", "bot.replicas=3")
+    pod = m.one("Pod", "-test")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    (container,) = pod["spec"]["containers"]
+    assert container["image"] == "ghcr.io/herwa/herwa:0.1.0"
+    args = container["args"]
+    assert args[0] == "check"
+    urls = [args[i + 1] for i, a in enumerate(args) if a == "--readyz"]
+    bot = m.one("Service", "-bot")["metadata"]["name"]
+    op = m.one("Service", "-operator")["metadata"]["name"]
+    assert urls == [
+        *(f"http://{bot}-{i}.{bot}.{NAMESPACE}.svc:9100/readyz" for i in range(3)),
+        f"http://{op}.{NAMESPACE}.svc:9100/readyz",
+    ]
+    assert m.one("StatefulSet")["spec"]["serviceName"] == bot
+    assert "--stores" in args  # the ETL's readiness: its stores answer
+    assert set(env_of(container)) >= {
+        "HERWA_POSTGRES_DSN",
+        "HERWA_REDIS_URL",
+        "HERWA_CLICKHOUSE_URL",
+    }
+    # The CLI accepts exactly these arguments.
+    parsed = build_parser("check").parse_args(args)
+    assert parsed.readyz == urls
+    assert parsed.stores
+    no_etl = render(helm_bin, "--set", "etl.enabled=false").one("Pod", "-test")
+    assert "--stores" not in no_etl["spec"]["containers"][0]["args"]

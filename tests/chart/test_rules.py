@@ -16,6 +16,13 @@ from tests.support.kube import KubeTools
 HERE = Path(__file__).parent
 UNIT_TESTS = HERE / "alerts.test.yaml"
 
+# unit test file → values its rules are rendered with
+UNIT_TEST_FILES = {
+    UNIT_TESTS: (),
+    # Discord's recommended shard count: the unowned-shards rule must still exist and fire.
+    HERE / "alerts-no-shard-count.test.yaml": ("--set", "bot.shardCount=null"),
+}
+
 
 RUNBOOKS = Path(__file__).resolve().parents[2] / "charts" / "herwa" / "RUNBOOKS.md"
 RUNBOOK_BASE = "https://runbooks.example.org/herwa/RUNBOOKS.md"
@@ -51,12 +58,14 @@ def test_every_alert_has_a_unit_test_and_runbook_text(kube_tools: KubeTools) -> 
     assert alerts == {
         "HerwaShardDisconnected",
         "HerwaShardsUnowned",
+        "HerwaBotsDown",
         "HerwaFlushFailing",
         "HerwaRowsDropped",
         "HerwaDeadLetterRows",
         "HerwaEtlLagHigh",
         "HerwaEtlRunFailed",
         "HerwaEtlNotSucceeding",
+        "HerwaEtlHealthUnknown",
         "HerwaOperatorReconcileErrors",
         "HerwaQuotaExhaustion",
     }
@@ -70,7 +79,7 @@ def test_every_alert_has_a_unit_test_and_runbook_text(kube_tools: KubeTools) -> 
     for group in rendered_groups(kube_tools.helm):
         for rule in group["rules"]:
             assert "runbook_url" not in rule.get("annotations", {}), rule.get("alert")
-    tests = yaml.safe_load(UNIT_TESTS.read_text())["tests"]
+    tests = [t for f in UNIT_TEST_FILES for t in yaml.safe_load(f.read_text())["tests"]]
     firing = {
         case["alertname"] for t in tests for case in t["alert_rule_test"] if case["exp_alerts"]
     }
@@ -81,14 +90,14 @@ def test_every_alert_has_a_unit_test_and_runbook_text(kube_tools: KubeTools) -> 
     assert quiet == alerts, f"alerts never tested staying quiet: {alerts - quiet}"
 
 
-@pytest.mark.parametrize("drop", ["description"])
-def test_promtool_unit_tests(kube_tools: KubeTools, tmp_path: Path, drop: str) -> None:
-    groups = rendered_groups(kube_tools.helm)
+@pytest.mark.parametrize("tests", sorted(UNIT_TEST_FILES), ids=lambda p: p.name)
+def test_promtool_unit_tests(kube_tools: KubeTools, tmp_path: Path, tests: Path) -> None:
+    groups = rendered_groups(kube_tools.helm, *UNIT_TEST_FILES[tests])
     for group in groups:
         for rule in group["rules"]:
-            rule["annotations"].pop(drop)
+            rule["annotations"].pop("description")
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
-    shutil.copy(UNIT_TESTS, tmp_path / UNIT_TESTS.name)
-    result = _promtool(kube_tools, "test", "rules", UNIT_TESTS.name, cwd=tmp_path)
+    shutil.copy(tests, tmp_path / tests.name)
+    result = _promtool(kube_tools, "test", "rules", tests.name, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout

@@ -7,8 +7,13 @@ import contextlib
 import io
 import json
 import logging
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 
 from herwa import config
 from herwa.etl import cli as etl_cli
@@ -62,3 +67,74 @@ def test_the_etl_registers_its_dsns_for_redaction(monkeypatch: pytest.MonkeyPatc
             section.cache_clear()
     line = " ".join([*urls.values(), "pg/etl-secret", "pg%2Fetl-secret", "ch-etl-secret"])
     assert "secret" not in redact(line)
+
+
+_SECRET = "uncaught-secret-value-1234"
+_UNCAUGHT_PROGRAMS = {
+    "main thread": "raise RuntimeError('boom ' + SECRET)",
+    "other thread": (
+        "def work():\n    raise RuntimeError('boom ' + SECRET)\n"
+        "t = threading.Thread(target=work)\nt.start()\nt.join()"
+    ),
+    "asyncio task never awaited": (
+        "async def fail():\n    raise RuntimeError('boom ' + SECRET)\n"
+        "async def main():\n    t = asyncio.get_running_loop().create_task(fail())\n"
+        "    await asyncio.sleep(0.05)\n    del t\n    gc.collect()\n"
+        "asyncio.run(main())"
+    ),
+}
+
+
+@pytest.mark.parametrize("where", sorted(_UNCAUGHT_PROGRAMS))
+def test_uncaught_exceptions_are_json_and_redacted(where: str) -> None:
+    program = (
+        "import asyncio, gc, threading\n"
+        "from herwa.logs import register_secret, setup_logging\n"
+        f"SECRET = {_SECRET!r}\n"
+        "register_secret(SECRET)\n"
+        "setup_logging('INFO', 'json')\n" + _UNCAUGHT_PROGRAMS[where]
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60
+    )
+    assert _SECRET not in result.stderr + result.stdout
+    lines = result.stderr.splitlines()
+    assert lines, f"nothing logged for an uncaught exception in the {where}"
+    entries = [json.loads(line) for line in lines]  # every line is JSON: no raw traceback
+    (entry,) = [e for e in entries if "exc" in e]
+    assert "RuntimeError: boom ***" in entry["exc"]
+    assert entry["level"] in {"error", "critical"}
+
+
+def test_lines_logged_inside_a_span_carry_its_trace_and_span_id() -> None:
+    stream = io.StringIO()
+    setup_logging("INFO", "json", stream)
+    tracer = TracerProvider().get_tracer("herwa.test")
+    with tracer.start_as_current_span("etl.run") as span:
+        logging.getLogger("herwa.etl").info("inside")
+    logging.getLogger("herwa.etl").info("outside")
+    inside, outside = (json.loads(line) for line in stream.getvalue().splitlines())
+    context = span.get_span_context()
+    assert inside["trace_id"] == f"{context.trace_id:032x}"
+    assert inside["span_id"] == f"{context.span_id:016x}"
+    assert "trace_id" not in outside
+    assert "span_id" not in outside
+
+
+def test_product_code_writes_through_logging_not_print() -> None:
+    """A pod's output is JSON log lines; a print() would be a line no log pipeline can parse."""
+    root = Path(__file__).resolve().parents[2]
+    allowed = {"bot/cli.py"}  # the telemetry port line, only when the OS chose the port
+    offenders = [
+        f"{path.relative_to(root)}:{n}"
+        for folder in ("herwa", "bot", "etl", "operator")
+        for path in sorted((root / folder).rglob("*.py"))
+        if not path.is_relative_to(root / "herwa" / "demo")  # the demo prints for a person
+        and not path.is_relative_to(root / "herwa" / "simulator")  # not deployed
+        and not path.is_relative_to(root / "herwa" / "devstack")  # local tooling
+        and str(path.relative_to(root)) not in allowed
+        and not any(p.is_symlink() for p in path.relative_to(root).parents if p != Path("."))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"(?<![\w.])print\(", line)
+    ]
+    assert not offenders, offenders

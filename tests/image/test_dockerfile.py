@@ -12,6 +12,7 @@ CI fast; the packages and versions are the same.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
@@ -25,6 +26,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from packaging.requirements import Requirement
@@ -50,17 +52,24 @@ IMAGE_UID = 10001
 USERADD = re.compile(r"useradd .*--uid 10001 ")
 
 
-def _lock() -> dict[str, str]:
-    """The pins that apply to this interpreter (a pin may carry an environment marker)."""
+# The image's base: Debian bookworm's python3 (what a user without Docker Hub builds from).
+BOOKWORM_PYTHON = {"python_full_version": "3.11.2", "python_version": "3.11"}
+
+
+def _lock(environment: dict[str, str] | None = None) -> dict[str, str]:
+    """name → pinned version of every lock line whose marker holds for ``environment`` (this
+    interpreter when None), the way pip reads the file."""
     pins: dict[str, str] = {}
     for line in LOCK.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             req = Requirement(line)
-            (spec,) = req.specifier
-            assert spec.operator == "==", f"requirements.lock: {line!r} is not pinned with =="
-            if req.marker is None or req.marker.evaluate():
-                pins[str(canonicalize_name(req.name))] = spec.version
+            specs = list(req.specifier)
+            assert [spec.operator for spec in specs] == ["=="], (
+                f"requirements.lock: {line!r} is not pinned with =="
+            )
+            if req.marker is None or req.marker.evaluate(environment):
+                pins[str(canonicalize_name(req.name))] = specs[0].version
     return pins
 
 
@@ -239,6 +248,28 @@ def test_image_venv_is_exactly_the_lock(image: Image) -> None:
 
 
 @pytest.mark.slow
+def test_lock_satisfies_every_dependency_on_bookworms_python(image: Image) -> None:
+    """`pip check` as it would run on Python 3.11.2: every requirement of every locked
+    package (markers evaluated for 3.11.2) is pinned by a lock line that applies there too."""
+    pins = _lock(BOOKWORM_PYTHON)
+    site = next(image.sandbox.map("/opt/herwa").glob("lib/python3.*/site-packages"))
+    checked = 0
+    for dist in importlib.metadata.distributions(path=[str(site)]):
+        for spec in dist.requires or []:
+            req = Requirement(spec)
+            if req.marker is not None and not req.marker.evaluate({**BOOKWORM_PYTHON, "extra": ""}):
+                continue
+            name = str(canonicalize_name(req.name))
+            assert name in pins, (
+                f"{dist.metadata['Name']} needs {spec!r} on Python 3.11.2: requirements.lock "
+                "lacks it (add it with that environment marker)"
+            )
+            assert req.specifier.contains(pins[name], prereleases=True), (spec, pins[name])
+            checked += 1
+    assert checked > 20
+
+
+@pytest.mark.slow
 def test_entrypoint_runs_every_role(image: Image) -> None:
     version = image.run("--version")
     assert version.returncode == 0, version.stderr
@@ -267,6 +298,14 @@ def test_image_user_can_read_and_run_the_venv(image: Image) -> None:
     assert image.user == (IMAGE_UID, IMAGE_UID)
 
 
+def _migrate_report(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """The "migrations done" JSON log line (the image logs JSON to stderr)."""
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    (done,) = [line for line in lines if line["msg"] == "migrations done"]
+    report: dict[str, Any] = done
+    return report
+
+
 @pytest.mark.slow
 def test_image_migrates_real_stores(image: Image, endpoints: Endpoints) -> None:
     env = {
@@ -275,14 +314,14 @@ def test_image_migrates_real_stores(image: Image, endpoints: Endpoints) -> None:
     }
     result = image.run("migrate", extra_env=env)
     assert result.returncode == 0, result.stdout + result.stderr
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = _migrate_report(result)
     # The wheel carries every migration file: the image applies all that the source tree has.
     assert report["applied"] == {
         "postgres": [m.version for m in discover("postgres")],
         "clickhouse": [m.version for m in discover("clickhouse")],
     }
     again = image.run("migrate", extra_env=env)
-    assert json.loads(again.stdout.strip().splitlines()[-1])["applied"] == {
+    assert _migrate_report(again)["applied"] == {
         "postgres": [],
         "clickhouse": [],
     }

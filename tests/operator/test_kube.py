@@ -42,6 +42,8 @@ CHART = REPO / "charts" / "herwa"
 EXAMPLES = REPO / "k8s" / "examples"
 RELEASE, OP_NAMESPACE = "herwa", "herwa-system"
 SA = f"system:serviceaccount:{OP_NAMESPACE}:{RELEASE}-operator"
+# The chart names cluster-scoped objects "<namespace>-<release>-operator".
+PEERING = f"{OP_NAMESPACE}-{RELEASE}-operator"
 DRIFT = 2.0
 # Stated bound: kubectl apply/patch/delete → Postgres, Redis and status follow within this.
 BOUND = 15.0
@@ -152,14 +154,23 @@ def _stores(services: Endpoints) -> Iterator[tuple[str, str]]:
         )
 
 
-def render_chart_operator_files(cluster: KubeCluster, workdir: Path) -> str:
-    """The chart's operator templates exactly as shipped, rendered by helm with its defaults."""
+def render_chart_operator_files(
+    cluster: KubeCluster,
+    workdir: Path,
+    *values: str,
+    release: str = RELEASE,
+    namespace: str = OP_NAMESPACE,
+) -> str:
+    """The chart's operator templates exactly as shipped, rendered by helm (defaults + values)."""
     res = cluster.helm(
         "template",
-        RELEASE,
+        release,
         str(CHART),
         "--namespace",
-        OP_NAMESPACE,
+        namespace,
+        "--set",
+        "secrets.existingSecret=unused",
+        *values,
         "--show-only",
         "templates/operator-rbac.yaml",
         "--show-only",
@@ -205,6 +216,8 @@ def _running_operator(
     redis_url: str,
     sa_kubeconfig: Path,
     name: str = "operator",
+    peering: str = PEERING,
+    watch_namespace: str | None = None,
 ) -> Iterator[Operator]:
     rclient = redis.Redis.from_url(redis_url)
     rclient.flushdb()
@@ -216,12 +229,14 @@ def _running_operator(
         HERWA_REDIS_URL=redis_url,
         HERWA_OPERATOR_PLATFORM_FILE=str(REPO / "herwa" / "platform.yaml"),
         HERWA_OPERATOR_DRIFT_CHECK_SECONDS=str(DRIFT),
-        HERWA_OPERATOR_PEERING_NAME=f"{RELEASE}-operator",
+        HERWA_OPERATOR_PEERING_NAME=peering,
         HERWA_TELEMETRY_HOST="127.0.0.1",
         HERWA_TELEMETRY_PORT=str(port),
         HERWA_TELEMETRY_LOG_FORMAT="console",
         OTEL_SDK_DISABLED="true",
     )
+    if watch_namespace:
+        env["HERWA_OPERATOR_NAMESPACE"] = watch_namespace
     log = work / f"{name}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -509,9 +524,7 @@ def test_second_replica_is_paused_by_peering(operator: Operator, kube_namespace:
             lambda: (
                 len(
                     json.loads(
-                        operator.kubectl(
-                            "get", "clusterkopfpeering", f"{RELEASE}-operator", "-o", "json"
-                        ).stdout
+                        operator.kubectl("get", "clusterkopfpeering", PEERING, "-o", "json").stdout
                     ).get("status", {})
                 )
                 >= 2

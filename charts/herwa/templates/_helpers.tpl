@@ -76,14 +76,25 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end -}}
 {{- end -}}
 
-{{/* The operator's ServiceAccount and kopf peering: both are named in operator-rbac.yaml and
-     operator-peering.yaml as "<release>-operator"; keep this in step with them. */}}
+{{/* The operator's ServiceAccount (operator-rbac.yaml): "<release>-operator". */}}
 {{- define "herwa.operator.serviceAccountName" -}}
 {{- printf "%s-operator" .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* Names of cluster-scoped objects: "<namespace>-<release>-operator", so the same release
+     name in another namespace is another object; over 63 characters, a hash keeps it unique. */}}
+{{- define "herwa.operator.clusterScopedName" -}}
+{{- $name := printf "%s-%s-operator" .Release.Namespace .Release.Name -}}
+{{- if gt (len $name) 63 -}}
+{{- printf "%s-%s" ($name | trunc 54 | trimSuffix "-") ($name | sha256sum | trunc 8) -}}
+{{- else -}}
+{{- $name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The kopf peering object (operator-peering.yaml): cluster-scoped unless watchNamespace. */}}
 {{- define "herwa.operator.peeringName" -}}
-{{- printf "%s-operator" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- include "herwa.operator.clusterScopedName" . -}}
 {{- end -}}
 
 {{- define "herwa.platformConfigMapName" -}}
@@ -189,6 +200,10 @@ imagePullSecrets:
 {{- end -}}
 {{- if and .Values.bot.shardCount (lt (int .Values.bot.shardCount) (int .Values.bot.replicas)) -}}
 {{- fail (printf "bot.shardCount (%v) is smaller than bot.replicas (%v): some bot pods would own no shard" .Values.bot.shardCount .Values.bot.replicas) -}}
+{{- end -}}
+{{- $missing := include "herwa.missingSecrets" . -}}
+{{- if and $missing (not .Values.secrets.skipRenderCheck) -}}
+{{- fail (printf "%s not set and no secrets.existingSecret given: set them (--set-string %s=…), or point secrets.existingSecret at a Secret you manage holding the keys %s, or set secrets.skipRenderCheck=true if your GitOps pipeline delivers them another way" $missing (splitList ", " $missing | first) (values .Values.secrets.keys | sortAlpha | join ", ")) -}}
 {{- end -}}
 {{- end -}}
 

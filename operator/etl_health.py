@@ -1,0 +1,60 @@
+"""ETL health read from Postgres and exported by the operator, so it needs no Pushgateway.
+
+The ETL is a CronJob: its pod is gone before Prometheus could scrape it. What an alert needs —
+how old the oldest un-ingested staging row is, and when a run last succeeded — is in Postgres
+anyway (the staging tables above their low-water marks, the ``etl_runs`` log), so the operator,
+which runs all the time and already holds a pool, reads it every ``interval`` seconds.
+
+A failed read clears the gauges instead of leaving the last values standing: stale numbers
+would look healthy, while missing ones make the chart's "no data" alert fire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+
+from herwa.etl.families import FAMILIES
+from herwa.etl.metrics import ingestion_lag
+from herwa.operator.metrics import ETL_HEALTH
+
+log = logging.getLogger(__name__)
+
+INTERVAL_SECONDS = 30.0
+
+
+async def refresh(pool: asyncpg.Pool) -> bool:
+    """Reads the ETL's state once and sets the gauges; False (gauges cleared) if it failed."""
+    try:
+        async with pool.acquire() as proxy:
+            conn: asyncpg.Connection = proxy  # type: ignore[assignment]  # a proxy of one
+            ages = {family.name: await ingestion_lag(conn, family) for family in FAMILIES}
+            last_success = await conn.fetchval(
+                "SELECT coalesce(extract(epoch FROM max(finished_at)), 0)::float8 FROM etl_runs"
+                " WHERE outcome IN ('caught_up', 'deadline')"
+            )
+            last_outcome = await conn.fetchval(
+                "SELECT outcome FROM etl_runs WHERE finished_at IS NOT NULL"
+                " ORDER BY run_id DESC LIMIT 1"
+            )
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        log.warning("could not read the ETL's state from Postgres: %s", exc)
+        ETL_HEALTH.forget()
+        return False
+    # 0 until a run succeeds: "never" must be able to fire the not-succeeding alert.
+    ETL_HEALTH.record(ages, float(last_success), last_outcome)
+    return True
+
+
+async def watch(pool: asyncpg.Pool, interval: float = INTERVAL_SECONDS) -> None:
+    """Refreshes the gauges until cancelled; an unexpected error is logged, not fatal: the
+    operator's own work must not stop over its ETL readings."""
+    while True:
+        try:
+            await refresh(pool)
+        except Exception:
+            log.exception("reading the ETL's state failed")
+            ETL_HEALTH.forget()
+        await asyncio.sleep(interval)
