@@ -72,7 +72,8 @@ async def main(pod_override: str | None = None) -> int:
         shard_count = shard_count or recommended
         max_concurrency = max_concurrency or concurrency
 
-    pool = await postgres_pool(pg)
+    # One connection more than configured: the guild-settings listener holds one for good.
+    pool = await postgres_pool(pg.model_copy(update={"pool_max_size": pg.pool_max_size + 1}))
     redis = redis_client(rd)
     # Slash commands read ClickHouse as the read-only user only.
     analytics = await clickhouse_client(ch, readonly=True)

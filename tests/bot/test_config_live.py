@@ -35,6 +35,8 @@ async def _staged(dsn: str, message_id: int) -> bool:
 
 
 async def test_tracked_channels_change_while_the_bot_runs(fleet: Fleet, sim: Simulator) -> None:
+    # The smallest pool allowed: the settings listener's connection must not starve the rest.
+    fleet.extra_env["HERWA_POSTGRES_POOL_MAX_SIZE"] = "1"
     await fleet.start("bot-0")
     await wait_for(fleet.all_connected, 30, "all shards connected")
     await _seed(fleet)
