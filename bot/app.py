@@ -33,6 +33,7 @@ from herwa.bot.backfill import Backfiller
 from herwa.bot.buffer import Batch, FlushBuffer, dead_letter, refused
 from herwa.bot.capture import rejected
 from herwa.bot.commands import CommandDeps
+from herwa.bot.commands.settings import CONFIG_CHANNEL
 from herwa.bot.directory import Directory, GuildConfig
 from herwa.bot.shard import Mark, MemberCountOp, ShardRunner
 from herwa.bot.sharding import Coordinator, assigned_shards
@@ -470,12 +471,28 @@ class BotApp:
         }
 
     async def _refresh_configs(self) -> None:
+        # /config notifies on CONFIG_CHANNEL when it commits, so a change applies at once; the
+        # periodic reload covers notifications lost with a dropped listening connection.
+        changed = asyncio.Event()
+
+        def notified(*_: object) -> None:
+            changed.set()
+
         while True:
-            await asyncio.sleep(30.0)
             try:
-                await self.load_configs()
+                async with self.pool.acquire() as conn:
+                    await conn.add_listener(CONFIG_CHANNEL, notified)
+                    try:
+                        while True:
+                            with contextlib.suppress(TimeoutError):
+                                await asyncio.wait_for(changed.wait(), 30.0)
+                            changed.clear()
+                            await self.load_configs()
+                    finally:
+                        await conn.remove_listener(CONFIG_CHANNEL, notified)
             except Exception as exc:
                 log.warning("guild settings refresh failed: %s", exc)
+                await asyncio.sleep(5.0)
 
     async def _expire_voice(self) -> None:
         while True:

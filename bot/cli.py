@@ -60,7 +60,8 @@ async def main(pod_override: str | None = None) -> int:
         if disc.gateway_url is None:
             point_discord_at(None, gateway.url)
 
-    pool = await postgres_pool(pg)
+    # One connection more than configured: the guild-settings listener holds one for good.
+    pool = await postgres_pool(pg.model_copy(update={"pool_max_size": pg.pool_max_size + 1}))
     # A call that outlives a good part of the lease would let the lease lapse unnoticed.
     redis = redis_client(
         rd, socket_timeout=min(rd.socket_timeout_seconds, bot.member_ttl_seconds / 5)

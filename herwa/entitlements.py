@@ -13,8 +13,13 @@ Postgres (``entitlements`` + ``commands``) is the source of truth; the cache is 
 operator writes entries without a TTL and repairs them on a timer. A reader that misses falls back
 to Postgres and re-warms the key *with* a TTL (:data:`REWARM_TTL_SECONDS`): if that re-warm races
 a revocation (the operator deleting the row and the key between the reader's SELECT and SET), the
-stale grant lives at most that long. A guild without any entitlement is cached as a short-lived
-negative entry so that commands in unsubscribed guilds do not query Postgres every time.
+stale grant lives at most that long.
+
+A guild without an ``entitlements`` row (no GuildSubscription) gets the platform's default tier
+(``tiers.is_default``), resolved and cached like any other entry but always with the re-warm TTL,
+so a re-seeded default reaches every such guild within that time. Only while no default tier is
+seeded yet is a guild cached as a short-lived negative entry, so that commands there do not query
+Postgres every time.
 """
 
 from __future__ import annotations
@@ -154,9 +159,36 @@ _ENTITLEMENT_SQL = """
 """
 
 
+_DEFAULT_SQL = """
+    SELECT $1::bigint AS guild_id, t.tier, t.quotas, NULL::timestamptz AS valid_until,
+           false AS suspended, 0::bigint AS generation,
+           coalesce(array(SELECT tf.feature FROM tier_features tf
+                          WHERE tf.tier = t.tier ORDER BY tf.feature), '{}') AS features,
+           coalesce(array(SELECT c.command FROM commands c JOIN tier_features tf
+                              ON tf.feature = c.feature AND tf.tier = t.tier
+                          ORDER BY c.command),
+                    '{}') AS commands
+    FROM tiers t WHERE t.is_default
+"""
+
+
 async def load_entitlement(conn: Queryable, guild_id: int) -> Entitlement | None:
     """The guild's entitlement from Postgres with its commands resolved, or ``None``."""
-    row = await conn.fetchrow(_ENTITLEMENT_SQL, guild_id)
+    return _entitlement(await conn.fetchrow(_ENTITLEMENT_SQL, guild_id))
+
+
+async def default_entitlement(conn: Queryable, guild_id: int) -> Entitlement | None:
+    """What ``guild_id`` gets without a GuildSubscription: the default tier, or ``None`` while
+    no platform with a default tier has been seeded."""
+    return _entitlement(await conn.fetchrow(_DEFAULT_SQL, guild_id))
+
+
+async def effective_entitlement(conn: Queryable, guild_id: int) -> Entitlement | None:
+    """The guild's own entitlement, else the default tier's."""
+    return await load_entitlement(conn, guild_id) or await default_entitlement(conn, guild_id)
+
+
+def _entitlement(row: asyncpg.Record | None) -> Entitlement | None:
     if row is None:
         return None
     quotas = row["quotas"]
@@ -179,12 +211,12 @@ async def allowed_commands(
 ) -> CommandAccess | None:
     """The guild's command access: from the cache, else from Postgres (re-warming the cache).
 
-    ``None`` means the guild has no entitlement at all.
+    ``None`` means the guild has no entitlement and no default tier is seeded.
     """
     raw = await read_command_cache(redis, prefix, guild_id)
     if raw is not None:
         return CommandAccess.from_cache(raw)
-    entitlement = await load_entitlement(pool, guild_id)
+    entitlement = await effective_entitlement(pool, guild_id)
     if entitlement is None:
         await redis.set(
             cache_key(prefix, guild_id),

@@ -2,9 +2,10 @@
 
 The file (``herwa/platform.yaml`` by default; a ConfigMap in the chart) is validated strictly:
 unknown keys, a tier granting an undefined feature, a command naming an undefined feature,
-duplicate names or ranks are all errors that name the offending entry. :func:`seed` then makes
-the Postgres tables ``features``, ``tiers``, ``tier_features`` and ``commands`` equal to the file
-in one transaction and reports how many rows it changed (zero on a re-run).
+duplicate names or ranks, a ``default_tier`` that is not defined are all errors that name the
+offending entry. :func:`seed` then makes the Postgres tables ``features``, ``tiers`` (with the
+default tier marked), ``tier_features`` and ``commands`` equal to the file in one transaction and
+reports how many rows it changed (zero on a re-run).
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ class Platform(_Strict):
     features: tuple[Feature, ...]
     commands: dict[Name, Name]
     tiers: tuple[Tier, ...] = Field(min_length=1)
+    # What every guild without a GuildSubscription gets (the product's decision: a public bot
+    # serves every server it is invited to).
+    default_tier: Name
 
     @model_validator(mode="after")
     def _consistent(self) -> Platform:
@@ -77,6 +81,8 @@ class Platform(_Strict):
             problems += [
                 f"tier {tier.name!r} lists feature {f!r} twice" for f in _duplicates(tier.features)
             ]
+        if self.default_tier not in tier_names:
+            problems.append(f"default_tier {self.default_tier!r} is not a defined tier")
         problems += [
             f"command {c!r} needs feature {f!r}, which is not defined"
             for c, f in self.commands.items()
@@ -111,7 +117,9 @@ def parse(text: str, source: str = "<platform>") -> Platform:
     except yaml.YAMLError as exc:
         raise PlatformError(f"{source}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise PlatformError(f"{source}: expected a mapping with features, commands and tiers")
+        raise PlatformError(
+            f"{source}: expected a mapping with features, commands, tiers and default_tier"
+        )
     try:
         return Platform.model_validate(data)
     except ValidationError as exc:
@@ -197,20 +205,29 @@ async def _sync_features(conn: _Conn, platform: Platform) -> int:
 
 async def _sync_tiers(conn: _Conn, platform: Platform) -> tuple[int, tuple[str, ...]]:
     names = [t.name for t in platform.tiers]
+    # The old default loses its mark first: at most one tier may carry it at any moment.
     changed = rows_affected(
         await conn.execute(
-            """INSERT INTO tiers (tier, description, rank, quotas)
-           SELECT t, d, r, q::jsonb FROM unnest($1::text[], $2::text[], $3::int[], $4::text[])
-                AS x(t, d, r, q)
+            "UPDATE tiers SET is_default = false WHERE is_default AND tier <> $1",
+            platform.default_tier,
+        )
+    )
+    changed += rows_affected(
+        await conn.execute(
+            """INSERT INTO tiers (tier, description, rank, quotas, is_default)
+           SELECT t, d, r, q::jsonb, t = $5
+           FROM unnest($1::text[], $2::text[], $3::int[], $4::text[]) AS x(t, d, r, q)
            ON CONFLICT (tier) DO UPDATE
               SET description = EXCLUDED.description, rank = EXCLUDED.rank,
-                  quotas = EXCLUDED.quotas
-           WHERE (tiers.description, tiers.rank, tiers.quotas)
-                 IS DISTINCT FROM (EXCLUDED.description, EXCLUDED.rank, EXCLUDED.quotas)""",
+                  quotas = EXCLUDED.quotas, is_default = EXCLUDED.is_default
+           WHERE (tiers.description, tiers.rank, tiers.quotas, tiers.is_default)
+                 IS DISTINCT FROM (EXCLUDED.description, EXCLUDED.rank, EXCLUDED.quotas,
+                                   EXCLUDED.is_default)""",
             names,
             [t.description for t in platform.tiers],
             [t.rank for t in platform.tiers],
             [json.dumps(t.quotas, sort_keys=True) for t in platform.tiers],
+            platform.default_tier,
         )
     )
     kept = await conn.fetch(

@@ -176,7 +176,8 @@ async def on_delete(
     retry: int = 0,
     **_: Any,
 ) -> None:
-    """Revoke the entitlement and its cache; the finalizer stays until this succeeds."""
+    """Revoke the entitlement (the guild falls back to the default tier); the finalizer stays
+    until this succeeds."""
     rt: Runtime = memo.runtime
     uid = str(meta["uid"])
     started = time.perf_counter()
@@ -196,7 +197,8 @@ async def on_delete(
             body,
             "Normal",
             "Revoked",
-            f"entitlement and command cache removed for guild {', '.join(map(str, guilds))}",
+            f"entitlement removed for guild {', '.join(map(str, guilds))}; "
+            f"it falls back to the default tier {rt.platform.default_tier}",
         )
 
 

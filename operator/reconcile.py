@@ -1,5 +1,8 @@
 """The reconciler: one GuildSubscription → one ``entitlements`` row → one Redis cache entry.
 
+A guild whose subscription goes (deleted, or its guildId edited away) falls back to the
+platform's default tier: its cache entry is rewritten to that tier at once, with the re-warm TTL.
+
 Kept free of kopf so that it is called directly by the fast tests. Every write for a guild
 happens under a transaction-scoped advisory lock on that guild, so two subscriptions for one
 guild — or a reconcile and a revocation — never interleave, whichever replica or task runs them.
@@ -254,7 +257,7 @@ async def _apply(
         ):
             repaired.append("postgres")
         try:
-            cache_ok = await _sync_cache(rt, entitlement, stale, now, trigger, repaired)
+            cache_ok = await _sync_cache(rt, conn, entitlement, stale, now, trigger, repaired)
             cache_error = ""
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
             cache_ok, cache_error = False, f"Redis unavailable ({type(exc).__name__}: {exc})"
@@ -309,14 +312,14 @@ async def _resolve(
 
 async def _sync_cache(
     rt: Runtime,
+    conn: Conn,
     entitlement: entitlements.Entitlement,
     stale: Iterable[asyncpg.Record],
     now: datetime,
     trigger: str,
     repaired: list[str],
 ) -> bool:
-    for row in stale:
-        await entitlements.delete_command_cache(rt.redis, rt.prefix, row["guild_id"])
+    await _fall_back(rt, conn, [int(row["guild_id"]) for row in stale])
     expected = entitlements.expected_cache(entitlement, now)
     current = await entitlements.read_command_cache(rt.redis, rt.prefix, entitlement.guild_id)
     if current == expected:
@@ -393,8 +396,27 @@ def _synced_outcome(
     )
 
 
+async def _fall_back(rt: Runtime, conn: Conn, guilds: Iterable[int]) -> None:
+    """Point each guild's cache entry at the default tier, the guild's entitlement row gone.
+
+    Written rather than deleted: a bot's re-warm racing the revocation (``SET NX`` of the grant
+    it read just before) then finds the key taken. The TTL lets a re-seeded default reach it.
+    """
+    for guild in guilds:
+        default = await entitlements.default_entitlement(conn, guild)
+        if default is None:  # no default tier seeded: the bot caches "none" itself
+            await entitlements.delete_command_cache(rt.redis, rt.prefix, guild)
+        else:
+            await entitlements.write_command_cache(
+                rt.redis, rt.prefix, guild, default, ttl_seconds=entitlements.REWARM_TTL_SECONDS
+            )
+
+
 async def revoke(rt: Runtime, uid: str, guild_hint: int | None) -> list[int]:
-    """Remove every entitlement this object owns, and their cache entries; the guild ids."""
+    """Remove every entitlement this object owns; their guilds fall back to the default tier.
+
+    Returns the guild ids.
+    """
     async with rt.pool.acquire() as conn, conn.transaction():
         if guild_hint is not None:
             await _lock_guild(conn, guild_hint)
@@ -403,6 +425,5 @@ async def revoke(rt: Runtime, uid: str, guild_hint: int | None) -> list[int]:
         )
         guilds = [int(r["guild_id"]) for r in rows]
         # Inside the lock: a successor's write for the same guild cannot slip in between.
-        for guild in guilds:
-            await entitlements.delete_command_cache(rt.redis, rt.prefix, guild)
+        await _fall_back(rt, conn, guilds)
     return guilds

@@ -9,7 +9,8 @@ Redis keys (``prefix`` is ``HERWA_REDIS_KEY_PREFIX``):
   concurrent invocations at the boundary are serialised by Redis and can never overshoot.
 
 The entitlement comes from the operator's command cache (:mod:`herwa.entitlements`), which
-falls back to Postgres and re-warms itself on a miss.
+falls back to Postgres and re-warms itself on a miss. A guild without a GuildSubscription has
+the platform's default tier; :meth:`Gate.access` is ``None`` only before any platform is seeded.
 """
 
 from __future__ import annotations

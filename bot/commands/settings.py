@@ -19,12 +19,18 @@ _UPSERT = """
     ON CONFLICT (guild_id) DO UPDATE SET {column} = EXCLUDED.{column}, updated_at = now()
 """
 _COLUMNS = frozenset({"timezone", "tracked_channel_ids", "snapshot_hour_utc"})
+# Postgres NOTIFY channel: every bot pod LISTENs and reloads its capture settings (tracked
+# channels, snapshot hour) at once, instead of at its next periodic refresh.
+CONFIG_CHANNEL = "herwa_guild_config"
 
 
 async def _set(ctx: Context, rt: Runtime, column: str, value: Any) -> None:
     if column not in _COLUMNS:  # the column name is formatted in: only ever these three
         raise ValueError(column)
-    await ctx.deps.pool.execute(_UPSERT.format(column=column), ctx.guild_id, value)
+    async with ctx.deps.pool.acquire() as conn, conn.transaction():
+        await conn.execute(_UPSERT.format(column=column), ctx.guild_id, value)
+        # Delivered at commit: no pod reloads before the new value is visible.
+        await conn.execute("SELECT pg_notify($1, $2)", CONFIG_CHANNEL, str(ctx.guild_id))
     # Cached charts were drawn for the old settings (e.g. the old time zone).
     await rt.cache.drop_guild(ctx.guild_id)
 

@@ -50,9 +50,20 @@ async def test_both_pods_answer_commands_through_the_gate(fleet: Fleet, sim: Sim
     assert "Tier: **pro**" in text_of(usage)
     assert "Queries: 0 of 500" in text_of(usage)
 
-    denied = await sim.invoke_command(unsubscribed, "overview", timeout=20)
+    # A server without a GuildSubscription has the platform's default tier, quota included;
+    # what lies beyond it is denied, naming the tier that unlocks it.
+    default = await sim.invoke_command(unsubscribed, "usage", timeout=20)
+    assert "Tier: **free**" in text_of(default)
+    assert "Queries: 0 of 1,000" in text_of(default)
+    overview = await sim.invoke_command(unsubscribed, "overview", timeout=20)
+    assert text_of(overview).startswith("Server overview")
+    spent = await sim.invoke_command(unsubscribed, "usage", timeout=20)
+    assert "Queries: 1 of 1,000" in text_of(spent)
+    denied = await sim.invoke_command(unsubscribed, "growth", timeout=20)
     assert is_ephemeral(denied)
-    assert text_of(denied).startswith("This server has no Herwa subscription yet")
+    assert text_of(denied) == (
+        "`/growth` is not included in this server's **free** tier. It is part of the **pro** tier."
+    )
 
     # Each answer came from the pod that owns the guild's shard: both pods took part.
     answered = {

@@ -41,6 +41,7 @@ BAD_VALUES: list[tuple[tuple[str, ...], str]] = [
     (("--set-string", "grafana.dashboards.label=not a label"), "grafana.dashboards.label"),
     (("--set-string", "guildDefaults.timezone=Mars/Olympus Mons"), "guildDefaults.timezone"),
     (("--set-string", "platform.tiers[0].name=Free Tier"), "platform.tiers.0.name"),
+    (("--set-string", "platform.default_tier=Free Tier"), "platform.default_tier"),
     (("--set", "unknownKey=1"), "Additional property unknownKey is not allowed"),
     # Cross-value checks in the templates.
     (

@@ -38,11 +38,12 @@ def invocations(command: str, outcome: str) -> float:
 
 async def test_denied_names_the_unlocking_tier(harness: Harness) -> None:
     h = harness
-    # No subscription at all: the cache miss goes to Postgres and leaves a negative entry.
-    result = await h.invoke("overview")
+    # No subscription at all: the platform's default tier applies; the cache miss goes to
+    # Postgres and re-warms the default tier's entry with a TTL.
+    result = await h.invoke("growth")
     assert is_ephemeral(result)
     assert text_of(result) == (
-        "This server has no Herwa subscription yet. It is part of the **free** tier."
+        "`/growth` is not included in this server's **free** tier. It is part of the **pro** tier."
     )
     assert await h.redis.ttl(f"{PREFIX}cmdcache:{h.guild}") > 0
 
@@ -72,8 +73,8 @@ async def test_denied_names_the_unlocking_tier(harness: Harness) -> None:
     # Denials never spend the quota; they are counted for billing with their outcome.
     assert await h.rt.gate.quota_used(h.guild, datetime.now(UTC)) == 0
     fields = await h.redis.hgetall(usage.live_key(PREFIX, _hour_now()))
-    assert int(fields[f"{h.guild}|denied|growth".encode()]) == 1
-    assert int(fields[f"{h.guild}|denied|overview".encode()]) == 2
+    assert int(fields[f"{h.guild}|denied|growth".encode()]) == 2
+    assert int(fields[f"{h.guild}|denied|overview".encode()]) == 1
 
 
 def _hour_now() -> int:

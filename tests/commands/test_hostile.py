@@ -90,6 +90,6 @@ async def test_hostile_options(harness: Harness) -> None:
         "overview", [opt("days", 7), opt("end", "2024-03-10"), opt("guild", str(h.other))]
     )
     assert "Messages: 9" in text_of(result)
-    # And the other guild, without a subscription, is denied outright.
-    result = await h.invoke("overview", guild=h.other, user=h.sim.world.guilds[h.other].owner_id)
-    assert text_of(result).startswith("This server has no Herwa subscription yet.")
+    # And the other guild, without a subscription, gets its own default tier, nothing more.
+    result = await h.invoke("growth", guild=h.other, user=h.sim.world.guilds[h.other].owner_id)
+    assert text_of(result).startswith("`/growth` is not included in this server's **free** tier.")

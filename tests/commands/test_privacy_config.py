@@ -137,6 +137,6 @@ async def test_privacy_needs_no_subscription(harness: Harness) -> None:
     assert text_of(result).startswith("All of this server's recorded data will be deleted")
     assert h.guild in h.rt.deps.tombstones
     assert h.other in h.rt.deps.tombstones
-    # Gated commands stay denied for the same unsubscribed guild.
-    result = await h.invoke("overview")
-    assert text_of(result).startswith("This server has no Herwa subscription yet")
+    # Gated commands beyond the default tier stay denied for the same unsubscribed guild.
+    result = await h.invoke("growth")
+    assert text_of(result).startswith("`/growth` is not included in this server's **free** tier")

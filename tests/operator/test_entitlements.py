@@ -53,8 +53,26 @@ async def test_miss_falls_back_to_postgres_and_rewarms_with_a_ttl(runtime: Runti
     assert again == access
 
 
-async def test_guild_without_entitlement_is_cached_negatively(runtime: Runtime) -> None:
+async def test_guild_without_entitlement_gets_the_default_tier(runtime: Runtime) -> None:
     await platform.seed(runtime.pool, runtime.platform)
+    access = await entitlements.allowed_commands(runtime.redis, runtime.pool, PREFIX, GUILD)
+    assert access is not None
+    free = runtime.platform.tier("free")
+    assert free is not None
+    assert access.tier == "free"
+    assert access.state == "active"
+    free_commands = {c for c, f in runtime.platform.commands.items() if f in free.features}
+    assert access.commands == free_commands
+    assert access.quotas == free.quotas
+    assert access.allows("overview")
+    assert not access.allows("growth")
+    # Cached like a re-warm, so a re-seeded default reaches the guild within the TTL.
+    key = f"{PREFIX}cmdcache:{GUILD}"
+    assert 0 < await runtime.redis.ttl(key) <= entitlements.REWARM_TTL_SECONDS
+    assert await entitlements.allowed_commands(runtime.redis, runtime.pool, PREFIX, GUILD) == access
+
+
+async def test_guild_is_cached_negatively_until_a_platform_is_seeded(runtime: Runtime) -> None:
     assert await entitlements.allowed_commands(runtime.redis, runtime.pool, PREFIX, GUILD) is None
     key = f"{PREFIX}cmdcache:{GUILD}"
     raw = await runtime.redis.get(key)

@@ -49,6 +49,15 @@ async def cache(rt: Runtime, guild: str = GUILD) -> dict[str, Any] | None:
     return json.loads(raw) if raw else None
 
 
+async def cached_tier(rt: Runtime, guild: str = GUILD) -> str | None:
+    """The tier in the guild's cache entry; a fallback to the default tier carries a TTL."""
+    entry = await cache(rt, guild)
+    if entry is None:
+        return None
+    assert 0 < await rt.redis.ttl(f"{PREFIX}cmdcache:{guild}") <= entitlements.REWARM_TTL_SECONDS
+    return str(entry["tier"])
+
+
 def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
@@ -139,7 +148,7 @@ async def test_newer_subscription_for_same_guild_is_a_conflict_not_an_overwrite(
     # The older one goes: its revocation removes its grant, the newer one takes over.
     await handlers.on_delete(body=old.body, meta=old.meta, spec=old.spec, memo=memo)
     assert await row(runtime) is None
-    assert await cache(runtime) is None
+    assert await cached_tier(runtime) == "free"
     await timer(new, memo, index_of(new))
     stored = await row(runtime)
     assert stored is not None
@@ -158,7 +167,7 @@ async def test_delete_revokes_only_what_the_object_owns(runtime: Runtime, memo: 
     assert await cache(runtime) is not None
     await handlers.on_delete(body=owner.body, meta=owner.meta, spec=owner.spec, memo=memo)
     assert await row(runtime) is None
-    assert await cache(runtime) is None
+    assert await cached_tier(runtime) == "free"
 
 
 async def test_timer_repairs_lost_cache_and_hand_edited_row(
@@ -286,7 +295,7 @@ async def test_changed_guild_id_moves_the_grant(runtime: Runtime, memo: kopf.Mem
     cr.edit(guildId=OTHER_GUILD)
     await change(cr, memo, reason="update")
     assert await row(runtime) is None
-    assert await cache(runtime) is None
+    assert await cached_tier(runtime) == "free"
     assert await row(runtime, OTHER_GUILD) is not None
     assert await cache(runtime, OTHER_GUILD) is not None
 

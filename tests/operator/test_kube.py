@@ -351,12 +351,13 @@ def test_apply_patch_delete_follow_into_postgres_redis_and_status(
 
     res = operator.kubectl("delete", "gsub", "sub", "-n", ns, "--wait=false")
     assert res.returncode == 0, res.stderr
+    # Deleting the subscription leaves the guild on the platform's default tier, not on nothing.
     _, took = wait_for(
-        "revoked and gone",
+        "revoked and back on the default tier",
         lambda: (
             operator.get(ns, "sub") is None
             and operator.row(guild) is None
-            and operator.cache(guild) is None
+            and (operator.cache(guild) or {}).get("tier") == "free"
         ),
     )
     print(
@@ -364,6 +365,22 @@ def test_apply_patch_delete_follow_into_postgres_redis_and_status(
         f"(whole lifecycle {time.monotonic() - started:.1f} s)"
     )
     assert ready
+    fallback = operator.cache(guild)
+    assert fallback is not None
+    assert fallback["state"] == "active"
+    assert "overview" in fallback["commands"]
+    assert "growth" not in fallback["commands"]
+    assert fallback["quotas"]["queries_per_month"] == 1000
+    assert 0 < operator.redis.ttl(f"herwa:cmdcache:{guild}") <= 300
+    events = operator.kubectl("get", "events", "-n", ns, "-o", "json")
+    revoked = [
+        e["message"]
+        for e in json.loads(events.stdout)["items"]
+        if e["involvedObject"]["name"] == "sub" and e["reason"] == "Revoked"
+    ]
+    assert revoked == [
+        f"entitlement removed for guild {guild}; it falls back to the default tier free"
+    ]
 
 
 @pytest.mark.parametrize(

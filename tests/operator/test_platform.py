@@ -14,6 +14,7 @@ commands: {one: a, two: b}
 tiers:
   - {name: free, rank: 0, features: [a], quotas: {queries_per_month: 10}}
   - {name: pro, rank: 1, features: [a, b], quotas: {queries_per_month: 100}}
+default_tier: free
 """
 
 
@@ -46,6 +47,11 @@ def test_default_platform_is_valid_and_complete() -> None:
             "tier 'free' grants feature 'z', which is not defined",
         ),
         (MINI.replace("two: b", "two: nope"), "command 'two' needs feature 'nope'"),
+        (
+            MINI.replace("default_tier: free", "default_tier: gold"),
+            "default_tier 'gold' is not a defined tier",
+        ),
+        (MINI.replace("default_tier: free", ""), "default_tier: Field required"),
         (MINI.replace("rank: 1", "rank: 0"), "two tiers share rank 0"),
         (MINI.replace("{name: b}", "{name: a}"), "feature 'a' is defined twice"),
         (MINI + "colour: blue\n", "colour: Extra inputs are not permitted"),
@@ -120,5 +126,24 @@ async def test_seed_keeps_a_removed_tier_that_is_still_in_use(migrated: Endpoint
         report = await platform.seed(conn, platform.parse(MINI))
         assert report.kept_tiers == ("enterprise",)
         assert await conn.fetchval("SELECT count(*) FROM tiers WHERE tier = 'enterprise'") == 1
+    finally:
+        await conn.close()
+
+
+async def test_seed_marks_exactly_the_default_tier(migrated: Endpoints) -> None:
+    conn = await asyncpg.connect(migrated.postgres_dsn)
+    default = "SELECT array_agg(tier) FROM tiers WHERE is_default"
+    try:
+        await platform.seed(conn, platform.load())
+        assert await conn.fetchval(default) == ["free"]
+        # The default moves: the old tier loses its mark in the same seeding, nothing else moves.
+        moved = await platform.seed(conn, platform.parse(MINI.replace("tier: free", "tier: pro")))
+        assert await conn.fetchval(default) == ["pro"]
+        again = await platform.seed(conn, platform.parse(MINI.replace("tier: free", "tier: pro")))
+        assert again.changed == 0
+        assert moved.tiers >= 2
+        # A second mark is refused by the schema itself, whoever writes it.
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute("UPDATE tiers SET is_default = true WHERE tier = 'free'")
     finally:
         await conn.close()
