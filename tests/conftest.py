@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.support.services",
     "tests.support.schema",
     "tests.support.kube",
+    "tests.support.node",
 ]

@@ -121,11 +121,11 @@ def _openssl(command: str, **options: str | Path) -> None:
     subprocess.run(args, capture_output=True, text=True, check=True)
 
 
-class _Pki:
+class Pki:
     """A cluster CA (serving cert, client certs) and the ServiceAccount signing key pair, made
     with the openssl command line tool; ECDSA P-256 keys throughout (RSA costs ~1 s more)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, san_ips: Sequence[str] = ()) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         if shutil.which("openssl") is None:
@@ -143,7 +143,9 @@ class _Pki:
             self.serving_key,
             self.serving_crt,
             "/CN=kube-apiserver",
-            ext="subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,"
+            ext="subjectAltName=IP:127.0.0.1,"
+            + "".join(f"IP:{ip}," for ip in san_ips)
+            + "DNS:localhost,DNS:kubernetes,"
             "DNS:kubernetes.default,DNS:kubernetes.default.svc\n"
             "extendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\n",
         )
@@ -173,6 +175,8 @@ class _Pki:
         extfile.unlink()
 
     def client_cert(self, username: str, groups: Sequence[str], stem: str) -> tuple[Path, Path]:
+        """A key and certificate for ``username`` in ``groups`` (``<stem>.key``/``.crt``)."""
+
         def esc(value: str) -> str:  # openssl -subj escaping
             return re.sub(r"([/+=,\\])", r"\\\1", value)
 
@@ -200,16 +204,29 @@ class KubeCluster:
     etcd_url: str
     insecure: bool = False
     startup_seconds: float = 0.0
-    _pki: _Pki | None = None
+    pki: Pki | None = None
     _procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     _kubeconfigs: dict[tuple[str, tuple[str, ...]], Path] = field(default_factory=dict)
 
     # ---- lifecycle --------------------------------------------------------------------------
     @classmethod
-    def start(cls, tools: KubeTools, workdir: Path) -> KubeCluster:
+    def start(
+        cls,
+        tools: KubeTools,
+        workdir: Path,
+        *,
+        address: str = "127.0.0.1",
+        san_ips: Sequence[str] = (),
+        authorization_modes: str = "RBAC",
+        extra_args: Sequence[str] = (),
+        pre_start: Callable[[Pki], object] | None = None,
+    ) -> KubeCluster:
+        """``address`` is where the API server binds and what it advertises (a node's kubelet
+        and pods need one they can reach); ``extra_args`` go to kube-apiserver as they are;
+        ``pre_start`` may make files those arguments name (certificates) before it starts."""
         t0 = time.monotonic()
         workdir.mkdir(parents=True, exist_ok=True)
-        pki = _Pki(workdir / "pki")
+        pki = Pki(workdir / "pki", san_ips=(address, *san_ips))
         admin_token = uuid.uuid4().hex
         tokens = workdir / "tokens.csv"
         tokens.write_text(f'{admin_token},{ADMIN_USER},{ADMIN_USER},"system:masters"\n')
@@ -217,7 +234,7 @@ class KubeCluster:
 
         etcd_port, etcd_peer, api_port = _free_port(), _free_port(), _free_port()
         etcd_url = f"http://127.0.0.1:{etcd_port}"
-        server = f"https://127.0.0.1:{api_port}"
+        server = f"https://{address}:{api_port}"
         cluster = cls(
             tools=tools,
             workdir=workdir,
@@ -226,11 +243,13 @@ class KubeCluster:
             admin_token=admin_token,
             admin_kubeconfig=workdir / "admin.kubeconfig",
             etcd_url=etcd_url,
-            _pki=pki,
+            pki=pki,
         )
-        cluster._write_kubeconfig(cluster.admin_kubeconfig, ADMIN_USER, {"token": admin_token})
+        cluster.write_kubeconfig(cluster.admin_kubeconfig, ADMIN_USER, {"token": admin_token})
+        if pre_start is not None:
+            pre_start(pki)
         try:
-            cluster._spawn(
+            cluster.spawn(
                 "etcd",
                 [
                     tools.etcd,
@@ -245,20 +264,20 @@ class KubeCluster:
                     "--log-level=warn",
                 ],
             )
-            cluster._wait_http(f"{etcd_url}/health", "etcd", auth=False)
-            cluster._spawn(
+            cluster.wait_http(f"{etcd_url}/health", "etcd", auth=False)
+            cluster.spawn(
                 "kube-apiserver",
                 [
                     tools.kube_apiserver,
                     f"--etcd-servers={etcd_url}",
-                    "--bind-address=127.0.0.1",
-                    "--advertise-address=127.0.0.1",
+                    f"--bind-address={address}",
+                    f"--advertise-address={address}",
                     f"--secure-port={api_port}",
                     f"--tls-cert-file={pki.serving_crt}",
                     f"--tls-private-key-file={pki.serving_key}",
                     f"--client-ca-file={pki.ca_crt}",
                     f"--token-auth-file={tokens}",
-                    "--authorization-mode=RBAC",
+                    f"--authorization-mode={authorization_modes}",
                     "--anonymous-auth=false",
                     "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                     f"--service-account-key-file={pki.sa_pub}",
@@ -268,16 +287,21 @@ class KubeCluster:
                     f"--cert-dir={workdir / 'apiserver-certs'}",
                     "--profiling=false",
                     "--v=1",
+                    *extra_args,
                 ],
             )
-            cluster._wait_http(f"{server}/readyz", "kube-apiserver", auth=True)
+            cluster.wait_http(f"{server}/readyz", "kube-apiserver", auth=True)
         except BaseException:
             cluster.stop()
             raise
         cluster.startup_seconds = time.monotonic() - t0
         return cluster
 
-    def _spawn(self, name: str, args: Sequence[str | Path]) -> None:
+    def spawn(
+        self, name: str, args: Sequence[str | Path], env: dict[str, str] | None = None
+    ) -> None:
+        """Starts one of the cluster's processes, logging to ``<workdir>/<name>.log``; it is
+        stopped (in reverse order of start) by :meth:`stop`."""
         log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - owned by the process
         try:
             proc = subprocess.Popen(
@@ -286,6 +310,7 @@ class KubeCluster:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
+                env=env,
                 start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
@@ -293,12 +318,13 @@ class KubeCluster:
             log.close()
         self._procs.append((name, proc))
 
-    def _log_tail(self, name: str, lines: int = 40) -> str:
+    def log_tail(self, name: str, lines: int = 40) -> str:
         path = self.workdir / f"{name}.log"
         text = path.read_text(errors="replace") if path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def _wait_http(self, url: str, name: str, *, auth: bool) -> None:
+    def wait_http(self, url: str, name: str, *, auth: bool) -> None:
+        """Waits for ``url`` to answer 200 (failing the test if a cluster process exits)."""
         deadline = time.monotonic() + START_TIMEOUT
         ctx = ssl.create_default_context(cafile=str(self.ca_file))
         last = ""
@@ -307,7 +333,7 @@ class KubeCluster:
                 if proc.poll() is not None:
                     pytest.fail(
                         f"{pname} exited with {proc.returncode} while starting:\n"
-                        f"{self._log_tail(pname)}",
+                        f"{self.log_tail(pname)}",
                         pytrace=False,
                     )
             req = urllib.request.Request(url)  # noqa: S310 - our own 127.0.0.1 URL
@@ -321,7 +347,7 @@ class KubeCluster:
                 last = str(exc)
             time.sleep(0.2)
         pytest.fail(
-            f"{name} not ready after {START_TIMEOUT:.0f} s ({last}):\n{self._log_tail(name)}",
+            f"{name} not ready after {START_TIMEOUT:.0f} s ({last}):\n{self.log_tail(name)}",
             pytrace=False,
         )
 
@@ -365,6 +391,16 @@ class KubeCluster:
         )
         return env
 
+    def kubectl_args(self, *args: str | Path, kubeconfig: Path | None = None) -> list[str]:
+        """The command line of ``kubectl`` as admin (or ``kubeconfig``), for a long-running
+        process such as ``logs -f``; run it with :meth:`tool_env`."""
+        return [
+            str(self.tools.kubectl),
+            "--kubeconfig",
+            str(kubeconfig or self.admin_kubeconfig),
+            *map(str, args),
+        ]
+
     def kubectl(
         self,
         *args: str | Path,
@@ -374,12 +410,7 @@ class KubeCluster:
         timeout: float = 120,
     ) -> subprocess.CompletedProcess[str]:
         """Runs kubectl as admin (or with ``kubeconfig``); never raises unless ``check``."""
-        cmd = [
-            str(self.tools.kubectl),
-            "--kubeconfig",
-            str(kubeconfig or self.admin_kubeconfig),
-            *map(str, args),
-        ]
+        cmd = self.kubectl_args(*args, kubeconfig=kubeconfig)
         return subprocess.run(
             cmd,
             input=input,
@@ -426,7 +457,8 @@ class KubeCluster:
         self.kubectl("apply", "-f", "-", input=json.dumps(manifest), check=True)
         return name
 
-    def _write_kubeconfig(self, path: Path, user: str, creds: dict[str, str]) -> None:
+    def write_kubeconfig(self, path: Path, user: str, creds: dict[str, str]) -> None:
+        """A kubeconfig for this server as ``user`` with ``creds`` (token or client cert)."""
         config = {
             "apiVersion": "v1",
             "kind": "Config",
@@ -488,10 +520,10 @@ class KubeCluster:
             elif not groups:  # the certificate stand-in carries the usual ServiceAccount groups
                 cert_groups = ("system:serviceaccounts", f"system:serviceaccounts:{ns}")
         if creds is None:
-            assert self._pki is not None
-            key_file, crt_file = self._pki.client_cert(username, cert_groups, stem)
+            assert self.pki is not None
+            key_file, crt_file = self.pki.client_cert(username, cert_groups, stem)
             creds = {"client-certificate": str(crt_file), "client-key": str(key_file)}
-        self._write_kubeconfig(path, username, creds)
+        self.write_kubeconfig(path, username, creds)
         if "token" in creds or not username.startswith(SA_PREFIX):
             # a certificate stand-in for a missing ServiceAccount is not kept: once the
             # ServiceAccount exists, the next call gets a real token

@@ -73,8 +73,10 @@ def devstack_dir() -> Iterator[Path]:
         yield path
 
 
-@pytest.fixture
-def endpoints(services: Endpoints) -> Iterator[Endpoints]:
+@contextlib.contextmanager
+def fresh_databases(services: Endpoints) -> Iterator[Endpoints]:
+    """The same servers with a brand-new Postgres and ClickHouse database and Redis db 1
+    flushed; both databases are dropped afterwards."""
     name = f"herwa_test_{uuid.uuid4().hex[:12]}"
     pg_admin = services.postgres_dsn
     pg_owner = urllib.parse.unquote(urllib.parse.urlsplit(pg_admin).username or "herwa")
@@ -95,6 +97,12 @@ def endpoints(services: Endpoints) -> Iterator[Endpoints]:
         clickhouse_query(
             services.clickhouse_url, f"DROP DATABASE IF EXISTS {name} SYNC", database=""
         )
+
+
+@pytest.fixture
+def endpoints(services: Endpoints) -> Iterator[Endpoints]:
+    with fresh_databases(services) as fresh:
+        yield fresh
 
 
 def _with_path(url: str, path: str) -> str:

@@ -1,0 +1,186 @@
+"""One Helm release of Herwa on a real one-node cluster, against real stores and the simulator.
+
+The module-scoped ``release`` installs the chart with its defaults plus what a user must give
+(store secrets, the image) and what points the bots at the simulator instead of Discord; the
+tests in a module then act on that one release in order, as an operator would. Every blocking
+call (kubectl, helm, docker) runs in a thread: the simulator shares the tests' event loop and
+must keep answering heartbeats meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import yaml
+
+from herwa.devstack import Endpoints
+from herwa.simulator import GatewayConfig, Simulator, SimulatorConfig
+from tests.support.node import KubeNode
+from tests.support.services import fresh_databases
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "herwa"
+NAMESPACE = "herwa"
+RELEASE = "herwa"
+SHARDS = 4
+# Fast coordination and flushing, as in tests/bot; the defaults are for production.
+FAST_ENV = {
+    "HERWA_BOT_MEMBER_HEARTBEAT_SECONDS": "0.5",
+    "HERWA_BOT_MEMBER_TTL_SECONDS": "3.0",
+    "HERWA_BOT_IDENTIFY_WINDOW_SECONDS": "0.3",
+    "HERWA_BOT_MAX_CONCURRENCY": "1",
+    "HERWA_BOT_GUILD_READY_TIMEOUT_SECONDS": "0.2",
+    "OTEL_SDK_DISABLED": "true",
+}
+
+
+@pytest.fixture(scope="module")
+def databases(services: Endpoints) -> Iterator[Endpoints]:
+    with fresh_databases(services) as fresh:
+        yield fresh
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def cluster_sim() -> AsyncIterator[Simulator]:
+    config = SimulatorConfig(
+        guilds=8,
+        seed=23,
+        gateway=GatewayConfig(identify_window_s=0.25, heartbeat_interval_ms=5_000),
+        history_rate=(50, 0.2),
+    )
+    async with Simulator(config) as sim:
+        yield sim
+
+
+@dataclass
+class Release:
+    """The installed release and what it runs against."""
+
+    node: KubeNode
+    sim: Simulator
+    stores: Endpoints  # as the tests reach them (loopback)
+    image: str
+    values: dict[str, Any]
+    install_seconds: float = 0.0
+
+    async def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> str:
+        proc = await asyncio.to_thread(
+            self.node.cluster.kubectl, "-n", NAMESPACE, *args, input=input
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)}: {proc.stderr}")
+        return proc.stdout
+
+    async def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = await asyncio.to_thread(self.node.cluster.helm, "-n", NAMESPACE, *args)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)}: {proc.stderr}\n{proc.stdout}")
+        return proc
+
+    async def get(self, *args: str) -> dict[str, Any]:
+        out: dict[str, Any] = json.loads(await self.kubectl("get", *args, "-o", "json"))
+        return out
+
+    async def pods(self, component: str) -> list[dict[str, Any]]:
+        out = await self.get("pods", "-l", f"app.kubernetes.io/component={component}")
+        return list(out["items"])
+
+    async def upgrade(self, **sets: str) -> None:
+        args = [f"{k}={v}" for k, v in sets.items()]
+        values = self.values_file()
+        await self.helm(
+            "upgrade",
+            RELEASE,
+            str(CHART),
+            "-f",
+            str(values),
+            *[a for kv in args for a in ("--set", kv)],
+            "--wait",
+            "--timeout",
+            "5m",
+        )
+
+    def values_file(self) -> Path:
+        path = self.node.workdir / "values.yaml"
+        path.write_text(yaml.safe_dump(self.values))
+        return path
+
+
+def is_ready(pod: dict[str, Any]) -> bool:
+    conds = pod.get("status", {}).get("conditions", [])
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
+
+
+async def wait_until(pred: Any, timeout: float, what: str, interval: float = 0.5) -> float:
+    started = time.monotonic()
+    last: Exception | None = None
+    while True:
+        try:
+            if await pred():
+                return time.monotonic() - started
+        except Exception as exc:  # still converging
+            last = exc
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} ({last!r})")
+        await asyncio.sleep(interval)
+
+
+def release_values(node: KubeNode, stores: Endpoints, sim: Simulator, image: str) -> dict[str, Any]:
+    repository, tag = image.rsplit(":", 1)
+    env = {**FAST_ENV}
+    for key, value in sim.env().items():
+        if key != "HERWA_DISCORD_TOKEN":
+            env[key] = node.for_pods(value)
+    return {
+        "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+        "secrets": {
+            "discordToken": sim.config.token,
+            "postgresDsn": node.for_pods(stores.postgres_dsn),
+            "redisUrl": node.for_pods(stores.redis_url),
+            "clickhouseUrl": node.for_pods(stores.clickhouse_url),
+            "clickhouseReadonlyUrl": node.for_pods(stores.clickhouse_readonly_url),
+        },
+        "extraEnv": [{"name": k, "value": v} for k, v in sorted(env.items())],
+        "bot": {"replicas": 2, "shardCount": SHARDS},
+        # Every minute, so that a test sees it fire on its own.
+        "etl": {"schedule": "* * * * *"},
+    }
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def release(
+    kube_node: KubeNode, herwa_image: str, databases: Endpoints, cluster_sim: Simulator
+) -> AsyncIterator[Release]:
+    values = release_values(kube_node, databases, cluster_sim, herwa_image)
+    rel = Release(
+        node=kube_node, sim=cluster_sim, stores=databases, image=herwa_image, values=values
+    )
+    # The node's controller-manager makes the namespace's default ServiceAccount itself.
+    created = await asyncio.to_thread(kube_node.cluster.kubectl, "create", "namespace", NAMESPACE)
+    assert created.returncode == 0, created.stderr
+    t0 = time.monotonic()
+    await rel.helm(
+        "install",
+        RELEASE,
+        str(CHART),
+        "-f",
+        str(rel.values_file()),
+        "--wait",
+        "--timeout",
+        "5m",
+    )
+    rel.install_seconds = time.monotonic() - t0
+    await asyncio.to_thread(kube_node.refresh_dns)
+    try:
+        yield rel
+    finally:
+        await rel.helm("uninstall", RELEASE, check=False)
