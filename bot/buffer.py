@@ -11,8 +11,10 @@
 - Memory is bounded: once ``capacity`` rows are held, :meth:`wait_for_room` blocks the shards'
   websocket readers (back-pressure: Discord buffers, and the gateway replays on RESUME) instead
   of growing without limit. The overshoot is at most one gateway event's rows per shard.
-- After the commit, ``after_commit`` gets the batch's extras (Redis state changes, gateway marks)
-  so Redis only ever reflects what Postgres already holds.
+- ``in_commit`` runs first inside the batch's transaction with the batch's extras and gateway
+  marks, so the shards' state (marks, open voice sessions, member counts) commits together with
+  the rows it describes; it may drop rows a fenced shard must not stage. After the commit,
+  ``after_commit`` gets the batch for whatever must follow it.
 """
 
 from __future__ import annotations
@@ -118,6 +120,7 @@ class Batch:
 
 MarkProvider = Callable[[], Any]
 AfterCommit = Callable[[Batch], Awaitable[None]]
+InCommit = Callable[[Any, Batch], Awaitable[None]]
 
 
 async def _no_after_commit(batch: Batch) -> None:
@@ -135,12 +138,14 @@ class FlushBuffer:
         after_commit: AfterCommit = _no_after_commit,
         marks: MarkProvider | None = None,
         backoff_max: float = 5.0,
+        in_commit: InCommit | None = None,
     ) -> None:
         self._pool = pool
         self.interval = interval
         self.max_rows = max_rows
         self.capacity = capacity
         self._after_commit = after_commit
+        self._in_commit = in_commit
         self._marks = marks
         self._backoff_max = backoff_max
         self._live: dict[str, list[Row]] = {t: [] for t in TABLES}
@@ -310,9 +315,13 @@ class FlushBuffer:
         )
 
     async def _write(self, batch: Batch) -> None:
-        if not batch.rows:
+        if not batch.rows and (self._in_commit is None or not (batch.extras or batch.marks)):
             return
         async with self._pool.acquire() as conn, conn.transaction():
+            if self._in_commit is not None:
+                await self._in_commit(conn, batch)
+            if not batch.rows:
+                return
             await conn.execute(_TEMP_DDL)
             for table, rows in batch.rows.items():
                 await conn.copy_records_to_table(
