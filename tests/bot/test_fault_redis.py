@@ -1,4 +1,4 @@
-"""Fault tests: Redis restarted with its persistence while two bots capture
+"""Fault tests: Redis restarted with its persistence, and Redis emptied, while two bots capture
 live traffic and serve commands. Afterwards every event family (messages, edits, deletions,
 joins, leaves, voice sessions and seconds, member-count snapshots, command usage) equals the
 simulator's ledger, and the monthly quota counts every use once."""
@@ -254,3 +254,20 @@ async def test_fault_redis_restarted_with_persistence(
         await asyncio.to_thread(stack.up)
 
     await _fault_scenario(sim, stack, ep, tmp_path, restart)
+
+
+async def test_fault_redis_emptied(
+    sim: Simulator, own_redis: tuple[DevStack, Endpoints], tmp_path: Path
+) -> None:
+    """Every key is gone at once (a failover to an empty replica, FLUSHALL, a lost volume):
+    leases, membership, caches — and nothing acknowledged may go with them."""
+    stack, ep = own_redis
+
+    async def empty() -> None:
+        redis = Redis.from_url(ep.redis_url)
+        try:
+            await redis.flushall()
+        finally:
+            await redis.aclose()
+
+    await _fault_scenario(sim, stack, ep, tmp_path, empty)
