@@ -6,10 +6,11 @@ survives Redis being restarted or emptied:
 
 - ``bot_gateway_marks`` — per shard: the last gateway session and sequence whose rows are
   committed, the resume URL, when the shard was last known alive, and ``epoch``, the shard's
-  fence. A runner bumps the epoch when it loads the mark; a flush carrying an older epoch stages
-  none of that shard's rows or state (its new owner RESUMEs from the mark and so receives those
-  events again). The next owner of a shard RESUMEs from the mark, so Discord replays exactly
-  what was received but never committed: nothing is lost and nothing is stored twice.
+  fence. A runner bumps the epoch when it loads the mark; a flush carrying an older epoch writes
+  none of that shard's state and stages none of its receive-time-keyed rows (its new owner
+  RESUMEs from the mark and so receives those events again). The next owner of a shard
+  RESUMEs from the mark, so Discord replays exactly what was received but never committed:
+  nothing is lost and nothing is stored twice.
 - ``bot_voice_open`` — the open voice sessions; ``bot_member_counts`` — member count per guild
   (for shards that RESUME and so get no GUILD_CREATE, and for the daily snapshot).
 
@@ -25,6 +26,7 @@ import logging
 import signal
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -48,7 +50,16 @@ log = logging.getLogger(__name__)
 Json = dict[str, Any]
 # Where each staging row holds its guild id: a fenced shard's rows are found by their guild.
 _GUILD_COLUMN = {table: columns.index("guild_id") for table, columns in TABLES.items()}
-for _table in TABLES:
+_MEMBER_EVENT = TABLES["member_events"].index("event")
+_GUILD_EVENT = TABLES["guild_events"].index("event")
+# The rows whose key holds the bot's receive time (Discord sends no time for a leave or a voice
+# change): a replayed event gets another key, so only one pod may stage them.
+_RECEIVE_TIME_KEYED: dict[str, Callable[[tuple[Any, ...]], bool]] = {
+    "voice_sessions": lambda row: True,
+    "member_events": lambda row: row[_MEMBER_EVENT] == "leave",
+    "guild_events": lambda row: row[_GUILD_EVENT] == "leave",
+}
+for _table in _RECEIVE_TIME_KEYED:
     metrics.ROWS_FENCED.labels(_table)
 
 
@@ -346,7 +357,8 @@ class BotApp:
     async def _in_commit(self, conn: Any, batch: Batch) -> None:
         """Inside the batch's transaction: advance each shard's gateway mark and apply its
         open voice sessions and member counts, fenced by the shard's epoch. A shard whose
-        epoch has moved on (a newer owner loaded its mark) stages nothing from this batch."""
+        epoch has moved on (a newer owner loaded its mark) writes no state and leaves its
+        receive-time-keyed rows to that owner."""
         voice: dict[int, dict[tuple[int, int], bytes | None]] = defaultdict(dict)
         counts: dict[int, dict[int, int]] = defaultdict(dict)
         for extra in batch.extras:
@@ -355,14 +367,15 @@ class BotApp:
             elif isinstance(extra, MemberCountOp):
                 counts[extra.shard_id][extra.guild_id] = extra.count
         marks: dict[int, Mark] = batch.marks or {}
-        fenced: set[int] = set()
+        fenced: set[int] = set()  # a newer owner took over: neither state nor rows
+        skipped: set[int] = set()  # no runner any more: its state is not this pod's to write
         # Sorted: every pod locks mark rows in one order, so two flushes cannot deadlock.
         for sid in sorted(set(voice) | set(counts) | set(marks)):
             mark = marks.get(sid)
             runner = self.runners.get(sid)
             epoch = mark.epoch if mark else (runner.epoch if runner else None)
             if epoch is None:
-                fenced.add(sid)
+                skipped.add(sid)
                 continue
             status = await conn.execute(
                 "UPDATE bot_gateway_marks SET session_id = coalesce($4, session_id), "
@@ -381,17 +394,18 @@ class BotApp:
                 fenced.add(sid)
         if fenced:
             self._drop_fenced(batch, fenced)
+        stateless = fenced | skipped
         closed = sorted(
             (gid, uid)
             for sid, ops in voice.items()
-            if sid not in fenced
+            if sid not in stateless
             for (gid, uid), session in ops.items()
             if session is None
         )
         opened = sorted(
             (gid, uid, session.decode())
             for sid, ops in voice.items()
-            if sid not in fenced
+            if sid not in stateless
             for (gid, uid), session in ops.items()
             if session is not None
         )
@@ -408,7 +422,7 @@ class BotApp:
         member_counts = sorted(
             (gid, count)
             for sid, by_guild in counts.items()
-            if sid not in fenced
+            if sid not in stateless
             for gid, count in by_guild.items()
         )
         if member_counts:
@@ -420,12 +434,20 @@ class BotApp:
             )
 
     def _drop_fenced(self, batch: Batch, fenced: set[int]) -> None:
-        """Leave out the rows of shards this pod no longer owns: their new owner RESUMEs
-        from the committed mark, so it receives these events again and stages them."""
+        """Leave out the receive-time-keyed rows of shards this pod no longer owns: their
+        new owner RESUMEs from the committed mark, receives these events again and stages
+        them under keys of its own. Rows keyed by Discord's ids and times are kept: the
+        replay merges with them, and keeping them loses nothing if the session cannot be
+        resumed."""
         log.warning("shards %s moved to a newer owner; leaving their rows to it", sorted(fenced))
         for table, rows in list(batch.rows.items()):
+            keyed_by_receipt = _RECEIVE_TIME_KEYED.get(table)
+            if keyed_by_receipt is None:
+                continue
             col = _GUILD_COLUMN[table]
-            kept = [r for r in rows if self.shard_of(r[col]) not in fenced]
+            kept = [
+                r for r in rows if self.shard_of(r[col]) not in fenced or not keyed_by_receipt(r)
+            ]
             metrics.ROWS_FENCED.labels(table).inc(len(rows) - len(kept))
             if kept:
                 batch.rows[table] = kept

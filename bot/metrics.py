@@ -53,7 +53,7 @@ ROWS_DUPLICATE = PromCounter(
 ROWS_DROPPED = PromCounter("herwa_bot_rows_dropped", "Rows given up on; must stay 0", ["table"])
 ROWS_FENCED = PromCounter(
     "herwa_bot_rows_fenced",
-    "Rows left to a shard's newer owner (it receives them again on RESUME)",
+    "Receive-time-keyed rows left to a shard's newer owner (it receives them again on RESUME)",
     ["table"],
 )
 FLUSH_SECONDS = Histogram(

@@ -9,8 +9,8 @@
 -- Redis, so a RESUME replays exactly the events that were not staged.
 --
 -- epoch fences the shard in Postgres itself: a new owner bumps it when it loads the mark, and
--- a flush whose epoch is no longer current stages none of that shard's rows (the new owner's
--- RESUME replays them). Redis leases decide who should own a shard; this decides whose rows
+-- a flush whose epoch is no longer current writes none of that shard's state and stages none of
+-- its rows keyed by receive time (the new owner's RESUME replays those events). Redis leases decide who should own a shard; this decides whose rows
 -- count, even while Redis is unreachable or was emptied.
 CREATE TABLE bot_gateway_marks (
     shard_count integer NOT NULL CHECK (shard_count > 0),
