@@ -1,16 +1,21 @@
 """The bot pod: stores, buffer, coordination loop, shard runners, telemetry, shutdown.
 
-Redis keys besides :mod:`herwa.bot.sharding` (``P`` = key prefix, ``N`` = shard count):
+Shard state lives in Postgres and is written inside each flush's transaction, together with the
+rows it describes (postgres migration 0009), so it never runs ahead of or lags behind them and
+survives Redis being restarted or emptied:
 
-- ``P bot:gateway:N:{shard}`` — hash ``session_id``, ``seq``, ``resume_url``, ``alive_ms``:
-  the last gateway sequence whose rows are *committed* to Postgres. Written after each commit,
-  only while this pod still holds the shard's lease (WATCH on the lease key). The next owner of
-  the shard RESUMEs from there, so Discord replays whatever was buffered but never committed.
-- ``P bot:voice:{guild}`` — hash user id → open voice session; ``P bot:voice:guilds`` — set of
-  guilds that may have open sessions.
-- ``P bot:member_counts`` — hash guild id → member count (for shards that RESUME and so get no
-  GUILD_CREATE, and for the daily snapshot).
-- ``P bot:snapshot:{day}:{guild}`` — the day's member-count snapshot was taken (TTL 2 days).
+- ``bot_gateway_marks`` — per shard: the last gateway session and sequence whose rows are
+  committed, the resume URL, when the shard was last known alive, and ``epoch``, the shard's
+  fence. A runner bumps the epoch when it loads the mark; a flush carrying an older epoch writes
+  none of that shard's state and stages none of its receive-time-keyed rows (its new owner
+  RESUMEs from the mark and so receives those events again). The next owner of a shard
+  RESUMEs from the mark, so Discord replays exactly what was received but never committed:
+  nothing is lost and nothing is stored twice.
+- ``bot_voice_open`` — the open voice sessions; ``bot_member_counts`` — member count per guild
+  (for shards that RESUME and so get no GUILD_CREATE, and for the daily snapshot).
+
+Redis holds only what may be lost (:mod:`herwa.bot.sharding`: membership, leases, the identify
+slot; the backfill markers of :mod:`herwa.bot.backfill`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import logging
 import signal
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -30,7 +36,7 @@ from redis.asyncio import Redis
 
 from herwa.bot import metrics
 from herwa.bot.backfill import Backfiller
-from herwa.bot.buffer import Batch, FlushBuffer, dead_letter, refused
+from herwa.bot.buffer import TABLES, Batch, FlushBuffer, dead_letter, refused
 from herwa.bot.capture import rejected
 from herwa.bot.commands import CommandDeps
 from herwa.bot.commands.settings import CONFIG_CHANNEL
@@ -41,10 +47,24 @@ from herwa.bot.snapshots import Snapshotter
 from herwa.bot.tombstones import Tombstones
 from herwa.bot.voice import VoiceOp, VoiceTracker
 from herwa.config import BotSettings, DiscordSettings
+from herwa.stores import rows_affected
 from herwa.telemetry import Readiness
 
 log = logging.getLogger(__name__)
 Json = dict[str, Any]
+# Where each staging row holds its guild id: a fenced shard's rows are found by their guild.
+_GUILD_COLUMN = {table: columns.index("guild_id") for table, columns in TABLES.items()}
+_MEMBER_EVENT = TABLES["member_events"].index("event")
+_GUILD_EVENT = TABLES["guild_events"].index("event")
+# The rows whose key holds the bot's receive time (Discord sends no time for a leave or a voice
+# change): a replayed event gets another key, so only one pod may stage them.
+_RECEIVE_TIME_KEYED: dict[str, Callable[[tuple[Any, ...]], bool]] = {
+    "voice_sessions": lambda row: True,
+    "member_events": lambda row: row[_MEMBER_EVENT] == "leave",
+    "guild_events": lambda row: row[_GUILD_EVENT] == "leave",
+}
+for _table in _RECEIVE_TIME_KEYED:
+    metrics.ROWS_FENCED.labels(_table)
 
 # A shard is closed once this share of its lease has passed since its last confirmed renewal
 # was *sent* (Redis counts the TTL from no earlier): the rest of the lease is the time to stop
@@ -94,6 +114,7 @@ class BotApp:
             max_rows=settings.flush_max_rows,
             capacity=settings.buffer_max_rows,
             after_commit=self._after_commit,
+            in_commit=self._in_commit,
             marks=self._marks,
         )
         self.coordinator = Coordinator(
@@ -290,31 +311,42 @@ class BotApp:
 
     # -- shard state in Redis / Postgres --------------------------------------------------
     async def load_shard_state(self, runner: ShardRunner) -> Json | None:
-        """Voice sessions, member counts and channels of the shard's guilds, and the stored
-        gateway session (if any) to RESUME."""
+        """Take the shard's Postgres fence and load its voice sessions, member counts,
+        channels and the committed gateway session (if any) to RESUME."""
         sid = runner.shard_id
-        r = self.redis
-        async with self.pool.acquire() as conn:
+        shard_guilds = "(guild_id >> 22) % $1 = $2"
+        async with self.pool.acquire() as conn, conn.transaction():
             # A shard taken over honours a deletion its previous owner answered just now.
             await self.tombstones.load(conn)
-        raw_guilds = await r.smembers(self.key("voice", "guilds"))
-        # A deleted server's open sessions stay behind: closing them later would record them.
-        guilds = [
-            int(g)
-            for g in raw_guilds
-            if self.shard_of(int(g)) == sid and int(g) not in self.tombstones
-        ]
-        if guilds:
-            pipe = r.pipeline(transaction=False)
-            for g in guilds:
-                pipe.hgetall(self.key("voice", g))
-            for g, sessions in zip(guilds, await pipe.execute(), strict=True):
-                self.voice.load(g, sessions)
-        counts = await r.hgetall(self.key("member_counts"))
-        for raw_gid, raw_count in counts.items():
-            if self.shard_of(int(raw_gid)) == sid:
-                self.directory.member_counts[int(raw_gid)] = int(raw_count)
-        async with self.pool.acquire() as conn:
+            gw = await conn.fetchrow(
+                "INSERT INTO bot_gateway_marks (shard_count, shard_id) VALUES ($1, $2) "
+                "ON CONFLICT (shard_count, shard_id) DO UPDATE "
+                "SET epoch = bot_gateway_marks.epoch + 1, updated_at = now() "
+                "RETURNING epoch, session_id, seq, resume_url, alive_at",
+                self.shard_count,
+                sid,
+            )
+            if gw is None:  # an upsert's RETURNING always yields its row
+                raise RuntimeError(f"shard {sid}: no gateway mark row after the upsert")
+            runner.epoch = int(gw["epoch"])
+            sessions: dict[int, dict[bytes, bytes]] = defaultdict(dict)
+            for row in await conn.fetch(
+                f"SELECT guild_id, user_id, state::text AS state FROM bot_voice_open "  # noqa: S608
+                f"WHERE {shard_guilds}",
+                self.shard_count,
+                sid,
+            ):
+                sessions[row["guild_id"]][str(row["user_id"]).encode()] = row["state"].encode()
+            for gid, raw in sessions.items():
+                # A deleted server's open sessions stay behind: closing them would record them.
+                if gid not in self.tombstones:
+                    self.voice.load(gid, raw)
+            for row in await conn.fetch(
+                f"SELECT guild_id, member_count FROM bot_member_counts WHERE {shard_guilds}",  # noqa: S608
+                self.shard_count,
+                sid,
+            ):
+                self.directory.member_counts[row["guild_id"]] = row["member_count"]
             # A shard that RESUMEs gets no GUILD_CREATE: its guilds come from Postgres.
             known = await conn.fetch(
                 "SELECT guild_id FROM guilds WHERE left_at IS NULL AND (guild_id >> 22) % $1 = $2",
@@ -348,15 +380,14 @@ class BotApp:
                     "name": row["name"],
                 },
             )
-        raw_gw = await r.hgetall(self.coordinator.gateway_key(sid))
-        gw = {_text(k): _text(v) for k, v in raw_gw.items()}
-        if "session_id" not in gw:
+        if gw["session_id"] is None:
             return None
+        alive = gw["alive_at"]
         return {
             "session_id": gw["session_id"],
             "seq": int(gw["seq"]),
             "resume_url": _url(gw["resume_url"]),
-            "alive": int(gw.get("alive_ms", "0")) / 1000 or time.time(),
+            "alive": alive.timestamp() if alive is not None else time.time(),
         }
 
     def _marks(self) -> dict[int, Mark]:
@@ -367,9 +398,11 @@ class BotApp:
                 out[sid] = m
         return out
 
-    async def _after_commit(self, batch: Batch) -> None:
-        """Apply Redis state that must never run ahead of Postgres: open voice sessions,
-        member counts, gateway marks (fenced by the lease)."""
+    async def _in_commit(self, conn: Any, batch: Batch) -> None:
+        """Inside the batch's transaction: advance each shard's gateway mark and apply its
+        open voice sessions and member counts, fenced by the shard's epoch. A shard whose
+        epoch has moved on (a newer owner loaded its mark) writes no state and leaves its
+        receive-time-keyed rows to that owner."""
         voice: dict[int, dict[tuple[int, int], bytes | None]] = defaultdict(dict)
         counts: dict[int, dict[int, int]] = defaultdict(dict)
         for extra in batch.extras:
@@ -378,44 +411,94 @@ class BotApp:
             elif isinstance(extra, MemberCountOp):
                 counts[extra.shard_id][extra.guild_id] = extra.count
         marks: dict[int, Mark] = batch.marks or {}
-        now_ms = int(time.time() * 1000)
-        for sid in set(voice) | set(counts) | set(marks):
+        fenced: set[int] = set()  # a newer owner took over: neither state nor rows
+        skipped: set[int] = set()  # no runner any more: its state is not this pod's to write
+        # Sorted: every pod locks mark rows in one order, so two flushes cannot deadlock.
+        for sid in sorted(set(voice) | set(counts) | set(marks)):
             mark = marks.get(sid)
             runner = self.runners.get(sid)
-            token = mark.token if mark else (runner.token if runner else None)
-            if token is None:
+            epoch = mark.epoch if mark else (runner.epoch if runner else None)
+            if epoch is None:
+                skipped.add(sid)
                 continue
-            ops: list[str | int | bytes] = []
-            for (gid, uid), session in voice.get(sid, {}).items():
-                if session is None:
-                    ops += ["hdel", self.key("voice", gid), str(uid), ""]
-                else:
-                    ops += ["hset", self.key("voice", gid), str(uid), session]
-                    ops += ["sadd", self.key("voice", "guilds"), str(gid), ""]
-            for gid, count in counts.get(sid, {}).items():
-                ops += ["hset", self.key("member_counts"), str(gid), count]
-            if mark is not None:
-                gw = self.coordinator.gateway_key(sid)
-                ops += [
-                    "hset",
-                    gw,
-                    "session_id",
-                    mark.session_id,
-                    "hset",
-                    gw,
-                    "seq",
-                    mark.seq,
-                    "hset",
-                    gw,
-                    "resume_url",
-                    mark.resume_url,
-                    "hset",
-                    gw,
-                    "alive_ms",
-                    now_ms,
-                ]
-            if not await self.coordinator.fenced_write(sid, token, ops):
-                log.warning("shard %s: lease no longer ours; not writing its state", sid)
+            status = await conn.execute(
+                "UPDATE bot_gateway_marks SET session_id = coalesce($4, session_id), "
+                "seq = coalesce($5, seq), resume_url = coalesce($6, resume_url), "
+                "alive_at = CASE WHEN $4::text IS NULL THEN alive_at ELSE now() END, "
+                "updated_at = now() "
+                "WHERE shard_count = $1 AND shard_id = $2 AND epoch = $3",
+                self.shard_count,
+                sid,
+                epoch,
+                mark.session_id if mark else None,
+                mark.seq if mark else None,
+                mark.resume_url if mark else None,
+            )
+            if rows_affected(status) == 0:
+                fenced.add(sid)
+        if fenced:
+            self._drop_fenced(batch, fenced)
+        stateless = fenced | skipped
+        closed = sorted(
+            (gid, uid)
+            for sid, ops in voice.items()
+            if sid not in stateless
+            for (gid, uid), session in ops.items()
+            if session is None
+        )
+        opened = sorted(
+            (gid, uid, session.decode())
+            for sid, ops in voice.items()
+            if sid not in stateless
+            for (gid, uid), session in ops.items()
+            if session is not None
+        )
+        if closed:
+            await conn.executemany(
+                "DELETE FROM bot_voice_open WHERE guild_id = $1 AND user_id = $2", closed
+            )
+        if opened:
+            await conn.executemany(
+                "INSERT INTO bot_voice_open (guild_id, user_id, state) VALUES ($1, $2, $3::jsonb) "
+                "ON CONFLICT (guild_id, user_id) DO UPDATE SET state = EXCLUDED.state",
+                opened,
+            )
+        member_counts = sorted(
+            (gid, count)
+            for sid, by_guild in counts.items()
+            if sid not in stateless
+            for gid, count in by_guild.items()
+        )
+        if member_counts:
+            await conn.executemany(
+                "INSERT INTO bot_member_counts (guild_id, member_count) VALUES ($1, $2) "
+                "ON CONFLICT (guild_id) DO UPDATE SET member_count = EXCLUDED.member_count, "
+                "updated_at = now()",
+                member_counts,
+            )
+
+    def _drop_fenced(self, batch: Batch, fenced: set[int]) -> None:
+        """Leave out the receive-time-keyed rows of shards this pod no longer owns: their
+        new owner RESUMEs from the committed mark, receives these events again and stages
+        them under keys of its own. Rows keyed by Discord's ids and times are kept: the
+        replay merges with them, and keeping them loses nothing if the session cannot be
+        resumed."""
+        log.warning("shards %s moved to a newer owner; leaving their rows to it", sorted(fenced))
+        for table, rows in list(batch.rows.items()):
+            keyed_by_receipt = _RECEIVE_TIME_KEYED.get(table)
+            if keyed_by_receipt is None:
+                continue
+            col = _GUILD_COLUMN[table]
+            kept = [
+                r for r in rows if self.shard_of(r[col]) not in fenced or not keyed_by_receipt(r)
+            ]
+            metrics.ROWS_FENCED.labels(table).inc(len(rows) - len(kept))
+            if kept:
+                batch.rows[table] = kept
+            else:
+                del batch.rows[table]
+
+    async def _after_commit(self, batch: Batch) -> None:
         metrics.VOICE_OPEN.set(self.voice.open_count())
 
     # -- guild hooks (called from parsers: schedule, never block) -------------------------
@@ -526,10 +609,6 @@ class BotApp:
                 "flushing": flushing,
             },
         )
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _url(raw: str) -> Any:

@@ -48,6 +48,7 @@ class Backfiller:
         self._slots = asyncio.Semaphore(_GUILDS_AT_ONCE)
         self.messages = 0
         self.done_guilds = 0
+        self.flush_timeout = 30.0
 
     def schedule(self, runner: ShardRunner, guild_id: int) -> None:
         # Everything created up to now: later messages reach the live stream.
@@ -106,8 +107,11 @@ class Backfiller:
         else:
             log.error("backfill of guild %s gave up; it stays pending for the next owner", guild_id)
             return
-        # Only what is committed counts as done: flush before clearing the marker.
-        await self.app.buffer.flush(30.0)
+        # Only what is committed counts as done: the marker stays until the flush has
+        # committed these rows, so a pod that dies before Postgres recovers leaves the work
+        # to the next owner instead of losing it.
+        while not await self.app.buffer.flush(self.flush_timeout):
+            log.warning("backfill of guild %s is not committed yet; flushing again", guild_id)
         await redis.hdel(key, str(guild_id))
 
     async def _guild(self, runner: ShardRunner, guild_id: int, until: int) -> bool:

@@ -9,16 +9,19 @@
 - On a database error the batch stays in memory and is retried with exponential backoff (capped)
   until it commits; rows arriving meanwhile keep accumulating behind it.
 - A row Postgres refuses (a data or constraint error: retrying it can never succeed) must not
-  hold the rest back: the batch is bisected, table by table, in transactions of their own until
-  each refused row stands alone; that row goes to ``dead_letter_rows`` (postgres migration 0008)
-  with the error and is counted (``herwa_bot_dead_letter_rows_total{table}``), every other row
-  commits, and the batch's gateway marks move on. Capture validates every field so this is the
+  hold the rest back: the batch is bisected, table by table, in savepoints of the batch's one
+  transaction until each refused row stands alone; that row goes to ``dead_letter_rows``
+  (postgres migration 0008) with the error and is counted
+  (``herwa_bot_dead_letter_rows_total{table}``), every other row commits, and the batch's gateway
+  marks move on with them. Capture validates every field so this is the
   last line, not the usual path.
 - Memory is bounded: once ``capacity`` rows are held, :meth:`wait_for_room` blocks the shards'
   websocket readers (back-pressure: Discord buffers, and the gateway replays on RESUME) instead
   of growing without limit. The overshoot is at most one gateway event's rows per shard.
-- After the commit, ``after_commit`` gets the batch's extras (Redis state changes, gateway marks)
-  so Redis only ever reflects what Postgres already holds.
+- ``in_commit`` runs first inside the batch's transaction with the batch's extras and gateway
+  marks, so the shards' state (marks, open voice sessions, member counts) commits together with
+  the rows it describes; it may drop rows a fenced shard must not stage. After the commit,
+  ``after_commit`` gets the batch for whatever must follow it.
 """
 
 from __future__ import annotations
@@ -196,22 +199,19 @@ class Batch:
     inserted: dict[str, int] = field(default_factory=dict)
 
 
-async def _merge(conn: Conn, rows: dict[str, list[Row]], inserted: dict[str, int]) -> None:
-    """COPY the rows into the temporary tables and merge them, in one transaction."""
+async def _merge(conn: Conn, table: str, rows: list[Row], inserted: dict[str, int]) -> None:
+    """COPY ``rows`` into ``table``'s temporary table and merge them, in a savepoint of the
+    caller's transaction (so a refused part rolls back alone)."""
     async with conn.transaction():
-        await conn.execute(_TEMP_DDL)
-        for table, table_rows in rows.items():
-            if not table_rows:
-                continue
-            await conn.copy_records_to_table(
-                f"_herwa_{table}", records=table_rows, columns=TABLES[table]
-            )
-            status = await conn.execute(_MERGE[table])
-            inserted[table] = inserted.get(table, 0) + rows_affected(status)
+        await conn.execute(f"TRUNCATE _herwa_{table}")
+        await conn.copy_records_to_table(f"_herwa_{table}", records=rows, columns=TABLES[table])
+        status = await conn.execute(_MERGE[table])
+    inserted[table] = inserted.get(table, 0) + rows_affected(status)
 
 
 MarkProvider = Callable[[], Any]
 AfterCommit = Callable[[Batch], Awaitable[None]]
+InCommit = Callable[[Any, Batch], Awaitable[None]]
 
 
 async def _no_after_commit(batch: Batch) -> None:
@@ -229,12 +229,14 @@ class FlushBuffer:
         after_commit: AfterCommit = _no_after_commit,
         marks: MarkProvider | None = None,
         backoff_max: float = 5.0,
+        in_commit: InCommit | None = None,
     ) -> None:
         self._pool = pool
         self.interval = interval
         self.max_rows = max_rows
         self.capacity = capacity
         self._after_commit = after_commit
+        self._in_commit = in_commit
         self._marks = marks
         self._backoff_max = backoff_max
         self._live: dict[str, list[Row]] = {t: [] for t in TABLES}
@@ -404,38 +406,50 @@ class FlushBuffer:
         )
 
     async def _write(self, batch: Batch) -> None:
-        if not batch.rows:
+        if not batch.rows and (self._in_commit is None or not (batch.extras or batch.marks)):
             return
-        async with self._pool.acquire() as conn:
-            batch.inserted = {}
-            try:
-                await _merge(conn, batch.rows, batch.inserted)
-                return
-            except Exception as exc:
-                if not refused(exc):
-                    raise
-            # Some row is refused: every part that holds none commits on its own (a retry after
-            # an outage mid-way re-merges those parts, which ON CONFLICT makes a no-op).
-            batch.inserted = {}
-            for table, rows in list(batch.rows.items()):
-                await self._bisect(conn, batch, table, rows)
+        inserted: dict[str, int] = {}
+        refused_rows: list[tuple[str, Row]] = []
+        async with self._pool.acquire() as conn, conn.transaction():
+            # The shards' marks and state commit together with exactly the rows they cover, a
+            # refused row's dead letter included; an outage rolls all of it back for a retry.
+            if self._in_commit is not None:
+                await self._in_commit(conn, batch)
+            if batch.rows:
+                await conn.execute(_TEMP_DDL)
+            for table, rows in batch.rows.items():
+                await self._merge_or_bisect(conn, table, rows, inserted, refused_rows)
+        batch.inserted = inserted
+        for table, row in refused_rows:  # out of the batch for good, now that it committed
+            batch.rows[table] = [r for r in batch.rows[table] if r is not row]
+            batch.count -= 1
 
-    async def _bisect(self, conn: Conn, batch: Batch, table: str, rows: list[Row]) -> None:
+    async def _merge_or_bisect(
+        self,
+        conn: Conn,
+        table: str,
+        rows: list[Row],
+        inserted: dict[str, int],
+        refused_rows: list[tuple[str, Row]],
+    ) -> None:
+        """Merges ``rows``; a part Postgres refuses is halved until each refused row stands
+        alone and goes to the dead letters, so that every other row commits with the batch."""
+        if not rows:
+            return
         try:
-            await _merge(conn, {table: rows}, batch.inserted)
+            await _merge(conn, table, rows, inserted)
             return
         except Exception as exc:
             if not refused(exc):
                 raise
-            if len(rows) == 1:
-                await dead_letter(conn, table, TABLES[table], rows[0], exc)
-                # Out of the batch for good: a retry of the batch must not store it again.
-                batch.rows[table] = [r for r in batch.rows[table] if r is not rows[0]]
-                batch.count -= 1
-                return
+            error = exc
+        if len(rows) == 1:
+            await dead_letter(conn, table, TABLES[table], rows[0], error)
+            refused_rows.append((table, rows[0]))
+            return
         half = len(rows) // 2
-        await self._bisect(conn, batch, table, rows[:half])
-        await self._bisect(conn, batch, table, rows[half:])
+        await self._merge_or_bisect(conn, table, rows[:half], inserted, refused_rows)
+        await self._merge_or_bisect(conn, table, rows[half:], inserted, refused_rows)
 
     # -- shutdown / sync ------------------------------------------------------------------
     async def flush(self, timeout: float | None = None) -> bool:

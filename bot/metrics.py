@@ -51,6 +51,11 @@ ROWS_DUPLICATE = PromCounter(
     "herwa_bot_rows_duplicate", "Flushed rows that were already in Postgres", ["table"]
 )
 ROWS_DROPPED = PromCounter("herwa_bot_rows_dropped", "Rows given up on; must stay 0", ["table"])
+ROWS_FENCED = PromCounter(
+    "herwa_bot_rows_fenced",
+    "Receive-time-keyed rows left to a shard's newer owner (it receives them again on RESUME)",
+    ["table"],
+)
 FLUSH_SECONDS = Histogram(
     "herwa_bot_flush_duration_seconds",
     "One flush: COPY, merge and commit",

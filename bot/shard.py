@@ -48,9 +48,10 @@ class MemberCountOp:
 
 @dataclass(frozen=True)
 class Mark:
-    """Everything this shard received up to ``seq`` is in (or before) the batch carrying it."""
+    """Everything this shard received up to ``seq`` is in (or before) the batch carrying it.
+    ``epoch`` is the shard's Postgres fence taken when this runner loaded its state."""
 
-    token: str
+    epoch: int
     session_id: str
     seq: int
     resume_url: str
@@ -61,6 +62,7 @@ class ShardRunner:
         self.app = app
         self.shard_id = shard_id
         self.token = token
+        self.epoch = 0  # the Postgres fence (bot_gateway_marks.epoch), set by load_shard_state
         self.client: CaptureClient | None = None
         self.task: asyncio.Task[None] | None = None
         self.guilds: set[int] = set()
@@ -90,7 +92,7 @@ class ShardRunner:
             return None
         if ws.open:
             self.last_alive = time.time()
-        return Mark(self.token, ws.session_id, ws.sequence, str(ws.gateway))
+        return Mark(self.epoch, ws.session_id, ws.sequence, str(ws.gateway))
 
     def _set_state(self, state: str) -> None:
         for s in ("starting", "running", "stopping"):

@@ -7,7 +7,9 @@ Keys (``P`` = the configured key prefix, ``N`` = total shard count):
 - ``P bot:lease:N:{shard}`` — the shard's lease: value ``{pod}:{fence}`` (fence from
   ``INCR P bot:fence:N:{shard}``), with a TTL renewed by the holder. A shard is opened only after
   its lease is taken and closed before it is released; a holder that cannot renew in time
-  closes its shard (self-fencing).
+  closes its shard (self-fencing). The lease decides who should run a shard; whose rows are
+  staged is fenced in Postgres (``bot_gateway_marks.epoch``, :mod:`herwa.bot.app`), which holds
+  even while Redis is unreachable or after it lost its data.
 - ``P bot:identify:{bucket}`` — ``SET NX PX window``: at most one IDENTIFY per
   ``max_concurrency`` bucket (``shard % max_concurrency``) per window, across all pods.
 
@@ -29,24 +31,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
-"""
-# Apply state writes only while the caller still holds the shard's lease (fencing).
-# ARGV: token, then groups of four: op (hset/hdel/sadd), key, field, value.
-_FENCED = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return 0
-end
-for i = 2, #ARGV, 4 do
-  local op = ARGV[i]
-  if op == 'hset' then
-    redis.call('HSET', ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
-  elseif op == 'hdel' then
-    redis.call('HDEL', ARGV[i + 1], ARGV[i + 2])
-  elseif op == 'sadd' then
-    redis.call('SADD', ARGV[i + 1], ARGV[i + 2])
-  end
-end
-return 1
 """
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -91,7 +75,6 @@ class Coordinator:
         self.max_concurrency = max_concurrency
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
-        self._fenced = redis.register_script(_FENCED)
 
     # -- keys -----------------------------------------------------------------------------
     @property
@@ -100,9 +83,6 @@ class Coordinator:
 
     def lease_key(self, shard_id: int) -> str:
         return f"{self.prefix}bot:lease:{self.shard_count}:{shard_id}"
-
-    def gateway_key(self, shard_id: int) -> str:
-        return f"{self.prefix}bot:gateway:{self.shard_count}:{shard_id}"
 
     # -- membership -----------------------------------------------------------------------
     async def heartbeat(self) -> list[str]:
@@ -131,11 +111,6 @@ class Coordinator:
 
     async def release(self, shard_id: int, token: str) -> None:
         await self._release(keys=[self.lease_key(shard_id)], args=[token])
-
-    async def fenced_write(self, shard_id: int, token: str, ops: list[str | int | bytes]) -> bool:
-        """Apply ``ops`` atomically iff ``token`` still holds the shard's lease."""
-        result = await self._fenced(keys=[self.lease_key(shard_id)], args=[token, *ops])
-        return bool(result)
 
     # -- identify -------------------------------------------------------------------------
     async def identify_slot(self, shard_id: int, *, poll: float = 0.05) -> None:

@@ -1,10 +1,12 @@
 """The daily member-count snapshot: one row per guild per UTC day in
 ``member_count_snapshots``, taken by the pod that owns the guild's shard at the first check at
-or after the guild's ``snapshot_hour_utc`` (the ``guilds`` table, else the pod setting) and
-upserted — a later snapshot the same day (another pod after a handover) replaces the count and
-sets ``ch_ingested_at`` back to NULL so the ETL loads it again (a trigger gives the row a new
-``staged_xid``: postgres migration 0006). A Redis marker per guild and day keeps it to one
-snapshot a day in the normal case.
+or after the guild's ``snapshot_hour_utc`` (the ``guilds`` table, else the pod setting).
+
+The row itself says the day's snapshot was taken: a pod asks Postgres which of its due guilds
+have no row yet, so a handover, a Redis restart or an emptied Redis never takes it again later
+in the day with another count. Should two pods race at a handover, both upsert: the later count
+replaces the earlier and sets ``ch_ingested_at`` back to NULL so the ETL loads it again (a
+trigger gives the row a new ``staged_xid``: postgres migration 0006).
 """
 
 from __future__ import annotations
@@ -60,26 +62,24 @@ class Snapshotter:
                     due.append((gid, count))
         if not due:
             return 0
-        pipe = app.redis.pipeline(transaction=False)
-        for gid, _ in due:
-            pipe.exists(app.key("snapshot", day.isoformat(), gid))
-        done = await pipe.execute()
-        todo = [(gid, count) for (gid, count), seen in zip(due, done, strict=True) if not seen]
-        self._done.update(
-            (day.isoformat(), gid) for (gid, _), seen in zip(due, done, strict=True) if seen
-        )
-        if not todo:
-            return 0
         async with app.pool.acquire() as conn:
+            taken = {
+                r["guild_id"]
+                for r in await conn.fetch(
+                    "SELECT guild_id FROM member_count_snapshots "
+                    "WHERE day = $1 AND guild_id = ANY($2::bigint[])",
+                    day,
+                    [gid for gid, _ in due],
+                )
+            }
+            todo = [(gid, count) for gid, count in due if gid not in taken]
             # One row per transaction (not executemany, which is one transaction): an ETL claim
             # locks snapshot rows in its own order, and holding several locks here could
-            # deadlock with it. The upsert is idempotent, so a partial pass is simply redone.
+            # deadlock with it. A partial pass is simply finished by the next check.
             for gid, count in todo:
                 await conn.execute(UPSERT, gid, day, count, now)
-        pipe = app.redis.pipeline(transaction=False)
-        for gid, _ in todo:
-            pipe.set(app.key("snapshot", day.isoformat(), gid), "1", ex=2 * 86400)
-        await pipe.execute()
-        self._done.update((day.isoformat(), gid) for gid, _ in todo)
+        self._done.update((day.isoformat(), gid) for gid, _ in due)
+        if not todo:
+            return 0
         metrics.SNAPSHOTS.inc(len(todo))
         return len(todo)

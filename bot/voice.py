@@ -2,9 +2,10 @@
 
 A session is one user in one channel: a move closes it (``move``) and opens the next, so each
 row has one channel and the per-channel minutes are exact. Open sessions are held in memory by
-the shard that owns the guild and mirrored to Redis (``{prefix}bot:voice:{guild}``, field user
-id) *after* the rows before them are committed (see :mod:`herwa.bot.buffer`), so a pod restart
-or a shard moving to another pod continues them.
+the shard that owns the guild and stored in Postgres (``bot_voice_open``) in the same transaction
+as the rows before them and the gateway mark that covers them (see :mod:`herwa.bot.app`), so a
+pod restart, a shard moving to another pod, or Redis losing its data continues them; a RESUME
+replays exactly the voice events after that mark, so no session is opened or closed twice.
 
 Bounds for sessions whose end was never seen:
 - on every GUILD_CREATE (a fresh IDENTIFY after a crash, a reconnect, an outage) the guild's
@@ -62,7 +63,7 @@ class OpenSession:
 
 @dataclass(frozen=True)
 class VoiceOp:
-    """Mirror one open session to Redis (``session`` None: delete it). Applied after commit."""
+    """Store one open session (``session`` None: delete it), in the flush that carries it."""
 
     shard_id: int
     guild_id: int

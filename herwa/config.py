@@ -87,7 +87,7 @@ class PostgresSettings(_Section):
 
 
 class RedisSettings(_Section):
-    """Redis: shard leases, open voice sessions, usage counters, command cache."""
+    """Redis: shard leases, membership, identify slot, rate limits, caches (all may be lost)."""
 
     model_config = SettingsConfigDict(env_prefix="HERWA_REDIS_")
 

@@ -12,6 +12,8 @@ import asyncpg
 import clickhouse_connect
 from pydantic import SecretStr
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from herwa.config import ClickHouseSettings, PostgresSettings, RedisSettings
 
@@ -47,12 +49,15 @@ def redis_client(settings: RedisSettings, *, socket_timeout: float | None = None
     timeout = settings.socket_timeout_seconds if socket_timeout is None else socket_timeout
     # A burst of commands waits for a free connection instead of failing with
     # MaxConnectionsError, which the default pool raises once every connection is busy.
+    # One retry on a fresh connection: after Redis restarts every pooled connection is dead,
+    # and without it the first command on each of them fails (a slash command left unanswered).
     pool = BlockingConnectionPool.from_url(
         _secret(settings.url),
         max_connections=settings.max_connections,
         timeout=settings.pool_timeout_seconds,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 1),
     )
     return Redis(connection_pool=pool, decode_responses=False)
 

@@ -1,14 +1,18 @@
-"""Command-usage counters: the Redis format, the recording side and the ETL's atomic drain.
+"""Command-usage counts: recorded in Postgres, and the ETL's drain of Redis counters.
 
-Format: one hash per UTC hour, ``{prefix}usage:{hour epoch seconds}``, field
-``{guild_id}|{outcome}|{command}`` (the command last, so it may contain anything), value the
-number of invocations. The bot only ever HINCRBYs.
+Every invocation is one ``command_usage`` row (``invocations`` 1) inserted by the bot when the
+command ends, under a fresh ``drain_id``: Postgres is the record, so emptying or restarting Redis
+loses no count. (Counting in Redis and draining later lost every undrained count with Redis.)
+ClickHouse sums ``invocations``, so one row per invocation and one per drained counter add up
+alike.
 
-Drain, without losing an increment between read and reset: the live hash is RENAMEd to
-``{prefix}usage-draining:{drain_id}:{hour}`` (atomic; later increments create a fresh live
-hash), copied into Postgres ``command_usage`` under that drain_id with ON CONFLICT DO NOTHING,
-committed, and only then deleted. A draining key left by a crashed run is drained first; copying
-it again is a no-op thanks to the drain_id in the primary key.
+Drain: releases before this one counted in Redis, one hash per UTC hour,
+``{prefix}usage:{hour epoch seconds}``, field ``{guild_id}|{outcome}|{command}``. The ETL keeps
+draining those so a rolling upgrade loses nothing: the live hash is RENAMEd to
+``{prefix}usage-draining:{drain_id}:{hour}`` (atomic), copied into ``command_usage`` under that
+drain_id with ON CONFLICT DO NOTHING, committed, and only then deleted. A draining key left by a
+crashed run is drained first; copying it again is a no-op thanks to the drain_id in the primary
+key.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from datetime import UTC, datetime
 
 import asyncpg
 from redis.asyncio import Redis
+
+from herwa.entitlements import Queryable
 
 
 @dataclass(frozen=True)
@@ -41,13 +47,19 @@ def live_key(prefix: str, hour_epoch: int) -> str:
     return f"{prefix}usage:{hour_epoch}"
 
 
-async def record(
-    redis: Redis, prefix: str, guild_id: int, command: str, outcome: str, at: datetime
-) -> None:
+async def record(pg: Queryable, guild_id: int, command: str, outcome: str, at: datetime) -> None:
     """Count one invocation of ``command`` in ``guild_id`` with ``outcome`` (ok, denied, …)."""
     if "|" in outcome:
         raise ValueError("outcome must not contain '|'")
-    await redis.hincrby(live_key(prefix, _hour(at)), f"{guild_id}|{outcome}|{command}", 1)
+    await pg.execute(
+        "INSERT INTO command_usage (drain_id, guild_id, command, hour, outcome, invocations) "
+        "VALUES ($1, $2, $3, $4, $5, 1)",
+        f"bot:{uuid.uuid4().hex}",
+        guild_id,
+        command,
+        datetime.fromtimestamp(_hour(at), UTC),
+        outcome,
+    )
 
 
 def _text(value: bytes | str) -> str:

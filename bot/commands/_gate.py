@@ -4,9 +4,13 @@ Redis keys (``prefix`` is ``HERWA_REDIS_KEY_PREFIX``):
 
 - ``{prefix}ratelimit:{user_id}`` — a fixed-window counter per user across guilds; the first
   hit sets the window's expiry, so the remaining TTL is exactly the retry-after.
-- ``{prefix}quota:{guild_id}:{quota}:{YYYYMM}`` — uses of a quota in a UTC calendar month;
-  expires a week after the month ends. The check and the increment are one Lua script, so
-  concurrent invocations at the boundary are serialised by Redis and can never overshoot.
+
+Monthly quotas live in Postgres ``quota_usage`` (migration 0013), one row per guild, quota and
+UTC calendar month: the check and the increment are one conditional upsert, so concurrent
+invocations at the boundary are serialised by the row lock and can never overshoot, and losing
+Redis (restarted from an older snapshot, emptied, evicted) never resets a server's quota. A Redis
+counter beside it would be a second copy that can fall behind its record; the upsert is one
+indexed round trip per quota-counted command, which runs a ClickHouse query anyway.
 
 The entitlement comes from the operator's command cache (:mod:`herwa.entitlements`), which
 falls back to Postgres and re-warms itself on a miss. A guild without a GuildSubscription has
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 from redis.asyncio import Redis
@@ -34,22 +38,19 @@ if n > tonumber(ARGV[1]) then return {0, n, ttl} end
 return {1, n, ttl}
 """
 
-# Check-then-increment inside Redis: nothing can run between the two.
-# Returns {admitted (1/0), used after this call}.
+# Check-then-increment in one statement; no row comes back when the quota is used up.
 _QUOTA_TAKE = """
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-if used >= tonumber(ARGV[1]) then return {0, used} end
-used = redis.call('INCR', KEYS[1])
-if used == 1 then redis.call('EXPIREAT', KEYS[1], ARGV[2]) end
-return {1, used}
+INSERT INTO quota_usage AS q (guild_id, quota, month, used) VALUES ($1, $2, $3, 1)
+ON CONFLICT (guild_id, quota, month) DO UPDATE SET used = q.used + 1, updated_at = now()
+WHERE q.used < $4
+RETURNING used
 """
-
 # Gives a unit back when the query failed on our side; never below zero.
 _QUOTA_REFUND = """
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-if used > 0 then return redis.call('DECR', KEYS[1]) end
-return 0
+UPDATE quota_usage SET used = used - 1, updated_at = now()
+WHERE guild_id = $1 AND quota = $2 AND month = $3 AND used > 0
 """
+_QUOTA_USED = "SELECT used FROM quota_usage WHERE guild_id = $1 AND quota = $2 AND month = $3"
 
 
 class Outcome(enum.StrEnum):
@@ -83,8 +84,9 @@ def month_bounds(now: datetime) -> tuple[datetime, datetime]:
     return start, end
 
 
-def quota_key(prefix: str, guild_id: int, quota: str, now: datetime) -> str:
-    return f"{prefix}quota:{guild_id}:{quota}:{now.astimezone(UTC):%Y%m}"
+def quota_month(now: datetime) -> date:
+    """The quota period ``now`` falls in, as its first day (UTC)."""
+    return month_bounds(now)[0].date()
 
 
 def rate_key(prefix: str, user_id: int) -> str:
@@ -92,7 +94,8 @@ def rate_key(prefix: str, user_id: int) -> str:
 
 
 class Gate:
-    """The three checks, each one Redis round trip (plus Postgres on a cache miss)."""
+    """The three checks: rate limit and entitlement one Redis round trip each (plus Postgres
+    on a cache miss), the quota one Postgres statement."""
 
     def __init__(
         self,
@@ -111,8 +114,6 @@ class Gate:
         self._rate_window_ms = max(1, int(rate_limit_window.total_seconds() * 1000))
         self.quota_name = quota_name
         self._rate = redis.register_script(_RATE_LIMIT)
-        self._take = redis.register_script(_QUOTA_TAKE)
-        self._refund = redis.register_script(_QUOTA_REFUND)
 
     async def rate_limit(self, user_id: int) -> RateDecision:
         admitted, _, ttl_ms = await self._rate(
@@ -133,16 +134,17 @@ class Gate:
         limit = access.quotas.get(self.quota_name)
         if limit is None:
             return QuotaDecision(True, 0, None, resets_at)
-        expire_at = int((resets_at + timedelta(days=7)).timestamp())
-        admitted, used = await self._take(
-            keys=[quota_key(self._prefix, guild_id, self.quota_name, now)],
-            args=[limit, expire_at],
-        )
-        return QuotaDecision(bool(admitted), int(used), limit, resets_at)
+        month = quota_month(now)
+        if limit <= 0:
+            return QuotaDecision(False, await self.quota_used(guild_id, now), limit, resets_at)
+        used = await self._pool.fetchval(_QUOTA_TAKE, guild_id, self.quota_name, month, limit)
+        if used is None:
+            return QuotaDecision(False, await self.quota_used(guild_id, now), limit, resets_at)
+        return QuotaDecision(True, int(used), limit, resets_at)
 
     async def refund_quota(self, guild_id: int, now: datetime) -> None:
-        await self._refund(keys=[quota_key(self._prefix, guild_id, self.quota_name, now)])
+        await self._pool.execute(_QUOTA_REFUND, guild_id, self.quota_name, quota_month(now))
 
     async def quota_used(self, guild_id: int, now: datetime) -> int:
-        raw = await self._redis.get(quota_key(self._prefix, guild_id, self.quota_name, now))
-        return int(raw) if raw is not None else 0
+        used = await self._pool.fetchval(_QUOTA_USED, guild_id, self.quota_name, quota_month(now))
+        return int(used or 0)

@@ -9,7 +9,6 @@ Handlers stay thin: they describe a :class:`Spec`, a ``prepare`` step that valid
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
@@ -172,14 +171,17 @@ class Runtime:
             span.set_attribute("herwa.command.outcome", outcome.value)
         INVOCATIONS.labels(spec.command, outcome.value).inc()
         if interaction.guild_id is not None:
-            with contextlib.suppress(Exception):  # billing counters must not fail a reply
+            try:  # billing counters must not fail a reply
                 await usage.record(
-                    self.deps.redis,
-                    self.deps.redis_prefix,
+                    self.deps.pool,
                     interaction.guild_id,
                     spec.command,
                     outcome.value,
                     datetime.now(UTC),
+                )
+            except Exception as exc:
+                log.warning(
+                    "usage of %s not recorded: %s: %s", spec.command, type(exc).__name__, exc
                 )
         return outcome
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ import asyncpg
 import pytest
 
 from herwa.bot.sharding import assigned_shards
-from herwa.devstack import Endpoints
+from herwa.devstack import DevStack, Endpoints
+from herwa.schema import migrate
 from herwa.simulator import GatewayConfig, Simulator, SimulatorConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -241,6 +243,43 @@ async def fleet(sim: Simulator, migrated: Endpoints, tmp_path: Path) -> AsyncIte
         yield f
     finally:
         await f.stop()
+
+
+@pytest.fixture
+async def own_postgres(
+    services: Endpoints, endpoints: Endpoints, tmp_path: Path
+) -> AsyncIterator[tuple[DevStack, Endpoints]]:
+    """A Postgres of this test's own (the shared one must not be stopped)."""
+    stack = DevStack(
+        tmp_path / "pg",
+        redis_url=services.redis_url,
+        clickhouse_url=services.clickhouse_url,
+        clickhouse_readonly_url=services.clickhouse_readonly_url,
+    )
+    ep = await asyncio.to_thread(stack.up)
+    await migrate(ep.postgres_dsn, endpoints.clickhouse_url)
+    redis_db1 = services.redis_url.rsplit("/", 1)[0] + "/1"
+    try:
+        yield stack, replace(ep, redis_url=redis_db1)
+    finally:
+        await asyncio.to_thread(stack.down)
+
+
+@pytest.fixture
+async def own_redis(
+    migrated: Endpoints, tmp_path: Path
+) -> AsyncIterator[tuple[DevStack, Endpoints]]:
+    stack = DevStack(
+        tmp_path / "redis",
+        postgres_dsn=migrated.postgres_dsn,
+        clickhouse_url=migrated.clickhouse_url,
+        clickhouse_readonly_url=migrated.clickhouse_readonly_url,
+    )
+    ep = await asyncio.to_thread(stack.up)
+    try:
+        yield stack, ep
+    finally:
+        await asyncio.to_thread(stack.down)
 
 
 async def pg(dsn: str, query: str, *args: Any) -> list[asyncpg.Record]:

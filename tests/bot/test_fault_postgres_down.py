@@ -18,9 +18,7 @@ from herwa.devstack import DevStack, Endpoints
 from herwa.simulator import GatewayConfig, Simulator, SimulatorConfig
 from tests.bot.conftest import Fleet, pg, split_names, wait_for
 from tests.bot.fault_families import invoke, scenario, settle_every_family, snapshots_taken
-from tests.bot.test_faults import _metric, _rss_kb, own_postgres
-
-__all__ = ["own_postgres"]  # a fixture, used by name below
+from tests.bot.test_faults import _metric, _rss_kb
 
 pytestmark = pytest.mark.slow
 

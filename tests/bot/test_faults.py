@@ -10,13 +10,11 @@ import contextlib
 import re
 import signal
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from herwa.devstack import DevStack, Endpoints
-from herwa.schema import migrate
 from herwa.simulator import GatewayConfig, Simulator, SimulatorConfig
 from tests.bot.conftest import Fleet, pg, split_names, wait_for
 from tests.bot.expect import actual_messages, expected_messages, settle
@@ -135,26 +133,6 @@ async def test_sigkill_then_backfill_completes_message_counts(
         await fleet.stop()
 
 
-@pytest.fixture
-async def own_postgres(
-    services: Endpoints, endpoints: Endpoints, tmp_path: Path
-) -> AsyncIterator[tuple[DevStack, Endpoints]]:
-    """A Postgres of this test's own (the shared one must not be stopped)."""
-    stack = DevStack(
-        tmp_path / "pg",
-        redis_url=services.redis_url,
-        clickhouse_url=services.clickhouse_url,
-        clickhouse_readonly_url=services.clickhouse_readonly_url,
-    )
-    ep = await asyncio.to_thread(stack.up)
-    await migrate(ep.postgres_dsn, endpoints.clickhouse_url)
-    redis_db1 = services.redis_url.rsplit("/", 1)[0] + "/1"
-    try:
-        yield stack, replace(ep, redis_url=redis_db1)
-    finally:
-        await asyncio.to_thread(stack.down)
-
-
 async def test_postgres_down_for_ten_seconds_loses_and_duplicates_nothing(
     sim: Simulator,
     own_postgres: tuple[DevStack, Endpoints],
@@ -200,23 +178,6 @@ async def test_postgres_down_for_ten_seconds_loses_and_duplicates_nothing(
         print(f"depth during outage={depth} rss before={rss_before} during={rss_during}")
     finally:
         await fleet.stop()
-
-
-@pytest.fixture
-async def own_redis(
-    migrated: Endpoints, tmp_path: Path
-) -> AsyncIterator[tuple[DevStack, Endpoints]]:
-    stack = DevStack(
-        tmp_path / "redis",
-        postgres_dsn=migrated.postgres_dsn,
-        clickhouse_url=migrated.clickhouse_url,
-        clickhouse_readonly_url=migrated.clickhouse_readonly_url,
-    )
-    ep = await asyncio.to_thread(stack.up)
-    try:
-        yield stack, ep
-    finally:
-        await asyncio.to_thread(stack.down)
 
 
 async def test_redis_restart_the_bot_recovers(

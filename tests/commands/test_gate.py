@@ -13,8 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
-from herwa import usage
-from herwa.bot.commands._gate import Gate, quota_key
+from herwa.bot.commands._gate import Gate, quota_month
 from herwa.config import CommandSettings
 from herwa.devstack import Endpoints
 from herwa.entitlements import CommandAccess
@@ -72,14 +71,20 @@ async def test_denied_names_the_unlocking_tier(harness: Harness) -> None:
 
     # Denials never spend the quota; they are counted for billing with their outcome.
     assert await h.rt.gate.quota_used(h.guild, datetime.now(UTC)) == 0
-    fields = await h.redis.hgetall(usage.live_key(PREFIX, _hour_now()))
-    assert int(fields[f"{h.guild}|denied|growth".encode()]) == 2
-    assert int(fields[f"{h.guild}|denied|overview".encode()]) == 1
+    assert await _usage(h, "denied", "growth") == 2
+    assert await _usage(h, "denied", "overview") == 1
 
 
-def _hour_now() -> int:
-    epoch = int(datetime.now(UTC).timestamp())
-    return epoch - epoch % 3600
+async def _usage(h: Harness, outcome: str, command: str) -> int:
+    """Invocations recorded in Postgres (the record: no Redis counter to lose)."""
+    n = await h.pool.fetchval(
+        "SELECT coalesce(sum(invocations), 0) FROM command_usage"
+        " WHERE guild_id = $1 AND outcome = $2 AND command = $3",
+        h.guild,
+        outcome,
+        command,
+    )
+    return int(n)
 
 
 async def test_quota_exhausted_then_over_quota(harness: Harness) -> None:
@@ -102,9 +107,8 @@ async def test_quota_exhausted_then_over_quota(harness: Harness) -> None:
     result = await h.invoke("usage")
     assert "Queries: 3 of 3" in text_of(result)
     assert "Left: 0" in text_of(result)
-    fields = await h.redis.hgetall(usage.live_key(PREFIX, _hour_now()))
-    assert int(fields[f"{h.guild}|ok|overview".encode()]) == 3
-    assert int(fields[f"{h.guild}|over_quota|overview".encode()]) == 1
+    assert await _usage(h, "ok", "overview") == 3
+    assert await _usage(h, "over_quota", "overview") == 1
 
 
 async def test_concurrent_invocations_at_the_boundary_never_exceed_it(
@@ -123,8 +127,8 @@ async def test_concurrent_invocations_at_the_boundary_never_exceed_it(
     assert await h.rt.gate.quota_used(h.guild, datetime.now(UTC)) == 5
 
 
-async def test_quota_script_under_heavy_concurrency(harness: Harness) -> None:
-    """Four gates on four Redis connections pools, as four bot pods would be, 80 calls each."""
+async def test_quota_under_heavy_concurrency(harness: Harness) -> None:
+    """Four gates on four Redis connection pools, as four bot pods would be, 80 calls each."""
     h = harness
     access = CommandAccess("free", "active", frozenset({"overview"}), {"queries_per_month": 50})
     now = datetime.now(UTC)
@@ -150,7 +154,14 @@ async def test_quota_script_under_heavy_concurrency(harness: Harness) -> None:
     assert sum(d.admitted for d in decisions) == 50
     assert sorted(d.used for d in decisions if d.admitted) == list(range(1, 51))
     assert await h.rt.gate.quota_used(h.guild, now) == 50
-    assert await h.redis.ttl(quota_key(PREFIX, h.guild, "queries_per_month", now)) > 0
+    assert (
+        await h.pool.fetchval(
+            "SELECT used FROM quota_usage WHERE guild_id = $1 AND month = $2",
+            h.guild,
+            quota_month(now),
+        )
+        == 50
+    )
     # A refund makes room for exactly one more.
     await h.rt.gate.refund_quota(h.guild, now)
     again = await asyncio.gather(*(h.rt.gate.take_quota(h.guild, access, now) for _ in range(20)))
@@ -237,11 +248,6 @@ async def test_cached_answers_spend_no_quota(harness: Harness) -> None:
     assert await h.rt.gate.quota_used(h.guild, datetime.now(UTC)) == 2
 
 
-async def _usage_count(h: Harness, outcome: str, command: str) -> int:
-    fields = await h.redis.hgetall(usage.live_key(PREFIX, _hour_now()))
-    return int(fields.get(f"{h.guild}|{outcome}|{command}".encode(), 0))
-
-
 @pytest.mark.parametrize(("status", "defer_after"), [(404, 2.5), (503, 2.5), (404, 0.001)])
 async def test_a_refused_final_reply_is_refunded_and_recorded(
     migrated: Endpoints, status: int, defer_after: float
@@ -263,12 +269,12 @@ async def test_a_refused_final_reply_is_refunded_and_recorded(
         await asyncio.wait_for(rec.refused.wait(), 20)
 
         async def recorded() -> bool:
-            return await _usage_count(h, "error", "heatmap") == 1
+            return await _usage(h, "error", "heatmap") == 1
 
         await wait_until(recorded, 45)
         assert invocations("heatmap", "error") == errors_before + 1
         assert await h.rt.gate.quota_used(h.guild, datetime.now(UTC)) == 0
-        assert await _usage_count(h, "ok", "heatmap") == 0
+        assert await _usage(h, "ok", "heatmap") == 0
         # The answer was computed: asked again, it comes from the cache, still free.
         retry = await h.invoke("heatmap")
         assert retry["original"]["embeds"][0]["title"] == "Activity heatmap"

@@ -185,6 +185,15 @@ async def test_guild_deletion_request_removes_every_table(
     assert await pg.fetchval("SELECT count(*) FROM message_events WHERE guild_id = 2") == 50
 
 
+async def _legacy_record(
+    redis: Redis, guild_id: int, command: str, outcome: str, at: datetime
+) -> None:
+    """An invocation counted the way releases before Postgres usage recording did."""
+    epoch = int(at.timestamp())
+    key = usage.live_key("t:", epoch - epoch % 3600)
+    await redis.hincrby(key, f"{guild_id}|{outcome}|{command}", 1)
+
+
 async def test_usage_drain_loses_no_increment_and_survives_a_crashed_drain(
     migrated: Endpoints, pg: asyncpg.Connection, redis: Redis
 ) -> None:
@@ -194,7 +203,7 @@ async def test_usage_drain_loses_no_increment_and_survives_a_crashed_drain(
     async def record_many(n: int) -> None:
         nonlocal recorded
         for i in range(n):
-            await usage.record(redis, "t:", 1, "stats" if i % 2 else "top users", "ok", at)
+            await _legacy_record(redis, 1, "stats" if i % 2 else "top users", "ok", at)
             recorded += 1
 
     # Drains race with a writer; every increment must land exactly once.
@@ -205,7 +214,7 @@ async def test_usage_drain_loses_no_increment_and_survives_a_crashed_drain(
         await asyncio.sleep(0)
     await writer
     # A crashed drain: renamed and copied into Postgres, but the key was never deleted.
-    await usage.record(redis, "t:", 2, "stats", "denied", at + timedelta(hours=1))
+    await _legacy_record(redis, 2, "stats", "denied", at + timedelta(hours=1))
     next_hour = int((at + timedelta(hours=1)).replace(minute=0).timestamp())
     await redis.rename(usage.live_key("t:", next_hour), f"t:usage-draining:crashed:{next_hour}")
     await pg.execute(
