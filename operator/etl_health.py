@@ -12,13 +12,14 @@ would look healthy, while missing ones make the chart's "no data" alert fire.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import asyncpg
 
 from herwa.etl.families import FAMILIES
 from herwa.etl.metrics import ingestion_lag
-from herwa.operator.metrics import ETL_HEALTH
+from herwa.operator.metrics import ETL_HEALTH, EtlState
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +36,26 @@ async def refresh(pool: asyncpg.Pool) -> bool:
                 "SELECT coalesce(extract(epoch FROM max(finished_at)), 0)::float8 FROM etl_runs"
                 " WHERE outcome IN ('caught_up', 'deadline')"
             )
-            last_outcome = await conn.fetchval(
-                "SELECT outcome FROM etl_runs WHERE finished_at IS NOT NULL"
-                " ORDER BY run_id DESC LIMIT 1"
+            last = await conn.fetchrow(
+                "SELECT outcome, rows_moved::text AS rows_moved, duration_seconds FROM etl_runs"
+                " WHERE finished_at IS NOT NULL ORDER BY run_id DESC LIMIT 1"
             )
     except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         log.warning("could not read the ETL's state from Postgres: %s", exc)
         ETL_HEALTH.forget()
         return False
     # 0 until a run succeeds: "never" must be able to fire the not-succeeding alert.
-    ETL_HEALTH.record(ages, float(last_success), last_outcome)
+    ETL_HEALTH.record(
+        EtlState(
+            backlog_age=ages,
+            last_success=float(last_success),
+            last_outcome=last["outcome"] if last else None,
+            last_run_rows={k: int(v) for k, v in json.loads(last["rows_moved"]).items()}
+            if last
+            else {},
+            last_run_seconds=last["duration_seconds"] if last else None,
+        )
+    )
     return True
 
 

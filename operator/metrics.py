@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections import Counter as Tally
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 
 from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -68,6 +69,17 @@ BOOK = SubscriptionBook()
 REGISTRY.register(BOOK)
 
 
+@dataclass(frozen=True)
+class EtlState:
+    """What the operator last read of the ETL's state from Postgres."""
+
+    backlog_age: dict[str, float]
+    last_success: float
+    last_outcome: str | None = None
+    last_run_rows: dict[str, int] = field(default_factory=dict)
+    last_run_seconds: float | None = None
+
+
 class EtlHealthBook(Collector):
     """The ETL's state as last read from Postgres (herwa.operator.etl_health); nothing at all
     while unknown, so a "no data" rule can tell an unreadable state from a healthy one."""
@@ -76,11 +88,11 @@ class EtlHealthBook(Collector):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._state: tuple[dict[str, float], float, str | None] | None = None
+        self._state: EtlState | None = None
 
-    def record(self, backlog_age: dict[str, float], last_success: float, last: str | None) -> None:
+    def record(self, state: EtlState) -> None:
         with self._lock:
-            self._state = (dict(backlog_age), last_success, last)
+            self._state = state
 
     def forget(self) -> None:
         with self._lock:
@@ -91,28 +103,41 @@ class EtlHealthBook(Collector):
             state = self._state
         if state is None:
             return
-        backlog_age, last_success, last = state
         age = GaugeMetricFamily(
             "herwa_operator_etl_backlog_age_seconds",
             "Age of the oldest staging row not yet in ClickHouse, per staging table (0: none), "
             "read from Postgres",
             labels=["table"],
         )
-        for table, seconds in sorted(backlog_age.items()):
+        for table, seconds in sorted(state.backlog_age.items()):
             age.add_metric([table], seconds)
         yield age
         yield GaugeMetricFamily(
             "herwa_operator_etl_last_success_timestamp_seconds",
             "End of the newest ETL run that did not fail (etl_runs; 0: none yet)",
-            value=last_success,
+            value=state.last_success,
         )
+        rows = GaugeMetricFamily(
+            "herwa_operator_etl_last_run_rows",
+            "Rows the newest finished ETL run loaded into ClickHouse, per staging table (etl_runs)",
+            labels=["table"],
+        )
+        for table, count in sorted(state.last_run_rows.items()):
+            rows.add_metric([table], count)
+        yield rows
+        if state.last_run_seconds is not None:
+            yield GaugeMetricFamily(
+                "herwa_operator_etl_last_run_duration_seconds",
+                "Duration of the newest finished ETL run (etl_runs)",
+                value=state.last_run_seconds,
+            )
         outcome = GaugeMetricFamily(
             "herwa_operator_etl_last_run_outcome",
             "1 for the outcome of the newest finished ETL run (etl_runs)",
             labels=["outcome"],
         )
         for name in self.OUTCOMES:
-            outcome.add_metric([name], 1 if name == last else 0)
+            outcome.add_metric([name], 1 if name == state.last_outcome else 0)
         yield outcome
 
 

@@ -96,10 +96,17 @@ def promql(kube_tools: KubeTools) -> list[str]:
 async def test_every_referenced_metric_is_exported(promql: list[str]) -> None:
     modules = import_metric_modules()
     assert {"herwa.bot.metrics", "herwa.operator.metrics", "herwa.etl.metrics"} <= set(modules)
-    from herwa.operator.metrics import ETL_HEALTH
+    from herwa.operator.metrics import ETL_HEALTH, EtlState
 
     # The ETL's health is exported once the operator has read it from Postgres.
-    ETL_HEALTH.record({"message_events": 0.0}, 0.0, None)
+    ETL_HEALTH.record(
+        EtlState(
+            {"message_events": 0.0},
+            0.0,
+            last_run_rows={"message_events": 0},
+            last_run_seconds=1.0,
+        )
+    )
     exported = exposed_names(await scrape(REGISTRY))
     exported |= exposed_names(await scrape(EtlMetrics().registry))
     assert any(n.startswith("herwa_bot_") for n in exported)

@@ -22,6 +22,8 @@ ETL_METRICS = (
     "herwa_operator_etl_backlog_age_seconds",
     "herwa_operator_etl_last_success_timestamp_seconds",
     "herwa_operator_etl_last_run_outcome",
+    "herwa_operator_etl_last_run_rows",
+    "herwa_operator_etl_last_run_duration_seconds",
 )
 
 
@@ -87,6 +89,11 @@ async def test_backlog_age_and_last_success_follow_the_etl(
     outcome = "herwa_operator_etl_last_run_outcome"
     assert after[(outcome, (("outcome", "caught_up"),))] == 1
     assert after[(outcome, (("outcome", "failed"),))] == 0
+    # What the run loaded and how long it took, for the dashboard's ETL panels.
+    assert after[("herwa_operator_etl_last_run_rows", (("table", "message_events"),))] == 20
+    assert after[("herwa_operator_etl_last_run_duration_seconds", ())] == pytest.approx(
+        result.seconds, abs=0.5
+    )
 
 
 async def test_an_unreadable_state_exports_nothing(migrated: Endpoints, pool: asyncpg.Pool) -> None:
