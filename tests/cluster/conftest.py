@@ -24,7 +24,14 @@ import yaml
 
 from herwa.devstack import Endpoints
 from herwa.simulator import GatewayConfig, Simulator, SimulatorConfig
+from tests.support.kube import KubeTools
 from tests.support.node import KubeNode
+from tests.support.prometheus import (
+    MONITORING_CRDS,
+    PodDiscovery,
+    Prometheus,
+    pod_monitor_job,
+)
 from tests.support.services import fresh_databases
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -153,6 +160,22 @@ def release_values(node: KubeNode, stores: Endpoints, sim: Simulator, image: str
         "bot": {"replicas": 2, "shardCount": SHARDS},
         # Every minute, so that a test sees it fire on its own.
         "etl": {"schedule": "* * * * *"},
+        # Scraped and evaluated by a real Prometheus (tests/support/prometheus.py); short
+        # durations so that an alert can fire within a test.
+        "metrics": {
+            "podMonitor": {"enabled": True, "interval": "5s", "scrapeTimeout": "4s"},
+            "prometheusRule": {
+                "enabled": True,
+                "thresholds": {
+                    "shardDisconnectedFor": "10s",
+                    "absentFor": "10s",
+                    "etlLagSeconds": 75,
+                    "etlLagFor": "10s",
+                    "flushFailuresFor": "10s",
+                    "reconcileErrorsFor": "10s",
+                },
+            },
+        },
     }
 
 
@@ -163,6 +186,20 @@ async def release(
     values = release_values(kube_node, databases, cluster_sim, herwa_image)
     rel = Release(
         node=kube_node, sim=cluster_sim, stores=databases, image=herwa_image, values=values
+    )
+    # What the Prometheus Operator would have installed: its kinds, so the chart can create
+    # its PodMonitor and PrometheusRule (tests/support/prometheus.py reads them back).
+    crds = {"apiVersion": "v1", "kind": "List", "items": MONITORING_CRDS}
+    applied = await asyncio.to_thread(
+        kube_node.cluster.kubectl, "apply", "-f", "-", input=json.dumps(crds)
+    )
+    assert applied.returncode == 0, applied.stderr
+    await asyncio.to_thread(
+        kube_node.cluster.kubectl,
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        *[f"crd/{c['metadata']['name']}" for c in MONITORING_CRDS],
     )
     # The node's controller-manager makes the namespace's default ServiceAccount itself.
     created = await asyncio.to_thread(kube_node.cluster.kubectl, "create", "namespace", NAMESPACE)
@@ -184,3 +221,30 @@ async def release(
         yield rel
     finally:
         await rel.helm("uninstall", RELEASE, check=False)
+
+
+@pytest.fixture(scope="module")
+def prometheus(release: Release, kube_tools: KubeTools) -> Iterator[Prometheus]:
+    """A real Prometheus configured from the release's PodMonitor and PrometheusRule objects,
+    as the Prometheus Operator would configure it."""
+    cluster = release.node.cluster
+    monitors = json.loads(cluster.kubectl("get", "podmonitors", "-A", "-o", "json").stdout)
+    rules = json.loads(cluster.kubectl("get", "prometheusrules", "-A", "-o", "json").stdout)
+    assert monitors["items"], "the chart rendered no PodMonitor"
+    assert rules["items"], "the chart rendered no PrometheusRule"
+    workdir = release.node.workdir / "prometheus"
+    workdir.mkdir()
+
+    def list_pods() -> list[dict[str, Any]]:
+        out = cluster.kubectl("get", "pods", "-A", "-o", "json", check=True)
+        return list(json.loads(out.stdout)["items"])
+
+    discovery = PodDiscovery(list_pods, workdir / "pods.json")
+    jobs = [job for m in monitors["items"] for job in pod_monitor_job(m, discovery.path)]
+    groups = [group for rule in rules["items"] for group in rule["spec"]["groups"]]
+    prom = Prometheus.start(kube_tools.dir / "bin" / "prometheus", workdir, jobs, groups)
+    try:
+        yield prom
+    finally:
+        prom.stop()
+        discovery.stop()

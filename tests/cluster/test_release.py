@@ -13,10 +13,12 @@ from collections import Counter
 from pathlib import Path
 
 import asyncpg
+import clickhouse_connect
 import pytest
 import redis.asyncio as aioredis
 import yaml
 
+from herwa.etl.families import FAMILIES
 from tests.bot.expect import (
     actual_family_counts,
     actual_messages,
@@ -25,6 +27,7 @@ from tests.bot.expect import (
 )
 from tests.cluster.conftest import NAMESPACE, RELEASE, SHARDS, Release, is_ready, wait_until
 from tests.commands.conftest import text_of
+from tests.support.prometheus import Prometheus
 
 pytestmark = [pytest.mark.cluster, pytest.mark.asyncio(loop_scope="module")]
 EXAMPLES = Path(__file__).resolve().parents[2] / "k8s" / "examples"
@@ -52,6 +55,15 @@ async def test_install_runs_the_migration_hook_and_every_role(release: Release) 
     # The hook left nothing behind: its Job and Secret are deleted once it succeeded.
     jobs = await release.get("jobs")
     assert not [j for j in jobs["items"] if "migrate" in j["metadata"]["name"]]
+
+
+async def test_helm_test_checks_every_role(release: Release) -> None:
+    await asyncio.to_thread(release.node.refresh_dns)
+    result = await release.helm("test", RELEASE, "--timeout", "3m", check=False)
+    if result.returncode != 0:  # a failed test pod stays behind with its log
+        logs = await release.kubectl("logs", "-l", "app.kubernetes.io/component=test", check=False)
+        raise AssertionError(f"{result.stdout}\n{result.stderr}\n{logs}")
+    assert "Phase:          Succeeded" in result.stdout, result.stdout
 
 
 async def test_subscription_is_synced_and_a_bot_pod_answers_in_its_guild(
@@ -178,21 +190,96 @@ async def test_the_etl_cronjob_fires_and_clickhouse_equals_staging(release: Rele
         return any(j.get("status", {}).get("succeeded") for j in jobs["items"])
 
     await wait_until(a_job_succeeded, 150, "an ETL Job started by the CronJob to succeed")
-    # A run after the last event: the one that succeeded may have started before it.
-    import clickhouse_connect
-
+    # Traffic has stopped: a later scheduled run loads the rest, and every family in ClickHouse
+    # then holds exactly what staging holds.
     dsn = release.stores.postgres_dsn
-    staged = (await _fetch(dsn, "SELECT count(*) AS n FROM message_events"))[0]["n"]
+    staged = {
+        f.target_table: (await _fetch(dsn, f"SELECT count(*) AS n FROM {f.staging_table}"))[0]["n"]  # noqa: S608
+        for f in FAMILIES
+    }
+    loaded: dict[str, int] = {}
 
-    async def loaded() -> bool:
+    async def equal() -> bool:
         client = await clickhouse_connect.get_async_client(dsn=release.stores.clickhouse_url)
         try:
-            res = await client.query("SELECT count() FROM message_events FINAL")
-            return bool(int(res.result_rows[0][0]) == staged)
+            for table in staged:
+                res = await client.query(f"SELECT count() FROM {table} FINAL")  # noqa: S608
+                loaded[table] = int(res.result_rows[0][0])
         finally:
             await client.close()
+        return loaded == staged
 
-    await wait_until(loaded, 150, f"ClickHouse holding the {staged} staged messages")
+    try:
+        await wait_until(equal, 150, "ClickHouse equal to staging")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: staged {staged}, loaded {loaded}") from None
+    assert staged["messages"] > 0
+
+
+OPERATIONS = Path(__file__).resolve().parents[2] / "charts" / "herwa" / "dashboards"
+
+
+def _panel_queries() -> dict[str, list[str]]:
+    """Every PromQL query of the operations dashboard by panel title, its variables filled in as
+    Grafana would for this release."""
+    dashboard = json.loads((OPERATIONS / "operations.json").read_text())
+    panels: dict[str, list[str]] = {}
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"].replace("$namespace", NAMESPACE)
+            panels.setdefault(panel["title"], []).append(expr.replace("$__rate_interval", "1m"))
+    return panels
+
+
+async def test_prometheus_scrapes_the_pods_and_every_operations_panel_has_data(
+    release: Release, prometheus: Prometheus
+) -> None:
+    pods = {p["metadata"]["name"] for c in ("bot", "operator") for p in await release.pods(c)}
+
+    async def all_up() -> bool:
+        targets = await asyncio.to_thread(prometheus.targets)
+        up = {t["labels"].get("pod") for t in targets if t["health"] == "up"}
+        return pods <= up
+
+    await wait_until(all_up, 60, f"Prometheus scraping {sorted(pods)}")
+    # Rates need two scrapes; gauges read from Postgres need the operator's next reading.
+    empty: dict[str, list[str]] = {}
+
+    async def every_panel_has_data() -> bool:
+        empty.clear()
+        for title, queries in _panel_queries().items():
+            results = [await asyncio.to_thread(prometheus.query, q) for q in queries]
+            if not any(results):
+                empty[title] = queries
+        return not empty
+
+    try:
+        await wait_until(every_panel_has_data, 90, "data in every operations panel")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: panels without data: {empty}") from None
+    assert await asyncio.to_thread(prometheus.rule_health) == []
+    assert not (await asyncio.to_thread(prometheus.firing)) & {"HerwaBotsDown", "HerwaEtlRunFailed"}
+
+
+async def test_alerts_fire_when_every_bot_is_down_and_the_etl_stops_succeeding(
+    release: Release, prometheus: Prometheus
+) -> None:
+    async def firing(*names: str) -> bool:
+        return set(names) <= await asyncio.to_thread(prometheus.firing)
+
+    await release.upgrade(**{"bot.replicas": "0"})
+    await wait_until(lambda: firing("HerwaBotsDown"), 120, "HerwaBotsDown firing")
+
+    # Every ETL run now fails (ClickHouse unreachable): the last success grows old.
+    broken = [{"name": "HERWA_CLICKHOUSE_URL", "value": "http://172.17.0.1:1/herwa"}]
+    release.values["etl"]["env"] = broken
+    await release.upgrade(**{"bot.replicas": "0"})
+    await wait_until(
+        lambda: firing("HerwaEtlRunFailed", "HerwaEtlNotSucceeding"),
+        300,
+        "HerwaEtlRunFailed and HerwaEtlNotSucceeding firing",
+    )
+    release.values["etl"].pop("env")
 
 
 async def test_uninstall_leaves_no_hook_objects_or_secrets(release: Release) -> None:

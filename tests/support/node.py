@@ -293,6 +293,9 @@ class KubeNode:
                 f"--listen-address={BRIDGE_IP}",
                 "--except-interface=lo",
                 f"--hostsdir={w / 'dns'}",
+                # Stays root: its hosts folder is inside the node's private (0700) work dir.
+                "--user=root",
+                "--group=root",
                 "--pid-file=",
                 "--log-facility=-",
             ],
@@ -480,15 +483,30 @@ class KubeNode:
         )
 
     def refresh_dns(self) -> None:
-        """Writes every Service's names into the DNS stand-in (dnsmasq re-reads its hostsdir)."""
-        out = self.cluster.kubectl("get", "services", "-A", "-o", "json", check=True)
+        """Writes the cluster's names into the DNS stand-in (dnsmasq re-reads its hostsdir):
+        every Service's, and for a headless Service each of its pods' (``pod.service.ns.svc``),
+        as CoreDNS would answer them."""
+        kubectl = self.cluster.kubectl
+        services = json.loads(kubectl("get", "services", "-A", "-o", "json", check=True).stdout)
+        endpoints = json.loads(kubectl("get", "endpoints", "-A", "-o", "json", check=True).stdout)
         lines = []
-        for svc in json.loads(out.stdout)["items"]:
-            ip = svc["spec"].get("clusterIP")
-            if not ip or ip == "None":
-                continue
+        headless = set()
+        for svc in services["items"]:
             name, ns = svc["metadata"]["name"], svc["metadata"]["namespace"]
-            lines.append(f"{ip} {name}.{ns}.svc.{CLUSTER_DOMAIN} {name}.{ns}.svc")
+            ip = svc["spec"].get("clusterIP")
+            if ip == "None":
+                headless.add((ns, name))
+            elif ip:
+                lines.append(f"{ip} {name}.{ns}.svc.{CLUSTER_DOMAIN} {name}.{ns}.svc")
+        for ep in endpoints["items"]:
+            name, ns = ep["metadata"]["name"], ep["metadata"]["namespace"]
+            if (ns, name) not in headless:
+                continue
+            for subset in ep.get("subsets", []):
+                for addr in subset.get("addresses", []) + subset.get("notReadyAddresses", []):
+                    if addr.get("hostname"):
+                        host = f"{addr['hostname']}.{name}.{ns}.svc"
+                        lines.append(f"{addr['ip']} {host}.{CLUSTER_DOMAIN} {host}")
         tmp = self.workdir / "dns.tmp"
         tmp.write_text("\n".join(lines) + "\n")
         tmp.replace(self.workdir / "dns" / "services")
