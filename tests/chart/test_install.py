@@ -20,60 +20,14 @@ import pytest
 
 from tests.chart._chart import ALL_ON, CHART, STORES
 from tests.support.kube import KubeCluster
+from tests.support.prometheus import install_monitoring_crds
 
 pytestmark = pytest.mark.kube
-
-MONITORING_KINDS = {
-    "ServiceMonitor": "servicemonitors",
-    "PodMonitor": "podmonitors",
-    "PrometheusRule": "prometheusrules",
-}
-
-
-def _stub_crd(kind: str, plural: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.monitoring.coreos.com"},
-        "spec": {
-            "group": "monitoring.coreos.com",
-            "scope": "Namespaced",
-            "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
-            "versions": [
-                {
-                    "name": "v1",
-                    "served": True,
-                    "storage": True,
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "x-kubernetes-preserve-unknown-fields": True,
-                        }
-                    },
-                }
-            ],
-        },
-    }
 
 
 @pytest.fixture(scope="module")
 def monitoring_crds(kube_cluster: KubeCluster) -> None:
-    items = [_stub_crd(k, p) for k, p in MONITORING_KINDS.items()]
-    kube_cluster.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}),
-        check=True,
-    )
-    for plural in MONITORING_KINDS.values():
-        kube_cluster.kubectl(
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            f"crd/{plural}.monitoring.coreos.com",
-            check=True,
-        )
+    install_monitoring_crds(kube_cluster)
 
 
 class HookJobController:

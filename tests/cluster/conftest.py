@@ -27,9 +27,9 @@ from herwa.simulator import GatewayConfig, Simulator, SimulatorConfig
 from tests.support.kube import KubeTools
 from tests.support.node import KubeNode
 from tests.support.prometheus import (
-    MONITORING_CRDS,
     PodDiscovery,
     Prometheus,
+    install_monitoring_crds,
     pod_monitor_job,
 )
 from tests.support.services import fresh_databases
@@ -127,20 +127,6 @@ def is_ready(pod: dict[str, Any]) -> bool:
     return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
 
 
-async def wait_until(pred: Any, timeout: float, what: str, interval: float = 0.5) -> float:
-    started = time.monotonic()
-    last: Exception | None = None
-    while True:
-        try:
-            if await pred():
-                return time.monotonic() - started
-        except Exception as exc:  # still converging
-            last = exc
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} ({last!r})")
-        await asyncio.sleep(interval)
-
-
 def release_values(node: KubeNode, stores: Endpoints, sim: Simulator, image: str) -> dict[str, Any]:
     repository, tag = image.rsplit(":", 1)
     env = {**FAST_ENV}
@@ -189,18 +175,7 @@ async def release(
     )
     # What the Prometheus Operator would have installed: its kinds, so the chart can create
     # its PodMonitor and PrometheusRule (tests/support/prometheus.py reads them back).
-    crds = {"apiVersion": "v1", "kind": "List", "items": MONITORING_CRDS}
-    applied = await asyncio.to_thread(
-        kube_node.cluster.kubectl, "apply", "-f", "-", input=json.dumps(crds)
-    )
-    assert applied.returncode == 0, applied.stderr
-    await asyncio.to_thread(
-        kube_node.cluster.kubectl,
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        *[f"crd/{c['metadata']['name']}" for c in MONITORING_CRDS],
-    )
+    await asyncio.to_thread(install_monitoring_crds, kube_node.cluster)
     # The node's controller-manager makes the namespace's default ServiceAccount itself.
     created = await asyncio.to_thread(kube_node.cluster.kubectl, "create", "namespace", NAMESPACE)
     assert created.returncode == 0, created.stderr

@@ -8,7 +8,9 @@ CronJob firing on its own, uninstall.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import urllib.parse
 from collections import Counter
 from pathlib import Path
 
@@ -19,17 +21,20 @@ import redis.asyncio as aioredis
 import yaml
 
 from herwa.etl.families import FAMILIES
+from tests.bot.conftest import wait_for
 from tests.bot.expect import (
     actual_family_counts,
     actual_messages,
     expected_family_counts,
     expected_messages,
 )
-from tests.cluster.conftest import NAMESPACE, RELEASE, SHARDS, Release, is_ready, wait_until
+from tests.cluster.conftest import NAMESPACE, RELEASE, SHARDS, Release, is_ready
 from tests.commands.conftest import text_of
 from tests.support.prometheus import Prometheus
 
 pytestmark = [pytest.mark.cluster, pytest.mark.asyncio(loop_scope="module")]
+# Each poll runs kubectl or queries Prometheus: twice a second is plenty.
+wait_until = functools.partial(wait_for, interval=0.5)
 EXAMPLES = Path(__file__).resolve().parents[2] / "k8s" / "examples"
 
 
@@ -270,16 +275,19 @@ async def test_alerts_fire_when_every_bot_is_down_and_the_etl_stops_succeeding(
     await release.upgrade(**{"bot.replicas": "0"})
     await wait_until(lambda: firing("HerwaBotsDown"), 120, "HerwaBotsDown firing")
 
-    # Every ETL run now fails (ClickHouse unreachable): the last success grows old.
-    broken = [{"name": "HERWA_CLICKHOUSE_URL", "value": "http://172.17.0.1:1/herwa"}]
-    release.values["etl"]["env"] = broken
-    await release.upgrade(**{"bot.replicas": "0"})
-    await wait_until(
-        lambda: firing("HerwaEtlRunFailed", "HerwaEtlNotSucceeding"),
-        300,
-        "HerwaEtlRunFailed and HerwaEtlNotSucceeding firing",
-    )
-    release.values["etl"].pop("env")
+    # ClickHouse becomes unreachable from the cluster: every ETL run now fails, and the last
+    # success grows old.
+    clickhouse = urllib.parse.urlsplit(release.stores.clickhouse_url).port
+    assert clickhouse is not None
+    release.node.cut(clickhouse)
+    try:
+        await wait_until(
+            lambda: firing("HerwaEtlRunFailed", "HerwaEtlNotSucceeding"),
+            300,
+            "HerwaEtlRunFailed and HerwaEtlNotSucceeding firing",
+        )
+    finally:
+        await asyncio.to_thread(release.node.expose, clickhouse)
 
 
 async def test_uninstall_leaves_no_hook_objects_or_secrets(release: Release) -> None:

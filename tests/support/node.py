@@ -468,6 +468,15 @@ class KubeNode:
                 time.sleep(0.05)
         return port
 
+    def cut(self, port: int) -> None:
+        """Makes a server exposed with :meth:`expose` unreachable from pods (its forwarder and
+        the connections through it end); :meth:`expose` makes it reachable again."""
+        proc = self._forwards.pop(port, None)
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
     def for_pods(self, url: str) -> str:
         """``url`` with a loopback host rewritten to the bridge address (forwarded by
         :meth:`expose`)."""

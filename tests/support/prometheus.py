@@ -34,6 +34,8 @@ from typing import Any
 
 import yaml
 
+from tests.support.kube import KubeCluster
+
 MONITORING_CRDS: list[dict[str, Any]] = [
     {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -64,6 +66,14 @@ MONITORING_CRDS: list[dict[str, Any]] = [
         ("prometheusrules", "PrometheusRule"),
     )
 ]
+
+
+def install_monitoring_crds(cluster: KubeCluster) -> None:
+    """Creates :data:`MONITORING_CRDS` and waits until the API server serves them."""
+    crds = {"apiVersion": "v1", "kind": "List", "items": MONITORING_CRDS}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(crds), check=True)
+    names = [f"crd/{crd['metadata']['name']}" for crd in MONITORING_CRDS]
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names, check=True)
 
 
 def _label(name: str) -> str:
