@@ -348,9 +348,14 @@ class BotApp:
                 sid,
             ):
                 self.directory.member_counts[row["guild_id"]] = row["member_count"]
-            # A shard that RESUMEs gets no GUILD_CREATE: its guilds come from Postgres.
+            # A shard that RESUMEs gets no GUILD_CREATE: its guilds come from Postgres. The
+            # guilds rows are written apart from the mark (the metadata queue), so a GUILD_CREATE
+            # the mark covers may have no row yet; its member count commits with the mark.
             known = await conn.fetch(
-                "SELECT guild_id FROM guilds WHERE left_at IS NULL AND (guild_id >> 22) % $1 = $2",
+                "SELECT guild_id FROM guilds WHERE left_at IS NULL AND (guild_id >> 22) % $1 = $2 "
+                "UNION SELECT m.guild_id FROM bot_member_counts m "
+                "WHERE (m.guild_id >> 22) % $1 = $2 "
+                "AND NOT EXISTS (SELECT 1 FROM guilds g WHERE g.guild_id = m.guild_id)",
                 self.shard_count,
                 sid,
             )

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from herwa.bot import metrics
-from herwa.bot.capture import DISCORD_EPOCH_MS, edit_row, message_row
+from herwa.bot.capture import DISCORD_EPOCH_MS, channel_payload, edit_row, message_row
 from herwa.bot.directory import THREAD_TYPES
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TEXT_KINDS = frozenset((0, 5))  # text, announcement; plus the threads the bot knows of
+ALL_KINDS = frozenset(range(32))  # any channel at all: the guild's channels are known
 PAGE = 100
 _GUILDS_AT_ONCE = 4
 
@@ -110,6 +111,11 @@ class Backfiller:
         its last rows (they are in the buffer already): whoever owns the shard next finishes
         a backfill whose rows were not committed."""
         for attempt in range(10):
+            client = runner.client
+            if client is None or client.is_closed():
+                # Scheduled by a GUILD_CREATE read while the shard was being closed: its
+                # marker is queued, and the shard's next owner runs it.
+                return
             if await self._guild(runner, guild_id, until):
                 break
             await asyncio.sleep(min(10.0, 0.5 * 2**attempt))
@@ -122,6 +128,8 @@ class Backfiller:
         app = self.app
         async with self._slots:
             directory = app.directory
+            if not directory.guild_channels(guild_id, ALL_KINDS):
+                await self._load_channels(runner, guild_id)
             tracked = directory.config(guild_id).tracked_channel_ids
             channels = [
                 c
@@ -151,6 +159,19 @@ class Backfiller:
             if ok:
                 self.done_guilds += 1
             return ok
+
+    async def _load_channels(self, runner: ShardRunner, guild_id: int) -> None:
+        """A shard RESUMEd from a mark whose GUILD_CREATE's channels its last owner had not
+        written yet knows none of the guild's channels: read them from Discord, or the
+        backfill would find nothing to read and count the guild done."""
+        client = runner.client
+        if client is None:
+            return
+        for raw in await client.http.get_all_guild_channels(guild_id):
+            d = channel_payload(dict(raw))
+            if d is not None:
+                self.app.directory.add_channel(guild_id, d)
+                self.app.channel_changed(guild_id, d)
 
     async def _channel(
         self, runner: ShardRunner, guild_id: int, channel_id: int, floor: int, until: int

@@ -249,8 +249,15 @@ class ShardRunner:
             if d is None:
                 return
             # discord.py parses the same payload next (a string count breaks it): it gets the
-            # count capture could read.
+            # count capture could read, and of the members only the bot itself — it caches no
+            # members, yet would build an object for each one.
             raw["member_count"] = d["member_count"]
+            me = self.client.user.id if self.client is not None and self.client.user else None
+            raw["members"] = [
+                m
+                for m in raw.get("members") or ()
+                if isinstance(m, dict) and str((m.get("user") or {}).get("id")) == str(me)
+            ]
             gid = d["id"]
             directory.add_guild(d)
             self.guilds.add(gid)
