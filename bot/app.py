@@ -13,9 +13,10 @@ survives Redis being restarted or emptied:
   nothing is lost and nothing is stored twice.
 - ``bot_voice_open`` — the open voice sessions; ``bot_member_counts`` — member count per guild
   (for shards that RESUME and so get no GUILD_CREATE, and for the daily snapshot).
+- ``bot_backfill_pending`` — backfills not yet committed (:mod:`herwa.bot.backfill`).
 
 Redis holds only what may be lost (:mod:`herwa.bot.sharding`: membership, leases, the identify
-slot; the backfill markers of :mod:`herwa.bot.backfill`).
+slot).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import asyncpg
 from redis.asyncio import Redis
 
 from herwa.bot import metrics
-from herwa.bot.backfill import Backfiller
+from herwa.bot.backfill import Backfiller, BackfillOp
 from herwa.bot.buffer import TABLES, Batch, FlushBuffer, dead_letter, refused
 from herwa.bot.capture import rejected
 from herwa.bot.commands import CommandDeps
@@ -347,9 +348,14 @@ class BotApp:
                 sid,
             ):
                 self.directory.member_counts[row["guild_id"]] = row["member_count"]
-            # A shard that RESUMEs gets no GUILD_CREATE: its guilds come from Postgres.
+            # A shard that RESUMEs gets no GUILD_CREATE: its guilds come from Postgres. The
+            # guilds rows are written apart from the mark (the metadata queue), so a GUILD_CREATE
+            # the mark covers may have no row yet; its member count commits with the mark.
             known = await conn.fetch(
-                "SELECT guild_id FROM guilds WHERE left_at IS NULL AND (guild_id >> 22) % $1 = $2",
+                "SELECT guild_id FROM guilds WHERE left_at IS NULL AND (guild_id >> 22) % $1 = $2 "
+                "UNION SELECT m.guild_id FROM bot_member_counts m "
+                "WHERE (m.guild_id >> 22) % $1 = $2 "
+                "AND NOT EXISTS (SELECT 1 FROM guilds g WHERE g.guild_id = m.guild_id)",
                 self.shard_count,
                 sid,
             )
@@ -400,21 +406,24 @@ class BotApp:
 
     async def _in_commit(self, conn: Any, batch: Batch) -> None:
         """Inside the batch's transaction: advance each shard's gateway mark and apply its
-        open voice sessions and member counts, fenced by the shard's epoch. A shard whose
-        epoch has moved on (a newer owner loaded its mark) writes no state and leaves its
-        receive-time-keyed rows to that owner."""
+        open voice sessions, member counts and pending backfills, fenced by the shard's epoch.
+        A shard whose epoch has moved on (a newer owner loaded its mark) writes no state and
+        leaves its receive-time-keyed rows to that owner."""
         voice: dict[int, dict[tuple[int, int], bytes | None]] = defaultdict(dict)
         counts: dict[int, dict[int, int]] = defaultdict(dict)
+        backfills: dict[int, list[BackfillOp]] = defaultdict(list)
         for extra in batch.extras:
             if isinstance(extra, VoiceOp):
                 voice[extra.shard_id][(extra.guild_id, extra.user_id)] = extra.session
             elif isinstance(extra, MemberCountOp):
                 counts[extra.shard_id][extra.guild_id] = extra.count
+            elif isinstance(extra, BackfillOp):
+                backfills[extra.shard_id].append(extra)
         marks: dict[int, Mark] = batch.marks or {}
         fenced: set[int] = set()  # a newer owner took over: neither state nor rows
         skipped: set[int] = set()  # no runner any more: its state is not this pod's to write
         # Sorted: every pod locks mark rows in one order, so two flushes cannot deadlock.
-        for sid in sorted(set(voice) | set(counts) | set(marks)):
+        for sid in sorted(set(voice) | set(counts) | set(backfills) | set(marks)):
             mark = marks.get(sid)
             runner = self.runners.get(sid)
             epoch = mark.epoch if mark else (runner.epoch if runner else None)
@@ -475,6 +484,23 @@ class BotApp:
                 "ON CONFLICT (guild_id) DO UPDATE SET member_count = EXCLUDED.member_count, "
                 "updated_at = now()",
                 member_counts,
+            )
+        pending = [op for sid, ops in backfills.items() if sid not in stateless for op in ops]
+        started = sorted((op.guild_id, op.until) for op in pending if not op.done)
+        finished = sorted((op.guild_id, op.until) for op in pending if op.done)
+        if started:
+            await conn.executemany(
+                "INSERT INTO bot_backfill_pending (guild_id, until_id) VALUES ($1, $2) "
+                "ON CONFLICT (guild_id) DO UPDATE SET "
+                "until_id = greatest(bot_backfill_pending.until_id, EXCLUDED.until_id), "
+                "updated_at = now()",
+                started,
+            )
+        if finished:
+            # A later backfill of the same guild (a newer GUILD_CREATE) stays pending.
+            await conn.executemany(
+                "DELETE FROM bot_backfill_pending WHERE guild_id = $1 AND until_id <= $2",
+                finished,
             )
 
     def _drop_fenced(self, batch: Batch, fenced: set[int]) -> None:

@@ -10,6 +10,12 @@ which honours Discord's rate-limit headers and 429 ``Retry-After``. Rows go thro
 buffer (source ``backfill``) and merge idempotently with gateway rows on the message id.
 Edits visible in history (``edited_timestamp``) are recorded too; messages created *and*
 deleted during the downtime are invisible to any backfill.
+
+A backfill is pending in Postgres (``bot_backfill_pending``) from the flush that carries the
+GUILD_CREATE's gateway mark until the flush that commits its last rows (:class:`BackfillOp`,
+applied by the batch's transaction): a shard handed over or crashed mid-backfill is RESUMEd by
+its next owner, which receives no GUILD_CREATE, so that owner finishes every backfill still
+pending for the shard.
 """
 
 from __future__ import annotations
@@ -18,12 +24,13 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import discord
 
 from herwa.bot import metrics
-from herwa.bot.capture import DISCORD_EPOCH_MS, edit_row, message_row
+from herwa.bot.capture import DISCORD_EPOCH_MS, channel_payload, edit_row, message_row
 from herwa.bot.directory import THREAD_TYPES
 
 if TYPE_CHECKING:
@@ -33,12 +40,25 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TEXT_KINDS = frozenset((0, 5))  # text, announcement; plus the threads the bot knows of
+ALL_KINDS = frozenset(range(32))  # any channel at all: the guild's channels are known
 PAGE = 100
 _GUILDS_AT_ONCE = 4
 
 
 def snowflake_at(ms: float) -> int:
     return int(ms - DISCORD_EPOCH_MS) << 22
+
+
+@dataclass(frozen=True)
+class BackfillOp:
+    """Record a guild's backfill up to ``until`` as pending, or (``done``) as finished, in the
+    flush that carries it: the marker commits with the gateway mark covering the GUILD_CREATE,
+    its removal with the backfill's last rows."""
+
+    shard_id: int
+    guild_id: int
+    until: int
+    done: bool
 
 
 class Backfiller:
@@ -48,11 +68,14 @@ class Backfiller:
         self._slots = asyncio.Semaphore(_GUILDS_AT_ONCE)
         self.messages = 0
         self.done_guilds = 0
-        self.flush_timeout = 30.0
 
     def schedule(self, runner: ShardRunner, guild_id: int) -> None:
         # Everything created up to now: later messages reach the live stream.
         until = snowflake_at(time.time() * 1000 + 1) | ((1 << 22) - 1)
+        self.app.buffer.add_extra(BackfillOp(runner.shard_id, guild_id, until, done=False))
+        self._start(runner, guild_id, until)
+
+    def _start(self, runner: ShardRunner, guild_id: int, until: int) -> None:
         task = asyncio.get_running_loop().create_task(self._tracked(runner, guild_id, until))
         self._tasks[runner.shard_id].add(task)
         task.add_done_callback(self._tasks[runner.shard_id].discard)
@@ -71,53 +94,42 @@ class Backfiller:
     def running(self) -> int:
         return sum(len(t) for t in self._tasks.values())
 
-    @property
-    def pending_key(self) -> str:
-        return self.app.key("backfill", "pending")
-
     async def resume_pending(self, runner: ShardRunner) -> None:
         """Guilds whose backfill an earlier owner of this shard did not finish (handed over,
         crashed): run them again."""
-        raw = await self.app.redis.hgetall(self.pending_key)
-        for gid, until in raw.items():
-            if self.app.shard_of(int(gid)) == runner.shard_id:
-                task = asyncio.get_running_loop().create_task(
-                    self._tracked(runner, int(gid), int(until))
-                )
-                self._tasks[runner.shard_id].add(task)
-                task.add_done_callback(self._tasks[runner.shard_id].discard)
+        rows = await self.app.pool.fetch(
+            "SELECT guild_id, until_id FROM bot_backfill_pending "
+            "WHERE (guild_id >> 22) % $1 = $2 ORDER BY guild_id",
+            self.app.shard_count,
+            runner.shard_id,
+        )
+        for row in rows:
+            self._start(runner, int(row["guild_id"]), int(row["until_id"]))
 
     async def _tracked(self, runner: ShardRunner, guild_id: int, until: int) -> None:
-        """The backfill, recorded as pending in Redis until it has completed: whoever owns
-        the shard next finishes it (the marker survives a handover and a crash)."""
-        redis = self.app.redis
-        key = self.pending_key
-        for attempt in range(100):
-            try:
-                old = await redis.hget(key, str(guild_id))
-                await redis.hset(key, str(guild_id), max(until, int(old or 0)))
-                break
-            except Exception as exc:
-                log.warning("cannot record pending backfill: %s", exc)
-                await asyncio.sleep(min(5.0, 0.1 * 2**attempt))
+        """The backfill, then its removal from the pending markers in the flush that commits
+        its last rows (they are in the buffer already): whoever owns the shard next finishes
+        a backfill whose rows were not committed."""
         for attempt in range(10):
+            client = runner.client
+            if client is None or client.is_closed():
+                # Scheduled by a GUILD_CREATE read while the shard was being closed: its
+                # marker is queued, and the shard's next owner runs it.
+                return
             if await self._guild(runner, guild_id, until):
                 break
             await asyncio.sleep(min(10.0, 0.5 * 2**attempt))
         else:
             log.error("backfill of guild %s gave up; it stays pending for the next owner", guild_id)
             return
-        # Only what is committed counts as done: the marker stays until the flush has
-        # committed these rows, so a pod that dies before Postgres recovers leaves the work
-        # to the next owner instead of losing it.
-        while not await self.app.buffer.flush(self.flush_timeout):
-            log.warning("backfill of guild %s is not committed yet; flushing again", guild_id)
-        await redis.hdel(key, str(guild_id))
+        self.app.buffer.add_extra(BackfillOp(runner.shard_id, guild_id, until, done=True))
 
     async def _guild(self, runner: ShardRunner, guild_id: int, until: int) -> bool:
         app = self.app
         async with self._slots:
             directory = app.directory
+            if not directory.guild_channels(guild_id, ALL_KINDS):
+                await self._load_channels(runner, guild_id)
             tracked = directory.config(guild_id).tracked_channel_ids
             channels = [
                 c
@@ -147,6 +159,19 @@ class Backfiller:
             if ok:
                 self.done_guilds += 1
             return ok
+
+    async def _load_channels(self, runner: ShardRunner, guild_id: int) -> None:
+        """A shard RESUMEd from a mark whose GUILD_CREATE's channels its last owner had not
+        written yet knows none of the guild's channels: read them from Discord, or the
+        backfill would find nothing to read and count the guild done."""
+        client = runner.client
+        if client is None:
+            return
+        for raw in await client.http.get_all_guild_channels(guild_id):
+            d = channel_payload(dict(raw))
+            if d is not None:
+                self.app.directory.add_channel(guild_id, d)
+                self.app.channel_changed(guild_id, d)
 
     async def _channel(
         self, runner: ShardRunner, guild_id: int, channel_id: int, floor: int, until: int
@@ -200,4 +225,4 @@ class Backfiller:
                 return
 
 
-__all__ = ["Backfiller", "snowflake_at"]
+__all__ = ["BackfillOp", "Backfiller", "snowflake_at"]

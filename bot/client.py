@@ -115,6 +115,10 @@ class CaptureClient(discord.Client):
                 while True:
                     await self._wait_for_room()
                     await self.ws.poll_event()
+                    # A burst already buffered (the GUILD_CREATEs after IDENTIFY, a RESUME's
+                    # replay) is read without ever suspending: let the lease renewal, the
+                    # flusher and the other shards run between two events.
+                    await asyncio.sleep(0)
             except ReconnectWebSocket as e:
                 if self.stopping():
                     return

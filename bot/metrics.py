@@ -38,6 +38,12 @@ SHARD_STATE = Gauge(
     "1 for the state each owned shard is in (connecting, connected, resuming, stopping)",
     ["shard", "state"],
 )
+GATEWAY_SESSIONS = PromCounter(
+    "herwa_bot_gateway_sessions",
+    "Gateway sessions each shard opened: kind=identify (a new session, READY; events since the "
+    "last committed mark are lost to all but backfill) or resume (RESUMED; Discord replayed them)",
+    ["shard", "kind"],
+)
 SHARDS_OWNED = Gauge("herwa_bot_shards_owned", "Shards this pod holds the lease of")
 MEMBERS_LIVE = Gauge("herwa_bot_members_live", "Live bot pods in the Redis membership")
 BUFFER_DEPTH = Gauge("herwa_bot_buffer_depth_rows", "Rows waiting to be flushed to Postgres")

@@ -70,8 +70,6 @@ class ShardRunner:
         self.last_alive = time.time()
         self.state = "starting"
         self.resumed_from_store = False
-        self.identifies = 0
-        self.resumes = 0
 
     # -- status ---------------------------------------------------------------------------
     @property
@@ -147,7 +145,6 @@ class ShardRunner:
             self.app.shard_failed(self)
 
     async def _before_identify(self, shard_id: int) -> None:
-        self.identifies += 1
         await self.app.coordinator.identify_slot(shard_id)
 
     async def stop(self, timeout: float) -> None:
@@ -252,8 +249,15 @@ class ShardRunner:
             if d is None:
                 return
             # discord.py parses the same payload next (a string count breaks it): it gets the
-            # count capture could read.
+            # count capture could read, and of the members only the bot itself — it caches no
+            # members, yet would build an object for each one.
             raw["member_count"] = d["member_count"]
+            me = self.client.user.id if self.client is not None and self.client.user else None
+            raw["members"] = [
+                m
+                for m in raw.get("members") or ()
+                if isinstance(m, dict) and str((m.get("user") or {}).get("id")) == str(me)
+            ]
             gid = d["id"]
             directory.add_guild(d)
             self.guilds.add(gid)
@@ -305,12 +309,16 @@ class ShardRunner:
                 if thread is not None:
                     directory.add_channel(gid, thread)
 
+        identified = metrics.GATEWAY_SESSIONS.labels(label, "identify")
+        resumed_session = metrics.GATEWAY_SESSIONS.labels(label, "resume")
+
         def ready(d: Json) -> None:
             self.session_seen = True
+            identified.inc()
 
         def resumed(d: Json) -> None:
             self.session_seen = True
-            self.resumes += 1
+            resumed_session.inc()
 
         capture: dict[str, Parser] = {
             "MESSAGE_CREATE": message_create,

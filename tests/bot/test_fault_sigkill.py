@@ -1,8 +1,9 @@
 """Fault: a bot pod SIGKILLed mid-traffic and started again under the same identity.
 
 Whatever the killed pod had read but not flushed is gone from its memory; its shards' gateway
-sessions are still resumable, so the restarted pod RESUMEs them from the marks in Redis and
-Discord replays what followed. Every family must equal the ledger: the replay fills the gap,
+sessions are still resumable, so the restarted pod RESUMEs every one of them from the marks
+committed in Postgres (its metrics count a resume and no identify per shard) and Discord
+replays what followed. Every family must equal the ledger: the replay fills the gap,
 and rows already stored must not be stored again.
 """
 
@@ -15,10 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from herwa.bot.sharding import assigned_shards
 from herwa.devstack import Endpoints
 from herwa.simulator import GatewayConfig, Simulator, SimulatorConfig
-from tests.bot.conftest import Fleet, split_names, wait_for
+from tests.bot.conftest import SHARDS, Fleet, split_names, wait_for
 from tests.bot.fault_families import invoke, scenario, settle_every_family, snapshots_taken
+from tests.bot.gateway_sessions import gateway_sessions, opened_by
 
 pytestmark = pytest.mark.slow
 
@@ -57,8 +60,13 @@ async def test_fault_sigkill_bot_mid_traffic(
         fleet.bots[b].signal(signal.SIGKILL)
         assert await fleet.bots[b].wait_exit(5) == -signal.SIGKILL
         await asyncio.sleep(1.5)  # traffic goes on; b's shards have no reader
-        await fleet.start(b)  # the same pod name: the same shards, the marks in Redis
+        await fleet.start(b)  # the same pod name: the same shards, the marks in Postgres
         await wait_for(fleet.all_connected, 30, "both bots connected again")
+        # Every shard the killed pod held was RESUMEd by its replacement; none re-identified.
+        held_by_b = assigned_shards([a, b], b, SHARDS)
+        sessions = gateway_sessions(await fleet.bots[b].metrics())
+        assert opened_by(sessions, held_by_b, "resume") == dict.fromkeys(sorted(held_by_b), 1)
+        assert opened_by(sessions, held_by_b, "identify") == dict.fromkeys(sorted(held_by_b), 0)
         await asyncio.sleep(1.0)
         await sim.stop_activity()
         assert await invoke(sim, guilds) == len(guilds)
