@@ -75,12 +75,8 @@ async def run_once(
         try:
             await prepare_session(pg)
             await lock.acquire(pg)
-            ch = await clickhouse_url_client(clickhouse_url)
-            try:
-                stores = (postgres_dsn, clickhouse_url)
-                result = await _locked_run(pg, ch, redis, options, started, fault, stores)
-            finally:
-                await ch.close()
+            stores = (postgres_dsn, clickhouse_url)
+            result = await _locked_run(pg, redis, options, started, fault, stores)
         finally:
             # Closing the session releases the advisory lock too, even after a failed batch.
             await pg.close()
@@ -240,7 +236,6 @@ async def _sync_families(
 
 async def _locked_run(
     pg: asyncpg.Connection,
-    ch: AsyncClient,
     redis: Redis | None,
     options: RunOptions,
     started: float,
@@ -252,7 +247,11 @@ async def _locked_run(
     stats = metrics.RunStats()
     deadline = started + options.deadline_seconds
     outcome, error = "caught_up", None
+    ch: AsyncClient | None = None
     try:
+        # Connected inside the recorded run: a ClickHouse that cannot be reached is a failed
+        # run in etl_runs, which the operator exports and the chart's alert watches.
+        ch = await clickhouse_url_client(stores[1])
         await low_water.check_counter(pg)
         # Deletions first, within their share of the deadline, so that requests (however
         # many, however slow or failing) never starve loading. A deferred request lets nothing
@@ -302,6 +301,10 @@ async def _locked_run(
     except Exception as exc:
         outcome, error = "failed", f"{type(exc).__name__}: {exc}"
         log.exception("etl run failed")
+    finally:
+        if ch is not None:
+            with contextlib.suppress(Exception):
+                await ch.close()
     seconds = time.monotonic() - started
     prom.finish(outcome, seconds, stats, time.time())
     try:

@@ -167,3 +167,27 @@ async def test_fault_clickhouse_down_during_etl_run(
         print(f"rows loaded before the kill={loaded_before}, after={after}")
     finally:
         await pg.close()
+
+
+async def test_fault_clickhouse_unreachable_from_the_start_is_a_recorded_failed_run(
+    migrated: Endpoints,
+) -> None:
+    """A ClickHouse the run cannot even connect to: the run is recorded as failed in etl_runs
+    (what the operator exports and HerwaEtlRunFailed watches), nothing is marked loaded, and
+    the next run with ClickHouse back loads everything."""
+    conn = await asyncpg.connect(migrated.postgres_dsn)
+    try:
+        await stage_messages(conn, range(40))
+        closed = "http://default@127.0.0.1:1/herwa"  # nothing listens on port 1
+        result = await run_once(migrated.postgres_dsn, closed, None, OPTIONS)
+        assert result.outcome == "failed"
+        assert result.error
+        runs = await conn.fetch("SELECT outcome, error FROM etl_runs ORDER BY run_id")
+        assert [r["outcome"] for r in runs] == ["failed"]
+        assert runs[0]["error"]
+
+        result = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS)
+        assert result.outcome == "caught_up"
+        assert result.stats.rows_moved["message_events"] == 40
+    finally:
+        await conn.close()
