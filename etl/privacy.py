@@ -78,6 +78,7 @@ OTHER_IDS = frozenset(
         "run_id",
         "shard_id",
         "dead_letter_id",
+        "until_id",  # bot_backfill_pending: the message a backfill reads history back to
     }
 )
 _ID_COLUMN = re.compile(r"(^|_)(id|by)$")
