@@ -292,12 +292,25 @@ async def test_alerts_fire_when_every_bot_is_down_and_the_etl_stops_succeeding(
 
 async def test_uninstall_leaves_no_hook_objects_or_secrets(release: Release) -> None:
     await release.helm("uninstall", RELEASE, "--wait")
-    for kind in ("jobs", "secrets", "configmaps", "statefulsets", "deployments", "cronjobs"):
-        items = (await release.get(kind))["items"]
-        left = [
-            i["metadata"]["name"]
-            for i in items
-            if i["metadata"].get("labels", {}).get("app.kubernetes.io/instance") == RELEASE
-            or i["metadata"]["name"].startswith(RELEASE)
-        ]
-        assert not left, f"{kind} left behind in {NAMESPACE}: {left}"
+    left: dict[str, list[str]] = {}
+
+    async def nothing_left() -> bool:
+        left.clear()
+        for kind in ("jobs", "pods", "secrets", "configmaps", "statefulsets", "deployments"):
+            names = [
+                i["metadata"]["name"]
+                for i in (await release.get(kind))["items"]
+                if i["metadata"].get("labels", {}).get("app.kubernetes.io/instance") == RELEASE
+                or i["metadata"]["name"].startswith(RELEASE)
+            ]
+            if names:
+                left[kind] = names
+        return not left
+
+    # The CronJob's Jobs and their pods go with it through the garbage collector, a moment
+    # after helm returns.
+    try:
+        await wait_until(nothing_left, 90, "every object of the release gone")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: left behind in {NAMESPACE}: {left}") from None
+    assert not (await release.get("cronjobs"))["items"]
