@@ -57,6 +57,9 @@ async def test_fault_sigkill_bot_mid_traffic(
 
         sim.start_activity(300)
         await asyncio.sleep(1.5)
+        # From here b's shards go unread until its replacement RESUMEs: a voice join or leave
+        # replayed then is stamped when it is read (the bot's receive time), as documented.
+        killed_ms = sim.now_ms()
         fleet.bots[b].signal(signal.SIGKILL)
         assert await fleet.bots[b].wait_exit(5) == -signal.SIGKILL
         await asyncio.sleep(1.5)  # traffic goes on; b's shards have no reader
@@ -75,7 +78,13 @@ async def test_fault_sigkill_bot_mid_traffic(
         held = sum(1 for d in sim.ledger.deliveries if not d.connected)
         assert held > 0
         compared = await settle_every_family(
-            sim, dsn, migrated.redis_url, snapshots, timeout=60, diagnose=lambda: _state(fleet)
+            sim,
+            dsn,
+            migrated.redis_url,
+            snapshots,
+            timeout=60,
+            paused_from=killed_ms,
+            diagnose=lambda: _state(fleet),
         )
         print(f"compared with the ledger after a SIGKILL: {compared}; held for RESUME: {held}")
     finally:
