@@ -1,6 +1,7 @@
 """Fault tests: a bot SIGKILLed (counts complete again after backfill), Redis restarted (the
-bot recovers); Postgres stopped mid-stream is test_fault_postgres_down.py (30 s, every family). SIGTERM mid-stream is covered by test_scaling (the shrink is a SIGTERM, exit 0,
-then exact ledger equality)."""
+bot recovers); Postgres stopped mid-stream is test_fault_postgres_down.py (30 s, every family).
+SIGTERM mid-stream is covered by test_scaling (the shrink is a SIGTERM, exit 0, then exact
+ledger equality)."""
 
 from __future__ import annotations
 
