@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ import yaml
 from herwa.devstack import Endpoints
 from herwa.devstack._probes import clickhouse_query, postgres_execute, run_sync
 from herwa.schema import migrate
-from tests.support.kube import KubeCluster
+from tests.support.kube import KubeCluster, free_port
 from tests.support.services import _with_path
 
 pytestmark = pytest.mark.kube
@@ -49,13 +48,6 @@ DRIFT = 2.0
 BOUND = 15.0
 REDIS_DB = 2
 T = TypeVar("T")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = BOUND) -> tuple[T, float]:
@@ -221,7 +213,7 @@ def _running_operator(
 ) -> Iterator[Operator]:
     rclient = redis.Redis.from_url(redis_url)
     rclient.flushdb()
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HERWA_", "KUBE"))}
     env.update(
         KUBECONFIG=str(sa_kubeconfig),

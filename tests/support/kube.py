@@ -99,9 +99,10 @@ class KubeTools:
         )
 
 
-def _free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         port: int = s.getsockname()[1]
         return port
 
@@ -232,7 +233,7 @@ class KubeCluster:
         tokens.write_text(f'{admin_token},{ADMIN_USER},{ADMIN_USER},"system:masters"\n')
         tokens.chmod(0o600)
 
-        etcd_port, etcd_peer, api_port = _free_port(), _free_port(), _free_port()
+        etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port()
         etcd_url = f"http://127.0.0.1:{etcd_port}"
         server = f"https://{address}:{api_port}"
         cluster = cls(
@@ -260,7 +261,7 @@ class KubeCluster:
                     f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
                     f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
                     f"--initial-cluster=herwa-test=http://127.0.0.1:{etcd_peer}",
-                    f"--listen-metrics-urls=http://127.0.0.1:{_free_port()}",
+                    f"--listen-metrics-urls=http://127.0.0.1:{free_port()}",
                     "--log-level=warn",
                 ],
             )

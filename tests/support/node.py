@@ -42,7 +42,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.kube import KubeCluster, KubeTools
+from tests.support.kube import KubeCluster, KubeTools, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_NAME = "herwa-node"
@@ -79,13 +79,6 @@ def _run(
         output = (proc.stdout[-3000:] + "\n" + proc.stderr[-3000:]).strip()
         _fail(f"{' '.join(map(str, args))} exited {proc.returncode}:\n{output}")
     return proc
-
-
-def _free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _host_tool(name: str) -> str:
@@ -315,7 +308,7 @@ class KubeNode:
                 "--leader-elect=false",
                 "--bind-address=127.0.0.1",
                 "--port=0",
-                f"--secure-port={_free_port()}",
+                f"--secure-port={free_port()}",
                 f"--cert-dir={w / 'controller-manager-certs'}",
                 f"--flex-volume-plugin-dir={w / 'flex'}",
                 "--node-monitor-grace-period=20s",
@@ -333,7 +326,7 @@ class KubeNode:
                 "--leader-elect=false",
                 "--bind-address=127.0.0.1",
                 "--port=0",
-                f"--secure-port={_free_port()}",
+                f"--secure-port={free_port()}",
                 f"--cert-dir={w / 'scheduler-certs'}",
                 "--v=1",
             ],
@@ -359,7 +352,7 @@ class KubeNode:
                 f"--client-ca-file={c.pki.ca_crt}",
                 "--anonymous-auth=false",
                 "--read-only-port=0",
-                f"--port={_free_port(BRIDGE_IP)}",
+                f"--port={free_port(BRIDGE_IP)}",
                 f"--address={BRIDGE_IP}",
                 "--healthz-port=0",
                 "--image-gc-high-threshold=100",
@@ -389,8 +382,8 @@ class KubeNode:
                 f"--cluster-cidr={BRIDGE_CIDR}",
                 "--conntrack-max-per-core=0",
                 "--oom-score-adj=0",
-                f"--metrics-bind-address=127.0.0.1:{_free_port()}",
-                f"--healthz-bind-address=127.0.0.1:{_free_port()}",
+                f"--metrics-bind-address=127.0.0.1:{free_port()}",
+                f"--healthz-bind-address=127.0.0.1:{free_port()}",
                 "--v=1",
             ],
         )

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import socket
 import subprocess
 import threading
 import time
@@ -34,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from tests.support.kube import KubeCluster
+from tests.support.kube import KubeCluster, free_port
 
 MONITORING_CRDS: list[dict[str, Any]] = [
     {
@@ -209,13 +208,6 @@ class PodDiscovery:
         self._thread.join(timeout=10)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @dataclass
 class Prometheus:
     """A running Prometheus; :meth:`query` and :meth:`alerts` read its HTTP API."""
@@ -247,7 +239,7 @@ class Prometheus:
                 }
             )
         )
-        port = _free_port()
+        port = free_port()
         log = open(workdir / "prometheus.log", "wb")  # noqa: SIM115 - owned by the process
         try:
             proc = subprocess.Popen(
