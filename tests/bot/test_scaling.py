@@ -17,6 +17,7 @@ import pytest
 from herwa.simulator import Simulator
 from tests.bot.conftest import SHARDS, Fleet, wait_for
 from tests.bot.expect import settle
+from tests.bot.gateway_sessions import gateway_sessions
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +84,16 @@ async def test_grow_to_three_and_shrink_to_two_under_traffic(fleet: Fleet, sim: 
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
-    await settle(sim, dsn, content=False, timeout=30)
+
+    async def diagnose() -> str:
+        lines = []
+        for name, bot in fleet.bots.items():
+            if bot.alive:
+                lines.append(f"{name} sessions: {dict(gateway_sessions(await bot.metrics()))}")
+            lines.append(f"{name} log:\n{bot.tail(60)}")
+        return "\n".join(lines)
+
+    await settle(sim, dsn, content=False, timeout=30, diagnose=diagnose)
     print(
         f"samples={watch.samples} longest shard gap={watch.longest_gap:.2f}s "
         f"emitted={sum(sim.ledger.events_emitted.values())} "
