@@ -92,6 +92,61 @@ async def migrate(
     return report
 
 
+async def pending(postgres_dsn: SecretStr | str, clickhouse_url: SecretStr | str) -> list[str]:
+    """The migrations this release knows that either store has not applied yet ("postgres
+    0016_x", ...); empty once the schema is current. Reads only: a role's pod waits on this
+    before it starts, while the migrate Job applies. A store ahead of this release is current
+    for it (migrations are backwards compatible, which a rolling upgrade relies on); an applied
+    migration whose checksum differs raises."""
+    out: list[str] = []
+    conn = await postgres_connection(postgres_dsn)
+    try:
+        try:
+            rows = await conn.fetch("SELECT version, checksum FROM schema_migrations")
+        except asyncpg.UndefinedTableError:
+            rows = []
+    finally:
+        await conn.close()
+    out += _missing("postgres", {r["version"]: r["checksum"] for r in rows})
+
+    raw = (
+        clickhouse_url.get_secret_value()
+        if isinstance(clickhouse_url, SecretStr)
+        else clickhouse_url
+    )
+    database = urlsplit(raw).path.strip("/") or "default"
+    client = await clickhouse_url_client(urlunsplit(urlsplit(raw)._replace(path="/default")))
+    try:
+        exists = await client.query(
+            "SELECT count() FROM system.tables WHERE database = {db:String} "
+            "AND name = 'schema_migrations'",
+            parameters={"db": database},
+        )
+        applied: dict[int, str] = {}
+        if exists.result_rows[0][0]:
+            result = await client.query(
+                "SELECT version, checksum FROM {db:Identifier}.schema_migrations FINAL",
+                parameters={"db": database},
+            )
+            applied = {int(v): str(c) for v, c in result.result_rows}
+    finally:
+        await client.close()
+    return out + _missing("clickhouse", applied)
+
+
+def _missing(store: Store, applied: dict[int, str]) -> list[str]:
+    missing = []
+    for m in discover(store):
+        if m.version not in applied:
+            missing.append(f"{store} {m.version:04d}_{m.name}")
+        elif applied[m.version] != m.checksum:
+            raise MigrationError(
+                f"{store} migration {m.version:04d}_{m.name} differs from the one applied; "
+                "this image and the database disagree on the schema"
+            )
+    return missing
+
+
 def _check_applied(store: Store, applied: dict[int, str], known: list[Migration]) -> None:
     by_version = {m.version: m for m in known}
     for version, checksum in sorted(applied.items()):

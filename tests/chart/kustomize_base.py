@@ -7,9 +7,9 @@ The base is the chart rendered for release "herwa" in namespace "herwa" with the
 the comment in k8s/base/kustomization.yaml), Helm's own labels dropped, and what only Helm can
 do changed for a plain `kubectl apply -k`:
 
-* the migration hook is a plain Job named after its image ("herwa-migrate-<tag>"): a Job's pod
-  template is immutable, so the next version's Job must be a new object, not an update; a
-  finished Job is removed after a day (ttlSecondsAfterFinished);
+* the migrate Job is named after its image ("herwa-migrate-<tag>") instead of the release
+  revision: a Job's pod template is immutable, so the next version's Job must be a new object,
+  not an update; a finished Job is removed after a day (ttlSecondsAfterFinished);
 * the `helm test` pod is left out;
 * the operator runs without a peering object (standalone, one replica): the peering object is
   a custom resource whose CRD the same first `kubectl apply` would only be creating, which
@@ -70,9 +70,13 @@ def _for_kubectl(doc: dict[str, Any]) -> dict[str, Any] | None:
     annotations = doc["metadata"].get("annotations", {})
     if annotations.get("helm.sh/hook") == "test" or doc["kind"] in PEERING_KINDS:
         return None
-    if doc["kind"] == "Job" and "helm.sh/hook" in annotations:
+    if (
+        doc["kind"] == "Job"
+        and doc["metadata"]["labels"]["app.kubernetes.io/component"] == "migrate"
+    ):
         image = doc["spec"]["template"]["spec"]["containers"][0]["image"]
-        doc["metadata"]["name"] += "-" + _image_slug(image)
+        name = doc["metadata"]["name"].rsplit("-", 1)[0]  # "-<revision>": Helm's, not ours
+        doc["metadata"]["name"] = f"{name}-{_image_slug(image)}"
         doc["spec"]["ttlSecondsAfterFinished"] = MIGRATE_TTL_SECONDS
     if doc["kind"] == "Deployment":
         for container in doc["spec"]["template"]["spec"]["containers"]:

@@ -1,16 +1,15 @@
 """`helm install` / `upgrade` / `uninstall` into a real kube-apiserver (1.20.2).
 
-The server has no controllers, so nothing runs: the test plays the Job controller for the
-migration hook (marks the hook Job Complete through its status subresource) and checks that
-helm then creates the release's objects in the versions 1.20 serves and removes the hook's own
-objects. Prometheus Operator CRDs are stood in by minimal CRDs of the same group and kinds.
+The server has no node, so nothing runs (tests/cluster runs it): these tests check that helm
+creates the release's objects in the versions 1.20 serves, one migrate Job per revision, and
+removes everything on uninstall. Prometheus Operator CRDs are stood in by minimal CRDs of the
+same group and kinds.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -30,65 +29,6 @@ def monitoring_crds(kube_cluster: KubeCluster) -> None:
     install_monitoring_crds(kube_cluster)
 
 
-class HookJobController:
-    """Marks the release's migration Job Complete as soon as it appears (a stand-in for the
-    Job controller and a successful `herwa migrate`)."""
-
-    def __init__(self, cluster: KubeCluster, namespace: str, job: str) -> None:
-        self.cluster, self.namespace, self.job = cluster, namespace, job
-        self.completed = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def __enter__(self) -> HookJobController:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _loop(self) -> None:
-        seen: set[str] = set()
-        while not self._stop.is_set():
-            got = self.cluster.kubectl("get", "job", self.job, "-n", self.namespace, "-o", "json")
-            if got.returncode == 0:
-                job = json.loads(got.stdout)
-                uid = job["metadata"]["uid"]
-                if uid not in seen:
-                    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-                    status = {
-                        "status": {
-                            "succeeded": 1,
-                            "startTime": now,
-                            "completionTime": now,
-                            "conditions": [
-                                {
-                                    "type": "Complete",
-                                    "status": "True",
-                                    "lastProbeTime": now,
-                                    "lastTransitionTime": now,
-                                }
-                            ],
-                        }
-                    }
-                    self.cluster.kubectl(
-                        "patch",
-                        "job",
-                        self.job,
-                        "-n",
-                        self.namespace,
-                        "--subresource=status",
-                        "--type=merge",
-                        "-p",
-                        json.dumps(status),
-                        check=True,
-                    )
-                    seen.add(uid)
-                    self.completed += 1
-            time.sleep(0.3)
-
-
 def _get(cluster: KubeCluster, ns: str, *what: str) -> dict[str, Any]:
     out = cluster.kubectl("get", *what, "-n", ns, "-o", "json", check=True).stdout
     result: dict[str, Any] = json.loads(out)
@@ -102,17 +42,21 @@ def _exists(cluster: KubeCluster, ns: str, kind: str, name: str) -> bool:
 def _install(
     cluster: KubeCluster, ns: str, release: str, *args: str, verb: str = "install"
 ) -> subprocess.CompletedProcess[str]:
-    with HookJobController(cluster, ns, f"{release}-herwa-migrate") as hooks:
-        result = cluster.helm(verb, release, CHART, "--namespace", ns, "--timeout", "120s", *args)
+    result = cluster.helm(verb, release, CHART, "--namespace", ns, "--timeout", "120s", *args)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert hooks.completed == 1, "the migration hook Job did not run exactly once"
+    # This revision's migrate Job, and no other: the previous revision's is deleted.
+    revision = json.loads(cluster.helm("status", release, "-n", ns, "-o", "json").stdout)
+    jobs = _get(cluster, ns, "jobs", "-l", "app.kubernetes.io/component=migrate")["items"]
+    assert [j["metadata"]["name"] for j in jobs] == [
+        f"{release}-herwa-migrate-{revision['version']}"
+    ]
     return result
 
 
 def test_install_without_store_settings_fails_at_once(
     kube_cluster: KubeCluster, kube_namespace: str
 ) -> None:
-    """Not after Helm's timeout with a hook pod in CreateContainerConfigError: at render time,
+    """Not after Helm's timeout with pods in CreateContainerConfigError: at render time,
     naming the values, with nothing created."""
     ns, release = kube_namespace, f"n{uuid.uuid4().hex[:6]}"
     started = time.monotonic()
@@ -123,7 +67,7 @@ def test_install_without_store_settings_fails_at_once(
         result.stderr
     )
     assert kube_cluster.helm("status", release, "-n", ns).returncode != 0
-    assert not _exists(kube_cluster, ns, "job", f"{release}-herwa-migrate")
+    assert not _exists(kube_cluster, ns, "job", f"{release}-herwa-migrate-1")
     # The GitOps opt-out installs, and NOTES still says what is missing.
     skipped = _install(kube_cluster, ns, release, "--set", "secrets.skipRenderCheck=true")
     assert (
@@ -170,9 +114,9 @@ def test_install_defaults_into_kubernetes_1_20(
         ("serviceaccount", full),
     ]:
         assert _exists(kube_cluster, ns, kind, name), f"{kind}/{name} missing"
-    # The hook's own objects are gone once it succeeded.
-    for kind in ("job", "secret", "serviceaccount"):
-        assert not _exists(kube_cluster, ns, kind, f"{full}-migrate"), f"hook {kind} left behind"
+    # One Secret, the release's: nothing holds a second copy of the connection strings.
+    secrets = _get(kube_cluster, ns, "secrets", "-l", f"app.kubernetes.io/instance={release}")
+    assert [s["metadata"]["name"] for s in secrets["items"]] == [full]
     # The CRDs from crds/ are served.
     crd = kube_cluster.kubectl(
         "get", "crd", "guildsubscriptions.herwa.dev", "-o", "json", check=True
@@ -191,6 +135,8 @@ def test_install_defaults_into_kubernetes_1_20(
     uninstall = kube_cluster.helm("uninstall", release, "--namespace", ns, "--wait=false")
     assert uninstall.returncode == 0, uninstall.stderr
     assert not _exists(kube_cluster, ns, "statefulset", f"{full}-bot")
+    assert not _exists(kube_cluster, ns, "job", f"{full}-migrate-1")
+    assert not _exists(kube_cluster, ns, "secret", full)
 
 
 def test_install_and_upgrade_with_monitoring(
@@ -210,7 +156,7 @@ def test_install_and_upgrade_with_monitoring(
     assert len(dashboards) >= 2
     secret = _get(kube_cluster, ns, "secret", full)
     assert set(secret["data"]) == {"discord-token", "postgres-dsn", "redis-url", "clickhouse-url"}
-    # More pods for more shards: an upgrade runs the pre-upgrade migration again.
+    # More pods for more shards: an upgrade runs the migration again, as a new Job.
     _install(kube_cluster, ns, release, *ALL_ON, "--set", "bot.replicas=3", verb="upgrade")
     assert _get(kube_cluster, ns, "statefulset", f"{full}-bot")["spec"]["replicas"] == 3
     history = kube_cluster.helm("history", release, "-n", ns, "-o", "json", check=True)

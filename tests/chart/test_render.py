@@ -240,27 +240,28 @@ def test_operator_uses_the_rbac_identity_and_platform_file(
     Platform.model_validate(yaml.safe_load(text))
 
 
-def test_migration_is_a_pre_install_and_pre_upgrade_hook(
+def test_migration_is_a_job_of_the_release_that_every_role_waits_for(
     rendered: dict[tuple[str, str], Manifests],
 ) -> None:
+    """No hook: a hook cannot read the release's Secret (it does not exist yet at pre-install),
+    and a copy made for it stayed behind whenever the migration failed."""
+    for m in rendered.values():
+        for doc in m:
+            hook = doc["metadata"].get("annotations", {}).get("helm.sh/hook")
+            assert hook in (None, "test"), f"{doc['kind']} {doc['metadata']['name']} is a hook"
     m = rendered[("default", NEWEST)]
-    job = m.one("Job", "-migrate")
-    ann = job["metadata"]["annotations"]
-    assert ann["helm.sh/hook"] == "pre-install,pre-upgrade"
+    job = m.one("Job", "-migrate-1")  # one Job per revision: a Job's template is immutable
     assert pod_spec(job)["containers"][0]["args"] == ["migrate"]
-    # What the job needs exists before it: hooks with a lower weight.
-    sa = next(
-        s
-        for s in m.all("ServiceAccount")
-        if s["metadata"]["name"] == pod_spec(job)["serviceAccountName"]
-    )
-    assert int(sa["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(
-        ann["helm.sh/hook-weight"]
-    )
-    ref = env_of(pod_spec(job)["containers"][0])["HERWA_POSTGRES_DSN"]["valueFrom"]["secretKeyRef"]
-    secret = next(s for s in m.all("Secret") if s["metadata"]["name"] == ref["name"])
-    assert secret["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
-    # With an existing Secret the job reads that one and the chart makes no copy.
+    release_secret = m.one("Secret")["metadata"]["name"]
+    ref = env_of(pod_spec(job)["containers"][0])["HERWA_POSTGRES_DSN"]["valueFrom"]
+    assert ref["secretKeyRef"]["name"] == release_secret
+    roles = [m.one("StatefulSet"), m.one("Deployment", "-operator"), m.one("CronJob")]
+    for role in roles:
+        (wait,) = pod_spec(role)["initContainers"]
+        assert wait["args"] == ["migrate", "--wait", "--timeout", "600"]
+        ref = env_of(wait)["HERWA_CLICKHOUSE_URL"]["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == release_secret
+    # With an existing Secret every pod reads that one and the chart makes no copy.
     large = rendered[("large", NEWEST)]
     assert large.all("Secret") == []
     ref = env_of(pod_spec(large.one("Job"))["containers"][0])["HERWA_POSTGRES_DSN"]["valueFrom"]
@@ -384,8 +385,8 @@ def test_unset_connection_settings_are_left_out(helm_bin: Path) -> None:
 
 
 def test_missing_store_settings_fail_at_render_time(helm_bin: Path) -> None:
-    """Not a hook pod stuck in CreateContainerConfigError until Helm's timeout: a clear error
-    naming the values, before anything reaches the cluster."""
+    """Not pods stuck in CreateContainerConfigError until Helm's timeout: a clear error naming
+    the values, before anything reaches the cluster."""
     result = helm(helm_bin, "template", "herwa", CHART, check=False)
     assert result.returncode != 0
     assert (

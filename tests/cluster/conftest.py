@@ -112,6 +112,7 @@ class Release:
             str(values),
             *[a for kv in args for a in ("--set", kv)],
             "--wait",
+            "--wait-for-jobs",
             "--timeout",
             "5m",
         )
@@ -187,6 +188,7 @@ async def release(
         "-f",
         str(rel.values_file()),
         "--wait",
+        "--wait-for-jobs",
         "--timeout",
         "5m",
     )

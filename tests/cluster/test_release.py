@@ -46,20 +46,26 @@ async def _fetch(dsn: str, query: str, *args: object) -> list[asyncpg.Record]:
         await conn.close()
 
 
-async def test_install_runs_the_migration_hook_and_every_role(release: Release) -> None:
-    # The pre-install hook ran `herwa migrate` in a pod: the schema is there.
+async def test_install_runs_the_migrate_job_before_every_role(release: Release) -> None:
+    # The release's migrate Job ran `herwa migrate` in a pod: the schema is there.
     versions = await _fetch(release.stores.postgres_dsn, "SELECT version FROM schema_migrations")
-    assert versions, "the migrate hook applied no migration"
-    # Every long-running role is Ready (helm --wait returned, and so must the pods say).
+    assert versions, "the migrate Job applied no migration"
+    (job,) = (await release.get("jobs", "-l", "app.kubernetes.io/component=migrate"))["items"]
+    assert job["status"].get("succeeded") == 1, job["status"]
+    # Every long-running role is Ready (helm --wait returned, and so must the pods say), and
+    # started only after its init container had found the schema current.
     bots = await release.pods("bot")
     operators = await release.pods("operator")
     assert len(bots) == 2
     assert all(map(is_ready, bots)), [p["status"] for p in bots]
     assert len(operators) == 1
     assert is_ready(operators[0])
-    # The hook left nothing behind: its Job and Secret are deleted once it succeeded.
-    jobs = await release.get("jobs")
-    assert not [j for j in jobs["items"] if "migrate" in j["metadata"]["name"]]
+    for pod in [*bots, *operators]:
+        (wait,) = pod["status"]["initContainerStatuses"]
+        assert wait["state"]["terminated"]["exitCode"] == 0, wait
+    # The connection strings live in one Secret, the release's: no copy for the migration.
+    secrets = (await release.get("secrets"))["items"]
+    assert [s["metadata"]["name"] for s in secrets if s.get("type") == "Opaque"] == [RELEASE]
 
 
 async def test_helm_test_checks_every_role(release: Release) -> None:
@@ -290,7 +296,7 @@ async def test_alerts_fire_when_every_bot_is_down_and_the_etl_stops_succeeding(
         await asyncio.to_thread(release.node.expose, clickhouse)
 
 
-async def test_uninstall_leaves_no_hook_objects_or_secrets(release: Release) -> None:
+async def test_uninstall_leaves_no_objects_or_secrets(release: Release) -> None:
     await release.helm("uninstall", RELEASE, "--wait")
     left: dict[str, list[str]] = {}
 

@@ -11,9 +11,10 @@ import asyncpg
 import pytest
 
 from herwa.devstack import Endpoints
-from herwa.schema import MigrationError, discover, migrate
+from herwa.schema import MigrationError, Store, discover, migrate, pending
 from herwa.stores import clickhouse_url_client
 
+STORES: tuple[Store, ...] = ("postgres", "clickhouse")
 STAGING_TABLES = {
     "message_events",
     "message_edits",
@@ -134,6 +135,43 @@ async def test_a_database_newer_than_the_release_is_refused(endpoints: Endpoints
         await conn.close()
     with pytest.raises(MigrationError, match="newer than this release"):
         await migrate(endpoints.postgres_dsn, endpoints.clickhouse_url)
+
+
+async def test_pending_lists_what_the_migrate_job_has_still_to_apply(endpoints: Endpoints) -> None:
+    everything = {f"{m.store} {m.version:04d}_{m.name}" for s in STORES for m in discover(s)}
+    assert set(await pending(endpoints.postgres_dsn, endpoints.clickhouse_url)) == everything
+    await migrate(endpoints.postgres_dsn, endpoints.clickhouse_url)
+    assert await pending(endpoints.postgres_dsn, endpoints.clickhouse_url) == []
+    # A store ahead of this release (a rolling upgrade's older pods) is current for it.
+    conn = await asyncpg.connect(endpoints.postgres_dsn)
+    try:
+        await conn.execute(
+            "INSERT INTO schema_migrations (version, name, checksum) VALUES (9999, 'future', 'x')"
+        )
+        await conn.execute("UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1")
+    finally:
+        await conn.close()
+    with pytest.raises(MigrationError, match="differs from the one applied"):
+        await pending(endpoints.postgres_dsn, endpoints.clickhouse_url)
+
+
+def test_wait_holds_a_role_back_until_the_schema_is_current(endpoints: Endpoints) -> None:
+    env = {**os.environ, **endpoints.as_env(), "HERWA_TELEMETRY_LOG_FORMAT": "console"}
+    command = [sys.executable, "-m", "herwa.cli", "migrate", "--wait"]
+    gave_up = subprocess.run(
+        [*command, "--timeout", "1"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert gave_up.returncode == 1
+    assert "not current after" in gave_up.stderr
+    assert "postgres 0001_initial" in gave_up.stderr
+    waiting = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    assert waiting.stderr is not None
+    for line in waiting.stderr:  # it has looked once and found the schema missing
+        if "waiting for migrations" in line:
+            break
+    assert waiting.poll() is None
+    asyncio.run(migrate(endpoints.postgres_dsn, endpoints.clickhouse_url))
+    assert waiting.wait(timeout=60) == 0
 
 
 async def test_staging_insert_is_idempotent_on_natural_ids(migrated: Endpoints) -> None:

@@ -226,3 +226,24 @@ imagePullSecrets:
 {{- join ", " $missing -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Every role's first step: wait until the migrate Job (or whoever runs `herwa migrate`) has
+     brought the schema to the version this image expects. Reads only. */}}
+{{- define "herwa.schemaWait" -}}
+- name: wait-for-schema
+  image: {{ include "herwa.image" . }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  args: ["migrate", "--wait", "--timeout", {{ .Values.migrations.waitTimeoutSeconds | quote }}]
+  env:
+    {{- include "herwa.secretEnv" (list . "postgresDsn" "HERWA_POSTGRES_DSN" false) | nindent 4 }}
+    {{- include "herwa.secretEnv" (list . "clickhouseUrl" "HERWA_CLICKHOUSE_URL" false) | nindent 4 }}
+    - name: OTEL_SERVICE_NAME
+      value: herwa-migrate
+    {{- include "herwa.commonEnv" . | nindent 4 }}
+  resources:
+    {{- toYaml .Values.migrations.resources | nindent 4 }}
+  securityContext:
+    {{- include "herwa.containerSecurityContext" . | nindent 4 }}
+  volumeMounts:
+    {{- include "herwa.tmpVolumeMount" . | nindent 4 }}
+{{- end -}}
