@@ -14,7 +14,7 @@ import asyncpg
 from opentelemetry import trace
 from redis.asyncio import Redis
 
-from herwa import usage
+from herwa import schema, usage
 from herwa.etl import cleanup, lock, low_water, metrics, privacy, rollups
 from herwa.etl.families import BY_NAME, FAMILIES
 from herwa.etl.low_water import load_cursors
@@ -252,6 +252,10 @@ async def _locked_run(
         # Connected inside the recorded run: a ClickHouse that cannot be reached is a failed
         # run in etl_runs, which the operator exports and the chart's alert watches.
         ch = await clickhouse_url_client(stores[1])
+        # An image newer than the schema (an upgrade whose migrate Job is still running) fails
+        # on record rather than writing into tables it does not know.
+        if missing := await schema.pending(*stores):
+            raise schema.MigrationError(f"the schema is not current: {', '.join(missing)} pending")
         await low_water.check_counter(pg)
         # Deletions first, within their share of the deadline, so that requests (however
         # many, however slow or failing) never starve loading. A deferred request lets nothing

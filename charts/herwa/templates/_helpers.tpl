@@ -227,8 +227,9 @@ imagePullSecrets:
 {{- end -}}
 {{- end -}}
 
-{{/* Every role's first step: wait until the migrate Job (or whoever runs `herwa migrate`) has
-     brought the schema to the version this image expects. Reads only. */}}
+{{/* The long-running roles' first step: wait until the migrate Job (or whoever runs `herwa
+     migrate`) has brought the schema to the version this image expects. Reads only. The ETL
+     checks inside its recorded run instead, so that a run on an old schema is a failed run. */}}
 {{- define "herwa.schemaWait" -}}
 - name: wait-for-schema
   image: {{ include "herwa.image" . }}
