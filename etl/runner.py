@@ -15,7 +15,7 @@ from opentelemetry import trace
 from redis.asyncio import Redis
 
 from herwa import usage
-from herwa.etl import cleanup, lock, low_water, metrics, privacy, rollups
+from herwa.etl import cleanup, expiry, lock, low_water, metrics, privacy, rollups
 from herwa.etl.families import BY_NAME, FAMILIES
 from herwa.etl.low_water import load_cursors
 from herwa.etl.sync import (
@@ -296,6 +296,11 @@ async def _locked_run(
             stats.rows_cleaned = await cleanup.cleanup(pg, cutoff)
         for table, count in stats.rows_cleaned.items():
             prom.cleaned.labels(table).inc(count)
+        # After loading, so that rows loaded this run are expired with the rest; within the
+        # same share of the deadline as deletions, and at least one table per run.
+        budget = min(options.deletion_share * options.deadline_seconds, deadline - time.monotonic())
+        with _tracer.start_as_current_span("etl.history_expiry"):
+            await expiry.expire_due(pg, ch, budget, prom.registry)
         for family in FAMILIES:
             stats.lag_seconds[family.name] = await metrics.ingestion_lag(pg, family)
     except Exception as exc:
