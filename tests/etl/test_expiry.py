@@ -337,6 +337,7 @@ async def test_windows_from_outside_are_validated_and_kept_when_refused(
         106: str(10**12),
         107: "null",
     }
+    longest = 108  # the longest window accepted: its cutoff lies before 1970, so none
     for guild, days in bad.items():
         await pg.execute(
             "INSERT INTO entitlements (guild_id, tier, features, quotas, source_namespace,"
@@ -347,11 +348,18 @@ async def test_windows_from_outside_are_validated_and_kept_when_refused(
         )
     await pg.execute(
         "INSERT INTO entitlements (guild_id, tier, features, quotas, source_namespace,"
+        " source_name, source_uid) VALUES ($1, 'pro', '{}', $2::jsonb, 'n', 'x', 'l')",
+        longest,
+        f'{{"history_days": {expiry.MAX_HISTORY_DAYS}}}',
+    )
+    await pg.execute(
+        "INSERT INTO entitlements (guild_id, tier, features, quotas, source_namespace,"
         " source_name, source_uid) VALUES (-4, 'pro', '{}', '{\"history_days\": 1}', 'n', 'x', 'y')"
     )
     windows = await expiry.windows(pg)
     assert windows.default == 30
-    assert windows.guilds == {g: None for g in bad}  # refused or unset: kept
+    # Refused or unset: kept.
+    assert windows.guilds == {**{g: None for g in bad}, longest: expiry.MAX_HISTORY_DAYS}
     assert -4 not in windows.guilds
     assert len(windows.refused) == 7  # six bad values and the id ("null" is "not set")
     # A default tier with a bad window: servers without a subscription keep their history.
@@ -361,9 +369,12 @@ async def test_windows_from_outside_are_validated_and_kept_when_refused(
     now = datetime.now(UTC)
     await _stage(pg, FREE_G, now - timedelta(days=400), 1)
     await _stage(pg, 102, now - timedelta(days=400), 1)
+    await _stage(pg, longest, now - timedelta(days=400), 1)
     result = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS)
     assert result.outcome == "caught_up", result.error
-    for guild in (FREE_G, 102):
+    # The pass completed: nothing refused made it fail.
+    assert await pg.fetchval("SELECT count(*) FROM history_expiry") == 1
+    for guild in (FREE_G, 102, longest):
         assert (
             await ch_value(
                 migrated, "SELECT count() FROM messages WHERE guild_id = {g:UInt64}", g=guild
