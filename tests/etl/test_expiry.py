@@ -18,12 +18,14 @@ from datetime import UTC, date, datetime, timedelta
 import asyncpg
 import pytest
 from clickhouse_connect.driver.asyncclient import AsyncClient
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from herwa import platform
 from herwa.devstack import Endpoints
 from herwa.etl import expiry, privacy
 from herwa.etl.runner import RunOptions, run_once
+from herwa.operator import etl_health
 from herwa.operator.reconcile import Runtime, Subscription, reconcile, revoke
 from herwa.stores import clickhouse_url_client
 from tests.etl._support import ch_rows, ch_value
@@ -229,10 +231,22 @@ async def test_each_server_keeps_its_tiers_window_and_a_downgrade_shortens_it(
     assert await _rows_by_age(migrated, pg, ENT_G, now) == _kept(before[ENT_G], 1825)
     # Past every server's window: the partition went whole, not row by row.
     assert await _active_partition(migrated, "messages", old) == 0
-    record = await pg.fetchrow("SELECT guilds, rows_expired FROM history_expiry")
+    record = await pg.fetchrow("SELECT guilds, rows_expired, completed_at FROM history_expiry")
     assert record is not None
     assert record["guilds"] == 3  # ENT_G's only by the partition dropped and a dead letter
     assert json.loads(record["rows_expired"])["postgres.dead_letter_rows"] == 3 + 2 + 1
+    # The operator exports the pass from Postgres, as it does the ETL's health.
+    assert await etl_health.refresh(runtime.pool)
+    exported = REGISTRY.get_sample_value(
+        "herwa_operator_history_expiry_last_complete_timestamp_seconds"
+    )
+    assert exported == record["completed_at"].timestamp()
+    assert (
+        REGISTRY.get_sample_value(
+            "herwa_operator_history_expiry_rows", {"table": "postgres.dead_letter_rows"}
+        )
+        == 6
+    )
 
     # A downgrade from 365 to 30 days takes effect on the next run; nobody else changes.
     await _subscribe(runtime, PRO_G, "free", pro_uid, 2)
