@@ -31,7 +31,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from redis.asyncio import Redis
@@ -320,7 +320,7 @@ async def _delete_guild(pg: asyncpg.Connection, ch: AsyncClient, where: Plan, gu
         for table in where.postgres.guild_tables:
             await pg.execute(f'DELETE FROM "{table}" WHERE guild_id = $1', guild)
     for table in where.clickhouse.guild_tables:
-        await _ch_delete(ch, table, "guild_id = {g:UInt64}", {"g": guild})
+        await ch_delete(ch, table, "guild_id = {g:UInt64}", {"g": guild})
 
 
 async def _delete_user(
@@ -343,7 +343,7 @@ async def _delete_user(
     params = {"g": guild, "u": user}
     source = MESSAGE_SOURCE["clickhouse"]
     for table in where.clickhouse.message_tables:
-        await _ch_delete(
+        await ch_delete(
             ch,
             table,
             f"guild_id = {{g:UInt64}} AND message_id IN (SELECT message_id FROM {source}"
@@ -355,13 +355,13 @@ async def _delete_user(
         " WHERE guild_id = {g:UInt64} AND author_id = {u:UInt64} AND messages > 0",
         parameters=params,
     )
-    await _ch_delete(ch, source, "guild_id = {g:UInt64} AND author_id = {u:UInt64}", params)
+    await ch_delete(ch, source, "guild_id = {g:UInt64} AND author_id = {u:UInt64}", params)
     # The other members' figures in those hours and days, without the deleted messages; the
     # member's own rows become zero rows here and go with the rest just below.
     await rollups.recompute(ch, [(int(g), int(h)) for g, h in result.result_rows])
     for table, column in where.clickhouse.user_tables:
         if table != source:
-            await _ch_delete(
+            await ch_delete(
                 ch, table, f"guild_id = {{g:UInt64}} AND `{column}` = {{u:UInt64}}", params
             )
 
@@ -377,7 +377,7 @@ async def _delete_redis(redis: Redis, prefix: str, subject: Subject) -> None:
         await redis.srem(_VOICE_GUILDS.format(prefix=prefix), str(guild))
 
 
-async def _ch_delete(ch: AsyncClient, table: str, where: str, params: dict[str, int]) -> None:
+async def ch_delete(ch: AsyncClient, table: str, where: str, params: dict[str, Any]) -> None:
     # Lightweight DELETE masks the rows at once (FINAL reads honour the mask); the default
     # lightweight_deletes_sync waits for it, so the request is not marked done too early.
     await ch.command(f"DELETE FROM `{table}` WHERE {where}", parameters=params)

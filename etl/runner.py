@@ -15,7 +15,7 @@ from opentelemetry import trace
 from redis.asyncio import Redis
 
 from herwa import schema, usage
-from herwa.etl import cleanup, lock, low_water, metrics, privacy, rollups
+from herwa.etl import cleanup, expiry, lock, low_water, metrics, privacy, rollups
 from herwa.etl.families import BY_NAME, FAMILIES
 from herwa.etl.low_water import load_cursors
 from herwa.etl.sync import (
@@ -49,6 +49,8 @@ class RunOptions:
     # At most this share of deadline_seconds goes to deletion requests at the start of a run;
     # the rest are carried out by the next runs (privacy.carry_out_due).
     deletion_share: float = 0.25
+    # Delete each server's history past its tier's history_days (etl/expiry.py) after loading.
+    expire_history: bool = True
 
 
 @dataclass
@@ -300,6 +302,14 @@ async def _locked_run(
             stats.rows_cleaned = await cleanup.cleanup(pg, cutoff)
         for table, count in stats.rows_cleaned.items():
             prom.cleaned.labels(table).inc(count)
+        # After loading, so that rows loaded this run are expired with the rest; within the
+        # same share of the deadline as deletions, and at least one table per run.
+        if options.expire_history:
+            budget = min(
+                options.deletion_share * options.deadline_seconds, deadline - time.monotonic()
+            )
+            with _tracer.start_as_current_span("etl.history_expiry"):
+                await expiry.expire_due(pg, ch, budget, prom.registry)
         for family in FAMILIES:
             stats.lag_seconds[family.name] = await metrics.ingestion_lag(pg, family)
     except Exception as exc:

@@ -2,7 +2,8 @@
 
 The ETL is a CronJob: its pod is gone before Prometheus could scrape it. What an alert needs —
 how old the oldest un-ingested staging row is, and when a run last succeeded — is in Postgres
-anyway (the staging tables above their low-water marks, the ``etl_runs`` log), so the operator,
+anyway (the staging tables above their low-water marks, the ``etl_runs`` log, the last complete
+history expiry pass in ``history_expiry``), so the operator,
 which runs all the time and already holds a pool, reads it every ``interval`` seconds.
 
 A failed read clears the gauges instead of leaving the last values standing: stale numbers
@@ -40,6 +41,10 @@ async def refresh(pool: asyncpg.Pool) -> bool:
                 "SELECT outcome, rows_moved::text AS rows_moved, duration_seconds FROM etl_runs"
                 " WHERE finished_at IS NOT NULL ORDER BY run_id DESC LIMIT 1"
             )
+            expiry = await conn.fetchrow(
+                "SELECT extract(epoch FROM completed_at)::float8 AS at,"
+                " rows_expired::text AS rows FROM history_expiry"
+            )
     except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         log.warning("could not read the ETL's state from Postgres: %s", exc)
         ETL_HEALTH.forget()
@@ -54,6 +59,11 @@ async def refresh(pool: asyncpg.Pool) -> bool:
             if last
             else {},
             last_run_seconds=last["duration_seconds"] if last else None,
+            # 0 until a history expiry pass completes, like last_success.
+            expiry_completed=expiry["at"] if expiry else 0.0,
+            expiry_rows={k: int(v) for k, v in json.loads(expiry["rows"]).items()}
+            if expiry
+            else {},
         )
     )
     return True

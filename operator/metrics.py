@@ -78,6 +78,8 @@ class EtlState:
     last_outcome: str | None = None
     last_run_rows: dict[str, int] = field(default_factory=dict)
     last_run_seconds: float | None = None
+    expiry_completed: float = 0.0
+    expiry_rows: dict[str, int] = field(default_factory=dict)
 
 
 class EtlHealthBook(Collector):
@@ -139,6 +141,19 @@ class EtlHealthBook(Collector):
         for name in self.OUTCOMES:
             outcome.add_metric([name], 1 if name == state.last_outcome else 0)
         yield outcome
+        yield GaugeMetricFamily(
+            "herwa_operator_history_expiry_last_complete_timestamp_seconds",
+            "End of the last complete history expiry pass (history_expiry; 0: none yet)",
+            value=state.expiry_completed,
+        )
+        expired = GaugeMetricFamily(
+            "herwa_operator_history_expiry_rows",
+            "Rows the last complete history expiry pass deleted, per store.table (history_expiry)",
+            labels=["table"],
+        )
+        for table, count in sorted(state.expiry_rows.items()):
+            expired.add_metric([table], count)
+        yield expired
 
 
 ETL_HEALTH = EtlHealthBook()

@@ -15,7 +15,7 @@ async def _etl(h: Harness) -> None:
         h.endpoints.postgres_dsn,
         h.endpoints.clickhouse_url,
         None,
-        RunOptions(retention_hours=24 * 365 * 10),
+        RunOptions(retention_hours=24 * 365 * 10, expire_history=False),
     )
     assert result.outcome == "caught_up", result.error
 

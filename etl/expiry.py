@@ -1,0 +1,500 @@
+"""History that ends: each server keeps its tier's ``history_days`` and nothing older.
+
+A ClickHouse TTL cannot know a server's tier, so the ETL deletes, after loading, every row of a
+server older than its window, in every ClickHouse table holding server data: the same tables
+deletion requests reach (:func:`herwa.etl.privacy.plan_for`, found from the schema), raw tables
+and rollups alike, so a table a later migration adds is covered without touching this module.
+Each table's time is the date or time column of its partition key (every table is partitioned
+by its event's own time, see clickhouse migration 0001), else of its sorting key;
+:func:`audit` (run by the tests against the migrated schema) fails for a table with neither.
+
+A server's window is its entitlement's ``history_days`` quota (its GuildSubscription's tier,
+with overrides), else the default tier's; no quota means no limit. An expired or suspended
+subscription keeps its window: a lapsed payment must not destroy what a renewal gives back.
+Windows come from Postgres and are validated: a guild id outside bigint's positive range or a
+``history_days`` that is not a whole number of days in [1, :data:`MAX_HISTORY_DAYS`] is refused,
+logged and counted, and that server's data (or, for the default tier, every server's without a
+subscription) is kept rather than guessed at.
+
+The cutoff is UTC midnight ``history_days`` days before today: a command's range reaches back
+at most ``history_days`` days from now in any time zone, so nothing a query may still ask for is
+deleted, and every table is cut at the same UTC day boundary, so a rollup never outlives or
+undercuts the raw rows it sums.
+
+How: a partition whose newest row is older than every server's cutoff is dropped whole (cheap,
+and it frees the disk at once); otherwise the servers with rows before their cutoff are found
+per table and their rows go by lightweight DELETE (masked at once, FINAL reads honour it,
+removed from disk by later merges), a bounded number of servers per statement. A pass is due
+once per UTC day and whenever a window changes (a downgrade takes effect on the next ETL run);
+it runs within a time budget and is recorded in ``history_expiry`` only when complete, so a pass
+cut short is carried on by the next run. Every step is idempotent: a re-run finds nothing due.
+
+Postgres: staging rows are deleted by ``cleanup`` once loaded, and the other tables with a
+server id hold current state or records (:data:`POSTGRES_BOUNDED`, :data:`privacy.KEPT`); the one
+long-lived copy of activity there, ``dead_letter_rows``, expires with the same windows.
+"""
+
+# ruff: noqa: S608 - identifiers in SQL come from the stores' own catalogues; values are bound.
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import asyncpg
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from herwa.etl import privacy
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.asyncclient import AsyncClient
+
+log = logging.getLogger(__name__)
+
+QUOTA = "history_days"
+MAX_HISTORY_DAYS = 36_500
+EPOCH = date(1970, 1, 1)
+MAX_GUILD_ID = 2**63 - 1  # Postgres bigint: where every guild id Herwa stores comes from
+# Servers per DELETE. Each DELETE is a mutation over every part holding matching rows, whose
+# cost hardly depends on how many servers it names, so they are large; their ids and cutoffs
+# travel as query parameters in the URL (about 30 bytes a server, far below ClickHouse's
+# 1 MiB limit).
+GUILD_CHUNK = 5000
+# Postgres tables with a server id whose rows expire with the server's window: their time column.
+POSTGRES_EXPIRED: Mapping[str, str] = {"dead_letter_rows": "captured_at"}
+# Postgres tables with a server id that are neither staging (bounded by cleanup, found by
+# STAGING_COLUMN), kept by deletion (privacy.KEPT) nor expired: why they stay bounded.
+POSTGRES_BOUNDED: Mapping[str, str] = {
+    "etl_dirty_buckets": "a queue the next rollup recompute empties",
+    "bot_voice_open": "one row per member in voice now",
+    "bot_member_counts": "one row per server: its current member count",
+    "bot_backfill_pending": "one row per backfill under way",
+}
+STAGING_COLUMN = "ch_ingested_at"
+_PARTITION_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_TIME_TYPE = re.compile(r"^(Date|Date32|DateTime|DateTime64)(\(.*\))?$")
+
+
+class _Refused(ValueError):
+    pass
+
+
+# ------------------------------------------------------------------------- windows
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Days of history per server; ``None`` keeps everything."""
+
+    default: int | None  # a server without an entitlement row
+    guilds: Mapping[int, int | None]  # servers with one
+    refused: tuple[str, ...] = ()
+
+    def fingerprint(self, today: date) -> str:
+        text = json.dumps([today.isoformat(), self.default, sorted(self.guilds.items())])
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def cutoff(days: int | None, today: date) -> date | None:
+    """The first UTC day a server with this window keeps (``None``: it keeps every day).
+
+    A cutoff before 1970 is none: ClickHouse dates start there, and Discord did not exist.
+    """
+    if days is None or today - EPOCH <= timedelta(days=days):
+        return None
+    return today - timedelta(days=days)
+
+
+def _days(raw: str | None, whose: str) -> int | None:
+    if raw is None:  # the quota is not set: no limit
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    if value is None:
+        return None
+    if type(value) is not int or not 1 <= value <= MAX_HISTORY_DAYS:
+        raise _Refused(
+            f"{whose}: {QUOTA} {raw[:40]!r} is not a whole number of days in"
+            f" [1, {MAX_HISTORY_DAYS}]; its history is kept"
+        )
+    return value
+
+
+async def windows(pg: asyncpg.Connection) -> Windows:
+    refused: list[str] = []
+    default: int | None = None
+    raw_default = await pg.fetchrow(
+        "SELECT tier, quotas -> $1 AS days FROM tiers WHERE is_default", QUOTA
+    )
+    if raw_default is not None:  # none seeded yet: nothing is known, so nothing expires
+        try:
+            default = _days(raw_default["days"], f"default tier {raw_default['tier']!r}")
+        except _Refused as exc:
+            refused.append(str(exc))
+    guilds: dict[int, int | None] = {}
+    for row in await pg.fetch("SELECT guild_id, quotas -> $1 AS days FROM entitlements", QUOTA):
+        guild = int(row["guild_id"])
+        if not 1 <= guild <= MAX_GUILD_ID:
+            refused.append(f"entitlement of guild id {guild}: not a Discord id; skipped")
+            continue
+        try:
+            guilds[guild] = _days(row["days"], f"guild {guild}")
+        except _Refused as exc:
+            refused.append(str(exc))
+            guilds[guild] = None
+    return Windows(default, guilds, tuple(refused))
+
+
+# ------------------------------------------------------------------------- the schema
+
+
+@dataclass(frozen=True)
+class Target:
+    table: str
+    column: str  # the table's event time
+    midnight: str  # SQL turning a Date into UTC midnight of the column's own type
+    partitioned: bool  # the column is the partition key's: old partitions can be dropped
+
+    def before(self, day_expr: str, column_expr: str | None = None) -> str:
+        """SQL: the time (default: the row's) lies before UTC midnight of ``day_expr``.
+
+        The bound has the column's own type: ClickHouse 26.9's minmax index skips a granule
+        whose DateTime64 times lie in the last second before a DateTime bound (rows of
+        23:59:59.5 were not found by ``< toDateTime(day, 'UTC')``).
+        """
+        return f"{column_expr or f'`{self.column}`'} < {self.midnight.format(day_expr)}"
+
+    def newest_before(self, day_expr: str) -> str:
+        """SQL, aggregated: every row of the group lies before ``day_expr``."""
+        return self.before(day_expr, f"max(`{self.column}`)")
+
+    @property
+    def first_day(self) -> str:
+        """SQL, aggregated: the UTC day of the group's oldest row."""
+        if self.midnight == "{}":
+            return f"min(`{self.column}`)"
+        return f"toDate(min(`{self.column}`), 'UTC')"
+
+
+def _midnight(kind: str) -> str:
+    precision = re.match(r"^DateTime64\((\d)", kind)
+    if precision:
+        return f"toDateTime64({{}}, {precision.group(1)}, 'UTC')"
+    return "toDateTime({}, 'UTC')" if kind.startswith("DateTime") else "{}"
+
+
+Column = tuple[str, str, bool, bool]  # name, type, in the partition key, in the sorting key
+Catalogue = Mapping[str, tuple[Column, ...]]
+
+
+async def clickhouse_catalogue(ch: AsyncClient) -> dict[str, tuple[Column, ...]]:
+    result = await ch.query(
+        "SELECT table, name, type, is_in_partition_key, is_in_sorting_key FROM system.columns"
+        " WHERE database = currentDatabase() ORDER BY table, position"
+    )
+    out: dict[str, list[Column]] = {}
+    for table, name, kind, partition, sorting in result.result_rows:
+        out.setdefault(str(table), []).append(
+            (str(name), str(kind), bool(partition), bool(sorting))
+        )
+    return {t: tuple(c) for t, c in out.items()}
+
+
+def target_for(table: str, columns: tuple[Column, ...]) -> Target | None:
+    """The table's event time: the partition key's date or time column, else the sorting
+    key's; None when there is none, or two (which one decides is not for this module to guess)."""
+    for in_partition in (True, False):
+        times = [
+            (name, kind)
+            for name, kind, partition, sorting in columns
+            if (partition if in_partition else sorting) and _TIME_TYPE.match(kind)
+        ]
+        if len(times) == 1:
+            name, kind = times[0]
+            return Target(table, name, _midnight(kind), in_partition)
+        if times:
+            return None
+    return None
+
+
+def plan_for(tables: privacy.Tables, catalogue: Catalogue) -> tuple[list[Target], list[str]]:
+    """The ClickHouse tables to expire, and why any table holding server data cannot be."""
+    targets, problems = [], []
+    for table in privacy.plan_for("clickhouse", tables).guild_tables:
+        target = target_for(table, catalogue.get(table, ()))
+        if target is None:
+            problems.append(
+                f"clickhouse.{table}: holds guild_id but has no single date or time column in"
+                " its partition key (or, failing that, its sorting key): history expiry cannot"
+                " tell its rows' age; partition it by its event time"
+            )
+        else:
+            targets.append(target)
+    return targets, problems
+
+
+def audit_postgres(tables: privacy.Tables) -> list[str]:
+    problems = []
+    for table in privacy.plan_for("postgres", tables).guild_tables:
+        columns = tables[table]
+        if STAGING_COLUMN in columns or table in POSTGRES_BOUNDED:
+            continue
+        if table not in POSTGRES_EXPIRED:
+            problems.append(
+                f"postgres.{table}: holds guild_id but is neither staging, bounded nor expired:"
+                " classify it in etl/expiry.py"
+            )
+        elif POSTGRES_EXPIRED[table] not in columns:
+            problems.append(f"postgres.{table}: has no column {POSTGRES_EXPIRED[table]!r}")
+    return problems
+
+
+async def audit(pg: asyncpg.Connection, ch: AsyncClient) -> list[str]:
+    """Why expiry would miss a table holding server data ([] when it would not)."""
+    _, problems = plan_for(await privacy.clickhouse_tables(ch), await clickhouse_catalogue(ch))
+    return problems + audit_postgres(await privacy.postgres_tables(pg))
+
+
+# ------------------------------------------------------------------------- a pass
+
+
+@dataclass
+class Outcome:
+    due: bool = False
+    complete: bool = False
+    rows: dict[str, int] = field(default_factory=dict)  # "store.table" -> rows deleted
+    guilds: set[int] = field(default_factory=set)  # servers that lost rows
+    partitions: dict[str, int] = field(default_factory=dict)  # table -> partitions dropped
+    failed: list[str] = field(default_factory=list)
+
+
+class ExpiryMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.rows = Counter(
+            "herwa_etl_history_rows_expired",
+            "Rows deleted because they were older than their server's history window",
+            ["table"],
+            registry=r,
+        )
+        self.guilds = Counter(
+            "herwa_etl_history_guilds_expired",
+            "Servers whose rows history expiry deleted (partitions dropped whole not"
+            " counted), once per run",
+            registry=r,
+        )
+        self.partitions = Counter(
+            "herwa_etl_history_partitions_dropped",
+            "ClickHouse partitions dropped whole: older than every server's window",
+            ["table"],
+            registry=r,
+        )
+        self.failures = Counter(
+            "herwa_etl_history_expiry_failures",
+            "Tables whose expiry failed this run (retried by the next run)",
+            registry=r,
+        )
+        self.refused = Gauge(
+            "herwa_etl_history_windows_refused",
+            "Entitlements or default tier whose history_days was refused (history kept)",
+            registry=r,
+        )
+        self.unexpirable = Gauge(
+            "herwa_etl_history_tables_unexpirable",
+            "Tables holding server data whose rows' age expiry cannot tell (kept; see the log)",
+            registry=r,
+        )
+        self.last_complete = Gauge(
+            "herwa_etl_history_expiry_last_complete_timestamp_seconds",
+            "End of the last complete history expiry pass (0: none yet)",
+            registry=r,
+        )
+
+    def record(self, outcome: Outcome) -> None:
+        for table, rows in outcome.rows.items():
+            self.rows.labels(table).inc(rows)
+        self.guilds.inc(len(outcome.guilds))
+        for table, count in outcome.partitions.items():
+            self.partitions.labels(table).inc(count)
+        self.failures.inc(len(outcome.failed))
+
+
+async def expire_due(
+    pg: asyncpg.Connection,
+    ch: AsyncClient,
+    budget_seconds: float,
+    registry: CollectorRegistry | None = None,
+    *,
+    now: datetime | None = None,
+) -> Outcome:
+    """Run a pass if one is due, within the budget (at least one table, so a pass always
+    progresses). Never raises for a failed table: it is retried by the next run."""
+    until = time.monotonic() + budget_seconds
+    today = (now or datetime.now(UTC)).astimezone(UTC).date()
+    metrics = ExpiryMetrics(registry or CollectorRegistry())
+    current = await windows(pg)
+    metrics.refused.set(len(current.refused))
+    for reason in current.refused:
+        log.warning("history expiry: %s", reason)
+    fingerprint = current.fingerprint(today)
+    outcome = Outcome()
+    last = await pg.fetchrow("SELECT fingerprint, completed_at FROM history_expiry")
+    if last is not None:
+        metrics.last_complete.set(last["completed_at"].timestamp())
+        if last["fingerprint"] == fingerprint:
+            return outcome
+    outcome.due = True
+    targets, problems = plan_for(
+        await privacy.clickhouse_tables(ch), await clickhouse_catalogue(ch)
+    )
+    # Reported, not retried run after run: only a schema change can fix it (audit() fails the
+    # tests for it first).
+    metrics.unexpirable.set(len(problems))
+    for problem in problems:
+        log.warning("history expiry: %s", problem)
+    complete = True
+    for target in targets:
+        # Once the budget is spent, a table that deletes nothing (most, most days) is still
+        # looked at, but none after one that deleted: every run gets at least one table's
+        # rows deleted, and a pass cut short continues with the next table that has any.
+        if time.monotonic() >= until and (outcome.rows or outcome.partitions):
+            complete = False
+            break
+        try:
+            complete &= await _expire_table(ch, target, current, today, until, outcome)
+        except (asyncpg.InterfaceError, asyncpg.exceptions.ConnectionDoesNotExistError):
+            raise
+        except Exception as exc:
+            error = f"clickhouse.{target.table}: {type(exc).__name__}: {exc}"[:1000]
+            log.warning("history expiry failed; retried by the next run: %s", error)
+            outcome.failed.append(error)
+            complete = False
+    for table, column in POSTGRES_EXPIRED.items():
+        await _expire_postgres(pg, table, column, current, today, outcome)
+    outcome.complete = complete
+    if outcome.complete:
+        await pg.execute(
+            "INSERT INTO history_expiry (fingerprint, completed_at, guilds, rows_expired)"
+            " VALUES ($1, now(), $2, $3::jsonb) ON CONFLICT (singleton) DO UPDATE SET"
+            " fingerprint = EXCLUDED.fingerprint, completed_at = EXCLUDED.completed_at,"
+            " guilds = EXCLUDED.guilds, rows_expired = EXCLUDED.rows_expired",
+            fingerprint,
+            len(outcome.guilds),
+            json.dumps(outcome.rows, sort_keys=True),
+        )
+        metrics.last_complete.set(time.time())
+    metrics.record(outcome)
+    log.info(
+        "history expiry pass %s",
+        "complete" if outcome.complete else "cut short (carried on by the next run)",
+        extra={
+            "rows": outcome.rows,
+            "guilds": len(outcome.guilds),
+            "partitions": outcome.partitions,
+            "failed": len(outcome.failed),
+        },
+    )
+    return outcome
+
+
+async def _expire_table(
+    ch: AsyncClient,
+    target: Target,
+    current: Windows,
+    today: date,
+    until: float,
+    outcome: Outcome,
+) -> bool:
+    """Expire one table; False if the budget ran out before it was done."""
+    cutoffs = {g: cutoff(d, today) for g, d in current.guilds.items()}
+    default = cutoff(current.default, today)
+    every = [*cutoffs.values(), default]
+    known = [c for c in every if c is not None]
+    if not known:
+        return True  # every server keeps everything
+    name = f"clickhouse.{target.table}"
+    if target.partitioned and None not in every:
+        await _drop_partitions(ch, target, min(known), outcome)
+    # The servers with rows before their own cutoff; only rows older than the newest cutoff
+    # can be, which lets ClickHouse skip the newer partitions.
+    result = await ch.query(
+        f"SELECT guild_id, {target.first_day} FROM `{target.table}`"
+        f" WHERE {target.before('{newest:Date}')} GROUP BY guild_id",
+        parameters={"newest": max(known)},
+    )
+    due: list[tuple[int, date]] = []
+    for guild, first in result.result_rows:
+        guild_cutoff = cutoffs.get(guild, default)
+        if guild_cutoff is not None and first < guild_cutoff:
+            due.append((int(guild), guild_cutoff))
+    for at in range(0, len(due), GUILD_CHUNK):
+        if at and time.monotonic() >= until:
+            return False
+        chunk = due[at : at + GUILD_CHUNK]
+        params = {"ids": [g for g, _ in chunk], "cuts": [c for _, c in chunk]}
+        where = "guild_id IN {ids:Array(UInt64)} AND " + target.before(
+            "transform(guild_id, {ids:Array(UInt64)}, {cuts:Array(Date)}, toDate(0))"
+        )
+        rows = (
+            await ch.query(f"SELECT count() FROM `{target.table}` WHERE {where}", parameters=params)
+        ).result_rows[0][0]
+        await privacy.ch_delete(ch, target.table, where, params)
+        outcome.rows[name] = outcome.rows.get(name, 0) + int(rows)
+        outcome.guilds.update(g for g, _ in chunk)
+    return True
+
+
+async def _drop_partitions(
+    ch: AsyncClient, target: Target, earliest: date, outcome: Outcome
+) -> None:
+    """Drop the partitions whose newest row every server's window has passed."""
+    result = await ch.query(
+        f"SELECT _partition_id, count() FROM `{target.table}` GROUP BY _partition_id"
+        f" HAVING {target.newest_before('{earliest:Date}')}",
+        parameters={"earliest": earliest},
+    )
+    name = f"clickhouse.{target.table}"
+    for partition, rows in result.result_rows:
+        if not _PARTITION_ID.match(str(partition)):  # ids are digits and letters; never quote
+            continue
+        await ch.command(f"ALTER TABLE `{target.table}` DROP PARTITION ID '{partition}'")
+        outcome.rows[name] = outcome.rows.get(name, 0) + int(rows)
+        outcome.partitions[target.table] = outcome.partitions.get(target.table, 0) + 1
+
+
+async def _expire_postgres(
+    pg: asyncpg.Connection,
+    table: str,
+    column: str,
+    current: Windows,
+    today: date,
+    outcome: Outcome,
+) -> None:
+    def midnight(day: date | None) -> datetime | None:
+        return None if day is None else datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+    guilds = list(current.guilds)
+    # A server with an entitlement row is cut at its own cutoff (NULL: kept), any other row
+    # (a server without one, or no valid server id at all) at the default tier's.
+    rows = await pg.fetch(
+        f'DELETE FROM "{table}" AS t WHERE t."{column}" < CASE'
+        " WHEN t.guild_id = ANY($1::bigint[]) THEN (SELECT w.c FROM"
+        " unnest($1::bigint[], $2::timestamptz[]) AS w(g, c) WHERE w.g = t.guild_id)"
+        " ELSE $3::timestamptz END RETURNING t.guild_id",
+        guilds,
+        [midnight(cutoff(current.guilds[g], today)) for g in guilds],
+        midnight(cutoff(current.default, today)),
+    )
+    if rows:
+        name = f"postgres.{table}"
+        outcome.rows[name] = outcome.rows.get(name, 0) + len(rows)
+        outcome.guilds.update(int(r["guild_id"]) for r in rows if r["guild_id"] is not None)
