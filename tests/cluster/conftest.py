@@ -34,6 +34,9 @@ from tests.support.prometheus import (
 )
 from tests.support.services import fresh_databases
 
+# What an operator of this node would want to know, printed at the end of the run.
+FIGURES: dict[str, str] = {}
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "herwa"
 NAMESPACE = "herwa"
@@ -193,6 +196,11 @@ async def release(
         "5m",
     )
     rel.install_seconds = time.monotonic() - t0
+    FIGURES["node Ready after start"] = f"{kube_node.node_ready_seconds:.1f} s"
+    FIGURES["helm install --wait (all pods Ready, migrate Job done)"] = (
+        f"{rel.install_seconds:.1f} s"
+    )
+    FIGURES.update(await asyncio.to_thread(_memory_figures, kube_node))
     await asyncio.to_thread(kube_node.refresh_dns)
     try:
         yield rel
@@ -225,3 +233,26 @@ def prometheus(release: Release, kube_tools: KubeTools) -> Iterator[Prometheus]:
     finally:
         prom.stop()
         discovery.stop()
+
+
+def _memory_figures(node: KubeNode) -> dict[str, str]:
+    mib = 1024 * 1024
+    control = node.cluster.resident_bytes()
+    out = {
+        "node processes RSS": f"{sum(control.values()) / mib:.0f} MiB ("
+        + ", ".join(f"{k} {v / mib:.0f}" for k, v in sorted(control.items()))
+        + ")"
+    }
+    # cgroup v1 with the cgroupfs driver: every pod's memory is charged under kubepods.
+    stat = Path("/sys/fs/cgroup/memory/kubepods/memory.stat")
+    if stat.exists():
+        values = dict(line.split() for line in stat.read_text().splitlines())
+        out["pods RSS (kubepods cgroup)"] = f"{int(values['total_rss']) / mib:.0f} MiB"
+    return out
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if FIGURES:
+        terminalreporter.section("the one-node cluster")
+        for name, value in FIGURES.items():
+            terminalreporter.write_line(f"{name}: {value}")

@@ -324,6 +324,20 @@ class KubeCluster:
         text = path.read_text(errors="replace") if path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
 
+    def resident_bytes(self) -> dict[str, int]:
+        """Resident memory of each process this cluster started (etcd, kube-apiserver, …)."""
+        out: dict[str, int] = {}
+        for name, proc in self._procs:
+            with contextlib.suppress(OSError):
+                status = Path(f"/proc/{proc.pid}/status").read_text()
+                kib = next(
+                    int(line.split()[1])
+                    for line in status.splitlines()
+                    if line.startswith("VmRSS:")
+                )
+                out[name] = kib * 1024
+        return out
+
     def wait_http(self, url: str, name: str, *, auth: bool) -> None:
         """Waits for ``url`` to answer 200 (failing the test if a cluster process exits)."""
         deadline = time.monotonic() + START_TIMEOUT
