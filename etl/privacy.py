@@ -59,6 +59,8 @@ KEPT: Mapping[str, Mapping[str, str]] = {
         "needs it to attribute thread messages after a RESUME",
         "entitlements": "the subscription its GuildSubscription owns: billing, not activity",
         "opt_outs": "a member's choice not to be recorded: deleting it would record them again",
+        "leaderboard_hidden": "a member's choice not to be named on leaderboards: deleting it "
+        "would name them again",
         "deletion_requests": "the record that the deletion was asked for and carried out",
         "guild_tombstones": "what keeps a deleted server from being recorded again",
         "quota_usage": "the month's quota use: billing, and deleting it would reset the quota",

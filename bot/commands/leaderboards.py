@@ -41,6 +41,14 @@ def page_lines(
     return lines, len(entries) > start + size
 
 
+async def hidden_members(ctx: Context) -> list[int]:
+    """Members of this server who asked (``/privacy hide-from-leaderboards``) not to be named."""
+    rows = await ctx.deps.pool.fetch(
+        "SELECT user_id FROM leaderboard_hidden WHERE guild_id = $1", ctx.guild_id
+    )
+    return [row["user_id"] for row in rows]
+
+
 def _build(
     rt: Runtime, spec: Spec, kind: Literal["messages", "voice"], title: str, description: str
 ) -> app_commands.Command[Any, Any, None]:
@@ -58,6 +66,7 @@ def _build(
             number_ = check_page(page)
             scope = await visible_channels(ctx)
             size = ctx.deps.settings.page_size
+            hidden = await hidden_members(ctx)
 
             async def work() -> Reply:
                 entries = await analytics.leaderboard(
@@ -68,6 +77,7 @@ def _build(
                     kind=kind,
                     limit=number_ * size + 1,
                     scope=scope,
+                    hidden=hidden,
                 )
                 lines, more = page_lines(entries, number_, size, kind)
                 if not lines:

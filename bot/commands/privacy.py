@@ -1,11 +1,13 @@
-"""/privacy — a member opts out (or back in) or asks for their data to be deleted; an admin
-asks for the whole server's data to be deleted, or opts the server back in. Requests are rows in
-Postgres (``opt_outs``, ``deletion_requests``, ``guild_tombstones``); the ETL carries deletions
-out in every store, and the bot records nothing of a deleted server until it is opted back in
-(bot/tombstones.py)."""
+"""/privacy — a member opts out (or back in), hides from the leaderboards (or shows again) or
+asks for their data to be deleted; an admin asks for the whole server's data to be deleted, or
+opts the server back in. Requests are rows in Postgres (``opt_outs``, ``leaderboard_hidden``,
+``deletion_requests``, ``guild_tombstones``); the ETL carries deletions out in every store, and
+the bot records nothing of a deleted server until it is opted back in (bot/tombstones.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import discord
@@ -27,6 +29,62 @@ def _confirmed(confirm: Any) -> None:
         raise OptionError("Nothing was done: set `confirm` to True to go ahead.")
 
 
+@dataclass(frozen=True)
+class _MemberChoice:
+    """A subcommand that records one member's choice with one statement on (guild, user)."""
+
+    name: str
+    description: str
+    sql: str
+    answer: str
+
+
+_MEMBER_CHOICES = (
+    _MemberChoice(
+        "opt-out",
+        "Stop recording statistics about you here",
+        "INSERT INTO opt_outs (guild_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        "You have opted out: nothing new about you is recorded in this server. "
+        "`/privacy delete-my-data` removes what was recorded before.",
+    ),
+    _MemberChoice(
+        "opt-in",
+        "Allow statistics about you again",
+        "DELETE FROM opt_outs WHERE guild_id = $1 AND user_id = $2",
+        "You are opted in again: your activity here is counted from now on.",
+    ),
+    _MemberChoice(
+        "hide-from-leaderboards",
+        "Keep counting your activity, but leave your name off the leaderboards",
+        "INSERT INTO leaderboard_hidden (guild_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        "Your name is left off this server's leaderboards; your activity still counts in its "
+        "totals. `/privacy show-on-leaderboards` undoes this.",
+    ),
+    _MemberChoice(
+        "show-on-leaderboards",
+        "Appear on the leaderboards again",
+        "DELETE FROM leaderboard_hidden WHERE guild_id = $1 AND user_id = $2",
+        "You appear on this server's leaderboards again.",
+    ),
+)
+
+
+def _member_choice(
+    rt: Runtime, choice: _MemberChoice, done: Callable[[Context, str], Awaitable[Reply]]
+) -> app_commands.Command[Any, Any, None]:
+    async def record(interaction: discord.Interaction[Any]) -> None:
+        async def prepare(ctx: Context) -> tuple[dict[str, Any], Work]:
+            async def work() -> Reply:
+                await ctx.deps.pool.execute(choice.sql, ctx.guild_id, ctx.user_id)
+                return await done(ctx, choice.answer)
+
+            return {}, work
+
+        await rt.run(interaction, SPEC, prepare)
+
+    return app_commands.Command(name=choice.name, description=choice.description, callback=record)
+
+
 def build(rt: Runtime) -> app_commands.Group:
     group = app_commands.Group(name="privacy", description="Your data in Herwa", guild_only=True)
 
@@ -34,43 +92,8 @@ def build(rt: Runtime) -> app_commands.Group:
         await rt.cache.drop_guild(ctx.guild_id)
         return Reply(text, ephemeral=True)
 
-    @group.command(name="opt-out", description="Stop recording statistics about you here")
-    async def opt_out(interaction: discord.Interaction[Any]) -> None:
-        async def prepare(ctx: Context) -> tuple[dict[str, Any], Work]:
-            async def work() -> Reply:
-                await ctx.deps.pool.execute(
-                    "INSERT INTO opt_outs (guild_id, user_id) VALUES ($1, $2)"
-                    " ON CONFLICT DO NOTHING",
-                    ctx.guild_id,
-                    ctx.user_id,
-                )
-                return await _done(
-                    ctx,
-                    "You have opted out: nothing new about you is recorded "
-                    "in this server. `/privacy delete-my-data` removes what "
-                    "was recorded before.",
-                )
-
-            return {}, work
-
-        await rt.run(interaction, SPEC, prepare)
-
-    @group.command(name="opt-in", description="Allow statistics about you again")
-    async def opt_in(interaction: discord.Interaction[Any]) -> None:
-        async def prepare(ctx: Context) -> tuple[dict[str, Any], Work]:
-            async def work() -> Reply:
-                await ctx.deps.pool.execute(
-                    "DELETE FROM opt_outs WHERE guild_id = $1 AND user_id = $2",
-                    ctx.guild_id,
-                    ctx.user_id,
-                )
-                return await _done(
-                    ctx, "You are opted in again: your activity here is counted from now on."
-                )
-
-            return {}, work
-
-        await rt.run(interaction, SPEC, prepare)
+    for choice in _MEMBER_CHOICES:
+        group.add_command(_member_choice(rt, choice, _done))
 
     @group.command(
         name="delete-my-data", description="Delete everything recorded about you in this server"

@@ -10,6 +10,7 @@ A :class:`ChannelScope` limits every figure to the channels the asking member ma
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal
@@ -63,6 +64,7 @@ _MESSAGES = f"""
     FROM message_activity_hourly FINAL
     WHERE guild_id = {{guild_id:UInt64}} AND hour >= {SINCE} AND hour < {UNTIL}
       AND (NOT is_bot OR {{bots:Bool}}) AND {_IN_SCOPE}
+      AND NOT has({{hidden:Array(UInt64)}}, author_id)
     GROUP BY author_id HAVING n > 0
     ORDER BY n DESC, author_id LIMIT {{limit:UInt32}}
 """
@@ -77,6 +79,7 @@ _VOICE = f"""
     FROM voice_sessions FINAL
     WHERE guild_id = {{guild_id:UInt64}} AND joined_at < {UNTIL} AND left_at > {SINCE}
       AND (NOT is_bot OR {{bots:Bool}}) AND {_IN_SCOPE}
+      AND NOT has({{hidden:Array(UInt64)}}, user_id)
     GROUP BY user_id HAVING seconds > 0
     ORDER BY seconds DESC, user_id LIMIT {{limit:UInt32}}
 """
@@ -101,10 +104,15 @@ async def leaderboard(
     limit: int = 10,
     include_bots: bool = False,
     scope: ChannelScope | None = None,
+    hidden: Collection[int] = (),
 ) -> list[Entry]:
+    """Members ranked by ``kind``; ``hidden`` members (who asked not to be named) are left
+    out of the ranking, and everyone below them moves up."""
     sql = _MESSAGES if kind == "messages" else _VOICE
     where = scope.parameters() if scope is not None else _UNSCOPED
-    p = params(guild_id, since, until, bots=include_bots, limit=limit, **where)
+    p = params(
+        guild_id, since, until, bots=include_bots, limit=limit, hidden=sorted(hidden), **where
+    )
     return [Entry(int(user), float(value)) for user, value in await rows(client, sql, p)]
 
 

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from herwa.etl.runner import RunOptions, run_once
-from tests.commands.conftest import Harness, build_dataset, is_ephemeral, opt, sub, text_of
+from tests.commands.conftest import (
+    Harness,
+    build_dataset,
+    fields_of,
+    is_ephemeral,
+    opt,
+    sub,
+    text_of,
+)
 from tests.etl._support import ch_value
 
 WEEK = [opt("days", 7), opt("end", "2024-03-10")]
@@ -140,3 +148,28 @@ async def test_privacy_needs_no_subscription(harness: Harness) -> None:
     # Gated commands beyond the default tier stay denied for the same unsubscribed guild.
     result = await h.invoke("growth")
     assert text_of(result).startswith("`/growth` is not included in this server's **free** tier")
+
+
+async def test_a_member_hidden_from_leaderboards_still_counts(harness: Harness) -> None:
+    h = harness
+    await build_dataset(h)
+    await h.grant("enterprise")
+    u1, u2, u3, _ = h.users[:4]
+    first, second = sorted([u2, u3])
+
+    result = await h.invoke("privacy", sub("hide-from-leaderboards"), user=u1)
+    assert is_ephemeral(result)
+    assert "left off this server's leaderboards" in text_of(result)
+    # U1 (5 messages, 30 min in voice) is not named; everyone below moves up.
+    (e,) = (await h.invoke("leaderboard", WEEK))["original"]["embeds"]
+    assert e["description"].endswith(f"1. <@{first}> — 2 messages\n2. <@{second}> — 2 messages")
+    assert e["footer"]["text"] == "Page 1"
+    (e,) = (await h.invoke("voice-leaderboard", WEEK))["original"]["embeds"]
+    assert e["description"].endswith(f"1. <@{u2}> — 1 h 30 min")
+    assert f"<@{u1}>" not in e["description"]
+    # Still counted in every total.
+    assert fields_of(await h.invoke("overview", WEEK))["Messages"] == "9"
+
+    await h.invoke("privacy", sub("show-on-leaderboards"), user=u1)
+    (e,) = (await h.invoke("leaderboard", WEEK))["original"]["embeds"]
+    assert e["description"].endswith(f"1. <@{u1}> — 5 messages\n2. <@{first}> — 2 messages")
