@@ -26,7 +26,20 @@ from pathlib import Path
 
 from herwa.demo import _checks, _report
 from herwa.demo._console import Console
-from herwa.demo._pipeline import Demo, DemoFailed, DemoOptions
+from herwa.demo._pipeline import KEEP_TABLES, Demo, DemoFailed, DemoOptions
+
+__all__ = [
+    "KEEP_TABLES",
+    "Console",
+    "Demo",
+    "DemoFailed",
+    "DemoOptions",
+    "configure",
+    "main",
+    "options",
+    "run",
+    "write_report",
+]
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -4,6 +4,24 @@ Migrations are plain SQL files named ``NNNN_what.sql`` under ``postgres/`` and `
 An applied file must never change: its checksum is recorded and compared on every run.
 """
 
-from herwa.schema._migrate import Migration, MigrationError, MigrationReport, discover, migrate
+from herwa.schema._migrate import (
+    Migration,
+    MigrationError,
+    MigrationReport,
+    apply_postgres,
+    discover,
+    migrate,
+    migrate_postgres,
+    postgres_history,
+)
 
-__all__ = ["Migration", "MigrationError", "MigrationReport", "discover", "migrate"]
+__all__ = [
+    "Migration",
+    "MigrationError",
+    "MigrationReport",
+    "apply_postgres",
+    "discover",
+    "migrate",
+    "migrate_postgres",
+    "postgres_history",
+]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from herwa.etl.runner import RunOptions, run_once
 from tests.commands.conftest import Harness, build_dataset, is_ephemeral, opt, sub, text_of
-from tests.etl._support import ch_value
+from tests.etl import ch_value
 
 WEEK = [opt("days", 7), opt("end", "2024-03-10")]
 MEMBER = 1071698660929  # @everyone's permissions in the simulator: no Manage Server

@@ -14,11 +14,10 @@ from pathlib import Path
 import asyncpg
 
 import herwa.schema
-from herwa.demo._console import Console
-from herwa.demo._pipeline import KEEP_TABLES, Demo, DemoOptions
+from herwa.demo import KEEP_TABLES, Console, Demo, DemoOptions
 from herwa.devstack import Endpoints
 from herwa.etl.runner import RunOptions, run_once
-from tests.etl._support import actual_hourly, ch_value, expected_hourly, stage_messages
+from tests.etl import actual_hourly, ch_value, expected_hourly, stage_messages
 
 MIGRATIONS = Path(herwa.schema.__file__).parent / "postgres"
 SEEDS = re.compile(r"^\s*INSERT\s+INTO\s+(\w+)", re.IGNORECASE | re.MULTILINE)

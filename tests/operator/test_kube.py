@@ -28,8 +28,7 @@ import pytest
 import redis
 import yaml
 
-from herwa.devstack import Endpoints
-from herwa.devstack._probes import clickhouse_query, postgres_execute, run_sync
+from herwa.devstack import Endpoints, clickhouse_query, postgres_execute, run_sync
 from herwa.schema import migrate
 from tests.support.kube import KubeCluster, free_port
 from tests.support.services import _with_path

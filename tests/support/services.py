@@ -26,8 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from herwa.devstack import DevStack, Endpoints
-from herwa.devstack._probes import clickhouse_query, postgres_execute
+from herwa.devstack import DevStack, Endpoints, clickhouse_query, postgres_execute
 
 _ENV = {
     "postgres_dsn": "HERWA_TEST_POSTGRES_DSN",
