@@ -26,7 +26,9 @@ from pathlib import Path
 
 from herwa.demo import _checks, _report
 from herwa.demo._console import Console
-from herwa.demo._pipeline import KEEP_TABLES, Demo, DemoFailed, DemoOptions
+from herwa.demo._pipeline import Demo
+from herwa.demo._run import DemoFailed, DemoOptions
+from herwa.demo._setup import KEEP_TABLES, clear_previous_run
 
 __all__ = [
     "KEEP_TABLES",
@@ -34,6 +36,7 @@ __all__ = [
     "Demo",
     "DemoFailed",
     "DemoOptions",
+    "clear_previous_run",
     "configure",
     "main",
     "options",
