@@ -11,11 +11,11 @@ everything it emitted.
         sim.ledger.summary()
 """
 
-from herwa.simulator._activity import (
+from herwa.simulator._activity import ScenarioConfig
+from herwa.simulator._command_options import (
     STRING,
     SUB_COMMAND,
     SUB_COMMAND_GROUP,
-    ScenarioConfig,
     build_invocation,
 )
 from herwa.simulator._gateway import (
