@@ -93,7 +93,7 @@ class Simulator:
         self.history = History(enabled=cfg.store_history)
         self.interactions = InteractionStore()
         self.gateway = Gateway(self.app, self.world, self.ledger, cfg.gateway)
-        self.gateway._on_member_request = self._member_chunks
+        self.gateway.on_member_request = self._member_chunks
         self.activity = Activity(
             world=self.world,
             app=self.app,
