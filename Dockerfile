@@ -27,6 +27,8 @@ RUN python -m venv "$VENV" \
 
 # 2. Herwa as a wheel. herwa/bot, herwa/etl and herwa/operator are symlinks to the top-level
 #    role folders; the wheel holds real files, so nothing depends on symlinks at run time.
+#    The development tools (simulator, embedded stack, demo) are neither in the build context
+#    (.dockerignore) nor in the wheel (pyproject): the image carries the product only.
 COPY pyproject.toml README.md ./
 COPY herwa ./herwa
 COPY bot ./bot

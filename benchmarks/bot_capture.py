@@ -118,11 +118,11 @@ async def capture(
 
 async def _migrate_pg(dsn: str) -> None:
     # Postgres only: the capture path never touches ClickHouse.
-    from herwa.schema import _migrate
+    from herwa.schema import MigrationReport, migrate_postgres
 
     conn = await asyncpg.connect(dsn)
     try:
-        await _migrate._migrate_postgres(conn, _migrate.MigrationReport())
+        await migrate_postgres(conn, MigrationReport())
     finally:
         await conn.close()
 

@@ -64,9 +64,8 @@ class TelemetryServer:
         site = web.TCPSite(self._runner, self._host, self._port)
         await site.start()
         # Port 0 asks the OS for a free port; report the one actually bound.
-        server = site._server
-        if server is not None and server.sockets:  # type: ignore[attr-defined]
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        if self._runner.addresses:
+            self.port = self._runner.addresses[0][1]
         log.info("telemetry listening", extra={"port": self.port})
 
     async def stop(self) -> None:

@@ -32,9 +32,37 @@ from herwa.bot.commands import (
     settings,
     usage,
 )
+from herwa.bot.commands._charts import GROWTH_SIZE, HEATMAP_SIZE, RETENTION_SIZE, png_size
+from herwa.bot.commands._gate import Gate, Outcome, quota_month
+from herwa.bot.commands._options import (
+    OptionError,
+    bounded_int,
+    date_range,
+    parse_channel_id,
+    parse_channel_ids,
+    parse_timezone,
+)
 from herwa.bot.commands._runtime import CommandDeps, Runtime
 
-__all__ = ["COMMAND_NAMES", "CommandDeps", "Runtime", "install"]
+__all__ = [
+    "COMMAND_NAMES",
+    "GROWTH_SIZE",
+    "HEATMAP_SIZE",
+    "RETENTION_SIZE",
+    "CommandDeps",
+    "Gate",
+    "OptionError",
+    "Outcome",
+    "Runtime",
+    "bounded_int",
+    "date_range",
+    "install",
+    "parse_channel_id",
+    "parse_channel_ids",
+    "parse_timezone",
+    "png_size",
+    "quota_month",
+]
 
 # The gated names, exactly as platform.yaml's `commands:` lists them.
 COMMAND_NAMES = (

@@ -26,7 +26,23 @@ from pathlib import Path
 
 from herwa.demo import _checks, _report
 from herwa.demo._console import Console
-from herwa.demo._pipeline import Demo, DemoFailed, DemoOptions
+from herwa.demo._pipeline import Demo
+from herwa.demo._run import DemoFailed, DemoOptions
+from herwa.demo._setup import KEEP_TABLES, clear_previous_run
+
+__all__ = [
+    "KEEP_TABLES",
+    "Console",
+    "Demo",
+    "DemoFailed",
+    "DemoOptions",
+    "clear_previous_run",
+    "configure",
+    "main",
+    "options",
+    "run",
+    "write_report",
+]
 
 EXIT_OK = 0
 EXIT_FAILED = 1

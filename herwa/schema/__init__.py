@@ -9,9 +9,12 @@ from herwa.schema._migrate import (
     MigrationError,
     MigrationReport,
     Store,
+    apply_postgres,
     discover,
     migrate,
+    migrate_postgres,
     pending,
+    postgres_history,
 )
 
 __all__ = [
@@ -19,7 +22,10 @@ __all__ = [
     "MigrationError",
     "MigrationReport",
     "Store",
+    "apply_postgres",
     "discover",
     "migrate",
+    "migrate_postgres",
     "pending",
+    "postgres_history",
 ]

@@ -83,7 +83,7 @@ async def migrate(
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
         try:
-            await _migrate_postgres(conn, report)
+            await migrate_postgres(conn, report)
             await _migrate_clickhouse(clickhouse_url, report)
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
@@ -199,7 +199,8 @@ async def apply_postgres(conn: asyncpg.Connection, migration: Migration) -> None
         )
 
 
-async def _migrate_postgres(conn: asyncpg.Connection, report: MigrationReport) -> None:
+async def migrate_postgres(conn: asyncpg.Connection, report: MigrationReport) -> None:
+    """Postgres alone, without ``migrate``'s cross-pod lock: for callers that own the database."""
     applied = await postgres_history(conn)
     known = discover("postgres")
     _check_applied("postgres", applied, known)

@@ -12,7 +12,21 @@ everything it emitted.
 """
 
 from herwa.simulator._activity import ScenarioConfig
-from herwa.simulator._gateway import GatewayConfig
+from herwa.simulator._command_options import (
+    STRING,
+    SUB_COMMAND,
+    SUB_COMMAND_GROUP,
+    build_invocation,
+)
+from herwa.simulator._gateway import (
+    GUILD_MEMBERS,
+    GUILD_MESSAGES,
+    GUILD_PRESENCES,
+    GUILD_VOICE_STATES,
+    GUILDS,
+    MESSAGE_CONTENT,
+    GatewayConfig,
+)
 from herwa.simulator._ledger import (
     Delivery,
     Ledger,
@@ -21,14 +35,29 @@ from herwa.simulator._ledger import (
     VoiceRecord,
 )
 from herwa.simulator._simulator import DEFAULT_TOKEN, Simulator, SimulatorConfig
-from herwa.simulator._world import WorldConfig
+from herwa.simulator._snowflake import DISCORD_EPOCH_MS
+from herwa.simulator._world import EVERYONE_PERMISSIONS, TEXT, Guild, Member, WorldConfig
 from herwa.simulator.client import point_discord_at
 
 __all__ = [
     "DEFAULT_TOKEN",
+    "DISCORD_EPOCH_MS",
+    "EVERYONE_PERMISSIONS",
+    "GUILDS",
+    "GUILD_MEMBERS",
+    "GUILD_MESSAGES",
+    "GUILD_PRESENCES",
+    "GUILD_VOICE_STATES",
+    "MESSAGE_CONTENT",
+    "STRING",
+    "SUB_COMMAND",
+    "SUB_COMMAND_GROUP",
+    "TEXT",
     "Delivery",
     "GatewayConfig",
+    "Guild",
     "Ledger",
+    "Member",
     "MemberEventRecord",
     "MessageRecord",
     "ScenarioConfig",
@@ -36,5 +65,6 @@ __all__ = [
     "SimulatorConfig",
     "VoiceRecord",
     "WorldConfig",
+    "build_invocation",
     "point_discord_at",
 ]

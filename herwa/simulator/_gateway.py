@@ -231,7 +231,8 @@ class Gateway:
         self._identify_at: dict[tuple[str, int], float] = {}
         self.session_starts_used = 0
         self.ws_url = ""
-        self._on_member_request: Callable[[Session, Json], None] | None = None
+        # REQUEST_GUILD_MEMBERS (op 8) is answered by whoever owns the members: the simulator.
+        self.on_member_request: Callable[[Session, Json], None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         # When set, dispatches are serialised into this list instead of sent (prepared bursts).
         self.capture: list[Prepared] | None = None
@@ -396,8 +397,8 @@ class Gateway:
         elif conn.session is None:
             await conn.close(CLOSE_NOT_AUTHENTICATED, "Not authenticated.")
         elif op == 8:
-            if self._on_member_request is not None:
-                self._on_member_request(conn.session, d)
+            if self.on_member_request is not None:
+                self.on_member_request(conn.session, d)
         elif op in (3, 4):
             pass  # presence and voice-state updates from the bot: accepted, not simulated
         else:

@@ -1,50 +1,57 @@
-"""The REST endpoints a bot uses, under ``/api/v10``.
-
-Responses carry ``Content-Type: application/json`` exactly: discord.py treats anything else
-(even with ``; charset=utf-8``) as text and login fails.
-"""
+"""The REST endpoints a bot uses, under ``/api/v10``."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import BodyPartReader, web
 
-from herwa.simulator._gateway import as_reached_at
+from herwa.simulator._actions import Actions
+from herwa.simulator._app import AppState
+from herwa.simulator._gateway import Gateway, as_reached_at
+from herwa.simulator._history import History
+from herwa.simulator._http import error, json_response
 from herwa.simulator._interactions import (
     CHANNEL_MESSAGE,
     DEFERRED_CHANNEL_MESSAGE,
     DEFERRED_UPDATE,
     UPDATE_MESSAGE,
     InteractionRecord,
+    InteractionStore,
     StoredFile,
 )
 from herwa.simulator._snowflake import iso_from_ms
-
-if TYPE_CHECKING:
-    from herwa.simulator._simulator import Simulator
+from herwa.simulator._world import World
 
 Json = dict[str, Any]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 API_PREFIX = "/api/v10"
 
 
-def json_response(
-    data: Any,
-    status: int = 200,
-    headers: dict[str, str] | None = None,
-) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(data), status=status, headers=headers, content_type="application/json"
-    )
+class RestHost(Protocol):
+    """What the REST endpoints read and change of the simulator serving them."""
 
-
-def error(status: int, message: str, code: int = 0) -> web.Response:
-    return json_response({"message": message, "code": code}, status)
+    @property
+    def app(self) -> AppState: ...
+    @property
+    def gateway(self) -> Gateway: ...
+    @property
+    def history(self) -> History: ...
+    @property
+    def interactions(self) -> InteractionStore: ...
+    @property
+    def world(self) -> World: ...
+    @property
+    def activity(self) -> Actions: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def ws_url(self) -> str: ...
+    def recommended_shards(self) -> int: ...
 
 
 @dataclass
@@ -81,7 +88,7 @@ class RateLimit:
 
 
 class Rest:
-    def __init__(self, sim: Simulator, history_limit: RateLimit) -> None:
+    def __init__(self, sim: RestHost, history_limit: RateLimit) -> None:
         self.sim = sim
         self.history_limit = history_limit
 
@@ -249,7 +256,7 @@ class Rest:
             return error(400, "Invalid Form Body", 50035)
         msgs = self.sim.history.query(cid, limit=limit, before=before, after=after, around=around)
         if not self.sim.app.privileged_intents & (1 << 15):
-            from herwa.simulator._activity import strip_content
+            from herwa.simulator._actions import strip_content
 
             msgs = [strip_content(m) for m in msgs]
         return json_response(msgs, headers=headers)

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from herwa.simulator._activity import Activity, ScenarioConfig
 from herwa.simulator._app import AppState
+from herwa.simulator._control import Control
 from herwa.simulator._faults import inject
 from herwa.simulator._gateway import (
     GUILD_MEMBERS,
@@ -92,7 +93,7 @@ class Simulator:
         self.history = History(enabled=cfg.store_history)
         self.interactions = InteractionStore()
         self.gateway = Gateway(self.app, self.world, self.ledger, cfg.gateway)
-        self.gateway._on_member_request = self._member_chunks
+        self.gateway.on_member_request = self._member_chunks
         self.activity = Activity(
             world=self.world,
             app=self.app,
@@ -114,13 +115,11 @@ class Simulator:
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> Simulator:
-        from herwa.simulator._control import control_routes
-
         app = web.Application(client_max_size=64 * 1024 * 1024)
         path = "/" + self.config.gateway_path.strip("/")
         app.router.add_get(path, self.gateway.handle)
         app.router.add_get(path + "/", self.gateway.handle)
-        app.router.add_routes(control_routes(self))
+        app.router.add_routes(Control(self).routes())
         app.router.add_routes(self.rest.routes())
         self._runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=1.0
@@ -319,16 +318,8 @@ class Simulator:
         rng = self.activity.rng
         total = int(days * messages_per_day)
         times = sorted(rng.randrange(start, end) for _ in range(total))
-        act = self.activity
         for t in times:
-            guild = act.pick_guild(t)
-            texts = [c for c in guild.channels.values() if c.type == TEXT]
-            member = act._pick_author(guild)
-            channel = rng.choice(texts)
-            kind = rng.choices(act._kinds, cum_weights=act._kind_cum)[0]
-            if kind == "reply" and not act._recent.get(channel.id):
-                kind = "text"
-            act.post_message(guild.id, channel.id, member.user.id, kind, at_ms=t, historical=True)
+            self.activity.historical_message(t)
         return total
 
     # -- faults, commands, tokens -----------------------------------------------------------

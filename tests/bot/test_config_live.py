@@ -9,8 +9,7 @@ import asyncpg
 import pytest
 
 from herwa import platform
-from herwa.simulator import Simulator
-from herwa.simulator._world import TEXT, Guild
+from herwa.simulator import TEXT, Guild, Simulator
 from tests.bot.conftest import Fleet, pg, wait_for
 from tests.commands.conftest import opt, sub, text_of
 

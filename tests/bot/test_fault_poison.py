@@ -11,8 +11,13 @@ from typing import Any
 import pytest
 
 from herwa.devstack import Endpoints
-from herwa.simulator import Simulator
-from herwa.simulator._gateway import GUILD_MEMBERS, GUILD_MESSAGES, GUILD_VOICE_STATES, GUILDS
+from herwa.simulator import (
+    GUILD_MEMBERS,
+    GUILD_MESSAGES,
+    GUILD_VOICE_STATES,
+    GUILDS,
+    Simulator,
+)
 from tests.bot.conftest import Fleet, pg, split_names, wait_for
 from tests.bot.expect import settle
 

@@ -18,7 +18,7 @@ from herwa.devstack import DevStack, Endpoints
 from herwa.simulator import GatewayConfig, Simulator, SimulatorConfig
 from tests.bot.conftest import Fleet, pg, split_names, wait_for
 from tests.bot.fault_families import invoke, scenario, settle_every_family, snapshots_taken
-from tests.bot.test_faults import _metric, _rss_kb
+from tests.bot.test_faults import metric, rss_kb
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +61,7 @@ async def test_fault_postgres_down_30s(
         snapshots = await snapshots_taken(sim, dsn)
         guilds = sorted(sim.world.guilds)
         assert await invoke(sim, guilds) == len(guilds)
-        rss_before = {n: _rss_kb(b.proc.pid) for n, b in fleet.bots.items()}  # type: ignore[union-attr]
+        rss_before = {n: rss_kb(b.proc.pid) for n, b in fleet.bots.items()}  # type: ignore[union-attr]
 
         sim.start_activity(300)
         await asyncio.sleep(1.0)
@@ -69,10 +69,10 @@ async def test_fault_postgres_down_30s(
         await asyncio.to_thread(stack.down)
         await asyncio.sleep(OUTAGE_S)
         depth = {
-            n: _metric(await b.metrics(), "herwa_bot_buffer_depth_rows")
+            n: metric(await b.metrics(), "herwa_bot_buffer_depth_rows")
             for n, b in fleet.bots.items()
         }
-        rss_during = {n: _rss_kb(b.proc.pid) for n, b in fleet.bots.items()}  # type: ignore[union-attr]
+        rss_during = {n: rss_kb(b.proc.pid) for n, b in fleet.bots.items()}  # type: ignore[union-attr]
         assert all(b.alive for b in fleet.bots.values())
         await asyncio.to_thread(stack.up)
         await asyncio.sleep(1.0)
@@ -96,7 +96,7 @@ async def test_fault_postgres_down_30s(
             ]
             assert dropped
             assert all(ln.endswith(" 0.0") for ln in dropped), dropped
-            assert _metric(text, 'herwa_bot_flush_failures_total{stage="postgres"}') > 0
+            assert metric(text, 'herwa_bot_flush_failures_total{stage="postgres"}') > 0
             # Bounded: the buffer never held more than its capacity (+ one event's rows).
             assert depth[n] <= BUFFER_ROWS + 10
             assert rss_during[n] - rss_before[n] < 150_000, (rss_before, rss_during)

@@ -24,8 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from herwa.devstack import Endpoints
-from herwa.simulator import GatewayConfig, Simulator, SimulatorConfig
-from herwa.simulator._activity import ScenarioConfig
+from herwa.simulator import GatewayConfig, ScenarioConfig, Simulator, SimulatorConfig
 from tests.bot.conftest import FAST_ENV, SHARDS, BotProcess, Fleet, split_names, wait_for
 from tests.bot.expect import settle
 from tests.bot.proxy import TcpProxy

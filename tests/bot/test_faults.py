@@ -22,12 +22,14 @@ from tests.bot.expect import actual_messages, expected_messages
 pytestmark = pytest.mark.slow
 
 
-def _metric(text: str, name: str) -> float:
+def metric(text: str, name: str) -> float:
+    """The value of an unlabelled sample in a Prometheus text page; 0 when absent."""
     m = re.search(rf"^{name} (\S+)$", text, re.M)
     return float(m.group(1)) if m else 0.0
 
 
-def _rss_kb(pid: int) -> int:
+def rss_kb(pid: int) -> int:
+    """The process's resident memory in KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])

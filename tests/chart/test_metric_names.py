@@ -125,7 +125,7 @@ def test_the_reference_extractor() -> None:
 
 def test_label_values_in_rules_are_real_outcomes(kube_tools: KubeTools) -> None:
     """The quota alert and the operator alert select outcomes the code really records."""
-    from herwa.bot.commands._gate import Outcome
+    from herwa.bot.commands import Outcome
     from herwa.operator import metrics as operator_metrics
 
     rule = render(kube_tools.helm, *ALL_ON).one("PrometheusRule")

@@ -6,7 +6,7 @@ import base64
 import csv
 import io
 
-from herwa.bot.commands._charts import GROWTH_SIZE, HEATMAP_SIZE, RETENTION_SIZE, png_size
+from herwa.bot.commands import GROWTH_SIZE, HEATMAP_SIZE, RETENTION_SIZE, png_size
 from tests.commands.conftest import Harness, build_dataset, fields_of, is_ephemeral, opt, text_of
 
 WEEK = [opt("days", 7), opt("end", "2024-03-10")]

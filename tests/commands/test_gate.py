@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
-from herwa.bot.commands._gate import Gate, quota_month
+from herwa.bot.commands import Gate, quota_month
 from herwa.config import CommandSettings
 from herwa.devstack import Endpoints
 from herwa.entitlements import CommandAccess

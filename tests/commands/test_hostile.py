@@ -79,7 +79,7 @@ async def test_hostile_options(harness: Harness) -> None:
     assert await h.rt.gate.quota_used(h.guild, datetime.now(UTC)) == 0
     assert await h.pool.fetchval("SELECT count(*) FROM guilds") == 0
     assert await h.pool.fetchval("SELECT count(*) FROM deletion_requests") == 0
-    from tests.etl._support import ch_value
+    from tests.etl import ch_value
 
     assert await ch_value(h.endpoints, "SELECT count() FROM messages FINAL") == 114
 

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from herwa.bot.commands._options import (
+from herwa.bot.commands import (
     OptionError,
     bounded_int,
     date_range,
@@ -26,13 +26,13 @@ from herwa.bot.commands._options import (
     parse_channel_ids,
     parse_timezone,
 )
-from herwa.simulator._activity import (
+from herwa.simulator import (
+    EVERYONE_PERMISSIONS,
     STRING,
     SUB_COMMAND,
     SUB_COMMAND_GROUP,
     build_invocation,
 )
-from herwa.simulator._world import EVERYONE_PERMISSIONS
 from tests.commands.conftest import LONG_HISTORY, Harness, is_ephemeral, text_of
 
 UNHANDLED = "Something went wrong"

@@ -12,7 +12,7 @@ from tests.commands.conftest import (
     sub,
     text_of,
 )
-from tests.etl._support import ch_value
+from tests.etl import ch_value
 
 WEEK = [opt("days", 7), opt("end", "2024-03-10")]
 MEMBER = 1071698660929  # @everyone's permissions in the simulator: no Manage Server

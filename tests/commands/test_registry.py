@@ -9,8 +9,7 @@ from discord import app_commands
 from redis.asyncio import Redis
 
 from herwa import platform
-from herwa.bot.commands import COMMAND_NAMES, install
-from herwa.bot.commands._runtime import CommandDeps
+from herwa.bot.commands import COMMAND_NAMES, CommandDeps, install
 
 
 def test_the_bot_registers_exactly_the_platforms_commands() -> None:

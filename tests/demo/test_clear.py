@@ -7,39 +7,19 @@ table checks all passed.
 
 from __future__ import annotations
 
-import io
 import re
 from pathlib import Path
 
 import asyncpg
 
 import herwa.schema
-from herwa.demo._console import Console
-from herwa.demo._pipeline import KEEP_TABLES, Demo, DemoOptions
+from herwa.demo import KEEP_TABLES, clear_previous_run
 from herwa.devstack import Endpoints
 from herwa.etl.runner import RunOptions, run_once
-from tests.etl._support import actual_hourly, ch_value, expected_hourly, stage_messages
+from tests.etl import actual_hourly, ch_value, expected_hourly, stage_messages
 
 MIGRATIONS = Path(herwa.schema.__file__).parent / "postgres"
 SEEDS = re.compile(r"^\s*INSERT\s+INTO\s+(\w+)", re.IGNORECASE | re.MULTILINE)
-
-
-def _demo(endpoints: Endpoints, tmp: Path) -> Demo:
-    opts = DemoOptions(
-        guilds=3,
-        history_days=1,
-        messages_per_day=0,
-        duration=5,
-        rate=1,
-        data_dir=tmp / "data",
-        results=tmp / "results",
-        reset=False,
-        keep_running=False,
-        seed=1,
-    )
-    demo = Demo(opts, Console(1, io.StringIO()))
-    demo.endpoints = endpoints
-    return demo
 
 
 def test_every_table_a_migration_seeds_is_kept() -> None:
@@ -55,7 +35,7 @@ def test_every_table_a_migration_seeds_is_kept() -> None:
 
 
 async def test_clearing_a_previous_run_keeps_the_marks_and_the_rollups_count_everything(
-    migrated: Endpoints, tmp_path: Path
+    migrated: Endpoints,
 ) -> None:
     dsn = migrated.postgres_dsn
     options = RunOptions(batch_rows=100, deadline_seconds=60)
@@ -67,7 +47,7 @@ async def test_clearing_a_previous_run_keeps_the_marks_and_the_rollups_count_eve
         assert first.outcome == "caught_up", first.error
         progress = await pg.fetch("SELECT rollup, loaded_batch::text FROM etl_rollup_progress")
 
-        cleared = await _demo(migrated, tmp_path)._clear_previous_run()
+        cleared = await clear_previous_run(migrated)
         assert cleared > 0
         assert await pg.fetchval("SELECT count(*) FROM message_events") == 0
         assert await ch_value(migrated, "SELECT count() FROM messages") == 0

@@ -15,7 +15,7 @@ import asyncpg
 import clickhouse_connect
 import redis
 
-from herwa.devstack._process import is_alive
+from herwa.devstack import is_alive
 
 
 def _herwa_dev() -> list[str]:

@@ -14,10 +14,8 @@ import pytest
 import redis
 from clickhouse_connect.driver.exceptions import DatabaseError
 
-from herwa.devstack import DevStack, DevStackError, Endpoints
-from herwa.devstack import _process as process_module
-from herwa.devstack._process import Launch, is_alive
-from herwa.devstack._services import RedisService
+from herwa.devstack import DevStack, DevStackError, Endpoints, Launch, RedisService, is_alive
+from tests.support.kube import free_port
 
 
 def _wait_gone(pid: int, timeout: float = 15.0) -> None:
@@ -224,7 +222,7 @@ def test_port_race_is_retried(
     squatter.bind(("127.0.0.1", 0))
     squatter.listen()
     taken = squatter.getsockname()[1]
-    real_free_port = process_module.free_port
+    real_free_port = free_port
     handed_out: list[int] = []
 
     def racy_free_port() -> int:

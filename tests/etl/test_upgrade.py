@@ -6,8 +6,7 @@ import asyncpg
 
 from herwa.devstack import Endpoints
 from herwa.etl.runner import RunOptions, run_once
-from herwa.schema import migrate
-from herwa.schema._migrate import apply_postgres, discover, postgres_history
+from herwa.schema import apply_postgres, discover, migrate, postgres_history
 from herwa.stores import clickhouse_url_client
 from tests.etl._support import stage_messages
 

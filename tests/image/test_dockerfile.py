@@ -32,7 +32,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from herwa.cli import SUBCOMMANDS
+from herwa.cli import DEV_PACKAGES, SUBCOMMANDS, dev_package
 from herwa.devstack import Endpoints
 from herwa.schema import discover
 from tests.image._dockerfile import (
@@ -113,6 +113,10 @@ def test_build_context_is_only_the_sources(tmp_path: Path) -> None:
     ]
     assert (tmp_path / "herwa" / "bot").is_symlink()
     assert not list(tmp_path.rglob("__pycache__"))
+    # The development tools stay out of the image's build.
+    assert (tmp_path / "herwa" / "schema").is_dir()
+    for package in DEV_PACKAGES:
+        assert not (tmp_path / package.replace(".", "/")).exists(), package
 
 
 @dataclass
@@ -276,6 +280,11 @@ def test_entrypoint_runs_every_role(image: Image) -> None:
     assert version.stdout.startswith("herwa ")
     for role in SUBCOMMANDS:
         result = image.run(role, "--help")
+        if dev_package(role):
+            # A development tool: not in the image, and the command says so.
+            assert result.returncode == 2, result.stdout + result.stderr
+            assert "a development tool, not part of this installation" in result.stderr
+            continue
         assert result.returncode == 0, f"herwa {role} --help: {result.stderr}"
         # --help imports the role's module: every dependency it needs is in the image.
         assert "usage: herwa" in result.stdout

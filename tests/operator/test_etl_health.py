@@ -16,7 +16,7 @@ from herwa.etl.families import FAMILIES
 from herwa.etl.runner import RunOptions, run_once
 from herwa.operator import etl_health
 from herwa.telemetry import TelemetryServer
-from tests.etl._support import stage_messages
+from tests.etl import stage_messages
 
 ETL_METRICS = (
     "herwa_operator_etl_backlog_age_seconds",

@@ -28,11 +28,10 @@ import pytest
 import redis
 import yaml
 
-from herwa.devstack import Endpoints
-from herwa.devstack._probes import clickhouse_query, postgres_execute, run_sync
+from herwa.devstack import Endpoints, clickhouse_query, postgres_execute, run_sync
 from herwa.schema import migrate
 from tests.support.kube import KubeCluster, free_port
-from tests.support.services import _with_path
+from tests.support.services import with_path
 
 pytestmark = pytest.mark.kube
 
@@ -135,10 +134,10 @@ def _stores(services: Endpoints) -> Iterator[tuple[str, str]]:
     name = f"herwa_kube_{uuid.uuid4().hex[:10]}"
     postgres_execute(services.postgres_dsn, f'CREATE DATABASE "{name}"')
     clickhouse_query(services.clickhouse_url, f"CREATE DATABASE {name}", database="")
-    dsn = _with_path(services.postgres_dsn, name)
-    asyncio.run(migrate(dsn, _with_path(services.clickhouse_url, name)))
+    dsn = with_path(services.postgres_dsn, name)
+    asyncio.run(migrate(dsn, with_path(services.clickhouse_url, name)))
     try:
-        yield dsn, _with_path(services.redis_url, str(REDIS_DB))
+        yield dsn, with_path(services.redis_url, str(REDIS_DB))
     finally:
         postgres_execute(services.postgres_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         clickhouse_query(

@@ -9,8 +9,7 @@ from collections.abc import Mapping
 import discord
 import pytest
 
-from herwa.simulator import GatewayConfig
-from herwa.simulator._world import Member
+from herwa.simulator import GatewayConfig, Member
 from tests.simulator.conftest import Bot, SimFactory, intents, make_client, now_ms
 
 

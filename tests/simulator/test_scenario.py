@@ -9,8 +9,7 @@ import zoneinfo
 
 import aiohttp
 
-from herwa.simulator import Simulator, SimulatorConfig
-from herwa.simulator._snowflake import DISCORD_EPOCH_MS
+from herwa.simulator import DISCORD_EPOCH_MS, Simulator, SimulatorConfig
 from tests.simulator.conftest import Bot, SimFactory, make_client, now_ms
 
 START = 1_717_200_000_000  # 2024-06-01T00:00:00Z

@@ -26,8 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from herwa.devstack import DevStack, Endpoints
-from herwa.devstack._probes import clickhouse_query, postgres_execute
+from herwa.devstack import DevStack, Endpoints, clickhouse_query, postgres_execute
 
 _ENV = {
     "postgres_dsn": "HERWA_TEST_POSTGRES_DSN",
@@ -86,10 +85,10 @@ def fresh_databases(services: Endpoints) -> Iterator[Endpoints]:
     try:
         yield replace(
             services,
-            postgres_dsn=_with_path(services.postgres_dsn, name),
-            redis_url=_with_path(services.redis_url, str(TEST_REDIS_DB)),
-            clickhouse_url=_with_path(services.clickhouse_url, name),
-            clickhouse_readonly_url=_with_path(services.clickhouse_readonly_url, name),
+            postgres_dsn=with_path(services.postgres_dsn, name),
+            redis_url=with_path(services.redis_url, str(TEST_REDIS_DB)),
+            clickhouse_url=with_path(services.clickhouse_url, name),
+            clickhouse_readonly_url=with_path(services.clickhouse_readonly_url, name),
         )
     finally:
         # FORCE: a test that leaked a connection must not make every later test fail.
@@ -105,14 +104,14 @@ def endpoints(services: Endpoints) -> Iterator[Endpoints]:
         yield fresh
 
 
-def _with_path(url: str, path: str) -> str:
+def with_path(url: str, path: str) -> str:
     return urllib.parse.urlunsplit(urllib.parse.urlsplit(url)._replace(path=f"/{path}"))
 
 
 def _flush_redis(url: str, db: int) -> None:
     import redis
 
-    client = redis.Redis.from_url(_with_path(url, str(db)), socket_timeout=5.0)
+    client = redis.Redis.from_url(with_path(url, str(db)), socket_timeout=5.0)
     try:
         client.flushdb()
     finally:

@@ -1,0 +1,191 @@
+"""The live stages: the bot processes connect, backfill the channel history and capture the
+replayed traffic, with voice and member churn in real time at the end."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from datetime import UTC, datetime
+
+import aiohttp
+
+from herwa.demo import _checks
+from herwa.demo._bots import BotProcess, bot_env, metric_sum, parse_metrics, pod_names
+from herwa.demo._run import DemoFailed, DemoRun
+
+DAY_MS = 86_400_000
+SHARDS = 4
+BOTS = 2
+
+
+async def start_bots(run: DemoRun) -> None:
+    ep, sim = run.require_ep(), run.require_sim()
+    window_h = min(720.0, run.opts.history_days * 24 + 2)
+    base = {
+        **ep.as_env(),
+        **sim.env(),
+        "HERWA_BOT_BACKFILL_WINDOW_HOURS": f"{window_h:g}",
+    }
+    logs = run.opts.results / "logs"
+    with run.console.stage("bots", f"{BOTS} bot processes sharing {SHARDS} shards") as st:
+        run.bots_started = time.monotonic()
+        names = pod_names(BOTS, SHARDS)
+        run.bots = [BotProcess(n, bot_env(base, n, SHARDS), logs / f"{n}.log") for n in names]
+        await asyncio.gather(*(b.start() for b in run.bots))
+        shards = await run.wait(lambda: all_connected(run), 90, "every shard connected once")
+        await run.wait(
+            lambda: _true(sim.app.find_command("overview", None) is not None),
+            30,
+            "the command list synced by the owner of shard 0",
+        )
+        st.numbers = {
+            b.name: {
+                "pid": b.pid,
+                "metrics": f"http://127.0.0.1:{b.port}/metrics",
+                "shards": shards[b.name],
+            }
+            for b in run.bots
+        }
+        st.summary = "; ".join(f"{b.name} (pid {b.pid}) shards {shards[b.name]}" for b in run.bots)
+
+
+async def all_connected(run: DemoRun) -> dict[str, list[int]] | None:
+    http = run.require_http()
+    shards: dict[str, list[int]] = {}
+    for b in run.bots:
+        if not b.alive:
+            raise DemoFailed(f"{b.name} exited:\n{b.tail()}")
+        try:
+            ready = await b.readyz(http)
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+        if not ready.get("ready") or not ready.get("shards_connected"):
+            return None
+        shards[b.name] = list(ready["shards_connected"])
+    every = sorted(s for v in shards.values() for s in v)
+    return shards if every == list(range(SHARDS)) else None
+
+
+async def backfill(run: DemoRun) -> None:
+    sim, pool = run.require_sim(), run.require_pool()
+    expected = _checks.ledger_counts(sim).messages  # no live traffic yet: all history
+    with run.console.stage("backfill", "Bots read the channel history (backfill)") as st:
+        # The bots start reading history as soon as a guild is available on a shard.
+        started = run.bots_started
+        last = time.monotonic()
+
+        async def done() -> bool:
+            nonlocal last
+            got = int(await pool.fetchval("SELECT count(*) FROM message_events"))
+            snaps = int(
+                await pool.fetchval("SELECT count(DISTINCT guild_id) FROM member_count_snapshots")
+            )
+            if time.monotonic() - last >= 1.0:
+                last = time.monotonic()
+                rate = got / max(1e-3, last - started)
+                run.console.live(
+                    f"backfilled {got:,} / {expected:,} messages "
+                    f"({rate:,.0f}/s); snapshots {snaps}/{len(sim.world.guilds)}"
+                )
+            return got >= expected and snaps >= len(sim.world.guilds)
+
+        await run.wait(done, max(90.0, expected / 100), "the backfill to finish")
+        today = datetime.now(UTC).date()
+        run.snapshots = {g.id: (today, len(g.members)) for g in sim.world.guilds.values()}
+        got = int(await pool.fetchval("SELECT count(*) FROM message_events"))
+        st.numbers = {"expected": expected, "backfilled": got}
+        took = time.monotonic() - started
+        st.summary = (
+            f"{got:,} of {expected:,} historical messages, done {took:.1f}s after "
+            f"the bots started ({got / took:,.0f}/s)"
+        )
+        if got != expected:
+            st.ok = False
+            raise DemoFailed(f"backfill stored {got} messages, the ledger has {expected}")
+
+
+async def traffic(run: DemoRun) -> None:
+    opts, sim = run.opts, run.require_sim()
+    now = int(time.time() * 1000)
+    replay_s = opts.duration * 0.85
+    speed = opts.history_days * DAY_MS / 1000 / replay_s
+    title = (
+        f"Live traffic: {opts.history_days:g} days replayed in {opts.duration:g}s "
+        f"at ~{opts.rate:g} events/s"
+    )
+    with run.console.stage("traffic", title) as st:
+        emitted0 = sum(sim.ledger.events_emitted.values())
+        sim.start_activity(
+            opts.rate, replay_from_ms=now - int(opts.history_days * DAY_MS), speed=speed
+        )
+        started = time.monotonic()
+        captured0 = await captured_events(run)
+        peak = 0.0
+        prev_t, prev_c = started, captured0
+        voice_from = started + replay_s
+        voice_on = False
+        while (elapsed := time.monotonic() - started) < opts.duration:
+            await asyncio.sleep(min(1.0, max(0.05, opts.duration - elapsed)))
+            if not voice_on and time.monotonic() >= voice_from:
+                # The replay has reached the present: from now on only voice and member
+                # churn, in real time (more messages at the present hour would dwarf the
+                # replayed weeks).
+                await sim.stop_activity()
+                voice_on = True
+                # A few leaves for certain: a short live phase may see only a step or two
+                # of member churn, all joins, and the checks compare leaves as well.
+                sim.step(3, family="leave")
+            if voice_on:
+                sim.step(max(1, int(opts.rate * 0.1)), family="voice")
+                sim.step(max(1, int(opts.rate * 0.01)), family="member")
+            t, c = time.monotonic(), await captured_events(run)
+            rate = (c - prev_c) / max(1e-3, t - prev_t)
+            peak = max(peak, rate)
+            prev_t, prev_c = t, c
+            virtual = datetime.fromtimestamp(sim.now_ms() / 1000, UTC)
+            emitted = sum(sim.ledger.events_emitted.values()) - emitted0
+            depth = await buffer_depth(run)
+            run.console.live(
+                f"t={t - started:4.0f}s  sim clock {virtual:%Y-%m-%d %H:%M}  "
+                f"emitted {emitted:,}  captured {c - captured0:,.0f} "
+                f"({rate:,.0f} events/s)  bot buffers {depth:,} rows"
+            )
+        await sim.stop_activity()
+        sim.end_voice_sessions()
+        emitted = sum(sim.ledger.events_emitted.values()) - emitted0
+        took = time.monotonic() - started
+        captured = await captured_events(run) - captured0
+        st.numbers = {
+            "events_emitted": emitted,
+            "gateway_events_captured": int(captured),
+            "events_per_second": round(captured / took, 1),
+            "peak_events_per_second": round(peak, 1),
+            "replay_speed": round(speed, 1),
+        }
+        st.summary = (
+            f"{emitted:,} events emitted, {captured:,.0f} gateway events captured "
+            f"({captured / took:,.0f}/s, peak {peak:,.0f}/s)"
+        )
+
+
+async def captured_events(run: DemoRun) -> float:
+    total = 0.0
+    for b in run.bots:
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            samples = parse_metrics(await b.metrics(run.require_http()))
+            total += metric_sum(samples, "herwa_bot_gateway_events_total")
+    return total
+
+
+async def buffer_depth(run: DemoRun) -> int:
+    total = 0.0
+    for b in run.bots:
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            samples = parse_metrics(await b.metrics(run.require_http()))
+            total += metric_sum(samples, "herwa_bot_buffer_depth_rows")
+    return int(total)
+
+
+async def _true(value: bool) -> bool:
+    return value
