@@ -8,6 +8,8 @@ throw-away databases, stages N message events, then measures on the same machine
 2. bulk insert into ClickHouse alone (those bytes, same batch size, format, settings, schema);
 3. the ETL's claims alone (bound, COPY, batch record), committed, nothing loaded: the Postgres
    half of the ETL, which the ETL can only beat by running it beside the ClickHouse half;
+   and, against embedded servers, the other design alone: ClickHouse reading the same rows
+   from Postgres itself through its postgresql() table function, the insert included;
 4. ``herwa etl run`` end to end: claim + insert + rollup recompute + batch record + commit,
    pipelined (claim of batch N+1 overlapping the insert of batch N) and, on a freshly staged
    copy, serial.
@@ -33,6 +35,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import asyncpg
 import uvloop
@@ -44,6 +47,9 @@ from herwa.etl.runner import RunOptions, run_once
 from herwa.etl.sync import claim, opt_out_horizon, prepare_session, rendered_columns
 from herwa.schema import migrate
 from herwa.stores import clickhouse_url_client
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.asyncclient import AsyncClient
 
 _STAGING_TRANSACTION = 5_000  # the bot's flush limit
 # Issue 19: the pipelined ETL, side by side with the raw ceilings of the same run.
@@ -128,7 +134,9 @@ async def _drop(base_pg: str, base_ch: str, name: str) -> None:
         await ch.close()
 
 
-async def _ceilings(meter: _Meter, pg_dsn: str, ch_url: str, rows: int, batch_rows: int) -> None:
+async def _ceilings(
+    meter: _Meter, pg_dsn: str, ch_url: str, rows: int, batch_rows: int, pull: bool
+) -> None:
     pg = await asyncpg.connect(pg_dsn)
     ch = await clickhouse_url_client(ch_url)
     try:
@@ -164,9 +172,44 @@ async def _ceilings(meter: _Meter, pg_dsn: str, ch_url: str, rows: int, batch_ro
                     settings=INSERT_SETTINGS,
                 )
         assert await ch.command("SELECT count() FROM ceiling") == rows
+        if pull:
+            await _pull(meter, pg, ch, pg_dsn, rows, batch_rows)
     finally:
         await pg.close()
         await ch.close()
+
+
+async def _pull(
+    meter: _Meter,
+    pg: asyncpg.Connection,
+    ch: AsyncClient,
+    pg_dsn: str,
+    rows: int,
+    batch_rows: int,
+) -> None:
+    """The other design: ClickHouse reads the rendered rows from Postgres itself (postgresql()
+    table function over a view), so no row passes through this process. Only against embedded
+    servers: the Postgres password travels in the query text, which ClickHouse logs."""
+    family = BY_NAME["message_events"]
+    await pg.execute(
+        f"CREATE VIEW ceiling_rows AS SELECT {rendered_columns(family, 1)} FROM message_events"
+    )
+    await ch.command("CREATE TABLE pulled AS messages")
+    dsn = urllib.parse.urlsplit(pg_dsn)
+    source = (
+        f"postgresql('{dsn.hostname}:{dsn.port}', '{dsn.path[1:]}', 'ceiling_rows',"
+        f" '{dsn.username}', '{dsn.password}')"
+    )
+    columns = ", ".join(family.target_columns)
+    with meter.span("pull"):
+        for lo in range(0, rows, batch_rows):
+            await ch.command(
+                f"INSERT INTO pulled ({columns}) SELECT {columns} FROM {source}"
+                f" WHERE message_id > {1000000000000 + lo}"
+                f" AND message_id <= {1000000000000 + lo + batch_rows}",
+                settings=INSERT_SETTINGS,
+            )
+    assert await ch.command("SELECT count() FROM pulled") == rows
 
 
 async def _claims(meter: _Meter, pg_dsn: str, rows: int, batch_rows: int) -> None:
@@ -215,7 +258,8 @@ async def main(
         name, pg_dsn, ch_url = await _stage(base_pg, base_ch, rows, guilds)
         try:
             if variant == "ceilings":
-                await _ceilings(meter, pg_dsn, ch_url, rows, batch_rows)
+                embedded = {"postgres", "clickhouse"} <= servers.seconds().keys()
+                await _ceilings(meter, pg_dsn, ch_url, rows, batch_rows, embedded)
             elif variant == "claims":
                 await _claims(meter, pg_dsn, rows, batch_rows)
             else:
@@ -238,7 +282,10 @@ async def main(
         ("claims", "ETL's claims alone (Postgres, nothing loaded)"),
         ("pipelined", "ETL pipelined: claim | insert, rollups, record"),
         ("serial", "ETL serial: claim, insert, rollups, record"),
+        ("pull", "other design: ClickHouse pulls (postgresql()), alone"),
     ):
+        if key not in uses:
+            continue
         use = uses[key]
         cpu = "".join(f"{use.cpu[k]:>11.2f}" for k in [*servers_seen, "etl"])
         print(
