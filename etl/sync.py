@@ -32,7 +32,7 @@ all ended, and the ETL is their only remover besides cleanup and privacy (same r
 The one other writer is the member-count upsert, which gives the row a new staged_xid (a
 trigger, migration 0016): committed before the COPY's snapshot, the row has left the bound for
 a later batch; committed after, this batch loads the earlier count and a later batch the new
-one (the later insert wins in ClickHouse); rolled back, the row is loaded as it was.
+one (the newer taken_at wins in ClickHouse); rolled back, the row is loaded as it was.
 
 Pipelining (runner.py): batch N+1 is claimed on a second connection while batch N is being
 inserted into ClickHouse. Step 2 of N+1 only ever overlaps steps 3-5 of N; steps 3-5 run one
