@@ -1,11 +1,13 @@
 """Per-family low-water marks of ``staged_xid``: where claims start, and what cleanup may drop.
 
 Invariant: every un-ingested staging row of a family has ``staged_xid`` >= the family's newest
-mark in ``etl_low_water`` (postgres migration 0006). A batch records the mark it leaves behind in
-its own transaction; batches of a family commit in claim order, so marks only grow. Older marks
-are kept as history, with the time they were recorded: rows below the mark that was current at
-a time T were all ingested by T, which is how cleanup finds old rows without an index on
-ch_ingested_at.
+mark in ``etl_low_water`` (postgres migration 0006), and every row below it is loaded. Each batch
+records itself there in its own transaction (migration 0016): its range, row count and dedup
+token, with its upper bound as the mark it leaves behind; batches of a family commit in claim
+order, so marks only grow. Older records are kept as history, with the time they were
+recorded: the batch that loaded a row is the first record above its staged_xid
+(``etl_batch_of``), and rows below the mark that was current at a time T were all loaded by T,
+which is how cleanup finds old rows by range.
 """
 
 # ruff: noqa: S608 - identifiers in SQL come from this package's static registries; values are bound.
@@ -52,12 +54,25 @@ async def low_water(pg: asyncpg.Connection, family: Family) -> int:
     return _FIRST_XID if mark is None else mark
 
 
-async def record_low_water(pg: asyncpg.Connection, family: Family, xid: int) -> None:
-    """In a batch's transaction: rows below ``xid`` are claimed by it or by earlier batches."""
+async def record_batch(
+    pg: asyncpg.Connection,
+    family: Family,
+    bounds: tuple[int, int],
+    rows: int,
+    dedup_token: str | None,
+) -> None:
+    """In a batch's transaction: rows in [bounds) are loaded, and so is every row below.
+
+    An empty batch that ends where the last one did leaves no second record.
+    """
+    lower, upper = bounds
     await pg.execute(
-        f"INSERT INTO etl_low_water (family, staged_xid) VALUES ($1, '{int(xid)}'::xid8)"
+        "INSERT INTO etl_low_water (family, staged_xid, from_xid, row_count, dedup_token)"
+        f" VALUES ($1, '{int(upper)}'::xid8, '{int(lower)}'::xid8, $2, $3)"
         " ON CONFLICT DO NOTHING",
         family.name,
+        rows,
+        dedup_token,
     )
 
 
@@ -110,8 +125,10 @@ async def check_counter(pg: asyncpg.Connection) -> None:
 async def reset(pg: asyncpg.Connection) -> dict[str, int]:
     """Re-base every family on this server's transaction ids; returns rows re-staged per family.
 
-    Rows whose staged_xid lies at or beyond the current id get a valid one: pending rows the
-    current id (claimable once this commits), ingested rows 0. Then the marks start again at 1,
+    Rows whose staged_xid lies at or beyond the current id get a valid one: pending rows (at or
+    above their family's mark) the current id (claimable once this commits), loaded rows 0.
+    Setting staged_xid keeps the restage triggers (migration 0016) out. Then the marks start
+    again at 1 (dated now),
     and the rollups' progress at 0: the next recompute covers every batch loaded from then, and
     the range it still owed on the old ids (etl_rollup_owed).
     """
@@ -121,9 +138,10 @@ async def reset(pg: asyncpg.Connection) -> dict[str, int]:
             status = await pg.execute(
                 f"""
                 UPDATE {family.staging_table} SET staged_xid =
-                    CASE WHEN ch_ingested_at IS NULL THEN pg_current_xact_id() ELSE '0' END
+                    CASE WHEN staged_xid >= $1::text::xid8 THEN pg_current_xact_id() ELSE '0' END
                 WHERE staged_xid >= pg_current_xact_id()
-                """
+                """,
+                str(await low_water(pg, family)),
             )
             restaged[family.name] = rows_affected(status)
         # Messages loaded by batches the rollups had not reached yet carry old-cluster bounds
@@ -144,9 +162,10 @@ async def reset(pg: asyncpg.Connection) -> dict[str, int]:
             "UPDATE opt_outs SET opted_out_xid = '0' WHERE opted_out_xid >= pg_current_xact_id()"
         )
         await pg.execute("DELETE FROM etl_low_water")
+        # Dated now: the rows given 0 above were loaded by now, and cleanup keeps them for a
+        # retention from here (it goes by the marks' dates alone).
         await pg.executemany(
-            "INSERT INTO etl_low_water (family, staged_xid, recorded_at)"
-            " VALUES ($1, '1', '-infinity')",
+            "INSERT INTO etl_low_water (family, staged_xid) VALUES ($1, '1')",
             [(family.name,) for family in FAMILIES],
         )
         await pg.execute("UPDATE etl_rollup_progress SET loaded_batch = '0', updated_at = now()")

@@ -18,7 +18,6 @@ import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, push_to_gateway
 
 from herwa.etl.families import Family
-from herwa.etl.low_water import low_water
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +58,7 @@ class EtlMetrics:
         )
         self.batch = Histogram(
             "herwa_etl_batch_duration_seconds",
-            "One claim-load-mark batch",
+            "One claim-load-record batch",
             ["table"],
             registry=r,
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
@@ -152,10 +151,13 @@ async def finish_run(
 
 
 async def ingestion_lag(pg: asyncpg.Connection, family: Family) -> float:
-    # Pending rows all lie above the low-water mark: the staged_xid index finds them.
+    # Pending rows are exactly those at or above the low-water mark: the staged_xid index finds
+    # them. Mark and rows are read in one statement (one snapshot), so a batch committing in
+    # between (the operator reads this while a run goes on) is never counted as pending.
     lag = await pg.fetchval(
         f"SELECT coalesce(extract(epoch FROM now() - min({family.lag_column})), 0)::float8 "
-        f"FROM {family.staging_table} WHERE staged_xid >= '{await low_water(pg, family)}'::xid8"
-        " AND ch_ingested_at IS NULL"
+        f"FROM {family.staging_table} WHERE staged_xid >= coalesce((SELECT"
+        " max(staged_xid::text::bigint) FROM etl_low_water WHERE family = $1), 1)::text::xid8",
+        family.name,
     )
     return max(0.0, float(lag))

@@ -15,7 +15,7 @@ Affected buckets come from two places:
   (``etl_rollup_progress``) and at or below the committed low-water mark of message_events,
   then moves the mark. It runs beside the sync loop as batches commit (runner.py).
 * Message deletion batches (and batches loaded before loaded_batch existed) queue their
-  buckets in Postgres (``etl_dirty_buckets``, in the same transaction as their mark);
+  buckets in Postgres (``etl_dirty_buckets``, in the same transaction as their record);
   :func:`flush_queue` recomputes them after the sync loop, so that no batch queues a bucket
   while it is being recomputed and dequeued.
 

@@ -1,4 +1,4 @@
-"""One claim → load → mark batch for one event family, exactly once in effect.
+"""One claim → load → record batch for one event family, exactly once in effect.
 
 Rows are claimed in ``staged_xid`` order (the id of the transaction that staged them, postgres
 migration 0006) from the family's :class:`Cursor`. Per batch, inside one Postgres transaction:
@@ -8,37 +8,37 @@ migration 0006) from the family's :class:`Cursor`. Per batch, inside one Postgre
    still appear: the hole of watermarks on serial ids does not open). A batch is always whole
    staging transactions; one larger than n rows becomes one larger batch. Opted-out members'
    rows in the bound that the run-start purge could not see are deleted (_purge_unseen).
-2. ``COPY (UPDATE … SET ch_ingested_at = now() WHERE staged_xid in the bound AND
-   ch_ingested_at IS NULL RETURNING <ClickHouse columns>) TO STDOUT``: the claim and the mark
-   are one statement, and Postgres renders the rows in its text format (ClickHouse's
-   TabSeparated) in ClickHouse column order, so no row passes through Python objects. No index
-   mentions ch_ingested_at, so the mark is a HOT update. Message rows carry the batch's upper
-   bound as ``loaded_batch``.
+2. ``COPY (SELECT <ClickHouse columns> WHERE staged_xid in the bound) TO STDOUT``: Postgres
+   renders the rows in its text format (ClickHouse's TabSeparated) in ClickHouse column order,
+   so no row passes through Python objects. Nothing is written to the rows: the batch record
+   (step 4) says they are loaded. Message rows carry the batch's upper bound as
+   ``loaded_batch``.
 3. The batch goes to ClickHouse as one insert with an ``insert_deduplication_token`` derived from
    the bounds, the row count and a crc of the bytes (the fast path: an identical retry is
    dropped by the server).
-4. The cursor's new position is recorded in ``etl_low_water`` (same transaction); a batch of
-   message deletions queues its rollup buckets in ``etl_dirty_buckets``.
-5. COMMIT makes the mark and the low-water mark durable. The message rollups are recomputed
-   for every batch at or below the committed low-water mark (rollups.py), beside the sync loop.
+4. The batch is recorded in ``etl_low_water`` (same transaction): its bounds, row count and
+   token; its upper bound is the family's new low-water mark, below which every row is loaded.
+   A batch of message deletions queues its rollup buckets in ``etl_dirty_buckets``.
+5. COMMIT makes the record durable. The message rollups are recomputed for every batch at or
+   below the committed low-water mark (rollups.py), beside the sync loop.
 
-A crash before 5 rolls the mark back: the next run claims the rows again and loads them again.
-That is harmless because every ClickHouse table is a ReplacingMergeTree keyed by the natural id
-and every query reads FINAL, and the rollups are recomputed rather than incremented.
+A crash before 5 leaves no record: the rows are still pending (above the mark), and the next
+run claims and loads them again. That is harmless because every ClickHouse table is a
+ReplacingMergeTree keyed by the natural id and every query reads FINAL, and the rollups are
+recomputed rather than incremented.
+
+Why the bound's rows are stable without a row lock: they were staged by transactions that have
+all ended, and the ETL is their only remover besides cleanup and privacy (same run, same lock).
+The one other writer is the member-count upsert, which gives the row a new staged_xid (a
+trigger, migration 0016): committed before the COPY's snapshot, the row has left the bound for
+a later batch; committed after, this batch loads the earlier count and a later batch the new
+one (the newer taken_at wins in ClickHouse); rolled back, the row is loaded as it was.
 
 Pipelining (runner.py): batch N+1 is claimed on a second connection while batch N is being
 inserted into ClickHouse. Step 2 of N+1 only ever overlaps steps 3-5 of N; steps 3-5 run one
 batch at a time and in claim order, so every batch still commits after its own insert, the
 low-water mark only moves forward, and the crash analysis above holds per batch. The two claims
 are disjoint because their staged_xid bounds are (the cursor moves at claim time).
-
-Why no FOR UPDATE SKIP LOCKED: the run lock admits one ETL run at a time and the bounds keep
-pipelined batches apart, so the lock would only add a second write to every row (measured on
-1 M rows: +0.8 s for the row locks and +0.75 s for re-finding locked rows by ctid, on ~5 s).
-The one other writer of pending rows is the member-count upsert: a plain UPDATE waits for it
-and then re-checks its WHERE on the newest row version (READ COMMITTED), so a row that the
-upsert moved to a new staged_xid is left for a later batch, and one whose upsert rolled back is
-claimed — where SKIP LOCKED would have stepped over it and the cursor left it behind.
 """
 
 # ruff: noqa: S608 - identifiers in SQL come from this package's static registries; values are bound.
@@ -57,7 +57,7 @@ from asyncpg.transaction import Transaction
 
 from herwa.etl import rollups
 from herwa.etl.families import INSERT_SETTINGS, WIRE_FORMAT, Family
-from herwa.etl.low_water import Cursor, low_water, record_low_water
+from herwa.etl.low_water import Cursor, low_water, record_batch
 from herwa.stores import rows_affected
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ FAULT_POINTS = ("claimed", "inserted", "before_commit", "rolled_up")
 @dataclass(frozen=True)
 class BatchResult:
     family: str
-    rows: int  # rows loaded into ClickHouse and marked
+    rows: int  # rows loaded into ClickHouse and recorded
     skipped: int  # opted-out members' rows deleted instead (_purge_unseen)
     seconds: float
     deduplicated: bool  # ClickHouse recognised the batch token and stored nothing new
@@ -111,19 +111,15 @@ def rendered_columns(family: Family, upper: int) -> str:
 
 
 def claim_sql(family: Family, lower: int, upper: int) -> str:
-    # A bare UPDATE … RETURNING, no CTE around it: materialising the returned rows for a
-    # wrapping SELECT cost ~20 % of the statement (0.75 s per 1 M rows). So the statement does
-    # nothing but claim, mark and render: opted-out members' rows are purged before it
+    # Nothing but select and render: opted-out members' rows are purged before it
     # (_purge_unseen), and the message rollups find their buckets from loaded_batch.
     # A re-claim after a crash usually has the same bounds (not when the crashed batch ended at
-    # the snapshot bound, which has moved since), finds the same rows in the same order and
-    # sends the same bytes: ClickHouse recognises the dedup token. Otherwise FINAL hides the
-    # duplicates, which carry the same version.
+    # the snapshot bound, which has moved since), finds the same rows in the same order (the
+    # staged_xid index's) and sends the same bytes: ClickHouse recognises the dedup token.
+    # Otherwise FINAL hides the duplicates, which carry the same version.
     return f"""
-        UPDATE {family.staging_table} SET ch_ingested_at = now()
+        SELECT {rendered_columns(family, upper)} FROM {family.staging_table}
         WHERE staged_xid >= '{int(lower)}'::xid8 AND staged_xid < '{int(upper)}'::xid8
-          AND ch_ingested_at IS NULL
-        RETURNING {rendered_columns(family, upper)}
     """
 
 
@@ -131,8 +127,8 @@ async def prepare_session(pg: asyncpg.Connection) -> None:
     # Values are rendered as ClickHouse parses them whatever the server's defaults: ISO
     # timestamps, floats with every digit that round-trips.
     await pg.execute("SET DateStyle = 'ISO, YMD'; SET extra_float_digits = 1")
-    # Safe here: a mark lost in a server crash only makes the next run load the rows again,
-    # which is idempotent; it saves a WAL flush per batch.
+    # Safe here: a batch record lost in a server crash only makes the next run load the rows
+    # again, which is idempotent; it saves a WAL flush per batch.
     await pg.execute("SET synchronous_commit = off")
 
 
@@ -184,10 +180,12 @@ async def _delete_opted_out(
     opted_out_since: int | None = None,
 ) -> int:
     """Delete pending rows of opted-out members staged in [lower, upper) (no upper bound if
-    None), of opt-outs made at or above ``opted_out_since`` only, if given."""
+    None), of opt-outs made at or above ``opted_out_since`` only, if given.
+
+    ``lower`` is at or above the family's low-water mark, so every row in the range is pending.
+    """
     where = [
         f"o.guild_id = t.guild_id AND o.user_id = t.{family.user_column}",
-        "t.ch_ingested_at IS NULL",
         f"t.staged_xid >= '{int(lower)}'::xid8",
     ]
     if upper is not None:
@@ -202,7 +200,7 @@ async def _delete_opted_out(
 
 @dataclass
 class Claimed:
-    """A batch claimed and marked in an open transaction, not yet loaded nor committed."""
+    """A batch claimed in an open transaction, not yet loaded nor recorded nor committed."""
 
     pg: asyncpg.Connection
     tx: Transaction
@@ -218,6 +216,7 @@ class Claimed:
         family = self.family
         try:
             deduplicated = False
+            token: str | None = None
             if self.rows:
                 # The same bounds always hold the same rows (their transactions had ended),
                 # and a re-claim renders them in the same order: a crc of the bytes only guards
@@ -243,7 +242,7 @@ class Claimed:
                         ch, family.rollup, self.data
                     )
                     await rollups.mark_dirty(self.pg, buckets)
-            await record_low_water(self.pg, family, self.bounds[1])
+            await record_batch(self.pg, family, self.bounds, self.rows, token)
             if fault:
                 await fault("before_commit", family)
             await self.tx.commit()

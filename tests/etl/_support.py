@@ -124,3 +124,13 @@ async def actual_hourly(endpoints: Endpoints) -> dict[tuple[int, ...], int]:
         " FROM message_activity_hourly FINAL WHERE messages > 0",
     )
     return {tuple(int(v) for v in r[:4]): int(r[4]) for r in rows}  # type: ignore[call-overload]
+
+
+async def pending_rows(pg: asyncpg.Connection, table: str) -> int:
+    """Rows of a staging table not loaded yet: at or above their family's low-water mark."""
+    count: int = await pg.fetchval(
+        f"SELECT count(*) FROM {table} WHERE staged_xid >= coalesce((SELECT"  # noqa: S608
+        " max(staged_xid::text::bigint) FROM etl_low_water WHERE family = $1), 1)::text::xid8",
+        table,
+    )
+    return count

@@ -26,7 +26,14 @@ from herwa.devstack import DevStack, Endpoints
 from herwa.etl.families import FAMILIES, Family
 from herwa.etl.runner import RunOptions, run_once
 from herwa.schema import migrate
-from tests.etl._support import T0, actual_hourly, ch_value, expected_hourly, stage_messages
+from tests.etl._support import (
+    T0,
+    actual_hourly,
+    ch_value,
+    expected_hourly,
+    pending_rows,
+    stage_messages,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -101,9 +108,7 @@ async def _staging_equals_clickhouse(ep: Endpoints, pg: asyncpg.Connection) -> d
     problems: dict[str, str] = {}
     for family in FAMILIES:
         staged = await pg.fetchval(f"SELECT count(*) FROM {family.staging_table}")
-        pending = await pg.fetchval(
-            f"SELECT count(*) FROM {family.staging_table} WHERE ch_ingested_at IS NULL"
-        )
+        pending = await pending_rows(pg, family.staging_table)
         final = await ch_value(ep, f"SELECT count() FROM {family.target_table} FINAL")
         if pending or final != staged:
             problems[family.name] = f"staged={staged} pending={pending} clickhouse={final}"
@@ -140,9 +145,7 @@ async def test_fault_clickhouse_down_during_etl_run(
         assert failed.outcome == "failed", failed
         assert inserted == 3
         loaded_before = sum(failed.stats.rows_moved.values())
-        pending = await pg.fetchval(
-            "SELECT count(*) FROM message_events WHERE ch_ingested_at IS NULL"
-        )
+        pending = await pending_rows(pg, "message_events")
         assert 0 < pending < MESSAGES  # mid-run: some batches committed, the rest pending
 
         restarted = await asyncio.to_thread(stack.up)

@@ -8,7 +8,7 @@ from herwa.devstack import Endpoints
 from herwa.etl.runner import RunOptions, run_once
 from herwa.schema import apply_postgres, discover, migrate, postgres_history
 from herwa.stores import clickhouse_url_client
-from tests.etl._support import stage_messages
+from tests.etl._support import pending_rows, stage_messages
 
 _BEFORE = 6  # the first postgres migration that knows staged_xid
 
@@ -46,8 +46,7 @@ async def test_rows_staged_before_the_upgrade_are_loaded_once(endpoints: Endpoin
         )
         assert result.outcome == "caught_up", result.error
         assert result.stats.rows_moved["message_events"] == 200
-        pending = "SELECT count(*) FROM message_events WHERE ch_ingested_at IS NULL"
-        assert await pg.fetchval(pending) == 0
+        assert await pending_rows(pg, "message_events") == 0
     finally:
         await pg.close()
     ch = await clickhouse_url_client(endpoints.clickhouse_url)
