@@ -29,9 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from herwa.bot import metrics
+from herwa.bot import channel_types, metrics
 from herwa.bot.capture import DISCORD_EPOCH_MS, channel_payload, edit_row, message_row
-from herwa.bot.directory import THREAD_TYPES
 
 if TYPE_CHECKING:
     from herwa.bot.app import BotApp
@@ -39,8 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TEXT_KINDS = frozenset((0, 5))  # text, announcement; plus the threads the bot knows of
-ALL_KINDS = frozenset(range(32))  # any channel at all: the guild's channels are known
 PAGE = 100
 _GUILDS_AT_ONCE = 4
 
@@ -128,12 +125,14 @@ class Backfiller:
         app = self.app
         async with self._slots:
             directory = app.directory
-            if not directory.guild_channels(guild_id, ALL_KINDS):
+            if not directory.guild_channels(guild_id, channel_types.ANY):
                 await self._load_channels(runner, guild_id)
             tracked = directory.config(guild_id).tracked_channel_ids
             channels = [
                 c
-                for c in directory.guild_channels(guild_id, TEXT_KINDS | THREAD_TYPES)
+                for c in directory.guild_channels(
+                    guild_id, channel_types.MESSAGE_CHANNELS | channel_types.THREADS
+                )
                 if tracked is None or (directory.thread_parent(c) or c) in tracked
             ]
             floor = app.tombstones.backfill_floor(

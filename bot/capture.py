@@ -41,7 +41,6 @@ DISCORD_EPOCH_MS = 1_420_070_400_000
 # Message types that are ordinary user messages; everything else is a system message.
 _DEFAULT, _REPLY, _CHAT_INPUT, _CONTEXT_MENU = 0, 19, 20, 23
 _USER_TYPES = frozenset((_DEFAULT, _REPLY, _CHAT_INPUT, _CONTEXT_MENU))
-STAGE_CHANNEL = 13
 _VOICE_NAMESPACE = uuid.UUID("5b0e4e1c-3a57-4a43-9d0c-8f3f3c1e7a11")
 
 # Column bounds: snowflakes are bigint, counts and channel types integer.

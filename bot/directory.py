@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-Json = dict[str, Any]
+from herwa.bot import channel_types
 
-THREAD_TYPES = frozenset((10, 11, 12))
+Json = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class Directory:
             guild_id, int(c.get("type", 0)), int(parent) if parent else None, c.get("name")
         )
         self.channels[cid] = info
-        if info.kind in THREAD_TYPES and info.parent_id is not None:
+        if info.kind in channel_types.THREADS and info.parent_id is not None:
             self._thread_parent[cid] = info.parent_id
         return info
 

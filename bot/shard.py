@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +27,7 @@ from herwa.bot.capture import (
 )
 from herwa.bot.client import CaptureClient, Parser
 from herwa.bot.commands import install
+from herwa.bot.shard_state import Mark, MemberCountOp
 from herwa.bot.voice import VoiceOp
 from herwa.telemetry import tracer
 
@@ -39,30 +39,12 @@ _tracer = tracer("herwa.bot.shard")
 Json = dict[str, Any]
 
 
-@dataclass(frozen=True)
-class MemberCountOp:
-    shard_id: int
-    guild_id: int
-    count: int
-
-
-@dataclass(frozen=True)
-class Mark:
-    """Everything this shard received up to ``seq`` is in (or before) the batch carrying it.
-    ``epoch`` is the shard's Postgres fence taken when this runner loaded its state."""
-
-    epoch: int
-    session_id: str
-    seq: int
-    resume_url: str
-
-
 class ShardRunner:
     def __init__(self, app: BotApp, shard_id: int, token: str) -> None:
         self.app = app
         self.shard_id = shard_id
         self.token = token
-        self.epoch = 0  # the Postgres fence (bot_gateway_marks.epoch), set by load_shard_state
+        self.epoch = 0  # the Postgres fence (bot_gateway_marks.epoch), set by load_state
         self.client: CaptureClient | None = None
         self.task: asyncio.Task[None] | None = None
         self.guilds: set[int] = set()
@@ -101,7 +83,7 @@ class ShardRunner:
     async def start(self) -> None:
         self._set_state("starting")
         app = self.app
-        stored = await app.load_shard_state(self)
+        stored = await self.load_state()
         resume: dict[str, Any] | None = None
         if stored is not None:
             resume = {
@@ -136,6 +118,13 @@ class ShardRunner:
         if app.settings.backfill_enabled:
             await app.backfiller.resume_pending(self)
         self._set_state("running")
+
+    async def load_state(self) -> Json | None:
+        """Take the shard's Postgres fence and its state; the gateway session to RESUME."""
+        stored = await self.app.state.load(self.shard_id)
+        self.epoch = stored.epoch
+        self.guilds.update(stored.guilds)
+        return stored.resume
 
     async def _run(self, client: CaptureClient, resume: dict[str, Any] | None) -> None:
         try:

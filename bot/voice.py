@@ -27,8 +27,8 @@ from typing import Any
 
 import orjson
 
-from herwa.bot import metrics
-from herwa.bot.capture import STAGE_CHANNEL, Row, voice_session_id
+from herwa.bot import channel_types, metrics
+from herwa.bot.capture import Row, voice_session_id
 from herwa.bot.directory import Directory
 
 Json = dict[str, Any]
@@ -184,7 +184,7 @@ class VoiceTracker:
 
     # -- rows -----------------------------------------------------------------------------
     def _is_stage(self, channel_id: int) -> bool:
-        return self.directory.channel_kind(channel_id) == STAGE_CHANNEL
+        return self.directory.channel_kind(channel_id) == channel_types.STAGE
 
     def _close(self, guild_id: int, user_id: int, s: OpenSession, at: float, reason: str) -> Row:
         at = max(at, s.joined_at)

@@ -46,7 +46,7 @@ async def _owner(pool: asyncpg.Pool, redis: Redis, pod: str) -> BotApp:
         max_concurrency=1,
     )
     runner = ShardRunner(app, 0, f"{pod}:lease")
-    await app.load_shard_state(runner)
+    await runner.load_state()
     app.runners[0] = runner
     return app
 
