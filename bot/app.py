@@ -23,6 +23,7 @@ from herwa.bot.backfill import Backfiller
 from herwa.bot.buffer import Batch, FlushBuffer
 from herwa.bot.commands import CommandDeps
 from herwa.bot.commands.settings import CONFIG_CHANNEL
+from herwa.bot.deps import ShardDeps
 from herwa.bot.directory import Directory, GuildConfig
 from herwa.bot.metadata import MetadataWriter
 from herwa.bot.shard import ShardRunner
@@ -105,8 +106,39 @@ class BotApp:
             max_concurrency=max_concurrency,
         )
         self.metadata = MetadataWriter(pool, settings)
-        self.backfiller = Backfiller(self)
-        self.snapshots = Snapshotter(self)
+        self.backfiller = Backfiller(
+            pool,
+            self.buffer,
+            self.directory,
+            self.tombstones,
+            self.metadata,
+            shard_count=shard_count,
+            window_hours=settings.backfill_window_hours,
+            message_content=discord_settings.message_content_intent,
+        )
+        self.snapshots = Snapshotter(
+            pool,
+            self.directory,
+            self.tombstones,
+            default_hour=settings.snapshot_hour_utc,
+            guilds=self.connected_guilds,
+        )
+        self.shard_deps = ShardDeps(
+            settings=settings,
+            token=token,
+            shard_count=shard_count,
+            message_content=discord_settings.message_content_intent,
+            buffer=self.buffer,
+            directory=self.directory,
+            voice=self.voice,
+            tombstones=self.tombstones,
+            state=self.state,
+            metadata=self.metadata,
+            backfiller=self.backfiller,
+            identify_slot=self.coordinator.identify_slot,
+            failed=self.shard_failed,
+            commands=commands,
+        )
         self.runners: dict[int, ShardRunner] = {}
         self.desired: set[int] = set()
         self.members: list[str] = []
@@ -214,7 +246,7 @@ class BotApp:
                 converged = False
                 continue
             self._lease_renewed[shard_id] = sent
-            runner = ShardRunner(self, shard_id, token)
+            runner = ShardRunner(self.shard_deps, shard_id, token)
             self.runners[shard_id] = runner
             try:
                 await runner.start()
@@ -284,8 +316,17 @@ class BotApp:
                     await self.coordinator.release(shard_id, runner.token)
             metrics.SHARDS_OWNED.set(len(self.runners))
 
-    def shard_failed(self, runner: ShardRunner) -> None:
-        self._failed.add(runner.shard_id)
+    def shard_failed(self, shard_id: int) -> None:
+        self._failed.add(shard_id)
+
+    def connected_guilds(self) -> list[int]:
+        """The guilds of this pod's connected shards."""
+        return [
+            gid
+            for runner in list(self.runners.values())
+            if runner.connected
+            for gid in list(runner.guilds)
+        ]
 
     def _epoch_of(self, shard_id: int) -> int | None:
         runner = self.runners.get(shard_id)
@@ -301,18 +342,6 @@ class BotApp:
 
     async def _after_commit(self, batch: Batch) -> None:
         metrics.VOICE_OPEN.set(self.voice.open_count())
-
-    # -- guild hooks (called from parsers: schedule, never block) -------------------------
-    def guild_available(self, runner: ShardRunner, d: Json) -> None:
-        self.metadata.guild_available(d)
-        if self.settings.backfill_enabled:
-            self.backfiller.schedule(runner, int(d["id"]))
-
-    def guild_left(self, guild_id: int) -> None:
-        self.metadata.guild_left(guild_id)
-
-    def channel_changed(self, guild_id: int, d: Json) -> None:
-        self.metadata.channel_changed(guild_id, d)
 
     # -- periodic -------------------------------------------------------------------------
     async def load_configs(self) -> None:
