@@ -18,13 +18,12 @@ from typing import Any
 import asyncpg
 from redis.asyncio import Redis
 
-from herwa.bot import metrics
+from herwa.bot import guild_settings, metrics
 from herwa.bot.backfill import Backfiller
 from herwa.bot.buffer import Batch, FlushBuffer
 from herwa.bot.commands import CommandDeps
-from herwa.bot.commands.settings import CONFIG_CHANNEL
 from herwa.bot.deps import ShardDeps
-from herwa.bot.directory import Directory, GuildConfig
+from herwa.bot.directory import Directory
 from herwa.bot.metadata import MetadataWriter
 from herwa.bot.shard import ShardRunner
 from herwa.bot.shard_state import Mark, ShardState, shard_of
@@ -69,12 +68,7 @@ class BotApp:
         self.pod = pod
         self.token = token
         self.shard_count = shard_count
-        self.directory = Directory(
-            GuildConfig(
-                count_bot_messages=settings.count_bot_messages,
-                snapshot_hour_utc=settings.snapshot_hour_utc,
-            )
-        )
+        self.directory = Directory(guild_settings.bot_defaults(settings))
         self.voice = VoiceTracker(self.directory, settings.voice_session_max_hours)
         # Deleted servers: shared with the commands, which apply /privacy at once.
         self.tombstones = commands.tombstones if commands is not None else Tombstones()
@@ -120,7 +114,6 @@ class BotApp:
             pool,
             self.directory,
             self.tombstones,
-            default_hour=settings.snapshot_hour_utc,
             guilds=self.connected_guilds,
         )
         self.shard_deps = ShardDeps(
@@ -163,7 +156,7 @@ class BotApp:
         for coro in (
             self._coordinate(),
             self._watch_leases(),
-            self._refresh_configs(),
+            guild_settings.follow(self.pool, self.load_configs),
             self._expire_voice(),
             self.metadata.run(),
             self.snapshots.run(),
@@ -346,45 +339,9 @@ class BotApp:
     # -- periodic -------------------------------------------------------------------------
     async def load_configs(self) -> None:
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch(
-                "SELECT guild_id, tracked_channel_ids, count_bot_messages, snapshot_hour_utc "
-                "FROM guilds"
-            )
+            configs = await guild_settings.load_all(conn)
             await self.tombstones.load(conn)
-        self.directory.configs = {
-            r["guild_id"]: GuildConfig(
-                frozenset(r["tracked_channel_ids"])
-                if r["tracked_channel_ids"] is not None
-                else None,
-                bool(r["count_bot_messages"]),
-                r["snapshot_hour_utc"],
-            )
-            for r in rows
-        }
-
-    async def _refresh_configs(self) -> None:
-        # /config notifies on CONFIG_CHANNEL when it commits, so a change applies at once; the
-        # periodic reload covers notifications lost with a dropped listening connection.
-        changed = asyncio.Event()
-
-        def notified(*_: object) -> None:
-            changed.set()
-
-        while True:
-            try:
-                async with self.pool.acquire() as conn:
-                    await conn.add_listener(CONFIG_CHANNEL, notified)
-                    try:
-                        while True:
-                            with contextlib.suppress(TimeoutError):
-                                await asyncio.wait_for(changed.wait(), 30.0)
-                            changed.clear()
-                            await self.load_configs()
-                    finally:
-                        await conn.remove_listener(CONFIG_CHANNEL, notified)
-            except Exception as exc:
-                log.warning("guild settings refresh failed: %s", exc)
-                await asyncio.sleep(5.0)
+        self.directory.configs = configs
 
     async def _expire_voice(self) -> None:
         while True:

@@ -153,13 +153,13 @@ class Backfiller:
             directory = self.directory
             if not directory.guild_channels(guild_id, channel_types.ANY):
                 await self._load_channels(runner, guild_id)
-            tracked = directory.config(guild_id).tracked_channel_ids
+            config = directory.config(guild_id)
             channels = [
                 c
                 for c in directory.guild_channels(
                     guild_id, channel_types.MESSAGE_CHANNELS | channel_types.THREADS
                 )
-                if tracked is None or (directory.thread_parent(c) or c) in tracked
+                if config.tracks(directory.thread_parent(c) or c)
             ]
             floor = self.tombstones.backfill_floor(
                 guild_id, snowflake_at((time.time() - self.window_hours * 3600) * 1000)

@@ -211,8 +211,7 @@ def message_row(
     parent = directory.thread_parent(channel_id)
     if parent is not None:
         channel_id, thread_id = parent, channel_id
-    tracked = config.tracked_channel_ids
-    if tracked is not None and channel_id not in tracked:
+    if not config.tracks(channel_id):
         return None
     mid = snowflake(d.get("id"), "id")
     author_id = snowflake(author.get("id"), "author_id")
@@ -241,8 +240,7 @@ def _channel_pair(directory: Directory, guild_id: int, raw_channel: Any) -> tupl
     parent = directory.thread_parent(channel_id)
     if parent is not None:
         channel_id = parent
-    tracked = directory.config(guild_id).tracked_channel_ids
-    return channel_id, tracked is None or channel_id in tracked
+    return channel_id, directory.config(guild_id).tracks(channel_id)
 
 
 @reads("MESSAGE_UPDATE", lambda: None)

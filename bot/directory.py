@@ -11,15 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from herwa.bot import channel_types
+from herwa.bot.guild_settings import GuildConfig
 
 Json = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class GuildConfig:
-    tracked_channel_ids: frozenset[int] | None = None
-    count_bot_messages: bool = False
-    snapshot_hour_utc: int | None = None
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from herwa.bot import channel_types, metrics
+from herwa.bot import channel_types, guild_settings, metrics
 from herwa.bot.buffer import dead_letter, refused
 from herwa.bot.capture import rejected
 from herwa.config import BotSettings
@@ -63,14 +63,6 @@ class MetadataWriter:
 for _table in ("guilds", "channels"):
     metrics.DEAD_LETTER_ROWS.labels(_table)
 
-_GUILD_COLUMNS = ("guild_id", "name", "joined_at", "snapshot_hour_utc", "count_bot_messages")
-_GUILD_UPSERT = (
-    "INSERT INTO guilds (guild_id, name, joined_at, snapshot_hour_utc, "
-    "count_bot_messages) VALUES ($1, $2, $3, $4, $5) "
-    "ON CONFLICT (guild_id) DO UPDATE SET name = EXCLUDED.name, "
-    "joined_at = COALESCE(guilds.joined_at, EXCLUDED.joined_at), left_at = NULL, "
-    "updated_at = now()"
-)
 _CHANNEL_COLUMNS = ("channel_id", "guild_id", "parent_id", "name", "kind")
 _CHANNEL_UPSERT = (
     "INSERT INTO channels (channel_id, guild_id, parent_id, name, kind) "
@@ -107,18 +99,19 @@ async def upsert_meta(conn: Any, kind: str, item: Any, settings: BotSettings) ->
         gid = int(d["id"])
         joined = d.get("joined_at")
         # A new guild starts with the pod's defaults; from then on its row is the authority.
+        defaults = guild_settings.bot_defaults(settings)
         await _write_rows(
             conn,
             "guilds",
-            _GUILD_UPSERT,
-            _GUILD_COLUMNS,
+            guild_settings.REGISTER,
+            guild_settings.REGISTER_COLUMNS,
             [
                 (
                     gid,
                     d.get("name"),
                     datetime.fromisoformat(joined) if joined else None,
-                    settings.snapshot_hour_utc,
-                    settings.count_bot_messages,
+                    defaults.snapshot_hour_utc,
+                    defaults.count_bot_messages,
                 )
             ],
         )
@@ -128,9 +121,7 @@ async def upsert_meta(conn: Any, kind: str, item: Any, settings: BotSettings) ->
         gid, c = item
         await _upsert_channels(conn, gid, [c])
     elif kind == "left":
-        await conn.execute(
-            "UPDATE guilds SET left_at = now(), updated_at = now() WHERE guild_id = $1", int(item)
-        )
+        await guild_settings.left(conn, int(item))
 
 
 async def _upsert_channels(conn: Any, guild_id: int, channels: list[Json]) -> None:

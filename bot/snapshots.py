@@ -38,14 +38,12 @@ class Snapshotter:
         directory: Directory,
         tombstones: Tombstones,
         *,
-        default_hour: int,
         guilds: Callable[[], Iterable[int]],
         check_seconds: float = 2.0,
     ) -> None:
         self.pool = pool
         self.directory = directory
         self.tombstones = tombstones
-        self.default_hour = default_hour  # the pod's, for a guild without a settings row
         self.guilds = guilds  # the guilds of this pod's connected shards
         self.check_seconds = check_seconds
         self._done: set[tuple[str, int]] = set()  # (day, guild) this pod already took
@@ -66,8 +64,6 @@ class Snapshotter:
             if count is None or gid in self.tombstones:  # none of a deleted server's data
                 continue
             hour = self.directory.config(gid).snapshot_hour_utc
-            if hour is None:
-                hour = self.default_hour
             if now.hour >= hour and (day.isoformat(), gid) not in self._done:
                 due.append((gid, count))
         if not due:

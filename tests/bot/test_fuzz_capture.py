@@ -31,7 +31,8 @@ from herwa.bot.capture import (
     message_row,
     voice_state_payload,
 )
-from herwa.bot.directory import Directory, GuildConfig
+from herwa.bot.directory import Directory
+from herwa.bot.guild_settings import GuildConfig
 from herwa.bot.metadata import upsert_meta
 from herwa.bot.voice import VoiceTracker
 from herwa.config import BotSettings

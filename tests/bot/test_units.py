@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from herwa.bot import channel_types
 from herwa.bot.capture import message_kind, message_row
-from herwa.bot.directory import Directory, GuildConfig
+from herwa.bot.directory import Directory
+from herwa.bot.guild_settings import GuildConfig
 from herwa.bot.sharding import assigned_shards, rendezvous_owner
 
 
@@ -27,7 +28,7 @@ def test_thread_messages_map_to_parent_and_allow_list_filters() -> None:
     row = message_row(msg, d)
     assert row is not None
     assert (row[2], row[3]) == (10, 20)
-    d.configs[1] = GuildConfig(tracked_channel_ids=frozenset({11}))
+    d.configs[1] = GuildConfig(tracked_channel_ids=(11,))
     assert message_row(msg, d) is None
     bot = {**msg, "author": {"id": "6", "bot": True}}
     d.configs[1] = GuildConfig()
