@@ -13,7 +13,6 @@ import functools
 import logging
 import signal
 import time
-from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
@@ -35,7 +34,6 @@ from herwa.config import BotSettings, DiscordSettings
 from herwa.telemetry import Readiness
 
 log = logging.getLogger(__name__)
-Json = dict[str, Any]
 # A shard is closed once this share of its lease has passed since its last confirmed renewal
 # was *sent* (Redis counts the TTL from no earlier): the rest of the lease is the time to stop
 # reading its gateway before another pod may take it. Checked on a clock of its own, whether
