@@ -25,22 +25,21 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+import asyncpg
 import discord
 
-from herwa.bot import metrics
+from herwa.bot import channel_types, metrics
+from herwa.bot.buffer import FlushBuffer
 from herwa.bot.capture import DISCORD_EPOCH_MS, channel_payload, edit_row, message_row
-from herwa.bot.directory import THREAD_TYPES
-
-if TYPE_CHECKING:
-    from herwa.bot.app import BotApp
-    from herwa.bot.shard import ShardRunner
+from herwa.bot.client import CaptureClient
+from herwa.bot.directory import Directory
+from herwa.bot.metadata import MetadataWriter
+from herwa.bot.tombstones import Tombstones
 
 log = logging.getLogger(__name__)
 
-TEXT_KINDS = frozenset((0, 5))  # text, announcement; plus the threads the bot knows of
-ALL_KINDS = frozenset(range(32))  # any channel at all: the guild's channels are known
 PAGE = 100
 _GUILDS_AT_ONCE = 4
 
@@ -61,21 +60,46 @@ class BackfillOp:
     done: bool
 
 
+class Shard(Protocol):
+    """The shard a backfill reads through: its id and its client (None once closed)."""
+
+    shard_id: int
+    client: CaptureClient | None
+
+
 class Backfiller:
-    def __init__(self, app: BotApp) -> None:
-        self.app = app
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        buffer: FlushBuffer,
+        directory: Directory,
+        tombstones: Tombstones,
+        metadata: MetadataWriter,
+        *,
+        shard_count: int,
+        window_hours: float,
+        message_content: bool,
+    ) -> None:
+        self.pool = pool
+        self.buffer = buffer
+        self.directory = directory
+        self.tombstones = tombstones
+        self.metadata = metadata
+        self.shard_count = shard_count
+        self.window_hours = window_hours
+        self.message_content = message_content
         self._tasks: dict[int, set[asyncio.Task[None]]] = defaultdict(set)
         self._slots = asyncio.Semaphore(_GUILDS_AT_ONCE)
         self.messages = 0
         self.done_guilds = 0
 
-    def schedule(self, runner: ShardRunner, guild_id: int) -> None:
+    def schedule(self, runner: Shard, guild_id: int) -> None:
         # Everything created up to now: later messages reach the live stream.
         until = snowflake_at(time.time() * 1000 + 1) | ((1 << 22) - 1)
-        self.app.buffer.add_extra(BackfillOp(runner.shard_id, guild_id, until, done=False))
+        self.buffer.add_extra(BackfillOp(runner.shard_id, guild_id, until, done=False))
         self._start(runner, guild_id, until)
 
-    def _start(self, runner: ShardRunner, guild_id: int, until: int) -> None:
+    def _start(self, runner: Shard, guild_id: int, until: int) -> None:
         task = asyncio.get_running_loop().create_task(self._tracked(runner, guild_id, until))
         self._tasks[runner.shard_id].add(task)
         task.add_done_callback(self._tasks[runner.shard_id].discard)
@@ -94,19 +118,19 @@ class Backfiller:
     def running(self) -> int:
         return sum(len(t) for t in self._tasks.values())
 
-    async def resume_pending(self, runner: ShardRunner) -> None:
+    async def resume_pending(self, runner: Shard) -> None:
         """Guilds whose backfill an earlier owner of this shard did not finish (handed over,
         crashed): run them again."""
-        rows = await self.app.pool.fetch(
+        rows = await self.pool.fetch(
             "SELECT guild_id, until_id FROM bot_backfill_pending "
             "WHERE (guild_id >> 22) % $1 = $2 ORDER BY guild_id",
-            self.app.shard_count,
+            self.shard_count,
             runner.shard_id,
         )
         for row in rows:
             self._start(runner, int(row["guild_id"]), int(row["until_id"]))
 
-    async def _tracked(self, runner: ShardRunner, guild_id: int, until: int) -> None:
+    async def _tracked(self, runner: Shard, guild_id: int, until: int) -> None:
         """The backfill, then its removal from the pending markers in the flush that commits
         its last rows (they are in the buffer already): whoever owns the shard next finishes
         a backfill whose rows were not committed."""
@@ -122,23 +146,23 @@ class Backfiller:
         else:
             log.error("backfill of guild %s gave up; it stays pending for the next owner", guild_id)
             return
-        self.app.buffer.add_extra(BackfillOp(runner.shard_id, guild_id, until, done=True))
+        self.buffer.add_extra(BackfillOp(runner.shard_id, guild_id, until, done=True))
 
-    async def _guild(self, runner: ShardRunner, guild_id: int, until: int) -> bool:
-        app = self.app
+    async def _guild(self, runner: Shard, guild_id: int, until: int) -> bool:
         async with self._slots:
-            directory = app.directory
-            if not directory.guild_channels(guild_id, ALL_KINDS):
+            directory = self.directory
+            if not directory.guild_channels(guild_id, channel_types.ANY):
                 await self._load_channels(runner, guild_id)
-            tracked = directory.config(guild_id).tracked_channel_ids
+            config = directory.config(guild_id)
             channels = [
                 c
-                for c in directory.guild_channels(guild_id, TEXT_KINDS | THREAD_TYPES)
-                if tracked is None or (directory.thread_parent(c) or c) in tracked
+                for c in directory.guild_channels(
+                    guild_id, channel_types.MESSAGE_CHANNELS | channel_types.THREADS
+                )
+                if config.tracks(directory.thread_parent(c) or c)
             ]
-            floor = app.tombstones.backfill_floor(
-                guild_id,
-                snowflake_at((time.time() - app.settings.backfill_window_hours * 3600) * 1000),
+            floor = self.tombstones.backfill_floor(
+                guild_id, snowflake_at((time.time() - self.window_hours * 3600) * 1000)
             )
             if floor is None:  # the server's data was deleted: read none of its history
                 return True
@@ -160,7 +184,7 @@ class Backfiller:
                 self.done_guilds += 1
             return ok
 
-    async def _load_channels(self, runner: ShardRunner, guild_id: int) -> None:
+    async def _load_channels(self, runner: Shard, guild_id: int) -> None:
         """A shard RESUMEd from a mark whose GUILD_CREATE's channels its last owner had not
         written yet knows none of the guild's channels: read them from Discord, or the
         backfill would find nothing to read and count the guild done."""
@@ -170,18 +194,17 @@ class Backfiller:
         for raw in await client.http.get_all_guild_channels(guild_id):
             d = channel_payload(dict(raw))
             if d is not None:
-                self.app.directory.add_channel(guild_id, d)
-                self.app.channel_changed(guild_id, d)
+                self.directory.add_channel(guild_id, d)
+                self.metadata.channel_changed(guild_id, d)
 
     async def _channel(
-        self, runner: ShardRunner, guild_id: int, channel_id: int, floor: int, until: int
+        self, runner: Shard, guild_id: int, channel_id: int, floor: int, until: int
     ) -> None:
-        app = self.app
         client = runner.client
         if client is None:
             return
-        parent = app.directory.thread_parent(channel_id)
-        async with app.pool.acquire() as conn:
+        parent = self.directory.thread_parent(channel_id)
+        async with self.pool.acquire() as conn:
             if parent is None:
                 last = await conn.fetchval(
                     "SELECT max(message_id) FROM message_events "
@@ -206,18 +229,18 @@ class Backfiller:
                     continue
                 row = message_row(
                     m,
-                    app.directory,
+                    self.directory,
                     source="backfill",
                     guild_id=guild_id,
-                    content=app.discord_settings.message_content_intent,
+                    content=self.message_content,
                 )
-                await app.buffer.wait_for_room()
+                await self.buffer.wait_for_room()
                 if row is not None:
-                    app.buffer.add("message_events", row)
+                    self.buffer.add("message_events", row)
                 if m.get("edited_timestamp"):
-                    edit = edit_row({**m, "guild_id": guild_id}, app.directory)
+                    edit = edit_row({**m, "guild_id": guild_id}, self.directory)
                     if edit is not None:
-                        app.buffer.add("message_edits", edit)
+                        self.buffer.add("message_edits", edit)
             self.messages += len(page)
             metrics.BACKFILL_MESSAGES.inc(len(page))
             after = max(ids)

@@ -41,7 +41,6 @@ DISCORD_EPOCH_MS = 1_420_070_400_000
 # Message types that are ordinary user messages; everything else is a system message.
 _DEFAULT, _REPLY, _CHAT_INPUT, _CONTEXT_MENU = 0, 19, 20, 23
 _USER_TYPES = frozenset((_DEFAULT, _REPLY, _CHAT_INPUT, _CONTEXT_MENU))
-STAGE_CHANNEL = 13
 _VOICE_NAMESPACE = uuid.UUID("5b0e4e1c-3a57-4a43-9d0c-8f3f3c1e7a11")
 
 # Column bounds: snowflakes are bigint, counts and channel types integer.
@@ -212,8 +211,7 @@ def message_row(
     parent = directory.thread_parent(channel_id)
     if parent is not None:
         channel_id, thread_id = parent, channel_id
-    tracked = config.tracked_channel_ids
-    if tracked is not None and channel_id not in tracked:
+    if not config.tracks(channel_id):
         return None
     mid = snowflake(d.get("id"), "id")
     author_id = snowflake(author.get("id"), "author_id")
@@ -242,8 +240,7 @@ def _channel_pair(directory: Directory, guild_id: int, raw_channel: Any) -> tupl
     parent = directory.thread_parent(channel_id)
     if parent is not None:
         channel_id = parent
-    tracked = directory.config(guild_id).tracked_channel_ids
-    return channel_id, tracked is None or channel_id in tracked
+    return channel_id, directory.config(guild_id).tracks(channel_id)
 
 
 @reads("MESSAGE_UPDATE", lambda: None)

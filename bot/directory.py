@@ -10,16 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from herwa.bot import channel_types
+from herwa.bot.guild_settings import GuildConfig
+
 Json = dict[str, Any]
-
-THREAD_TYPES = frozenset((10, 11, 12))
-
-
-@dataclass(frozen=True)
-class GuildConfig:
-    tracked_channel_ids: frozenset[int] | None = None
-    count_bot_messages: bool = False
-    snapshot_hour_utc: int | None = None
 
 
 @dataclass
@@ -56,7 +50,7 @@ class Directory:
             guild_id, int(c.get("type", 0)), int(parent) if parent else None, c.get("name")
         )
         self.channels[cid] = info
-        if info.kind in THREAD_TYPES and info.parent_id is not None:
+        if info.kind in channel_types.THREADS and info.parent_id is not None:
             self._thread_parent[cid] = info.parent_id
         return info
 

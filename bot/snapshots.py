@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+
+import asyncpg
 
 from herwa.bot import metrics
-
-if TYPE_CHECKING:
-    from herwa.bot.app import BotApp
+from herwa.bot.directory import Directory
+from herwa.bot.tombstones import Tombstones
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,19 @@ UPSERT = (
 
 
 class Snapshotter:
-    def __init__(self, app: BotApp, check_seconds: float = 2.0) -> None:
-        self.app = app
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        directory: Directory,
+        tombstones: Tombstones,
+        *,
+        guilds: Callable[[], Iterable[int]],
+        check_seconds: float = 2.0,
+    ) -> None:
+        self.pool = pool
+        self.directory = directory
+        self.tombstones = tombstones
+        self.guilds = guilds  # the guilds of this pod's connected shards
         self.check_seconds = check_seconds
         self._done: set[tuple[str, int]] = set()  # (day, guild) this pod already took
 
@@ -45,24 +57,18 @@ class Snapshotter:
             await asyncio.sleep(self.check_seconds)
 
     async def take_due(self, now: datetime) -> int:
-        app = self.app
         day = now.date()
         due: list[tuple[int, int]] = []
-        for runner in list(app.runners.values()):
-            if not runner.connected:
+        for gid in self.guilds():
+            count = self.directory.member_counts.get(gid)
+            if count is None or gid in self.tombstones:  # none of a deleted server's data
                 continue
-            for gid in list(runner.guilds):
-                count = app.directory.member_counts.get(gid)
-                if count is None or gid in app.tombstones:  # none of a deleted server's data
-                    continue
-                hour = app.directory.config(gid).snapshot_hour_utc
-                if hour is None:
-                    hour = app.settings.snapshot_hour_utc
-                if now.hour >= hour and (day.isoformat(), gid) not in self._done:
-                    due.append((gid, count))
+            hour = self.directory.config(gid).snapshot_hour_utc
+            if now.hour >= hour and (day.isoformat(), gid) not in self._done:
+                due.append((gid, count))
         if not due:
             return 0
-        async with app.pool.acquire() as conn:
+        async with self.pool.acquire() as conn:
             taken = {
                 r["guild_id"]
                 for r in await conn.fetch(

@@ -3,8 +3,8 @@
 A session is one user in one channel: a move closes it (``move``) and opens the next, so each
 row has one channel and the per-channel minutes are exact. Open sessions are held in memory by
 the shard that owns the guild and stored in Postgres (``bot_voice_open``) in the same transaction
-as the rows before them and the gateway mark that covers them (see :mod:`herwa.bot.app`), so a
-pod restart, a shard moving to another pod, or Redis losing its data continues them; a RESUME
+as the rows before them and the gateway mark that covers them (:mod:`herwa.bot.shard_state`), so
+a pod restart, a shard moving to another pod, or Redis losing its data continues them; a RESUME
 replays exactly the voice events after that mark, so no session is opened or closed twice.
 
 Bounds for sessions whose end was never seen:
@@ -27,8 +27,8 @@ from typing import Any
 
 import orjson
 
-from herwa.bot import metrics
-from herwa.bot.capture import STAGE_CHANNEL, Row, voice_session_id
+from herwa.bot import channel_types, metrics
+from herwa.bot.capture import Row, voice_session_id
 from herwa.bot.directory import Directory
 
 Json = dict[str, Any]
@@ -184,7 +184,7 @@ class VoiceTracker:
 
     # -- rows -----------------------------------------------------------------------------
     def _is_stage(self, channel_id: int) -> bool:
-        return self.directory.channel_kind(channel_id) == STAGE_CHANNEL
+        return self.directory.channel_kind(channel_id) == channel_types.STAGE
 
     def _close(self, guild_id: int, user_id: int, s: OpenSession, at: float, reason: str) -> Row:
         at = max(at, s.joined_at)

@@ -1,10 +1,11 @@
 """Herwa's slash commands (``herwa.bot.commands`` lives in ``bot/commands/``).
 
-One command per platform feature so tiers can gate each (names from ``herwa/platform.yaml``):
-``/overview``, ``/heatmap``, ``/retention``, ``/growth``, ``/leaderboard``,
-``/voice-leaderboard``, ``/channels``, ``/me``, ``/usage``, ``/privacy …``, ``/export``,
-``/config …``. Every invocation passes the same gate (per-user rate limit, Manage Server for
-admin commands, the guild's entitlement, the monthly query quota) in :mod:`._runtime`.
+One command per platform feature so tiers can gate each. The names sold are
+``herwa/platform.yaml``'s ``commands:``; the names served are those :func:`install` registers,
+and each handler's :class:`~._runtime.Spec` names the command the gate charges
+(tests/commands/test_registry.py holds the three equal). Every invocation passes the same gate
+(per-user rate limit, Manage Server for admin commands, the guild's entitlement, the monthly
+query quota) in :mod:`._runtime`.
 
 Wiring, in the bot's ``setup_hook``::
 
@@ -42,10 +43,9 @@ from herwa.bot.commands._options import (
     parse_channel_ids,
     parse_timezone,
 )
-from herwa.bot.commands._runtime import CommandDeps, Runtime
+from herwa.bot.commands._runtime import CommandDeps, Runtime, Spec
 
 __all__ = [
-    "COMMAND_NAMES",
     "GROWTH_SIZE",
     "HEATMAP_SIZE",
     "RETENTION_SIZE",
@@ -54,6 +54,7 @@ __all__ = [
     "OptionError",
     "Outcome",
     "Runtime",
+    "Spec",
     "bounded_int",
     "date_range",
     "install",
@@ -63,22 +64,6 @@ __all__ = [
     "png_size",
     "quota_month",
 ]
-
-# The gated names, exactly as platform.yaml's `commands:` lists them.
-COMMAND_NAMES = (
-    "overview",
-    "heatmap",
-    "retention",
-    "growth",
-    "leaderboard",
-    "voice-leaderboard",
-    "channels",
-    "me",
-    "usage",
-    "privacy",
-    "export",
-    "config",
-)
 
 
 def install(tree: app_commands.CommandTree[Any], deps: CommandDeps) -> Runtime:

@@ -22,11 +22,13 @@ import discord
 from redis.asyncio import Redis
 
 from herwa import usage
+from herwa.bot import guild_settings
 from herwa.bot.commands._cache import ResultCache
 from herwa.bot.commands._gate import Gate, Outcome
 from herwa.bot.commands._metrics import INVOCATIONS, LATENCY
 from herwa.bot.commands._options import OptionError
 from herwa.bot.commands._reply import Reply
+from herwa.bot.guild_settings import GuildConfig
 from herwa.bot.tombstones import Tombstones
 from herwa.config import CommandSettings
 from herwa.entitlements import CommandAccess
@@ -52,13 +54,6 @@ class CommandDeps:
     default_timezone: str = "UTC"
     # The bot's own: /privacy applies a server's deletion or opt-in to capture at once.
     tombstones: Tombstones = field(default_factory=Tombstones)
-
-
-@dataclass(frozen=True)
-class GuildConfig:
-    timezone: str
-    tracked_channel_ids: tuple[int, ...] | None
-    snapshot_hour_utc: int
 
 
 @dataclass(frozen=True)
@@ -100,20 +95,8 @@ class Context:
 
     async def config(self) -> GuildConfig:
         if self._config is None:
-            row = await self.deps.pool.fetchrow(
-                "SELECT timezone, tracked_channel_ids, snapshot_hour_utc FROM guilds"
-                " WHERE guild_id = $1",
-                self.guild_id,
-            )
-            if row is None:
-                self._config = GuildConfig(self.deps.default_timezone, None, 0)
-            else:
-                tracked = row["tracked_channel_ids"]
-                self._config = GuildConfig(
-                    row["timezone"],
-                    tuple(tracked) if tracked is not None else None,
-                    int(row["snapshot_hour_utc"]),
-                )
+            stored = await guild_settings.load(self.deps.pool, self.guild_id)
+            self._config = stored or GuildConfig(timezone=self.deps.default_timezone)
         return self._config
 
     async def guild_channels(self) -> dict[int, str]:

@@ -7,6 +7,7 @@ from typing import Any
 import discord
 from discord import app_commands
 
+from herwa.bot import guild_settings
 from herwa.bot.commands._common import embed
 from herwa.bot.commands._options import OptionError, bounded_int, parse_channel_ids, parse_timezone
 from herwa.bot.commands._reply import Reply
@@ -14,23 +15,9 @@ from herwa.bot.commands._runtime import Context, Runtime, Spec, Work
 
 SPEC = Spec("config", admin=True, counts_quota=False, cacheable=False, ephemeral=True)
 
-_UPSERT = """
-    INSERT INTO guilds (guild_id, {column}) VALUES ($1, $2)
-    ON CONFLICT (guild_id) DO UPDATE SET {column} = EXCLUDED.{column}, updated_at = now()
-"""
-_COLUMNS = frozenset({"timezone", "tracked_channel_ids", "snapshot_hour_utc"})
-# Postgres NOTIFY channel: every bot pod LISTENs and reloads its capture settings (tracked
-# channels, snapshot hour) at once, instead of at its next periodic refresh.
-CONFIG_CHANNEL = "herwa_guild_config"
 
-
-async def _set(ctx: Context, rt: Runtime, column: str, value: Any) -> None:
-    if column not in _COLUMNS:  # the column name is formatted in: only ever these three
-        raise ValueError(column)
-    async with ctx.deps.pool.acquire() as conn, conn.transaction():
-        await conn.execute(_UPSERT.format(column=column), ctx.guild_id, value)
-        # Delivered at commit: no pod reloads before the new value is visible.
-        await conn.execute("SELECT pg_notify($1, $2)", CONFIG_CHANNEL, str(ctx.guild_id))
+async def _set(ctx: Context, rt: Runtime, setting: str, value: Any) -> None:
+    await guild_settings.change(ctx.deps.pool, ctx.guild_id, setting, value)
     # Cached charts were drawn for the old settings (e.g. the old time zone).
     await rt.cache.drop_guild(ctx.guild_id)
 

@@ -102,8 +102,8 @@ async def test_backfill_keeps_its_marker_until_its_rows_are_committed(
 
 async def _own_shard(app: BotApp, lease: str) -> ShardRunner:
     """Take shard 0 as its owner does: its Postgres fence, then the runner."""
-    runner = ShardRunner(app, 0, lease)
-    await app.load_shard_state(runner)
+    runner = ShardRunner(app.shard_deps, 0, lease)
+    await runner.load_state()
     app.runners[0] = runner
     return runner
 

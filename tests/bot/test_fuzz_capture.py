@@ -18,7 +18,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from herwa.bot import metrics
-from herwa.bot.app import _upsert_meta
 from herwa.bot.buffer import FlushBuffer, Row
 from herwa.bot.capture import (
     INT32_MAX,
@@ -32,7 +31,9 @@ from herwa.bot.capture import (
     message_row,
     voice_state_payload,
 )
-from herwa.bot.directory import Directory, GuildConfig
+from herwa.bot.directory import Directory
+from herwa.bot.guild_settings import GuildConfig
+from herwa.bot.metadata import upsert_meta
 from herwa.bot.voice import VoiceTracker
 from herwa.config import BotSettings
 from herwa.devstack import Endpoints
@@ -293,9 +294,9 @@ async def test_fuzzed_capture_never_raises_counts_and_postgres_accepts_what_it_m
         assert await buf.flush(60.0)
         async with pool.acquire() as conn:
             for g in guilds:
-                await _upsert_meta(conn, "guild", g, BotSettings())
+                await upsert_meta(conn, "guild", g, BotSettings())
             for item in channels:
-                await _upsert_meta(conn, "channel", item, BotSettings())
+                await upsert_meta(conn, "channel", item, BotSettings())
             dead = await conn.fetch("SELECT table_name, row, reason FROM dead_letter_rows")
             assert [tuple(r) for r in dead] == []
             staged = {

@@ -11,8 +11,8 @@ from typing import Any
 import asyncpg
 from prometheus_client import REGISTRY
 
-from herwa.bot.app import _upsert_meta
 from herwa.bot.buffer import FlushBuffer
+from herwa.bot.metadata import upsert_meta
 from herwa.config import BotSettings
 from herwa.devstack import Endpoints
 
@@ -121,9 +121,9 @@ async def test_metadata_writer_sets_aside_a_refused_name_and_writes_the_rest(
                 {"id": "203", "type": 2, "name": "voice"},
             ],
         }
-        await _upsert_meta(conn, "guild", guild, settings)
-        await _upsert_meta(conn, "guild", {"id": "101", "name": "fine"}, settings)
-        await _upsert_meta(conn, "channel", (101, {"id": "204", "name": "after"}), settings)
+        await upsert_meta(conn, "guild", guild, settings)
+        await upsert_meta(conn, "guild", {"id": "101", "name": "fine"}, settings)
+        await upsert_meta(conn, "channel", (101, {"id": "204", "name": "after"}), settings)
         assert [tuple(r) for r in await conn.fetch("SELECT guild_id, name FROM guilds")] == [
             (101, "fine")
         ]

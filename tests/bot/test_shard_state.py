@@ -45,8 +45,8 @@ async def _owner(pool: asyncpg.Pool, redis: Redis, pod: str) -> BotApp:
         shard_count=1,
         max_concurrency=1,
     )
-    runner = ShardRunner(app, 0, f"{pod}:lease")
-    await app.load_shard_state(runner)
+    runner = ShardRunner(app.shard_deps, 0, f"{pod}:lease")
+    await runner.load_state()
     app.runners[0] = runner
     return app
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from herwa.bot import channel_types
 from herwa.bot.capture import message_kind, message_row
-from herwa.bot.directory import Directory, GuildConfig
+from herwa.bot.directory import Directory
+from herwa.bot.guild_settings import GuildConfig
 from herwa.bot.sharding import assigned_shards, rendezvous_owner
 
 
@@ -26,13 +28,37 @@ def test_thread_messages_map_to_parent_and_allow_list_filters() -> None:
     row = message_row(msg, d)
     assert row is not None
     assert (row[2], row[3]) == (10, 20)
-    d.configs[1] = GuildConfig(tracked_channel_ids=frozenset({11}))
+    d.configs[1] = GuildConfig(tracked_channel_ids=(11,))
     assert message_row(msg, d) is None
     bot = {**msg, "author": {"id": "6", "bot": True}}
     d.configs[1] = GuildConfig()
     assert message_row(bot, d) is None  # bots excluded by default
     d.configs[1] = GuildConfig(count_bot_messages=True)
     assert message_row(bot, d) is not None
+
+
+def test_channel_kinds_read_back_as_a_type_of_the_same_kind() -> None:
+    # What a RESUMEd shard rebuilds from ``channels`` must classify each channel as the
+    # GUILD_CREATE did: a thread stays a thread, a stage a stage, text and news are read.
+    written = {t: channel_types.kind_of(t) for t in (0, 2, 4, 5, 10, 11, 12, 13, 15, 16)}
+    assert written == {
+        0: "text",
+        2: "voice",
+        4: "category",
+        5: "news",
+        10: "thread",
+        11: "thread",
+        12: "thread",
+        13: "stage",
+        15: "forum",
+        16: "other",
+    }
+    for channel_type, kind in written.items():
+        back = channel_types.type_of(kind)
+        assert channel_types.kind_of(back) == kind or kind == channel_types.OTHER
+        assert (back in channel_types.THREADS) == (channel_type in channel_types.THREADS)
+    assert channel_types.type_of("thread") == channel_types.PUBLIC_THREAD
+    assert channel_types.type_of("other") == channel_types.TEXT
 
 
 def test_rendezvous_moves_only_the_shards_that_must_move() -> None:
