@@ -25,6 +25,7 @@ from herwa.bot.commands import (
     export,
     growth,
     heatmap,
+    help,
     leaderboards,
     me,
     overview,
@@ -82,6 +83,7 @@ def install(tree: app_commands.CommandTree[Any], deps: CommandDeps) -> Runtime:
         export.build(rt),
         settings.build(rt),
     ]
+    commands.append(help.build(rt, commands))
     for command in commands:
         tree.add_command(command)
     return rt
