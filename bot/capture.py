@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -390,11 +391,39 @@ def _each(items: Any, event: str, read: Callable[[Any], Json]) -> list[Json]:
     return out
 
 
+# Discord's image hash: 32 hex digits, "a_" first for an animated image.
+_ICON_HASH = re.compile(r"(a_)?[0-9a-f]{32}")
+
+
+def _profile(d: Json, event: str) -> Json:
+    """Name, icon and owner of a GUILD_CREATE or GUILD_UPDATE: what is unreadable is counted
+    and kept as NULL."""
+    icon = d.get("icon")
+    if icon is not None and not (isinstance(icon, str) and _ICON_HASH.fullmatch(icon)):
+        rejected(event, "icon")
+        icon = None
+    owner = d.get("owner_id")
+    if owner is not None:
+        try:
+            owner = snowflake(owner, "owner_id")
+        except BadPayload as exc:
+            rejected(event, exc.reason)
+            owner = None
+    return {"name": clean_text(d.get("name"), "name", event), "icon": icon, "owner_id": owner}
+
+
+@reads("GUILD_UPDATE", lambda: None)
+def guild_update_payload(d: Json) -> Json | None:
+    """GUILD_UPDATE as the bot keeps it: the server's id, name, icon and owner."""
+    return {"id": snowflake(d.get("id"), "id"), **_profile(d, "GUILD_UPDATE")}
+
+
 @reads("GUILD_CREATE", lambda: None)
 def guild_payload(d: Json) -> Json | None:
-    """GUILD_CREATE as the bot keeps it: id, name, member count, joined_at, channels and
-    threads, voice states and the ids of bot members. An unreadable channel or voice state is
-    left out (counted); an unreadable member count or join time is dropped (counted)."""
+    """GUILD_CREATE as the bot keeps it: id, name, icon, owner, member count, joined_at,
+    channels and threads, voice states and the ids of bot members. An unreadable channel or
+    voice state is left out (counted); an unreadable member count or join time is dropped
+    (counted)."""
     event = "GUILD_CREATE"
     gid = snowflake(d.get("id"), "id")
     joined = d.get("joined_at")
@@ -413,7 +442,7 @@ def guild_payload(d: Json) -> Json | None:
 
     return {
         "id": gid,
-        "name": clean_text(d.get("name"), "name", event),
+        **_profile(d, event),
         "member_count": _optional_count(d, "member_count", event),
         "joined_at": joined,
         "channels": _each(d.get("channels"), event, lambda c: _channel(c, event)),

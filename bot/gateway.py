@@ -18,6 +18,7 @@ from herwa.bot.capture import (
     guild_event_row,
     guild_join_row,
     guild_payload,
+    guild_update_payload,
     member_join_row,
     member_leave_row,
     message_row,
@@ -124,6 +125,11 @@ def handlers(shard: GatewayShard, deps: ShardDeps) -> tuple[dict[str, Parser], d
         if deps.settings.backfill_enabled:
             deps.backfiller.schedule(shard, int(d["id"]))
 
+    def guild_update(raw: Json) -> None:
+        d = guild_update_payload(raw)
+        if d is not None:
+            metadata.guild_updated(d)
+
     def guild_create(raw: Json) -> None:
         if raw.get("unavailable"):
             return
@@ -218,6 +224,7 @@ def handlers(shard: GatewayShard, deps: ShardDeps) -> tuple[dict[str, Parser], d
     replace = {event: tombstones.honoured(fn) for event, fn in capture.items()}
     wrap: dict[str, Parser] = {
         "GUILD_CREATE": counted("GUILD_CREATE", guild_create),
+        "GUILD_UPDATE": counted("GUILD_UPDATE", guild_update),
         "GUILD_DELETE": counted("GUILD_DELETE", guild_delete),
         "CHANNEL_CREATE": counted("CHANNEL_CREATE", channel_upsert),
         "CHANNEL_UPDATE": counted("CHANNEL_UPDATE", channel_upsert),

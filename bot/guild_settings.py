@@ -28,13 +28,29 @@ CONFIG_CHANNEL = "herwa_guild_config"
 # What /config may change (a column name is formatted into the SQL: only ever these).
 SETTINGS = frozenset({"timezone", "tracked_channel_ids", "snapshot_hour_utc"})
 # The bot's registration of a guild; its columns in order, for the dead-letter record.
-REGISTER_COLUMNS = ("guild_id", "name", "joined_at", "snapshot_hour_utc", "count_bot_messages")
+REGISTER_COLUMNS = (
+    "guild_id",
+    "name",
+    "icon",
+    "owner_id",
+    "joined_at",
+    "snapshot_hour_utc",
+    "count_bot_messages",
+)
 REGISTER = (
-    "INSERT INTO guilds (guild_id, name, joined_at, snapshot_hour_utc, "
-    "count_bot_messages) VALUES ($1, $2, $3, $4, $5) "
-    "ON CONFLICT (guild_id) DO UPDATE SET name = EXCLUDED.name, "
+    "INSERT INTO guilds (guild_id, name, icon, owner_id, joined_at, snapshot_hour_utc, "
+    "count_bot_messages) VALUES ($1, $2, $3, $4, $5, $6, $7) "
+    "ON CONFLICT (guild_id) DO UPDATE SET name = EXCLUDED.name, icon = EXCLUDED.icon, "
+    "owner_id = EXCLUDED.owner_id, "
     "joined_at = COALESCE(guilds.joined_at, EXCLUDED.joined_at), left_at = NULL, "
     "updated_at = now()"
+)
+# GUILD_UPDATE: the profile changed; the settings chosen by the server's admins stay.
+PROFILE_COLUMNS = ("guild_id", "name", "icon", "owner_id")
+PROFILE = (
+    "INSERT INTO guilds (guild_id, name, icon, owner_id) VALUES ($1, $2, $3, $4) "
+    "ON CONFLICT (guild_id) DO UPDATE SET name = EXCLUDED.name, icon = EXCLUDED.icon, "
+    "owner_id = EXCLUDED.owner_id, updated_at = now()"
 )
 _CHANGE = """
     INSERT INTO guilds (guild_id, {column}) VALUES ($1, $2)

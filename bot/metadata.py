@@ -30,6 +30,9 @@ class MetadataWriter:
     def guild_available(self, d: Json) -> None:
         self._queue.put_nowait(("guild", d))
 
+    def guild_updated(self, d: Json) -> None:
+        self._queue.put_nowait(("profile", d))
+
     def guild_left(self, guild_id: int) -> None:
         self._queue.put_nowait(("left", guild_id))
 
@@ -109,6 +112,8 @@ async def upsert_meta(conn: Any, kind: str, item: Any, settings: BotSettings) ->
                 (
                     gid,
                     d.get("name"),
+                    d.get("icon"),
+                    d.get("owner_id"),
                     datetime.fromisoformat(joined) if joined else None,
                     defaults.snapshot_hour_utc,
                     defaults.count_bot_messages,
@@ -117,6 +122,15 @@ async def upsert_meta(conn: Any, kind: str, item: Any, settings: BotSettings) ->
         )
         channels = [*d.get("channels", ()), *d.get("threads", ())]
         await _upsert_channels(conn, gid, channels)
+    elif kind == "profile":
+        p: Json = item
+        await _write_rows(
+            conn,
+            "guilds",
+            guild_settings.PROFILE,
+            guild_settings.PROFILE_COLUMNS,
+            [(p["id"], p["name"], p["icon"], p["owner_id"])],
+        )
     elif kind == "channel":
         gid, c = item
         await _upsert_channels(conn, gid, [c])

@@ -319,6 +319,26 @@ class Actions:
         self.gateway.dispatch("THREAD_CREATE", guild_id, d, intent=GUILDS, key=ch.id)
         return ch.id
 
+    def update_guild(
+        self,
+        guild_id: int,
+        *,
+        name: str | None = None,
+        icon: str | None = None,
+        owner_id: int | None = None,
+        raw: Json | None = None,
+    ) -> None:
+        """GUILD_UPDATE: the server's name, icon or owner changed (None: unchanged). ``raw``
+        fields are sent as given, on top, for tests of payloads Discord should never send."""
+        guild = self.world.guilds[guild_id]
+        if owner_id is not None and owner_id not in guild.members:
+            raise KeyError(owner_id)
+        guild.name = guild.name if name is None else name
+        guild.icon = guild.icon if icon is None else icon
+        guild.owner_id = guild.owner_id if owner_id is None else owner_id
+        d = {**guild.profile(), **(raw or {})}
+        self.gateway.dispatch("GUILD_UPDATE", guild_id, d, intent=GUILDS, key=guild_id)
+
     def _voice_dispatch(
         self, guild: Guild, uid: int, vs: VoiceState | None, channel_id: int | None
     ) -> None:

@@ -198,6 +198,7 @@ class Guild:
     activity: float = 1.0
     # Roles besides @everyone, as GUILD_CREATE lists them ({"id", "name", "permissions", …}).
     roles: list[Json] = field(default_factory=list)
+    icon: str | None = None  # Discord's image hash
 
     def text_channels(self) -> list[Channel]:
         return [c for c in self.channels.values() if c.type == TEXT]
@@ -207,6 +208,15 @@ class Guild:
 
     def voice_channels(self) -> list[Channel]:
         return [c for c in self.channels.values() if c.is_voice]
+
+    def profile(self) -> Json:
+        """What GUILD_UPDATE carries of the server (and GUILD_CREATE too)."""
+        return {
+            "id": str(self.id),
+            "name": self.name,
+            "icon": self.icon,
+            "owner_id": str(self.owner_id),
+        }
 
     def create_payload(self, *, bot: Member, include_members: bool) -> Json:
         """GUILD_CREATE as a bot receives it.
@@ -224,8 +234,7 @@ class Guild:
         return {
             "id": str(self.id),
             "name": self.name,
-            "icon": None,
-            "owner_id": str(self.owner_id),
+            **self.profile(),
             "unavailable": False,
             "large": len(self.members) > 250,
             "member_count": len(self.members),
