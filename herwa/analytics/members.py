@@ -59,11 +59,15 @@ _OVERVIEW_MESSAGES = f"""
     WHERE guild_id = {{guild_id:UInt64}} AND hour >= {SINCE} AND hour < {UNTIL}
       AND (NOT is_bot OR {{bots:Bool}})
 """
+# FINAL within each monthly partition only: a session's joined_at (the partition key) is set
+# when it opens and every version of its row carries the same one, so no key spans two
+# partitions, and the partitions are collapsed side by side instead of in one merge.
 _OVERVIEW_VOICE = f"""
     SELECT sum({VOICE_SECONDS}), uniqExact(user_id)
     FROM voice_sessions FINAL
     WHERE guild_id = {{guild_id:UInt64}} AND joined_at < {UNTIL} AND left_at > {SINCE}
       AND (NOT is_bot OR {{bots:Bool}})
+    SETTINGS do_not_merge_across_partitions_select_final = 1
 """
 _OVERVIEW_MEMBERS = f"""
     SELECT countIf(event = 'join'), countIf(event = 'leave')
