@@ -36,6 +36,7 @@ from pathlib import Path
 import asyncpg
 from _stores import bench_stores
 
+from herwa import platform
 from herwa.devstack import Endpoints
 from herwa.schema import migrate
 from herwa.simulator import Simulator, SimulatorConfig
@@ -105,6 +106,13 @@ async def run(stores: Endpoints, guilds: int, seconds: float, rate: float) -> bo
     tmp = tempfile.mkdtemp(prefix="herwa-bot-memory-")
     try:
         await migrate(dsn, _with_db(stores.clickhouse_url, name))
+        # The tiers, as the operator seeds them: every guild gets the default (free) tier, so
+        # the random slash commands are answered, charts included.
+        seeding = await asyncpg.connect(dsn)
+        try:
+            await platform.seed(seeding, platform.load())
+        finally:
+            await seeding.close()
         t = time.perf_counter()
         sim = build_simulator(guilds, seed=11)
         members = [len(g.members) for g in sim.world.guilds.values()]
@@ -160,7 +168,10 @@ async def run(stores: Endpoints, guilds: int, seconds: float, rate: float) -> bo
             # What drawing adds: the first chart loads matplotlib (not part of the target).
             small = min(sim.world.guilds.values(), key=lambda g: len(g.members))
             answer = await sim.invoke_command(small.id, "heatmap", [], timeout=120)
-            png = bool((answer.get("original") or {}).get("attachments"))
+            original = answer.get("original") or {}
+            png = bool(original.get("attachments"))
+            if not png:
+                print(f"  /heatmap answered without a PNG: {original}", flush=True)
             await asyncio.sleep(2)
             charted = rss_mb(proc.pid)
             invoked = await pool.fetchval("SELECT count(*) FROM command_usage WHERE outcome = 'ok'")
