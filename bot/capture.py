@@ -448,7 +448,11 @@ def guild_payload(d: Json) -> Json | None:
         "channels": _each(d.get("channels"), event, lambda c: _channel(c, event)),
         "threads": _each(d.get("threads"), event, lambda c: _channel(c, event)),
         "voice_states": _each(d.get("voice_states"), event, lambda s: _voice_state(s, gid)),
-        "members": _each(d.get("members"), event, bot_member),
+        # Only the bots (voice reconciliation leaves them out): this payload waits in the
+        # metadata queue, and after an IDENTIFY thousands of guilds wait there at once, so a
+        # list of every member would make the burst's memory peak — and what the process
+        # keeps of it afterwards — grow with the members instead of the guilds.
+        "members": [m for m in _each(d.get("members"), event, bot_member) if m["user"]["bot"]],
     }
 
 
