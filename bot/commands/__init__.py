@@ -34,7 +34,15 @@ from herwa.bot.commands import (
     settings,
     usage,
 )
-from herwa.bot.commands._charts import GROWTH_SIZE, HEATMAP_SIZE, RETENTION_SIZE, png_size
+from herwa.bot.commands._charts import (
+    DPI,
+    GROWTH_SIZE,
+    HEATMAP_SIZE,
+    RETENTION_SIZE,
+    WEEKDAYS,
+    heatmap_png,
+    png_size,
+)
 from herwa.bot.commands._gate import Gate, Outcome, quota_month
 from herwa.bot.commands._options import (
     OptionError,
@@ -47,9 +55,11 @@ from herwa.bot.commands._options import (
 from herwa.bot.commands._runtime import CommandDeps, Runtime, Spec
 
 __all__ = [
+    "DPI",
     "GROWTH_SIZE",
     "HEATMAP_SIZE",
     "RETENTION_SIZE",
+    "WEEKDAYS",
     "CommandDeps",
     "Gate",
     "OptionError",
@@ -58,6 +68,7 @@ __all__ = [
     "Spec",
     "bounded_int",
     "date_range",
+    "heatmap_png",
     "install",
     "parse_channel_id",
     "parse_channel_ids",

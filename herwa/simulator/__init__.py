@@ -36,7 +36,15 @@ from herwa.simulator._ledger import (
 )
 from herwa.simulator._simulator import DEFAULT_TOKEN, Simulator, SimulatorConfig
 from herwa.simulator._snowflake import DISCORD_EPOCH_MS
-from herwa.simulator._world import EVERYONE_PERMISSIONS, TEXT, Guild, Member, WorldConfig
+from herwa.simulator._world import (
+    EVERYONE_PERMISSIONS,
+    TEXT,
+    Guild,
+    Member,
+    User,
+    World,
+    WorldConfig,
+)
 from herwa.simulator.client import point_discord_at
 
 __all__ = [
@@ -63,7 +71,9 @@ __all__ = [
     "ScenarioConfig",
     "Simulator",
     "SimulatorConfig",
+    "User",
     "VoiceRecord",
+    "World",
     "WorldConfig",
     "build_invocation",
     "point_discord_at",

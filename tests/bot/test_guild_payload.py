@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from herwa.bot.capture import guild_payload
-from herwa.simulator._world import User, World, WorldConfig
+from herwa.simulator import User, World, WorldConfig
 
 
 def test_guild_payload_keeps_only_the_bot_members() -> None:

@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from herwa.bot.commands._charts import DPI, HEATMAP_SIZE, WEEKDAYS, heatmap_png, png_size
+from herwa.bot.commands import DPI, HEATMAP_SIZE, WEEKDAYS, heatmap_png, png_size
 
 Grid = list[list[int]]
 
