@@ -275,9 +275,15 @@ class Actions:
         stored = self.history.get(message_id)
         if stored is None or rec.deleted:
             raise KeyError(message_id)
+        # Discord stamps each edit when it is made, so two edits of one message never share an
+        # ``edited_timestamp``; the bot rightly stores an identical one once (a MESSAGE_UPDATE
+        # delivered again, an embed unfurl). Events generated in one burst share a millisecond:
+        # a second edit of the same message in it is stamped the next millisecond.
+        if rec.edited_ms is not None:
+            at_ms = max(at_ms, rec.edited_ms + 1)
         stored["content"] = (stored.get("content") or "") + " (edited)"
         stored["edited_timestamp"] = iso_from_ms(at_ms)
-        self.ledger.edit(message_id)
+        self.ledger.edit(message_id, at_ms)
         self.gateway.dispatch(
             "MESSAGE_UPDATE",
             rec.guild_id,

@@ -29,6 +29,7 @@ class MessageRecord:
     historical: bool = False
     deleted: bool = False
     edits: int = 0
+    edited_ms: int | None = None  # the last edit's time (its ``edited_timestamp``)
 
 
 @dataclass
@@ -106,9 +107,10 @@ class Ledger:
         if rec.is_bot:
             g.bot_messages += 1
 
-    def edit(self, message_id: int) -> None:
+    def edit(self, message_id: int, at_ms: int) -> None:
         rec = self.messages[message_id]
         rec.edits += 1
+        rec.edited_ms = at_ms
         self.guilds[rec.guild_id].edits += 1
 
     def delete(self, message_id: int) -> None:
