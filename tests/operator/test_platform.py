@@ -84,8 +84,14 @@ async def _tables(conn: asyncpg.Connection) -> dict[str, list[tuple[object, ...]
 async def test_seed_is_idempotent_and_follows_the_file(migrated: Endpoints) -> None:
     conn = await asyncpg.connect(migrated.postgres_dsn)
     try:
-        first = await platform.seed(conn, platform.load())
-        assert first.changed == 11 + 3 + sum(len(t.features) for t in platform.load().tiers) + 12
+        defined = platform.load()
+        first = await platform.seed(conn, defined)
+        assert first.changed == (
+            len(defined.features)
+            + len(defined.tiers)
+            + sum(len(t.features) for t in defined.tiers)
+            + len(defined.commands)
+        )
         snapshot = await _tables(conn)
         again = await platform.seed(conn, platform.load())
         assert again.changed == 0
