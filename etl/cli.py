@@ -51,9 +51,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.etl_action == "reset-low-water":
         return asyncio.run(_reset())
-    # uvloop: the run is one process shuttling ~90 MB per million rows between two sockets;
-    # measured on 1 M rows its own CPU went from ~1.7 to ~0.9 s (on a 2-core box that is
-    # time taken from Postgres and ClickHouse).
+    # uvloop: the run is one process shuttling bytes between two sockets, and the CPU it saves
+    # goes to Postgres and ClickHouse on the same nodes (figures: benchmarks/README.md).
     return uvloop.run(_main(args))
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Postgres's text COPY format is ClickHouse's TabSeparated: the same escapes, \\N for NULL.
-# Measured on 1 M message events: TabSeparated with plain timestamps, without the insert-time
-# merge below, loads in ~70 % of the time of CSV with best-effort timestamps.
+# Postgres's text COPY format is ClickHouse's TabSeparated: the same escapes, \\N for NULL, and
+# plain timestamps that need no best-effort parsing, so no byte is rewritten on the way
+# (the comparison with CSV: benchmarks/README.md).
 WIRE_FORMAT = "TabSeparated"
 # optimize_on_insert would collapse duplicate keys inside a batch at insert time; nothing relies
 # on that (every read is FINAL), so it is pure cost.
@@ -27,7 +27,7 @@ def _utc(column: str) -> str:
 def _ms(column: str) -> str:
     # Staging capture time in ms is the row's ClickHouse version: stable across retries (so a
     # re-sent batch has identical bytes and a matching dedup token) and newer for a re-capture.
-    # date_part is float8 arithmetic (extract() is numeric: ~0.4 s more per 1 M rows).
+    # date_part is float8 arithmetic; extract() is numeric, far slower per row.
     return f"floor(date_part('epoch', {column}) * 1000)::bigint"
 
 

@@ -94,7 +94,7 @@ _CHUNK = 20_000
 # day) never changes between its versions, so all versions of a key lie in the same partition
 # and the same skip-index granule ranges. Without the first two every recompute read the whole
 # months of its guilds with FINAL, whatever its buckets: a round of a few buckets cost as much
-# as a round of all (measured: 10 rounds over a tenth of 1 M rows each, 4.4 s; with them 2.7 s).
+# as a round of all (benchmarks/README.md).
 # Every rollup row written has a unique key (GROUP BY), so the insert-time merge is pure cost.
 _RECOMPUTE_SETTINGS = {
     "do_not_merge_across_partitions_select_final": 1,

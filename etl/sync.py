@@ -81,7 +81,7 @@ async def _bound(pg: asyncpg.Connection, cursor: Cursor, batch_rows: int) -> tup
     """Step 1: the exclusive staged_xid bound of the next batch, and whether it is the last."""
     table = cursor.family.staging_table
     # Two index-only probes, the first row and the (n+1)-th: counting and casting the n rows in
-    # between cost ~7 times as much (0.45 s per 1 M rows). Only the results are cast to bigint
+    # between costs several times as much. Only the results are cast to bigint
     # (xid8 compares fine but has no min/max aggregates before PostgreSQL 15).
     ahead = (
         f"SELECT staged_xid FROM {table} WHERE staged_xid >= '{int(cursor.next_xid)}'::xid8"
