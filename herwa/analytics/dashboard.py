@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from herwa.analytics.growth import growth_sql
 from herwa.analytics.heatmap import heatmap_sql
 from herwa.analytics.retention import cohort_sql
 
@@ -50,6 +51,10 @@ PANELS = {
     "Activity heatmap (weekday \u00d7 hour, server time)": for_grafana(
         f"SELECT dow AS weekday, hour, total AS messages FROM ({heatmap_sql()})"
         " ORDER BY weekday, hour"
+    ),
+    "Member growth": for_grafana(
+        "SELECT toDateTime(day, {tz:String}) AS time, joins, leaves, joins - leaves AS net"
+        f" FROM ({growth_sql()}) ORDER BY time"
     ),
     "Retention by weekly join cohort": for_grafana(
         "SELECT toString(cohort) AS cohort, joined, n AS week, active,"

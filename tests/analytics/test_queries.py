@@ -202,6 +202,14 @@ async def test_grafana_panels_show_what_the_commands_show(ro: AsyncClient, tz: s
     assert shown == expected
     assert any(any(c.voice_active) for c in expected)  # voice is compared, not only zeros
 
+    rows = (await ro.query(panel("Member growth"))).result_rows
+    days = {time.date(): (joins, leaves, net) for time, joins, leaves, net in rows}
+    points = await analytics.growth(ro, G, tz, *MARCH)
+    assert days == {
+        p.day: (p.joins, p.leaves, p.joins - p.leaves) for p in points if p.joins or p.leaves
+    }
+    assert days
+
 
 async def test_growth_series_with_snapshots(ro: AsyncClient) -> None:
     span = (Z("2024-03-03 00:00"), Z("2024-03-06 00:00"))
