@@ -10,10 +10,10 @@ and +05:45 included, no raw fallback needed): a UTC week touches at most two loc
 local weeks an author was active in that week are exactly those of its first and last live
 message (migration 0005 explains why). ``source="raw"`` reads the messages themselves.
 
-The query handles one row per member: the arrays are joined to the cohort (ClickHouse builds its
-hash table from the right side, so the cohort is put there), cut to the UTC weeks that can fall
-in the member's first ``weeks`` local weeks, and only those few times are converted to local
-weeks. Duplicates (two times of one member in one local week) are left to ``uniqExact``. Cohort
+The query handles one row per member: the cohort is joined to each member's week arrays and
+voice session times (both small per member), each cut to the times that can fall in the
+member's first ``weeks`` local weeks; only those are converted to local weeks, giving a 0/1
+vector per member that ``sumForEach`` adds up per cohort. The cohort is read once, and cohort
 sizes, message and voice matrices come back from one statement, in one round trip.
 
 Member joins and voice sessions are read without FINAL, unlike elsewhere: what is taken from
@@ -52,52 +52,49 @@ _COHORT = f"""
     HAVING min(at) >= {SINCE} AND min(at) < {UNTIL}
 """
 
-# The UTC weeks whose activity can fall in a cohort's local weeks 0 .. weeks-1: a UTC week
-# touches only the local weeks starting up to a week before or after its Monday.
-_WINDOW = "w >= c.week - 7 AND w < c.week + 7 * ({weeks:UInt16} + 1)"
-
-# (user_id, cohort, week): a cohort member's activity by local week, duplicates allowed.
+# Per member, what their activity is read from (joined on user_id).
 _MESSAGES = {
-    "rollup": f"""
-        SELECT user_id, cohort, toStartOfWeek(toTimeZone(at, {{tz:String}}), 1) AS week
-        FROM (
-            SELECT c.user_id AS user_id, c.week AS cohort,
-                   arrayConcat(arrayFilter((t, w) -> {_WINDOW}, a.first_at, a.weeks),
-                               arrayFilter((t, w) -> {_WINDOW}, a.last_at, a.weeks)) AS times
-            FROM (
-                SELECT author_id, weeks, first_at, last_at
-                FROM message_activity_weeks_by_author FINAL
-                WHERE guild_id = {{guild_id:UInt64}}
-            ) AS a
-            INNER JOIN cohort AS c ON a.author_id = c.user_id
-        ) ARRAY JOIN times AS at
+    "rollup": """
+        SELECT author_id AS user_id, weeks, first_at, last_at
+        FROM message_activity_weeks_by_author FINAL WHERE guild_id = {guild_id:UInt64}
     """,
     "raw": f"""
-        SELECT c.user_id AS user_id, c.week AS cohort,
-               toStartOfWeek(toTimeZone(m.created_at, {{tz:String}}), 1) AS week
-        FROM (
-            SELECT author_id, created_at FROM messages FINAL
-            WHERE guild_id = {{guild_id:UInt64}} AND {NOT_DELETED}
-        ) AS m
-        INNER JOIN cohort AS c ON m.author_id = c.user_id
+        SELECT author_id AS user_id, groupArray(created_at) AS times
+        FROM messages FINAL WHERE guild_id = {{guild_id:UInt64}} AND {NOT_DELETED}
+        GROUP BY user_id
     """,
 }
-
 _VOICE = """
-    SELECT c.user_id AS user_id, c.week AS cohort,
-           toStartOfWeek(toTimeZone(v.joined_at, {tz:String}), 1) AS week
-    FROM (SELECT user_id, joined_at FROM voice_sessions WHERE guild_id = {guild_id:UInt64}) AS v
-    INNER JOIN cohort AS c ON v.user_id = c.user_id
+    SELECT user_id, groupArray(joined_at) AS times
+    FROM voice_sessions WHERE guild_id = {guild_id:UInt64} GROUP BY user_id
 """
 
+# A cohort's local weeks 0 .. weeks-1 start at its local Monday 00:00, which is between Sunday
+# 10:00 and Monday 12:00 UTC: these bounds hold them with room to spare. For the rollup, the UTC
+# weeks that can touch them: a UTC week touches only the local weeks starting up to a week
+# before or after its Monday.
+_IN_WINDOW = (
+    "t >= toDateTime(m.week - 1, 'UTC') AND t < toDateTime(m.week + 7 * {weeks:UInt16} + 1, 'UTC')"
+)
+_WEEK_IN_WINDOW = "w >= m.week - 7 AND w < m.week + 7 * ({weeks:UInt16} + 1)"
+# The times (UTC) of a member's activity that can fall in their first weeks.
+_TIMES = {
+    "rollup": f"""
+        arrayConcat(arrayFilter((t, w) -> {_WEEK_IN_WINDOW}, a.first_at, a.weeks),
+                     arrayFilter((t, w) -> {_WEEK_IN_WINDOW}, a.last_at, a.weeks))
+    """,
+    "raw": f"arrayFilter(t -> {_IN_WINDOW}, a.times)",
+}
 
-def _matrix(activity: str) -> str:
+
+def _active(times: str) -> str:
+    """[n] = 1 when one of ``times`` lies in the member's local week n, else 0."""
     return f"""
-        SELECT cohort, toUInt16(intDiv(toInt32(week) - toInt32(cohort), 7)) AS n,
-               uniqExact(user_id) AS members
-        FROM ({activity})
-        WHERE week >= cohort AND week < cohort + 7 * {{weeks:UInt16}}
-        GROUP BY cohort, n
+        arrayMap(
+            k -> toUInt32(has(arrayMap(t -> toStartOfWeek(toTimeZone(t, {{tz:String}}), 1),
+                                       {times}),
+                              m.week + 7 * k)),
+            range({{weeks:UInt16}}))
     """
 
 
@@ -108,15 +105,20 @@ def cohort_sql(source: Literal["rollup", "raw"] = "rollup") -> str:
     panel runs this same statement (herwa.analytics.dashboard).
     """
     return f"""
-        WITH cohort AS ({_COHORT})
-        SELECT j.cohort AS cohort, j.joined AS joined, j.n AS n,
-               m.members AS active, v.members AS voice_active
+        SELECT cohort, joined, toUInt16(n) AS n, active[n + 1] AS active,
+               voice[n + 1] AS voice_active
         FROM (
-            SELECT cohort, joined, toUInt16(arrayJoin(range({{weeks:UInt16}}))) AS n
-            FROM (SELECT week AS cohort, count() AS joined FROM cohort GROUP BY cohort)
-        ) AS j
-        LEFT JOIN ({_matrix(_MESSAGES[source])}) AS m ON m.cohort = j.cohort AND m.n = j.n
-        LEFT JOIN ({_matrix(_VOICE)}) AS v ON v.cohort = j.cohort AND v.n = j.n
+            SELECT cohort, count() AS joined, sumForEach(message_weeks) AS active,
+                   sumForEach(voice_weeks) AS voice
+            FROM (
+                SELECT m.week AS cohort, {_active(_TIMES[source])} AS message_weeks,
+                       {_active(f"arrayFilter(t -> {_IN_WINDOW}, v.times)")} AS voice_weeks
+                FROM ({_COHORT}) AS m
+                LEFT JOIN ({_MESSAGES[source]}) AS a ON a.user_id = m.user_id
+                LEFT JOIN ({_VOICE}) AS v ON v.user_id = m.user_id
+            )
+            GROUP BY cohort
+        ) ARRAY JOIN range({{weeks:UInt16}}) AS n
         ORDER BY cohort, n
     """
 
