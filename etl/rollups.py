@@ -5,8 +5,10 @@ the ClickHouse insert and the Postgres commit) the view counts it twice, and it 
 a message deleted later. Instead, every affected (guild, UTC hour) bucket is recomputed from
 ``messages FINAL`` minus ``message_deletions`` and written again whole, with a newer version;
 keys that no longer have messages are written as zero rows so they replace the stale counts.
-The per-author daily rollup (message_activity_daily, for retention) is recomputed for the whole
-UTC day of every affected bucket.
+The per-author daily rollup (message_activity_daily) is recomputed for the whole UTC day of
+every affected bucket; the weekly one (message_activity_weekly) from it for the whole UTC week
+(Monday to Monday) of every such day, and the per-author week arrays retention reads
+(message_activity_weeks_by_author) from that for every author in those weeks.
 
 Affected buckets come from two places:
 
@@ -322,4 +324,66 @@ async def _recompute_days(ch: AsyncClient, days: list[tuple[int, int]]) -> None:
         parameters=params,
         settings=_RECOMPUTE_SETTINGS,
         external_data=external,
+    )
+    await _recompute_weeks(ch, sorted({(g, d - (d // 86400 + 3) % 7 * 86400) for g, d in days}))
+
+
+async def _recompute_weeks(ch: AsyncClient, weeks: list[tuple[int, int]]) -> None:
+    """Rewrite message_activity_weekly for these (guild_id, UTC Monday epoch seconds) from the
+    daily rollup just rewritten, then the per-author week arrays of every author in them."""
+    guilds = sorted({g for g, _ in weeks})
+    lo = min(w for _, w in weeks)
+    hi = max(w for _, w in weeks) + 7 * 86400
+    params = {"guilds": guilds, "lo": lo, "hi": hi, "version": _version()}
+    csv = "".join(f"{g},{w}\n" for g, w in weeks).encode()
+
+    def external() -> ExternalData:
+        return ExternalData(
+            file_name="weeks", data=csv, fmt="CSV", structure="guild_id UInt64, week UInt32"
+        )
+
+    # Zero rows of the daily rollup are read too: their times are the identities of min and
+    # max, and an author left with only those becomes a zero row here. No zero rows from this
+    # table are needed besides: every author it holds for a week has daily rows in that week
+    # (zero rows once their messages are gone), as it is derived from them.
+    week_rows = """
+        SELECT guild_id, toMonday(day) AS week, author_id, messages, first_at, last_at
+        FROM message_activity_daily FINAL
+        WHERE guild_id IN {guilds:Array(UInt64)}
+          AND day >= toDate(toDateTime({lo:UInt32}, 'UTC'))
+          AND day < toDate(toDateTime({hi:UInt32}, 'UTC'))
+          AND (guild_id, toUInt32(toUnixTimestamp(toDateTime(toMonday(day), 'UTC'))))
+              IN (SELECT guild_id, week FROM weeks)
+    """
+    await ch.command(
+        f"""
+        INSERT INTO message_activity_weekly
+            (guild_id, week, author_id, messages, first_at, last_at, version)
+        SELECT guild_id, week, author_id, sum(messages), min(first_at), max(last_at),
+               {{version:UInt64}}
+        FROM ({week_rows})
+        GROUP BY guild_id, week, author_id
+        """,
+        parameters=params,
+        settings=_RECOMPUTE_SETTINGS,
+        external_data=external(),
+    )
+    await ch.command(
+        f"""
+        INSERT INTO message_activity_weeks_by_author
+            (guild_id, author_id, weeks, first_at, last_at, version)
+        SELECT guild_id, author_id, arrayMap(w -> w.1, s), arrayMap(w -> w.2, s),
+               arrayMap(w -> w.3, s), {{version:UInt64}}
+        FROM (
+            SELECT guild_id, author_id,
+                   arraySort(groupArrayIf((week, first_at, last_at), messages > 0)) AS s
+            FROM message_activity_weekly FINAL
+            WHERE guild_id IN {{guilds:Array(UInt64)}}
+              AND (guild_id, author_id) IN (SELECT DISTINCT guild_id, author_id FROM ({week_rows}))
+            GROUP BY guild_id, author_id
+        )
+        """,
+        parameters=params,
+        settings=_RECOMPUTE_SETTINGS,
+        external_data=external(),
     )

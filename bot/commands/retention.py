@@ -1,4 +1,9 @@
-"""/retention — weekly join cohorts and how many were active N weeks later, as a PNG matrix."""
+"""/retention — weekly join cohorts and how many were active N weeks later, as a PNG matrix.
+
+Active means a message by default; ``activity:voice`` draws voice participation instead (a
+voice session started in that week), the specification's "join dates against voice
+participation weeks later". The text lists both, side by side.
+"""
 
 from __future__ import annotations
 
@@ -17,10 +22,16 @@ from herwa.bot.commands._runtime import Context, Runtime, Spec, Work
 
 SPEC = Spec("retention")
 MAX_WEEKS = 12
+ACTIVITIES = ("messages", "voice")
 
 
-def _rates(c: analytics.Cohort, weeks: int) -> list[float | None]:
-    return [c.active[n] / c.joined if c.joined else None for n in range(weeks)]
+def _counts(c: analytics.Cohort, activity: str) -> tuple[int, ...]:
+    return c.voice_active if activity == "voice" else c.active
+
+
+def _rates(c: analytics.Cohort, weeks: int, activity: str) -> list[float | None]:
+    counts = _counts(c, activity)
+    return [counts[n] / c.joined if c.joined else None for n in range(weeks)]
 
 
 def summary(cohorts: list[analytics.Cohort], weeks: int) -> str:
@@ -28,8 +39,9 @@ def summary(cohorts: list[analytics.Cohort], weeks: int) -> str:
         return "No members joined in this range."
     lines = []
     for c in cohorts:
-        cells = ", ".join(f"week {n}: {c.active[n]}" for n in range(weeks))
-        lines.append(f"{c.week.isoformat()}: {c.joined} joined; active {cells}")
+        active = ", ".join(f"week {n}: {c.active[n]}" for n in range(weeks))
+        voice = ", ".join(f"week {n}: {c.voice_active[n]}" for n in range(weeks))
+        lines.append(f"{c.week.isoformat()}: {c.joined} joined; active {active}; in voice {voice}")
     return "\n".join(lines)
 
 
@@ -39,6 +51,10 @@ def build(rt: Runtime) -> app_commands.Command[Any, Any, None]:
         days="join window: members who first joined in these days form the cohorts",
         end=END_HELP,
         weeks=f"weeks to follow each cohort (1 to {MAX_WEEKS})",
+        activity="what counts as active in the chart: sending messages or joining voice",
+    )
+    @app_commands.choices(
+        activity=[app_commands.Choice(name=a, value=a) for a in ACTIVITIES],
     )
     @app_commands.guild_only()
     async def retention(
@@ -46,11 +62,14 @@ def build(rt: Runtime) -> app_commands.Command[Any, Any, None]:
         days: Days = 56,
         end: str | None = None,
         weeks: app_commands.Range[int, 1, MAX_WEEKS] = 8,
+        activity: str = "messages",
     ) -> None:
         async def prepare(ctx: Context) -> tuple[dict[str, Any], Work]:
             span = await resolve_range(ctx, days, end)
             if not isinstance(weeks, int) or not 1 <= weeks <= MAX_WEEKS:
                 raise OptionError(f"`weeks` must be between 1 and {MAX_WEEKS}.")
+            if activity not in ACTIVITIES:
+                raise OptionError("`activity` must be `messages` or `voice`.")
 
             async def work() -> Reply:
                 cohorts = await analytics.retention(
@@ -66,14 +85,15 @@ def build(rt: Runtime) -> app_commands.Command[Any, Any, None]:
                     retention_png,
                     [c.week.isoformat() for c in cohorts],
                     [c.joined for c in cohorts],
-                    [_rates(c, weeks) for c in cohorts],
-                    f"Retention by join week, {span.label()}",
+                    [_rates(c, weeks, activity) for c in cohorts],
+                    f"Retention by join week ({activity}), {span.label()}",
                 )
                 e = embed("Retention cohorts", f"{span.label()}\n{text}"[:4000])
                 e.set_image(url="attachment://retention.png")
                 return Reply(embeds=(e,), files=(Attachment("retention.png", png, text[:1000]),))
 
-            return {"first": span.first, "last": span.last, "tz": span.tz, "w": weeks}, work
+            key = {"first": span.first, "last": span.last, "tz": span.tz, "w": weeks, "a": activity}
+            return key, work
 
         await rt.run(interaction, SPEC, prepare)
 

@@ -26,12 +26,19 @@ class GrowthPoint:
 
 _EVENTS = f"""
     SELECT toDate(toTimeZone(at, {{tz:String}})) AS day,
-           countIf(event = 'join'), countIf(event = 'leave')
+           countIf(event = 'join') AS joins, countIf(event = 'leave') AS leaves
     FROM member_events FINAL
     WHERE guild_id = {{guild_id:UInt64}} AND at >= {SINCE} AND at < {UNTIL}
       AND (NOT is_bot OR {{bots:Bool}})
     GROUP BY day
 """
+
+
+def growth_sql() -> str:
+    """(local day, joins, leaves) for the days with any; the Grafana growth panel runs this
+    same statement (herwa.analytics.dashboard). Parameters: guild_id, tz, since, until, bots."""
+    return _EVENTS
+
 
 # Snapshot days are UTC calendar days as the bot records them.
 _SNAPSHOTS = f"""
@@ -54,7 +61,7 @@ async def growth(
 ) -> list[GrowthPoint]:
     """One point per local day from ``since`` to ``until`` (exclusive), gaps filled with 0."""
     p = params(guild_id, since, until, tz=check_tz(tz), bots=include_bots)
-    events = {day: (int(j), int(lv)) for day, j, lv in await rows(client, _EVENTS, p)}
+    events = {day: (int(j), int(lv)) for day, j, lv in await rows(client, growth_sql(), p)}
     snapshots = {day: int(n) for day, n in await rows(client, _SNAPSHOTS, p)}
     zone = ZoneInfo(tz)
     day = since.astimezone(zone).date()

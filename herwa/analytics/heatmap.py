@@ -28,7 +28,7 @@ class Heatmap:
 
 _ROLLUP = f"""
     SELECT toDayOfWeek(toTimeZone(bucket, {{tz:String}})) AS dow,
-           toHour(toTimeZone(bucket, {{tz:String}})) AS hour, sum(messages)
+           toHour(toTimeZone(bucket, {{tz:String}})) AS hour, sum(messages) AS total
     FROM message_activity_15m FINAL
     WHERE guild_id = {{guild_id:UInt64}} AND bucket >= {SINCE} AND bucket < {UNTIL}
       AND (NOT is_bot OR {{bots:Bool}})
@@ -45,6 +45,13 @@ _RAW = f"""
 """
 
 
+def heatmap_sql() -> str:
+    """(dow 1 = Monday, local hour, messages) from the rollup; the Grafana heatmap panel runs
+    this same statement (herwa.analytics.dashboard). Parameters: guild_id, tz, since, until,
+    bots."""
+    return _ROLLUP
+
+
 async def heatmap(
     client: AsyncClient,
     guild_id: int,
@@ -57,7 +64,7 @@ async def heatmap(
 ) -> Heatmap:
     """Exact in every zone from the 15-minute rollup; bounds act at 15-minute granularity."""
     grid = [[0] * 24 for _ in range(7)]
-    sql = _ROLLUP if source == "rollup" else _RAW
+    sql = heatmap_sql() if source == "rollup" else _RAW
     for dow, hour, count in await rows(
         client, sql, params(guild_id, since, until, tz=check_tz(tz), bots=include_bots)
     ):

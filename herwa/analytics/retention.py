@@ -4,11 +4,22 @@ A cohort member is "active" in week N when they sent at least one (not deleted) 
 N-th local week after their join week, "voice-active" when a voice session of theirs started in
 it. Weeks start on Monday in the guild's time zone.
 
-Message activity comes from the per-(guild, author, UTC day) rollup, exact in every time zone
-(+05:30 and +05:45 included, no raw fallback needed): a UTC day spans 24 hours and local weeks
-are at least 167 hours apart, so a day touches at most one local week boundary and the local
-weeks an author was active in that day are exactly those of the day's first and last live
-message (``first_at``/``last_at``, kept per row). ``source="raw"`` reads the messages themselves.
+Message activity comes from the per-author week arrays (message_activity_weeks_by_author:
+per UTC week with a live message, its first and last one), exact in every time zone (+05:30
+and +05:45 included, no raw fallback needed): a UTC week touches at most two local weeks, so the
+local weeks an author was active in that week are exactly those of its first and last live
+message (migration 0005 explains why). ``source="raw"`` reads the messages themselves.
+
+The query handles one row per member: the cohort is joined to each member's week arrays and
+voice session times (both small per member), each cut to the times that can fall in the
+member's first ``weeks`` local weeks; only those are converted to local weeks, giving a 0/1
+vector per member that ``sumForEach`` adds up per cohort. The cohort is read once, and cohort
+sizes, message and voice matrices come back from one statement, in one round trip.
+
+Member joins and voice sessions are read without FINAL, unlike elsewhere: what is taken from
+them (a member's earliest join, the distinct members per cohort and week) is the same with a
+row loaded twice, as every version of such a row has the same member, time and bot flag, and
+deletions are masked either way. FINAL there cost more than the rest of the query.
 """
 
 # ruff: noqa: S608 - only constant SQL fragments are composed; every value is a bound parameter.
@@ -35,39 +46,80 @@ class Cohort:
 
 _COHORT = f"""
     SELECT user_id, toStartOfWeek(toTimeZone(min(at), {{tz:String}}), 1) AS week
-    FROM member_events FINAL
+    FROM member_events
     WHERE guild_id = {{guild_id:UInt64}} AND event = 'join' AND (NOT is_bot OR {{bots:Bool}})
     GROUP BY user_id
     HAVING min(at) >= {SINCE} AND min(at) < {UNTIL}
 """
 
-_ACTIVITY = {
+# Per member, what their activity is read from (joined on user_id).
+_MESSAGES = {
     "rollup": """
-        SELECT DISTINCT author_id AS user_id,
-               toStartOfWeek(toTimeZone(at, {tz:String}), 1) AS week
-        FROM message_activity_daily FINAL ARRAY JOIN [first_at, last_at] AS at
-        WHERE guild_id = {guild_id:UInt64} AND messages > 0
+        SELECT author_id AS user_id, weeks, first_at, last_at
+        FROM message_activity_weeks_by_author FINAL WHERE guild_id = {guild_id:UInt64}
     """,
     "raw": f"""
-        SELECT DISTINCT author_id AS user_id,
-               toStartOfWeek(toTimeZone(created_at, {{tz:String}}), 1) AS week
+        SELECT author_id AS user_id, groupArray(created_at) AS times
         FROM messages FINAL WHERE guild_id = {{guild_id:UInt64}} AND {NOT_DELETED}
+        GROUP BY user_id
     """,
 }
-
 _VOICE = """
-    SELECT DISTINCT user_id, toStartOfWeek(toTimeZone(joined_at, {tz:String}), 1) AS week
-    FROM voice_sessions FINAL WHERE guild_id = {guild_id:UInt64}
+    SELECT user_id, groupArray(joined_at) AS times
+    FROM voice_sessions WHERE guild_id = {guild_id:UInt64} GROUP BY user_id
 """
 
+# A cohort's local weeks 0 .. weeks-1 start at its local Monday 00:00, which is between Sunday
+# 10:00 and Monday 12:00 UTC: these bounds hold them with room to spare. For the rollup, the UTC
+# weeks that can touch them: a UTC week touches only the local weeks starting up to a week
+# before or after its Monday.
+_IN_WINDOW = (
+    "t >= toDateTime(m.week - 1, 'UTC') AND t < toDateTime(m.week + 7 * {weeks:UInt16} + 1, 'UTC')"
+)
+_WEEK_IN_WINDOW = "w >= m.week - 7 AND w < m.week + 7 * ({weeks:UInt16} + 1)"
+# The times (UTC) of a member's activity that can fall in their first weeks.
+_TIMES = {
+    "rollup": f"""
+        arrayConcat(arrayFilter((t, w) -> {_WEEK_IN_WINDOW}, a.first_at, a.weeks),
+                     arrayFilter((t, w) -> {_WEEK_IN_WINDOW}, a.last_at, a.weeks))
+    """,
+    "raw": f"arrayFilter(t -> {_IN_WINDOW}, a.times)",
+}
 
-def _matrix_sql(activity: str) -> str:
+
+def _active(times: str) -> str:
+    """[n] = 1 when one of ``times`` lies in the member's local week n, else 0."""
     return f"""
-        WITH cohort AS ({_COHORT}), activity AS ({activity})
-        SELECT c.week, intDiv(toInt32(a.week) - toInt32(c.week), 7) AS n, uniqExact(c.user_id)
-        FROM cohort AS c INNER JOIN activity AS a ON a.user_id = c.user_id
-        WHERE a.week >= c.week AND n < {{weeks:UInt16}}
-        GROUP BY c.week, n
+        arrayMap(
+            k -> toUInt32(has(arrayMap(t -> toStartOfWeek(toTimeZone(t, {{tz:String}}), 1),
+                                       {times}),
+                              m.week + 7 * k)),
+            range({{weeks:UInt16}}))
+    """
+
+
+def cohort_sql(source: Literal["rollup", "raw"] = "rollup") -> str:
+    """One row per cohort and week N: (cohort, joined, n, active, voice_active).
+
+    Parameters: guild_id, tz, since, until (epoch seconds), weeks, bots. The Grafana retention
+    panel runs this same statement (herwa.analytics.dashboard).
+    """
+    return f"""
+        SELECT cohort, joined, toUInt16(n) AS n, active[n + 1] AS active,
+               voice[n + 1] AS voice_active
+        FROM (
+            SELECT cohort, count() AS joined, sumForEach(message_weeks) AS active,
+                   sumForEach(voice_weeks) AS voice
+            FROM (
+                SELECT m.week AS cohort, {_active(_TIMES[source])} AS message_weeks,
+                       {_active(f"arrayFilter(t -> {_IN_WINDOW}, v.times)")} AS voice_weeks
+                FROM ({_COHORT}) AS m
+                LEFT JOIN ({_MESSAGES[source]}) AS a ON a.user_id = m.user_id
+                LEFT JOIN ({_VOICE}) AS v ON v.user_id = m.user_id
+            )
+            GROUP BY cohort
+        ) ARRAY JOIN range({{weeks:UInt16}}) AS n
+        ORDER BY cohort, n
     """
 
 
@@ -84,15 +136,13 @@ async def retention(
 ) -> list[Cohort]:
     """Cohorts of members whose first join lies in [since, until), oldest first."""
     p = params(guild_id, since, until, tz=check_tz(tz), bots=include_bots, weeks=weeks)
-    joined = {
-        week: int(n)
-        for week, n in await rows(client, f"SELECT week, count() FROM ({_COHORT}) GROUP BY week", p)
-    }
-    active = {w: [0] * weeks for w in joined}
-    voice = {w: [0] * weeks for w in joined}
-    for target, sql in ((active, _matrix_sql(_ACTIVITY[source])), (voice, _matrix_sql(_VOICE))):
-        for week, n, members in await rows(client, sql, p):
-            target[week][int(n)] = int(members)
+    joined: dict[date, int] = {}
+    active: dict[date, list[int]] = {}
+    voice: dict[date, list[int]] = {}
+    for week, size, n, members, voice_members in await rows(client, cohort_sql(source), p):
+        joined[week] = int(size)
+        active.setdefault(week, [0] * weeks)[int(n)] = int(members)
+        voice.setdefault(week, [0] * weeks)[int(n)] = int(voice_members)
     return [
         Cohort(week, joined[week], tuple(active[week]), tuple(voice[week]))
         for week in sorted(joined)

@@ -15,11 +15,12 @@ import asyncpg
 import pytest
 
 from herwa import analytics
-from herwa.analytics import Cohort, Entry, GrowthPoint
+from herwa.analytics import Cohort, Entry, GrowthPoint, dashboard
 from herwa.bot.snapshots import UPSERT as SNAPSHOT_UPSERT
 from herwa.devstack import Endpoints
 from herwa.etl.runner import RunOptions, run_once
 from herwa.stores import clickhouse_url_client
+from tests.chart.test_dashboards import expand
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.asyncclient import AsyncClient
@@ -169,6 +170,45 @@ async def test_retention_matrix_utc_and_kolkata(ro: AsyncClient) -> None:
             Cohort(date(2024, 3, 4), 3, (3, 1, 0, 0), (1, 1, 0, 0)),
             Cohort(date(2024, 3, 11), 1, (0, 1, 0, 0), (0, 0, 0, 0)),
         ], source
+
+
+@pytest.mark.parametrize("tz", sorted(HEATMAPS))
+async def test_grafana_panels_show_what_the_commands_show(ro: AsyncClient, tz: str) -> None:
+    # The panels' SQL as Grafana runs it: variables and time range expanded by the plugin.
+    def panel(title: str) -> str:
+        return expand(dashboard.PANELS[title], {"guild": str(G), "tz": tz}, *MARCH)
+
+    rows = (
+        await ro.query(panel("Activity heatmap (weekday \u00d7 hour, server time)"))
+    ).result_rows
+    grid = [[0] * 24 for _ in range(7)]
+    for weekday, hour, messages in rows:
+        grid[weekday - 1][hour] = messages
+    hm = await analytics.heatmap(ro, G, tz, *MARCH)
+    assert tuple(tuple(day) for day in grid) == hm.cells
+    assert _cells(hm) == HEATMAPS[tz]
+
+    rows = (await ro.query(panel("Retention by weekly join cohort"))).result_rows
+    weeks = dashboard.RETENTION_WEEKS
+    cohorts: dict[str, tuple[int, list[int], list[int]]] = {}
+    for cohort, joined, n, active, _, voice, _ in rows:
+        entry = cohorts.setdefault(cohort, (joined, [0] * weeks, [0] * weeks))
+        entry[1][n], entry[2][n] = active, voice
+    shown = [
+        Cohort(date.fromisoformat(c), joined, tuple(active), tuple(voice))
+        for c, (joined, active, voice) in sorted(cohorts.items())
+    ]
+    expected = await analytics.retention(ro, G, tz, *MARCH, weeks=weeks)
+    assert shown == expected
+    assert any(any(c.voice_active) for c in expected)  # voice is compared, not only zeros
+
+    rows = (await ro.query(panel("Member growth"))).result_rows
+    days = {time.date(): (joins, leaves, net) for time, joins, leaves, net in rows}
+    points = await analytics.growth(ro, G, tz, *MARCH)
+    assert days == {
+        p.day: (p.joins, p.leaves, p.joins - p.leaves) for p in points if p.joins or p.leaves
+    }
+    assert days
 
 
 async def test_growth_series_with_snapshots(ro: AsyncClient) -> None:

@@ -123,3 +123,25 @@ async def test_other_analytics_commands_exact(harness: Harness) -> None:
         ["2024-03-06", "0", "0", "0", "0", "1", ""],
     ]
     assert len(rows) == 8
+
+
+async def test_retention_offers_voice_participation_beside_messages(harness: Harness) -> None:
+    h = harness
+    await build_dataset(h)
+    await h.grant("enterprise")
+    # Cohort of 2024-03-04: U2, U3, U4. U2 and U3 wrote that week, only U2 was in voice (U1,
+    # also in voice, did not join in the range).
+    expected = "2024-03-04: 3 joined; active week 0: 2, week 1: 0; in voice week 0: 1, week 1: 0"
+    messages = await h.invoke("retention", [*WEEK, opt("weeks", 2)], include_bytes=True)
+    voice = await h.invoke(
+        "retention", [*WEEK, opt("weeks", 2), opt("activity", "voice")], include_bytes=True
+    )
+    for result in (messages, voice):
+        assert expected in text_of(result)
+        assert png_size(attachment(result, "retention.png")) == RETENTION_SIZE
+    # The chart is the chosen activity's: 2 of 3 (67 %) against 1 of 3 (33 %).
+    assert attachment(messages, "retention.png") != attachment(voice, "retention.png")
+
+    result = await h.invoke("retention", [*WEEK, opt("activity", "typing")])
+    assert is_ephemeral(result)
+    assert "`activity` must be `messages` or `voice`." in text_of(result)
