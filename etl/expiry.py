@@ -78,6 +78,12 @@ POSTGRES_BOUNDED: Mapping[str, str] = {
     "bot_backfill_pending": "one row per backfill under way",
 }
 STAGING_COLUMN = "ch_ingested_at"
+# ClickHouse tables whose rows hold their ages as an ascending Array(Date) (one row per member,
+# not per day), with the arrays parallel to it: expired by writing each row again without its
+# elements before the cutoff, under a newer version. The date array, then the parallel ones.
+CLICKHOUSE_DATE_ARRAYS: Mapping[str, tuple[str, ...]] = {
+    "message_activity_weeks_by_author": ("weeks", "first_at", "last_at"),
+}
 _PARTITION_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _TIME_TYPE = re.compile(r"^(Date|Date32|DateTime|DateTime64)(\(.*\))?$")
 
@@ -230,6 +236,8 @@ def plan_for(tables: privacy.Tables, catalogue: Catalogue) -> tuple[list[Target]
     """The ClickHouse tables to expire, and why any table holding server data cannot be."""
     targets, problems = [], []
     for table in privacy.plan_for("clickhouse", tables).guild_tables:
+        if table in CLICKHOUSE_DATE_ARRAYS:
+            continue  # expired element by element (_expire_arrays)
         target = target_for(table, catalogue.get(table, ()))
         if target is None:
             problems.append(
@@ -353,9 +361,8 @@ async def expire_due(
         if last["fingerprint"] == fingerprint:
             return outcome
     outcome.due = True
-    targets, problems = plan_for(
-        await privacy.clickhouse_tables(ch), await clickhouse_catalogue(ch)
-    )
+    catalogue = await clickhouse_catalogue(ch)
+    targets, problems = plan_for(await privacy.clickhouse_tables(ch), catalogue)
     # Reported, not retried run after run: only a schema change can fix it (audit() fails the
     # tests for it first).
     metrics.unexpirable.set(len(problems))
@@ -375,6 +382,22 @@ async def expire_due(
             raise
         except Exception as exc:
             error = f"clickhouse.{target.table}: {type(exc).__name__}: {exc}"[:1000]
+            log.warning("history expiry failed; retried by the next run: %s", error)
+            outcome.failed.append(error)
+            complete = False
+    for table, arrays in CLICKHOUSE_DATE_ARRAYS.items():
+        if table not in catalogue:
+            continue
+        if time.monotonic() >= until and (outcome.rows or outcome.partitions):
+            complete = False  # the same budget rule as for the tables above
+            break
+        try:
+            columns = [c[0] for c in catalogue[table]]
+            await _expire_arrays(ch, table, columns, arrays, current, today, outcome)
+        except (asyncpg.InterfaceError, asyncpg.exceptions.ConnectionDoesNotExistError):
+            raise
+        except Exception as exc:
+            error = f"clickhouse.{table}: {type(exc).__name__}: {exc}"[:1000]
             log.warning("history expiry failed; retried by the next run: %s", error)
             outcome.failed.append(error)
             complete = False
@@ -451,6 +474,57 @@ async def _expire_table(
         outcome.rows[name] = outcome.rows.get(name, 0) + int(rows)
         outcome.guilds.update(g for g, _ in chunk)
     return True
+
+
+async def _expire_arrays(
+    ch: AsyncClient,
+    table: str,
+    columns: list[str],
+    arrays: tuple[str, ...],
+    current: Windows,
+    today: date,
+    outcome: Outcome,
+) -> None:
+    """Write again, under version + 1, each row holding dates before its server's cutoff,
+    without those elements (a row left with none stays, empty: deleting it would let FINAL
+    bring back the older version)."""
+    cutoffs = {g: cutoff(d, today) for g, d in current.guilds.items()}
+    default = cutoff(current.default, today)
+    known = [c for c in (*cutoffs.values(), default) if c is not None]
+    if not known:
+        return
+    dates = arrays[0]
+    result = await ch.query(
+        f"SELECT DISTINCT guild_id FROM `{table}` FINAL"
+        f" WHERE notEmpty(`{dates}`) AND `{dates}`[1] < {{newest:Date}}",
+        parameters={"newest": max(known)},
+    )
+    due = [(int(g), c) for (g,) in result.result_rows if (c := cutoffs.get(g, default)) is not None]
+    cut = "transform(guild_id, {ids:Array(UInt64)}, {cuts:Array(Date)}, toDate(0))"
+    keep = f"arrayMap(d -> d >= {cut}, `{dates}`)"
+    select = ", ".join(
+        f"arrayFilter((x, k) -> k, `{c}`, {keep})"
+        if c in arrays
+        else ("version + 1" if c == "version" else f"`{c}`")
+        for c in columns
+    )
+    listed = ", ".join(f"`{c}`" for c in columns)
+    name = f"clickhouse.{table}"
+    for at in range(0, len(due), GUILD_CHUNK):
+        chunk = due[at : at + GUILD_CHUNK]
+        params = {"ids": [g for g, _ in chunk], "cuts": [c for _, c in chunk]}
+        where = (
+            f"guild_id IN {{ids:Array(UInt64)}} AND notEmpty(`{dates}`) AND `{dates}`[1] < {cut}"
+        )
+        rows = (
+            await ch.query(f"SELECT count() FROM `{table}` FINAL WHERE {where}", parameters=params)
+        ).result_rows[0][0]
+        await ch.command(
+            f"INSERT INTO `{table}` ({listed}) SELECT {select} FROM `{table}` FINAL WHERE {where}",
+            parameters=params,
+        )
+        outcome.rows[name] = outcome.rows.get(name, 0) + int(rows)
+        outcome.guilds.update(g for g, _ in chunk)
 
 
 async def _drop_partitions(

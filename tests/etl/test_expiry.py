@@ -178,6 +178,27 @@ async def _rows_by_age(
             below = upper
         if counts:
             out[target.table] = counts
+    for table, (dates, *_) in expiry.CLICKHOUSE_DATE_ARRAYS.items():
+        # One row per member with an array of days: each element is counted like a row.
+        counts = {}
+        below = None
+        for age in sorted(AGES, reverse=True):
+            upper = today - timedelta(days=age - 1)
+            where = "guild_id = {g:UInt64} AND d < {u:Date}"
+            if below is not None:
+                where += " AND d >= {b:Date}"
+            n = await ch_value(
+                endpoints,
+                f"SELECT count() FROM `{table}` FINAL ARRAY JOIN `{dates}` AS d WHERE {where}",
+                g=guild,
+                u=upper,
+                b=below or upper,
+            )
+            if n:
+                counts[age] = int(n)
+            below = upper
+        if counts:
+            out[table] = counts
     dead = await pg.fetch("SELECT captured_at FROM dead_letter_rows WHERE guild_id = $1", guild)
     ages = [a for a in AGES for r in dead if (now - r["captured_at"]).days == a]
     if ages:
