@@ -35,6 +35,8 @@ class RunStats:
     deletion_subjects: int = 0  # servers and members whose data was deleted (requests deduped)
     deletions_failed: int = 0  # subjects whose deletion failed (retried by a later run)
     deletions_deferred: int = 0  # subjects left for a later run: the run's share was spent
+    # ClickHouse table → rows deleted this run because they passed their server's history window
+    rows_expired: dict[str, int] = field(default_factory=dict)
 
 
 class EtlMetrics:

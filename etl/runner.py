@@ -308,7 +308,12 @@ async def _locked_run(
                 options.deletion_share * options.deadline_seconds, deadline - time.monotonic()
             )
             with _tracer.start_as_current_span("etl.history_expiry"):
-                await expiry.expire_due(pg, ch, budget, prom.registry)
+                expired = await expiry.expire_due(pg, ch, budget, prom.registry)
+            stats.rows_expired = {
+                table.removeprefix("clickhouse."): n
+                for table, n in expired.rows.items()
+                if table.startswith("clickhouse.")
+            }
         for family in FAMILIES:
             stats.lag_seconds[family.name] = await metrics.ingestion_lag(pg, family)
     except Exception as exc:

@@ -228,7 +228,9 @@ _HEATMAP = re.compile(
     r"Busiest day: \w+ with ([\d,]+)\.",
     re.MULTILINE,
 )
-_COHORT = re.compile(r"^(\d{4}-\d{2}-\d{2}): (\d+) joined; active (.*)$", re.MULTILINE)
+_COHORT = re.compile(
+    r"^(\d{4}-\d{2}-\d{2}): (\d+) joined; active (.*?)(?:; in voice (.*))?$", re.MULTILINE
+)
 _GROWTH = re.compile(r"^([\d,]+) joins, ([\d,]+) leaves, net ([+-]?[\d,]+)\.", re.MULTILINE)
 _MEMBERS = re.compile(r"Members: ([\d,]+) on (\S+), ([\d,]+) on (\S+)\.")
 _VOICE_TIME = re.compile(r"^(?:(\d+) h )?(\d+) min$")

@@ -50,7 +50,7 @@ class Demo(DemoRun):
         sim.start_activity(min(self.opts.rate, 20.0))
         while True:
             await asyncio.sleep(15)
-            moved = await _verify.run_etl(self)
+            moved, _ = await _verify.run_etl(self)
             self.console.live(
                 f"{datetime.now():%H:%M:%S} ETL loaded {sum(moved.values()):,} new rows"
             )
