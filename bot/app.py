@@ -42,6 +42,7 @@ from herwa.bot.capture import rejected
 from herwa.bot.commands import CommandDeps
 from herwa.bot.commands.settings import CONFIG_CHANNEL
 from herwa.bot.directory import Directory, GuildConfig
+from herwa.bot.generations import Generations
 from herwa.bot.shard import Mark, MemberCountOp, ShardRunner
 from herwa.bot.sharding import Coordinator, assigned_shards
 from herwa.bot.snapshots import Snapshotter
@@ -128,6 +129,7 @@ class BotApp:
             max_concurrency=max_concurrency,
         )
         self.backfiller = Backfiller(self)
+        self.fleet = Generations(self)  # which shard count records (resharding)
         self.snapshots = Snapshotter(self)
         self.runners: dict[int, ShardRunner] = {}
         self.desired: set[int] = set()
@@ -158,6 +160,7 @@ class BotApp:
             self._expire_voice(),
             self._write_meta(),
             self.snapshots.run(),
+            self.fleet.run(),
         ):
             self._tasks.append(loop.create_task(coro))
 
@@ -213,7 +216,9 @@ class BotApp:
         ttl = self.settings.member_ttl_seconds
         self.members = await self.coordinator.heartbeat()
         metrics.MEMBERS_LIVE.set(len(self.members))
-        self.desired = assigned_shards(self.members, self.pod, self.shard_count)
+        self.desired = self.fleet.desired(
+            assigned_shards(self.members, self.pod, self.shard_count)
+        )
         # Renew first: a lease we lost means the shard must close now.
         for shard_id, runner in list(self.runners.items()):
             sent = time.monotonic()  # Redis counts the new TTL from no earlier than this
@@ -299,6 +304,7 @@ class BotApp:
         await self.backfiller.cancel_shard(shard_id)
         try:
             await runner.stop(timeout)
+            await self.fleet.shard_stopped(runner)
         finally:
             self.runners.pop(shard_id, None)
             self._lease_renewed.pop(shard_id, None)
@@ -633,6 +639,7 @@ class BotApp:
                 "shards_connected": sorted(connected),
                 "buffer_depth": self.buffer.depth,
                 "flushing": flushing,
+                "fleet": self.fleet.describe(),
             },
         )
 

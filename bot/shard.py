@@ -28,6 +28,7 @@ from herwa.bot.capture import (
 )
 from herwa.bot.client import CaptureClient, Parser
 from herwa.bot.commands import install
+from herwa.bot.generations import received, received_dt
 from herwa.bot.voice import VoiceOp
 from herwa.telemetry import tracer
 
@@ -215,7 +216,7 @@ class ShardRunner:
             d = voice_state_payload(raw)
             if d is None:
                 return
-            rows, ops = voice.update(d, time.time(), sid)
+            rows, ops = voice.update(d, received(), sid)
             if rows:
                 add_many("voice_sessions", rows)
             for op in ops:
@@ -231,7 +232,7 @@ class ShardRunner:
             self._member_count(gid)
 
         def member_remove(d: Json) -> None:
-            row = member_leave_row(d, datetime.now(UTC))
+            row = member_leave_row(d, received_dt())
             if row is None:
                 return
             add("member_events", row)
@@ -264,7 +265,7 @@ class ShardRunner:
             if gid in app.tombstones:  # a deleted server: its channels, none of its data
                 app.guild_available(self, d)
                 return
-            now = time.time()
+            now = received()
             bots = {m["user"]["id"] for m in d["members"] if m["user"]["bot"]}
             rows, ops = voice.reconcile(gid, d["voice_states"], bots, now, self.last_alive, sid)
             add_many("voice_sessions", rows)
@@ -278,7 +279,7 @@ class ShardRunner:
             if d.get("unavailable"):
                 return  # an outage, not a leave
             gid = snowflake(d.get("id"), "id")
-            now = time.time()
+            now = received()
             rows, ops = voice.close_guild(gid, now, "guild_left", sid)
             add_many("voice_sessions", rows)
             for op in ops:
@@ -286,7 +287,7 @@ class ShardRunner:
             if gid not in app.tombstones:
                 add(
                     "guild_events",
-                    (gid, "leave", datetime.now(UTC), directory.member_counts.get(gid)),
+                    (gid, "leave", received_dt(), directory.member_counts.get(gid)),
                 )
             directory.forget_guild(gid)
             self.guilds.discard(gid)
@@ -349,7 +350,8 @@ class ShardRunner:
             # records usage with the command's outcome.
             "INTERACTION_CREATE": counted("INTERACTION_CREATE", ignore),
         }
-        return replace, wrap
+        # Resharding: one fleet generation records at a time (bot/generations.py).
+        return app.fleet.gate(self, replace, wrap)
 
     def _member_count(self, guild_id: int) -> None:
         count = self.app.directory.member_counts.get(guild_id)

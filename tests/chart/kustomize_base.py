@@ -10,7 +10,9 @@ do changed for a plain `kubectl apply -k`:
 * the migration hook is a plain Job named after its image ("herwa-migrate-<tag>"): a Job's pod
   template is immutable, so the next version's Job must be a new object, not an update; a
   finished Job is removed after a day (ttlSecondsAfterFinished);
-* the `helm test` pod is left out;
+* the `helm test` pod is left out, and so is the hook that records `bot.shardCount` as the
+  fleet's target shard count: without Helm, run `herwa reshard --shard-count N` before
+  applying a changed shard count (README "Changing the shard count");
 * the operator runs without a peering object (standalone, one replica): the peering object is
   a custom resource whose CRD the same first `kubectl apply` would only be creating, which
   kubectl refuses ("ensure CRDs are installed first").
@@ -69,6 +71,8 @@ def _for_kubectl(doc: dict[str, Any]) -> dict[str, Any] | None:
     """What only Helm can do, changed for a plain `kubectl apply` (see the module docstring)."""
     annotations = doc["metadata"].get("annotations", {})
     if annotations.get("helm.sh/hook") == "test" or doc["kind"] in PEERING_KINDS:
+        return None
+    if doc["kind"] == "Job" and doc["metadata"]["name"].endswith("-reshard"):
         return None
     if doc["kind"] == "Job" and "helm.sh/hook" in annotations:
         image = doc["spec"]["template"]["spec"]["containers"][0]["image"]
