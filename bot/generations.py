@@ -556,7 +556,7 @@ class Generations:
         guild, the last order-sensitive events it recorded. A guild it recorded none of keeps
         the anchor its previous owner stored."""
         gate = self.gates.get(runner.shard_id)
-        if gate is None or gate.runner is not runner or gate.standby and not gate.activated:
+        if gate is None or gate.runner is not runner or (gate.standby and not gate.activated):
             return
         rows = [
             (self.count, gid, list(tail), datetime.fromtimestamp(gate.last_at[gid], UTC))

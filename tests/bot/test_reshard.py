@@ -53,10 +53,11 @@ class Generation:
         self.shards = shards
         env = {
             "HERWA_DISCORD_SHARD_COUNT": str(shards),
-            # Four bot processes and the traffic share the machine: a lease long enough that
-            # a busy pod's renewal is not late (the cut-over does not depend on it).
-            "HERWA_BOT_MEMBER_HEARTBEAT_SECONDS": "0.5",
-            "HERWA_BOT_MEMBER_TTL_SECONDS": "6.0",
+            # The production lease: with two fleets and the traffic on one machine, a pod
+            # opening several shards in a row must not outlive the test's short lease (no pod
+            # here dies without handing its shards over, so nothing waits for a lease to lapse).
+            "HERWA_BOT_MEMBER_HEARTBEAT_SECONDS": "1.0",
+            "HERWA_BOT_MEMBER_TTL_SECONDS": "15.0",
         }
         self.fleet = Fleet(sim, endpoints, log_dir, env)
 
@@ -142,7 +143,7 @@ async def fleet_row(dsn: str) -> dict[str, Any]:
 
 
 async def reshard_under_traffic(
-    sim: Simulator, endpoints: Endpoints, tmp_path: Path, old_count: int, new_count: int
+    sim: Simulator, endpoints: Endpoints, tmp_path: Path, old_count: int, new_count: int, pods: int
 ) -> None:
     dsn = endpoints.postgres_dsn
     old = Generation(sim, endpoints, tmp_path / f"s{old_count}", old_count)
@@ -154,7 +155,7 @@ async def reshard_under_traffic(
     watch = Watch(old, new)
     watcher: asyncio.Task[None] | None = None
     try:
-        await old.start(2)
+        await old.start(pods)
         await wait_for(old.recording_all, 60, f"{old_count} shards recording")
         starts_before = sim.gateway.session_starts_used
         sim.start_activity(RATE)
@@ -163,7 +164,7 @@ async def reshard_under_traffic(
             assert "standby" in reshard_cli(endpoints, new_count)
             watcher = asyncio.create_task(watch.run())
             started = time.monotonic()
-            await new.start(2)
+            await new.start(pods)
             await wait_for(new.recording_all, 90, f"{new_count} shards recording")
             took = time.monotonic() - started
             assert await fleet_row(dsn) == {
@@ -216,10 +217,10 @@ async def reshard_under_traffic(
 async def test_reshard_4_to_8_under_traffic(
     reshard_sim: Simulator, migrated: Endpoints, tmp_path: Path
 ) -> None:
-    await reshard_under_traffic(reshard_sim, migrated, tmp_path, 4, 8)
+    await reshard_under_traffic(reshard_sim, migrated, tmp_path, 4, 8, pods=2)
 
 
 async def test_reshard_8_to_6_under_traffic(
     reshard_sim: Simulator, migrated: Endpoints, tmp_path: Path
 ) -> None:
-    await reshard_under_traffic(reshard_sim, migrated, tmp_path, 8, 6)
+    await reshard_under_traffic(reshard_sim, migrated, tmp_path, 8, 6, pods=1)
