@@ -216,9 +216,7 @@ class BotApp:
         ttl = self.settings.member_ttl_seconds
         self.members = await self.coordinator.heartbeat()
         metrics.MEMBERS_LIVE.set(len(self.members))
-        self.desired = self.fleet.desired(
-            assigned_shards(self.members, self.pod, self.shard_count)
-        )
+        self.desired = self.fleet.desired(assigned_shards(self.members, self.pod, self.shard_count))
         # Renew first: a lease we lost means the shard must close now.
         for shard_id, runner in list(self.runners.items()):
             sent = time.monotonic()  # Redis counts the new TTL from no earlier than this
