@@ -172,6 +172,7 @@ class Gate:
         self.activated = False
         self.held: dict[int, list[_Held]] = defaultdict(list)
         self.waiting: dict[int, tuple[Anchor, float]] = {}  # guild → (anchor, waiting since)
+        self.live: set[int] = set()  # guilds replayed and recorded since
         self.tails: dict[int, deque[str]] = {}
         self.last_at: dict[int, float] = {}
         self.initial: set[int] = set()  # guilds of the READY whose GUILD_CREATE is still due
@@ -215,7 +216,9 @@ class Gate:
         return run
 
     def _holding(self, gid: int) -> bool:
-        return self.standby and (not self.activated or gid in self.waiting)
+        if not self.standby or gid in self.live:
+            return False
+        return not self.activated or gid in self.waiting
 
     def _note(self, gid: int, fp: str, at: float) -> None:
         tail = self.tails.get(gid)
@@ -255,32 +258,42 @@ class Gate:
         await app.load_shard_state(runner)
         sid = runner.shard_id
         previous = self.fleet.previous
-        guilds = set(self.held) | {g for g in anchors if app.shard_of(g) == sid}
-        now = time.time()
-        for gid in sorted(guilds):
-            events = self.held.get(gid, [])
-            ordered = [e for e in events if e.fp is not None]
-            cutoff = cutoffs.get((gid >> 22) % previous) if previous else None
-            anchor = anchors.get(gid)
-            if cutoff is not None:
-                start = next((i for i, e in enumerate(ordered) if e.at > cutoff), len(ordered))
-                metrics.RESHARD_ANCHORS.labels("cutoff").inc()
-            elif anchor is None:
-                start = 0
-            else:
-                found = resume_index([e.fp for e in ordered if e.fp], anchor.tail)
-                if found is not None:
-                    start = found
-                    metrics.RESHARD_ANCHORS.labels("found").inc()
-                elif self.since is not None and anchor.at < self.since - ANCHOR_MARGIN_S:
-                    start = 0
-                    metrics.RESHARD_ANCHORS.labels("before_session").inc()
-                else:
-                    self.waiting[gid] = (anchor, now)
-                    continue
-            self._go_live(gid, start)
-        # No await since the state was loaded: every event that arrived is in ``held``.
+        anchored = {g for g in anchors if app.shard_of(g) == sid}
+        done: set[int] = set()
+        while True:
+            # Guilds whose events arrived while the others were replayed come round again.
+            todo = sorted((set(self.held) | anchored) - done - set(self.waiting))
+            if not todo:
+                break
+            for gid in todo:
+                done.add(gid)
+                self._activate_guild(gid, anchors.get(gid), cutoffs, previous)
+                await asyncio.sleep(0)  # a large replay must not hold up the heartbeats
+        # No await since the last look: every guild not waiting for its anchor is live.
         self.activated = True
+
+    def _activate_guild(
+        self, gid: int, anchor: Anchor | None, cutoffs: dict[int, float], previous: int | None
+    ) -> None:
+        ordered = [e for e in self.held.get(gid, []) if e.fp is not None]
+        cutoff = cutoffs.get((gid >> 22) % previous) if previous else None
+        if cutoff is not None:
+            start = next((i for i, e in enumerate(ordered) if e.at > cutoff), len(ordered))
+            metrics.RESHARD_ANCHORS.labels("cutoff").inc()
+        elif anchor is None:
+            start = 0
+        else:
+            found = resume_index([e.fp for e in ordered if e.fp], anchor.tail)
+            if found is not None:
+                start = found
+                metrics.RESHARD_ANCHORS.labels("found").inc()
+            elif self.since is not None and anchor.at < self.since - ANCHOR_MARGIN_S:
+                start = 0
+                metrics.RESHARD_ANCHORS.labels("before_session").inc()
+            else:
+                self.waiting[gid] = (anchor, time.time())
+                return
+        self._go_live(gid, start)
 
     def _retry(self, gid: int) -> None:
         anchor, _since = self.waiting[gid]
@@ -303,6 +316,7 @@ class Gate:
         receive times, then let its events through."""
         events = self.held.pop(gid, [])
         self.waiting.pop(gid, None)
+        self.live.add(gid)
         i = 0
         for e in events:
             if e.fp is not None:
@@ -338,14 +352,23 @@ class Generations:
         self._budget_checked = 0.0
         self._cutover_at: float | None = None
         self._anchors_pending: dict[int, list[tuple[int, int, list[str], datetime]]] = {}
+        self._takeover: tuple[dict[int, Anchor], dict[int, float]] | None = None
+        self._before_takeover: set[ShardRunner] = set()
+        self._activations: set[asyncio.Task[None]] = set()
 
     # -- hooks ----------------------------------------------------------------------------
     def gate(
         self, runner: ShardRunner, replace: dict[str, Parser], wrap: dict[str, Parser]
     ) -> tuple[dict[str, Parser], dict[str, Parser]]:
         """The shard's parsers behind its gate."""
-        gate = Gate(self, runner, standby=self.role == "standby")
+        # A shard that loaded its state before the take-over holds and takes over like the rest.
+        late = self.role == "recording" and runner in self._before_takeover
+        gate = Gate(self, runner, standby=self.role == "standby" or late)
         self.gates[runner.shard_id] = gate
+        if late and self._takeover is not None:
+            task = asyncio.get_running_loop().create_task(gate.activate(*self._takeover))
+            self._activations.add(task)
+            task.add_done_callback(self._activations.discard)
         gated = {e: gate.wrap(e, fn) for e, fn in replace.items()}
         wrapped = {e: gate.wrap(e, fn) for e, fn in wrap.items()}
         counted = wrap.get(INTERACTION)
@@ -513,6 +536,8 @@ class Generations:
                 ):
                     cutoffs[r["shard_id"]] = r["recorded_until"].timestamp()
         # From here a new shard opens recording; the open ones switch below.
+        self._takeover = (anchors, cutoffs)
+        self._before_takeover = set(self.app.runners.values())
         self._set_role("recording")
         started = time.monotonic()
         for sid, gate in list(self.gates.items()):
