@@ -263,7 +263,8 @@ def test_migration_is_a_pre_install_and_pre_upgrade_hook(
     # With an existing Secret the job reads that one and the chart makes no copy.
     large = rendered[("large", NEWEST)]
     assert large.all("Secret") == []
-    ref = env_of(pod_spec(large.one("Job"))["containers"][0])["HERWA_POSTGRES_DSN"]["valueFrom"]
+    large_job = large.one("Job", "-migrate")
+    ref = env_of(pod_spec(large_job)["containers"][0])["HERWA_POSTGRES_DSN"]["valueFrom"]
     assert ref["secretKeyRef"]["name"] == "herwa-credentials"
 
 
