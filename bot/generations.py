@@ -8,8 +8,10 @@ voice sessions) would clash or be stored twice if two fleets recorded one guild,
 (postgres migration 0018). Pods of one shard count share out that count's shards (membership
 and leases are keyed by it, :mod:`herwa.bot.sharding`).
 
-The procedure (``herwa reshard --shard-count M``, run by the chart on every install/upgrade,
-sets ``bot_fleet.target``):
+The procedure (``herwa reshard --shard-count M``, run by the chart's reshard Job on every
+install/upgrade, sets ``bot_fleet.target``). The Job runs alongside the bot pods' rollout: a pod
+whose count is neither recording nor the target (a new pod started before the Job set it) opens
+nothing and looks again every heartbeat (:meth:`Generations.refresh`).
 
 1. **standby** — pods of the target count join, check the daily session-start budget
    (``GET /gateway/bot``: enough IDENTIFYs left for every new shard and one more of every
@@ -148,7 +150,7 @@ def resume_index(seen: list[str], tail: list[str]) -> int | None:
 
 
 class FleetShard(Protocol):
-    """A shard runner as its fleet generation sees it (herwa.bot.shard.FleetShard)."""
+    """A shard runner as its fleet generation sees it (herwa.bot.shard.ShardRunner)."""
 
     shard_id: int
     client: CaptureClient | None
