@@ -261,3 +261,51 @@ async def test_reshard_waits_while_the_session_start_budget_is_short(
             assert (await fleet_row(migrated.postgres_dsn))["phase"] == "standby"
         finally:
             await asyncio.gather(new.fleet.stop(), old.fleet.stop())
+
+
+async def test_reshard_pods_started_before_the_target_is_set_stay_idle(
+    migrated: Endpoints, tmp_path: Path
+) -> None:
+    # The chart's reshard Job runs alongside the StatefulSet's rollout, so a pod of the new
+    # count may start before `herwa reshard` has made that count the target: it must open
+    # nothing (its count is neither recording nor the target), not be Ready, and turn standby
+    # once the target is set.
+    config = SimulatorConfig(
+        guilds=8,
+        seed=37,
+        gateway=GatewayConfig(identify_window_s=0.25, heartbeat_interval_ms=5_000),
+    )
+    async with Simulator(config) as sim:
+        old = Generation(sim, migrated, tmp_path / "s4", 4)
+        new = Generation(sim, migrated, tmp_path / "s8", 8)
+        try:
+            await old.start(1)
+            await wait_for(old.recording_all, 60, "4 shards recording")
+            await new.start(1)
+
+            async def idle() -> bool:
+                roles, connected = await new.state()
+                return roles == {"idle"} and not connected
+
+            await wait_for(idle, 60, "the 8-shard pod idle before the target is set")
+            await asyncio.sleep(2.0)  # two more fleet checks (heartbeat 1 s)
+            assert await idle()
+            (status,) = (await new.fleet.status()).values()
+            assert status["ready"] is False  # the rollout waits for it
+            assert status["shards_desired"] == []
+            assert status["shards_owned"] == []
+            assert not [s for s in sim.sessions() if s.shard_count == 8]
+            assert await old.recording_all()
+            assert (await fleet_row(migrated.postgres_dsn))["phase"] == "steady"
+
+            assert "standby" in reshard_cli(migrated, 8)
+            await wait_for(new.recording_all, 90, "8 shards recording")
+            assert await fleet_row(migrated.postgres_dsn) == {
+                "recording": 8,
+                "target": 8,
+                "phase": "steady",
+                "previous": 4,
+            }
+            assert sim.gateway.session_starts_used == 4 + 8
+        finally:
+            await asyncio.gather(new.fleet.stop(), old.fleet.stop())
