@@ -23,6 +23,7 @@ from herwa.bot.buffer import Batch, FlushBuffer
 from herwa.bot.commands import CommandDeps
 from herwa.bot.deps import ShardDeps
 from herwa.bot.directory import Directory
+from herwa.bot.generations import Generations
 from herwa.bot.metadata import MetadataWriter
 from herwa.bot.shard import ShardRunner
 from herwa.bot.shard_state import Mark, ShardState, shard_of
@@ -114,6 +115,17 @@ class BotApp:
             self.tombstones,
             guilds=self.connected_guilds,
         )
+        # Which shard count records (resharding).
+        self.fleet = Generations(
+            self,
+            pool=pool,
+            coordinator=self.coordinator,
+            settings=settings,
+            token=token,
+            directory=self.directory,
+            voice=self.voice,
+            buffer=self.buffer,
+        )
         self.shard_deps = ShardDeps(
             settings=settings,
             token=token,
@@ -128,6 +140,7 @@ class BotApp:
             backfiller=self.backfiller,
             identify_slot=self.coordinator.identify_slot,
             failed=self.shard_failed,
+            fleet=self.fleet,
             commands=commands,
         )
         self.runners: dict[int, ShardRunner] = {}
@@ -158,6 +171,7 @@ class BotApp:
             self._expire_voice(),
             self.metadata.run(),
             self.snapshots.run(),
+            self.fleet.run(),
         ):
             self._tasks.append(loop.create_task(coro))
 
@@ -213,7 +227,7 @@ class BotApp:
         ttl = self.settings.member_ttl_seconds
         self.members = await self.coordinator.heartbeat()
         metrics.MEMBERS_LIVE.set(len(self.members))
-        self.desired = assigned_shards(self.members, self.pod, self.shard_count)
+        self.desired = self.fleet.desired(assigned_shards(self.members, self.pod, self.shard_count))
         # Renew first: a lease we lost means the shard must close now.
         for shard_id, runner in list(self.runners.items()):
             sent = time.monotonic()  # Redis counts the new TTL from no earlier than this
@@ -299,6 +313,7 @@ class BotApp:
         await self.backfiller.cancel_shard(shard_id)
         try:
             await runner.stop(timeout)
+            await self.fleet.shard_stopped(runner)
         finally:
             self.runners.pop(shard_id, None)
             self._lease_renewed.pop(shard_id, None)
@@ -371,6 +386,7 @@ class BotApp:
                 "shards_connected": sorted(connected),
                 "buffer_depth": self.buffer.depth,
                 "flushing": flushing,
+                "fleet": self.fleet.describe(),
             },
         )
 

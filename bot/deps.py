@@ -10,6 +10,7 @@ from herwa.bot.backfill import Backfiller
 from herwa.bot.buffer import FlushBuffer
 from herwa.bot.commands import CommandDeps
 from herwa.bot.directory import Directory
+from herwa.bot.generations import Generations
 from herwa.bot.metadata import MetadataWriter
 from herwa.bot.shard_state import ShardState
 from herwa.bot.tombstones import Tombstones
@@ -34,5 +35,8 @@ class ShardDeps:
     identify_slot: Callable[[int], Awaitable[None]]
     # The shard's gateway loop ended with an error: the pod closes it and opens it again.
     failed: Callable[[int], None]
+    # Between the shard's handlers and its gateway: which fleet generation records
+    # (resharding, bot/generations.py).
+    fleet: Generations
     # None only in tests that exercise capture alone; a deployed pod always serves commands.
     commands: CommandDeps | None = None

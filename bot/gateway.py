@@ -6,7 +6,6 @@ discord.py's read loop.
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -27,6 +26,7 @@ from herwa.bot.capture import (
 )
 from herwa.bot.client import CaptureClient, Parser
 from herwa.bot.deps import ShardDeps
+from herwa.bot.generations import received, received_dt
 from herwa.bot.shard_state import MemberCountOp
 
 Json = dict[str, Any]
@@ -93,7 +93,7 @@ def handlers(shard: GatewayShard, deps: ShardDeps) -> tuple[dict[str, Parser], d
         d = voice_state_payload(raw)
         if d is None:
             return
-        rows, ops = voice.update(d, time.time(), sid)
+        rows, ops = voice.update(d, received(), sid)
         if rows:
             add_many("voice_sessions", rows)
         for op in ops:
@@ -109,7 +109,7 @@ def handlers(shard: GatewayShard, deps: ShardDeps) -> tuple[dict[str, Parser], d
         member_count(gid)
 
     def member_remove(d: Json) -> None:
-        row = member_leave_row(d, datetime.now(UTC))
+        row = member_leave_row(d, received_dt())
         if row is None:
             return
         add("member_events", row)
@@ -153,7 +153,7 @@ def handlers(shard: GatewayShard, deps: ShardDeps) -> tuple[dict[str, Parser], d
         if gid in tombstones:  # a deleted server: its channels, none of its data
             guild_available(d)
             return
-        now = time.time()
+        now = received()
         bots = {m["user"]["id"] for m in d["members"] if m["user"]["bot"]}
         rows, ops = voice.reconcile(gid, d["voice_states"], bots, now, shard.last_alive, sid)
         add_many("voice_sessions", rows)
@@ -167,7 +167,7 @@ def handlers(shard: GatewayShard, deps: ShardDeps) -> tuple[dict[str, Parser], d
         if d.get("unavailable"):
             return  # an outage, not a leave
         gid = snowflake(d.get("id"), "id")
-        now = time.time()
+        now = received()
         rows, ops = voice.close_guild(gid, now, "guild_left", sid)
         add_many("voice_sessions", rows)
         for op in ops:
@@ -175,7 +175,7 @@ def handlers(shard: GatewayShard, deps: ShardDeps) -> tuple[dict[str, Parser], d
         if gid not in tombstones:
             add(
                 "guild_events",
-                guild_event_row(gid, "leave", datetime.now(UTC), directory.member_counts.get(gid)),
+                guild_event_row(gid, "leave", received_dt(), directory.member_counts.get(gid)),
             )
         directory.forget_guild(gid)
         shard.guilds.discard(gid)

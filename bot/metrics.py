@@ -88,3 +88,29 @@ DEAD_LETTER_ROWS = PromCounter(
     "Rows Postgres refused, set aside in dead_letter_rows so the rest of their batch commits",
     ["table"],
 )
+FLEET_ROLE = Gauge(
+    "herwa_bot_fleet_role",
+    "1 for this pod's part while the shard count changes: recording, standby (connected, "
+    "waiting for the cut-over), retiring (handing over), idle (its shard count is neither "
+    "recording nor the target) or waiting (not enough session starts left for the new fleet)",
+    ["role"],
+)
+RESHARD_EVENTS = PromCounter(
+    "herwa_bot_reshard_events",
+    "Events a standby fleet received before its cut-over: outcome=recorded (after the previous "
+    "fleet's anchor, or keyed by Discord's ids) or skipped (the previous fleet recorded them)",
+    ["outcome"],
+)
+RESHARD_ANCHORS = PromCounter(
+    "herwa_bot_reshard_anchors",
+    "How each guild's cut-over point was found: found (the previous fleet's last events among "
+    "those received), before_session (they preceded this session), cutoff (its shard's owner "
+    "was gone: by time), timed_out (never received: everything recorded)",
+    ["outcome"],
+)
+for _role in ("recording", "standby", "retiring", "idle", "waiting"):
+    FLEET_ROLE.labels(_role)
+for _outcome in ("recorded", "skipped"):
+    RESHARD_EVENTS.labels(_outcome)
+for _outcome in ("found", "before_session", "cutoff", "timed_out"):
+    RESHARD_ANCHORS.labels(_outcome)

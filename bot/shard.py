@@ -84,7 +84,8 @@ class ShardRunner:
             before_identify=deps.identify_slot,
             wait_for_room=deps.buffer.wait_for_room,
         )
-        client.install_parsers(*handlers(self, deps))
+        # Resharding: one fleet generation records at a time (bot/generations.py).
+        client.install_parsers(*deps.fleet.gate(self, *handlers(self, deps)))
         tree: app_commands.CommandTree[CaptureClient] | None = None
         if deps.commands is not None:
             tree = app_commands.CommandTree(client)

@@ -2,8 +2,12 @@
 
 Keys (``P`` = the configured key prefix, ``N`` = total shard count):
 
-- ``P bot:members`` — sorted set: pod name → heartbeat expiry (ms). A pod is live while its
-  expiry is in the future; every heartbeat prunes expired members.
+- ``P bot:members:N`` — sorted set: pod name → heartbeat expiry (ms). A pod is live while its
+  expiry is in the future; every heartbeat prunes expired members. Keyed by the shard count:
+  while the shard count changes (:mod:`herwa.bot.generations`) each fleet shares out its own
+  shards among its own pods.
+- ``P bot:standby:N:{shard}`` — set (with a TTL) while a standby fleet of ``N`` shards has the
+  shard connected: the cut-over waits until every shard of the new count is.
 - ``P bot:lease:N:{shard}`` — the shard's lease: value ``{pod}:{fence}`` (fence from
   ``INCR P bot:fence:N:{shard}``), with a TTL renewed by the holder. A shard is opened only after
   its lease is taken and closed before it is released; a holder that cannot renew in time
@@ -11,7 +15,8 @@ Keys (``P`` = the configured key prefix, ``N`` = total shard count):
   staged is fenced in Postgres (``bot_gateway_marks.epoch``, :mod:`herwa.bot.app`), which holds
   even while Redis is unreachable or after it lost its data.
 - ``P bot:identify:{bucket}`` — ``SET NX PX window``: at most one IDENTIFY per
-  ``max_concurrency`` bucket (``shard % max_concurrency``) per window, across all pods.
+  ``max_concurrency`` bucket (``shard % max_concurrency``) per window, across all pods and
+  every shard count (Discord's buckets are per token, whatever the shard count).
 
 Assignment is rendezvous hashing over the live members: shard ``s`` belongs to the member with
 the highest ``hash(member, s)``. Adding or removing a pod moves only the shards whose top
@@ -79,10 +84,13 @@ class Coordinator:
     # -- keys -----------------------------------------------------------------------------
     @property
     def members_key(self) -> str:
-        return f"{self.prefix}bot:members"
+        return f"{self.prefix}bot:members:{self.shard_count}"
 
     def lease_key(self, shard_id: int) -> str:
         return f"{self.prefix}bot:lease:{self.shard_count}:{shard_id}"
+
+    def standby_key(self, shard_id: int) -> str:
+        return f"{self.prefix}bot:standby:{self.shard_count}:{shard_id}"
 
     # -- membership -----------------------------------------------------------------------
     async def heartbeat(self) -> list[str]:

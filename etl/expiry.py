@@ -76,6 +76,8 @@ POSTGRES_BOUNDED: Mapping[str, str] = {
     "bot_voice_open": "one row per member in voice now",
     "bot_member_counts": "one row per server: its current member count",
     "bot_backfill_pending": "one row per backfill under way",
+    "bot_handover_anchors": "one row per server and shard count the bot fleet ran with: "
+    "where the next fleet takes over its recording",
 }
 STAGING_COLUMN = "ch_ingested_at"
 # ClickHouse tables whose rows hold their ages as an ascending Array(Date) (one row per member,

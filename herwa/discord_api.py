@@ -28,6 +28,9 @@ class BotGateway:
     url: str
     shards: int
     max_concurrency: int
+    # The daily session-start budget: IDENTIFYs left, and when the budget is refilled.
+    session_starts_remaining: int | None = None
+    session_starts_reset_after_s: float | None = None
 
 
 def point_discord_at(api_base: str | None, gateway_url: str | None = None) -> None:
@@ -50,7 +53,15 @@ async def bot_gateway(token: str) -> BotGateway:
         await http.close()
     if not (isinstance(url, str) and url.startswith(("ws://", "wss://"))):
         raise ValueError(f"GET /gateway/bot gave no websocket URL: {url!r}")
-    return BotGateway(url, int(shards), int(limit.get("max_concurrency", 1)))
+    remaining = limit.get("remaining")
+    reset_after = limit.get("reset_after")
+    return BotGateway(
+        url,
+        int(shards),
+        int(limit.get("max_concurrency", 1)),
+        int(remaining) if remaining is not None else None,
+        int(reset_after) / 1000 if reset_after is not None else None,
+    )
 
 
 def restore_discord_defaults() -> None:

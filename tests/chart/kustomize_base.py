@@ -10,7 +10,11 @@ do changed for a plain `kubectl apply -k`:
 * the migrate Job is named after its image ("herwa-migrate-<tag>") instead of the release
   revision: a Job's pod template is immutable, so the next version's Job must be a new object,
   not an update; a finished Job is removed after a day (ttlSecondsAfterFinished);
-* the `helm test` pod is left out;
+* the `helm test` pod is left out, and so is the reshard Job that records `bot.shardCount` as
+  the fleet's target shard count: its count is fixed in its pod template, so an overlay that
+  changes the StatefulSet's count would leave it setting the old one back (or, under the same
+  image, be refused as an immutable change). Without Helm, run `herwa reshard --shard-count N`
+  before applying a changed shard count (README "Changing the shard count");
 * the operator runs without a peering object (standalone, one replica): the peering object is
   a custom resource whose CRD the same first `kubectl apply` would only be creating, which
   kubectl refuses ("ensure CRDs are installed first").
@@ -70,10 +74,10 @@ def _for_kubectl(doc: dict[str, Any]) -> dict[str, Any] | None:
     annotations = doc["metadata"].get("annotations", {})
     if annotations.get("helm.sh/hook") == "test" or doc["kind"] in PEERING_KINDS:
         return None
-    if (
-        doc["kind"] == "Job"
-        and doc["metadata"]["labels"]["app.kubernetes.io/component"] == "migrate"
-    ):
+    component = doc["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+    if doc["kind"] == "Job" and component == "reshard":
+        return None
+    if doc["kind"] == "Job" and component == "migrate":
         image = doc["spec"]["template"]["spec"]["containers"][0]["image"]
         name = doc["metadata"]["name"].rsplit("-", 1)[0]  # "-<revision>": Helm's, not ours
         doc["metadata"]["name"] = f"{name}-{_image_slug(image)}"

@@ -266,7 +266,8 @@ def test_migration_is_a_job_of_the_release_that_every_role_waits_for(
     # With an existing Secret every pod reads that one and the chart makes no copy.
     large = rendered[("large", NEWEST)]
     assert large.all("Secret") == []
-    ref = env_of(pod_spec(large.one("Job"))["containers"][0])["HERWA_POSTGRES_DSN"]["valueFrom"]
+    large_job = large.one("Job", "-migrate-1")
+    ref = env_of(pod_spec(large_job)["containers"][0])["HERWA_POSTGRES_DSN"]["valueFrom"]
     assert ref["secretKeyRef"]["name"] == "herwa-credentials"
 
 
