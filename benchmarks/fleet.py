@@ -178,8 +178,13 @@ class Fleet:
         deadline = time.monotonic() + timeout
         while (owner := await self.owners(http)) is None:
             if time.monotonic() > deadline:
-                tails = {b.name: b.log for b in self.bots.values()}
-                raise RuntimeError(f"no full ownership within {timeout:.0f} s; logs: {tails}")
+                sessions = Counter(s.shard_id for s in self.sim.sessions() if s.connected)
+                once = sum(1 for s in range(self.shards) if sessions[s] == 1)
+                raise RuntimeError(
+                    f"no full ownership within {timeout:.0f} s: {once} of {self.shards} shards"
+                    f" connected exactly once, {self.self_fenced()} shards self-fenced so far;"
+                    f" logs in {self.log_dir}"
+                )
             await asyncio.sleep(0.2)
         return owner
 
@@ -264,7 +269,7 @@ class WriteSample:
 
 
 async def sample_writes(
-    conn: asyncpg.Connection, redis: Redis, sim: Simulator, cpu: ServerCpu
+    conn: asyncpg.Connection, redis: Redis, sim: Simulator, cpu: list[ServerCpu]
 ) -> WriteSample:
     row = await conn.fetchrow(
         "SELECT xact_commit, tup_inserted, tup_updated, tup_deleted, pg_current_wal_lsn()::text"
@@ -286,7 +291,7 @@ async def sample_writes(
         tables,
         calls,
         sum(sim.ledger.events_emitted.values()),
-        cpu.seconds(),
+        {k: v for c in cpu for k, v in c.seconds().items()},
     )
 
 
@@ -323,7 +328,7 @@ def write_rates(a: WriteSample, b: WriteSample, label: str) -> dict[str, float]:
         + ")"
     )
     if cpu:
-        print("    server CPU: " + ", ".join(f"{k} {v:.0%}" for k, v in sorted(cpu.items())))
+        print("    CPU (of one core): " + ", ".join(f"{k} {v:.0%}" for k, v in sorted(cpu.items())))
     return {"events": events, **pg, "redis": sum(calls.values())}
 
 
@@ -519,37 +524,40 @@ async def run(args: argparse.Namespace, stores: Endpoints, cpu: ServerCpu) -> No
 
             print("write rates")
             redis_stats = Redis.from_url(stores.redis_url)
+            # The servers' CPU and each bot process's.
+            watched = [cpu, ServerCpu({b.name: b.proc.pid for b in fleet.live()})]
             await asyncio.sleep(2.0)  # let the last flushes settle
-            a = await sample_writes(conn, redis_stats, sim, cpu)
+            a = await sample_writes(conn, redis_stats, sim, watched)
             await asyncio.sleep(args.rate_seconds)
-            b = await sample_writes(conn, redis_stats, sim, cpu)
+            b = await sample_writes(conn, redis_stats, sim, watched)
             write_rates(a, b, "idle fleet")
             driver = asyncio.get_running_loop().create_task(
                 drive(sim, args.rate, args.rate_seconds + 1.0)
             )
             await asyncio.sleep(1.0)
-            a = await sample_writes(conn, redis_stats, sim, cpu)
+            a = await sample_writes(conn, redis_stats, sim, watched)
             await asyncio.sleep(args.rate_seconds)
-            b = await sample_writes(conn, redis_stats, sim, cpu)
+            b = await sample_writes(conn, redis_stats, sim, watched)
             await driver
             write_rates(a, b, f"at --rate {args.rate:,.0f}")
             await redis_stats.aclose()
 
-            print("lease churn")
-            joiner = f"bench-{args.processes}"
+            if args.churn:
+                print("lease churn")
+                joiner = f"bench-{args.processes}"
 
-            async def join() -> None:
-                await fleet.start(joiner)
+                async def join() -> None:
+                    await fleet.start(joiner)
 
-            owner = await churn(fleet, http, redis, prefix, owner, "join", join, args.timeout)
-            leaver = fleet.bots["bench-0"]
+                owner = await churn(fleet, http, redis, prefix, owner, "join", join, args.timeout)
+                leaver = fleet.bots["bench-0"]
 
-            async def leave() -> None:
-                await fleet.stop(leaver)
+                async def leave() -> None:
+                    await fleet.stop(leaver)
 
-            owner = await churn(fleet, http, redis, prefix, owner, "leave", leave, args.timeout)
-            ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-            print(f"  peak RSS of a finished bot process: {ru.ru_maxrss / 1024:,.0f} MiB")
+                owner = await churn(fleet, http, redis, prefix, owner, "leave", leave, args.timeout)
+                ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+                print(f"  peak RSS of the process that left: {ru.ru_maxrss / 1024:,.0f} MiB")
         await conn.close()
     finally:
         await watch.stop()
@@ -597,6 +605,12 @@ def main() -> int:
     ap.add_argument("--rate", type=positive(float), default=300.0, help="gateway events/s")
     ap.add_argument("--rate-seconds", type=positive(float), default=10.0)
     ap.add_argument("--timeout", type=positive(float), default=600.0)
+    ap.add_argument(
+        "--no-churn",
+        dest="churn",
+        action="store_false",
+        help="skip the join and leave (with a long --heartbeat they take that long to notice)",
+    )
     args = ap.parse_args()
     if args.guilds / args.shards > 2500:
         ap.error("more than 2,500 guilds per shard: Discord would refuse (use more --shards)")
