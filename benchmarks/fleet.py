@@ -4,20 +4,26 @@ Prints, for one run:
   - the simulator's world: build time and memory per guild (it runs in this process);
   - time to full ownership from the processes' start: every shard identified once (the
     simulator's view), every process ready with all shards connected exactly once (``/readyz``),
-    every guild's GUILD_CREATE recorded in Postgres (``guilds``);
-  - the identify rate against the budget (``max_concurrency`` IDENTIFYs per window), and the
-    IDENTIFYs the simulator refused (must be 0);
+    every guild's GUILD_CREATE recorded in Postgres (``guilds``) and its first member-count
+    snapshot taken;
+  - the identify rate against the budget (``max_concurrency`` IDENTIFYs per window), the
+    IDENTIFYs the simulator refused as too early, and the shards a process closed because its
+    own lease renewal came too late (self-fencing, counted from the processes' logs);
   - RSS per process and per shard (marginal: above the process's RSS before it took a shard);
-  - Postgres and Redis write rates with the fleet idle and at ``--rate`` gateway events/s;
+  - Postgres (commits, rows by table, WAL) and Redis (commands) write rates, and the CPU of
+    the stores and of each bot process, with the fleet idle and at ``--rate`` gateway events/s;
   - lease churn when a process joins and when one leaves: time to converge again, shards
-    moved, how the new owners opened them (RESUME or IDENTIFY), lease acquisitions (fence
+    moved, how the new owners opened them (RESUME or IDENTIFY), lease attempts (fence
     increments in Redis).
 
-    .venv/bin/python benchmarks/fleet.py [--guilds 10000 --shards 64 --processes 3]
+    .venv/bin/python benchmarks/fleet.py [--guilds 5000 --shards 32 --processes 2]
+    .venv/bin/python benchmarks/fleet.py --guilds 100000 --shards 200 --processes 8 \
+        --heartbeat 300 --no-churn --rate 1000
 
-The identify window is shortened (``--identify-window``, Discord's is 5 s) so a run takes
-minutes; the figures scale to Discord's window as printed. Guilds are small (a few members,
-three channels) to keep the world in memory; backfill is off (the world has no history).
+The identify window is Discord's 5 s unless ``--identify-window`` shortens it; the member
+heartbeat and TTL are production's (5 s, 15 s) unless ``--heartbeat`` changes them (the TTL is
+three heartbeats). Guilds are small (a few members, three channels) to keep the world in
+memory; backfill is off (the world has no history) and the traffic has no slash commands.
 Stores: HERWA_POSTGRES_DSN / HERWA_REDIS_URL / HERWA_CLICKHOUSE_URL if set (a throw-away
 Postgres database and Redis key prefix are used), otherwise embedded ones in a temporary
 directory. ClickHouse is only configured (the bot serves commands); nothing reads it here.
@@ -40,6 +46,7 @@ import time
 import urllib.parse
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -367,7 +374,7 @@ async def churn(
     prefix: str,
     before: dict[int, str],
     change: str,
-    act: Any,
+    act: Callable[[], Awaitable[None]],
     timeout: float,
 ) -> dict[int, str]:
     sessions0 = await fleet.sessions(http)
