@@ -41,6 +41,23 @@ TIMEZONES = (
 _DAY_MS = 86_400_000
 # A fixed origin so that the same seed gives the same ids whatever day the simulator runs.
 _WORLD_ORIGIN_MS = 1_609_459_200_000  # 2021-01-01T00:00:00Z
+# Snowflakes must fit a signed 64-bit integer (the bot stores them as Postgres bigint): their
+# timestamp runs out in September 2084. Guilds are created before this, and their members join
+# within weeks, so every id of a world stays valid.
+_WORLD_END_MS = 3_471_292_800_000  # 2080-01-01T00:00:00Z
+# 2·3·5·7·11·13: a step of one more than a multiple of it shares no factor with any shard count
+# made of these primes, so consecutive guilds cycle through every shard.
+_SHARD_SPREAD = 30_030
+
+
+def guild_step_ms(guilds: int) -> int:
+    """Milliseconds between consecutive guilds' creation times: one day and one millisecond
+    (their timestamp bits, and so their shards, differ for every shard count, unlike ids
+    minted in one millisecond), or less for a world too large to fit one a day before
+    ``_WORLD_END_MS``."""
+    if _WORLD_ORIGIN_MS + guilds * (_DAY_MS + 1) <= _WORLD_END_MS:
+        return _DAY_MS + 1
+    return (_WORLD_END_MS - _WORLD_ORIGIN_MS) // guilds // _SHARD_SPREAD * _SHARD_SPREAD + 1
 
 
 @dataclass
@@ -312,10 +329,9 @@ class World:
 
     def _build(self, rng: random.Random) -> None:
         cfg = self.config
+        step = guild_step_ms(cfg.guilds)
         for i in range(cfg.guilds):
-            # Consecutive guilds one day and one millisecond apart: their timestamp bits (and so
-            # their shards) differ for every shard count, unlike ids minted in one millisecond.
-            created = _WORLD_ORIGIN_MS + i * (_DAY_MS + 1)
+            created = _WORLD_ORIGIN_MS + i * step
             gid = self._ids.at(created)
             owner_created = created - rng.randrange(30, 1500) * _DAY_MS
             owner = Member(self.new_user(rng, owner_created), created, weight=2.0)
