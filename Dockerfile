@@ -25,15 +25,10 @@ COPY requirements.lock ./
 RUN python -m venv "$VENV" \
     && "$VENV/bin/pip" install --no-deps --only-binary=:all: -r requirements.lock
 
-# 2. Herwa as a wheel. herwa/bot, herwa/etl and herwa/operator are symlinks to the top-level
-#    role folders; the wheel holds real files, so nothing depends on symlinks at run time.
-#    The development tools (simulator, embedded stack, demo) are neither in the build context
+# 2. Herwa as a wheel. The development tools (simulator, embedded stack, demo) are neither in the build context
 #    (.dockerignore) nor in the wheel (pyproject): the image carries the product only.
 COPY pyproject.toml README.md ./
 COPY herwa ./herwa
-COPY bot ./bot
-COPY etl ./etl
-COPY operator ./operator
 RUN python -m venv "$BUILD_TOOLS" \
     && "$BUILD_TOOLS/bin/pip" install "setuptools==$SETUPTOOLS_VERSION" "wheel==$WHEEL_VERSION" \
     && "$BUILD_TOOLS/bin/pip" wheel --no-deps --no-build-isolation --wheel-dir "$WHEELS" .

@@ -134,7 +134,7 @@ def reshard_cli(endpoints: Endpoints, shards: int) -> str:
         check=False,
     )
     assert done.returncode == 0, done.stderr.decode()
-    return done.stdout.decode()
+    return done.stderr.decode()  # what it did, as a log line
 
 
 async def fleet_row(dsn: str) -> dict[str, Any]:

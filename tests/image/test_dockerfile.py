@@ -102,16 +102,8 @@ def test_dockerfile_shape() -> None:
 def test_build_context_is_only_the_sources(tmp_path: Path) -> None:
     copy_context(ROOT, tmp_path)
     top = sorted(p.name for p in tmp_path.iterdir())
-    assert top == [
-        "README.md",
-        "bot",
-        "etl",
-        "herwa",
-        "operator",
-        "pyproject.toml",
-        "requirements.lock",
-    ]
-    assert (tmp_path / "herwa" / "bot").is_symlink()
+    assert top == ["README.md", "herwa", "pyproject.toml", "requirements.lock"]
+    assert (tmp_path / "herwa" / "bot" / "app.py").is_file()
     assert not list(tmp_path.rglob("__pycache__"))
     # The development tools stay out of the image's build.
     assert (tmp_path / "herwa" / "schema").is_dir()
@@ -242,7 +234,7 @@ def test_image_venv_is_exactly_the_lock(image: Image) -> None:
     for tool in ("pip", "setuptools", "wheel"):
         installed.pop(tool, None)
     assert installed == _lock()
-    # The wheel holds real files for the role packages, no symlinks into a source tree.
+    # The wheel holds the role packages' files.
     site = next(venv.glob("lib/python3.*/site-packages"))
     for role in ("bot", "etl", "operator"):
         assert (site / "herwa" / role).is_dir()
@@ -374,7 +366,7 @@ def test_wheel_carries_every_package_file(tmp_path: Path) -> None:
 
 
 def _walk(folder: Path) -> Iterator[Path]:
-    """Files under folder, following the role symlinks like setuptools does."""
-    for dirpath, _dirs, files in os.walk(folder, followlinks=True):
+    """Files under folder."""
+    for dirpath, _dirs, files in os.walk(folder):
         for name in files:
             yield Path(dirpath) / name

@@ -23,7 +23,7 @@ import pytest
 from herwa.cli import DEV_PACKAGES, SUBCOMMANDS, dev_package
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = ("pyproject.toml", "README.md", "herwa", "bot", "etl", "operator")
+SOURCES = ("pyproject.toml", "README.md", "herwa")
 
 
 def _is_dev(module: str) -> bool:
@@ -70,8 +70,8 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _modules(root: Path) -> Iterator[str]:
-    """Every module of the herwa package in the checkout, following the role symlinks."""
-    for dirpath, _dirs, files in os.walk(root / "herwa", followlinks=True):
+    """Every module of the herwa package in the checkout."""
+    for dirpath, _dirs, files in os.walk(root / "herwa"):
         package = Path(dirpath).relative_to(root).as_posix().replace("/", ".")
         for name in files:
             if name.endswith(".py"):

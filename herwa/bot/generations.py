@@ -747,7 +747,7 @@ def run(args: argparse.Namespace) -> int:
         dsn = config.postgres().dsn.get_secret_value()
         conn = await asyncpg.connect(dsn)
         try:
-            print(await set_target(conn, args.shard_count), flush=True)
+            log.info("herwa reshard: %s", await set_target(conn, args.shard_count))
         except ValueError as exc:
             log.error("herwa reshard: %s", exc)
             return 1
