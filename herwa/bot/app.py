@@ -229,14 +229,7 @@ class BotApp:
         metrics.MEMBERS_LIVE.set(len(self.members))
         self.desired = self.fleet.desired(assigned_shards(self.members, self.pod, self.shard_count))
         # Renew first: a lease we lost means the shard must close now.
-        for shard_id, runner in list(self.runners.items()):
-            sent = time.monotonic()  # Redis counts the new TTL from no earlier than this
-            if await self.coordinator.renew(shard_id, runner.token, ttl):
-                if shard_id in self.runners and shard_id not in self._fencing:
-                    self._lease_renewed[shard_id] = sent
-            else:
-                log.warning("lost the lease of shard %s; closing it", shard_id)
-                await self._stop_shard(shard_id, ttl, release=False)
+        await self._renew_leases(ttl)
         for shard_id in sorted(set(self.runners) - self.desired):
             log.info("shard %s now belongs elsewhere; handing it over", shard_id)
             await self._stop_shard(shard_id, ttl)
@@ -251,6 +244,10 @@ class BotApp:
                 converged = False
                 continue
             self._lease_renewed[shard_id] = sent
+            # Starting a shard waits for its identify slot (one per bucket per window), so a
+            # round that starts many outlasts the leases renewed at its beginning: renew the
+            # ones a third of the way to their end before each start, or they would fence.
+            await self._renew_leases(ttl, older_than=ttl / 3)
             runner = ShardRunner(self.shard_deps, shard_id, token)
             self.runners[shard_id] = runner
             try:
@@ -265,6 +262,21 @@ class BotApp:
             if c is not None and c.ws is not None:
                 metrics.SHARD_LATENCY.labels(str(shard_id)).set(c.ws.latency)
         return converged
+
+    async def _renew_leases(self, ttl: float, *, older_than: float = 0.0) -> None:
+        """Renew the leases of the shards this pod runs (those last renewed at least
+        ``older_than`` seconds ago); a shard whose lease was lost is closed."""
+        now = time.monotonic()
+        for shard_id, runner in list(self.runners.items()):
+            if now - self._lease_renewed.get(shard_id, now) < older_than:
+                continue
+            sent = time.monotonic()  # Redis counts the new TTL from no earlier than this
+            if await self.coordinator.renew(shard_id, runner.token, ttl):
+                if shard_id in self.runners and shard_id not in self._fencing:
+                    self._lease_renewed[shard_id] = sent
+            else:
+                log.warning("lost the lease of shard %s; closing it", shard_id)
+                await self._stop_shard(shard_id, ttl, release=False)
 
     async def _renew_until_released(self) -> None:
         ttl = self.settings.member_ttl_seconds

@@ -21,6 +21,9 @@ class AppState:
     global_commands: list[Json] = field(default_factory=list)
     guild_commands: dict[int, list[Json]] = field(default_factory=dict)
     command_version: int = 0
+    # How long /users/@me (the login of every shard a bot starts) takes to answer: a slow
+    # Discord, or a loaded machine, for tests of what a bot does while its starts are slow.
+    login_delay_s: float = 0.0
 
     def token_valid(self, token: str) -> bool:
         if token.startswith("Bot "):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -153,6 +154,8 @@ class Rest:
         )
 
     async def me(self, request: web.Request) -> web.Response:
+        if self.sim.app.login_delay_s:
+            await asyncio.sleep(self.sim.app.login_delay_s)
         return json_response(
             {
                 **self.sim.app.bot_user.payload(),
