@@ -32,10 +32,10 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 from herwa.bot import metrics
 from herwa.bot.directory import Directory
+from herwa.json_types import Json
 
 log = logging.getLogger(__name__)
 
-Json = dict[str, Any]
 Row = tuple[Any, ...]
 
 DISCORD_EPOCH_MS = 1_420_070_400_000

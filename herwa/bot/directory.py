@@ -8,12 +8,10 @@ gets no GUILD_CREATE), from the ``channels`` and ``guilds`` tables.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from herwa.bot import channel_types
 from herwa.bot.guild_settings import GuildConfig
-
-Json = dict[str, Any]
+from herwa.json_types import Json
 
 
 @dataclass

@@ -7,7 +7,7 @@ discord.py's read loop.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from herwa.bot import metrics
 from herwa.bot.capture import (
@@ -28,8 +28,7 @@ from herwa.bot.client import CaptureClient, Parser
 from herwa.bot.deps import ShardDeps
 from herwa.bot.generations import received, received_dt
 from herwa.bot.shard_state import MemberCountOp
-
-Json = dict[str, Any]
+from herwa.json_types import Json
 
 
 class GatewayShard(Protocol):

@@ -70,9 +70,9 @@ from herwa.bot.sharding import Coordinator, assigned_shards
 from herwa.bot.voice import VoiceTracker
 from herwa.config import BotSettings
 from herwa.discord_api import bot_gateway
+from herwa.json_types import Json
 
 log = logging.getLogger(__name__)
-Json = dict[str, Any]
 Parser = Callable[[Json], None]
 
 # Events whose effect depends on their order (and whose rows are keyed by receive time or

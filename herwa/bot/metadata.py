@@ -15,9 +15,9 @@ from herwa.bot import channel_types, guild_settings, metrics
 from herwa.bot.buffer import dead_letter, refused
 from herwa.bot.capture import rejected
 from herwa.config import BotSettings
+from herwa.json_types import Json
 
 log = logging.getLogger(__name__)
-Json = dict[str, Any]
 
 
 class MetadataWriter:

@@ -17,9 +17,9 @@ from herwa.bot.commands import install
 from herwa.bot.deps import ShardDeps
 from herwa.bot.gateway import handlers
 from herwa.bot.shard_state import Mark
+from herwa.json_types import Json
 
 log = logging.getLogger(__name__)
-Json = dict[str, Any]
 
 
 class ShardRunner:

@@ -34,10 +34,10 @@ from herwa.bot.buffer import TABLES, Batch
 from herwa.bot.directory import Directory
 from herwa.bot.tombstones import Tombstones
 from herwa.bot.voice import VoiceOp, VoiceTracker
+from herwa.json_types import Json
 from herwa.stores import rows_affected
 
 log = logging.getLogger(__name__)
-Json = dict[str, Any]
 # Where each staging row holds its guild id: a fenced shard's rows are found by their guild.
 _GUILD_COLUMN = {table: columns.index("guild_id") for table, columns in TABLES.items()}
 _MEMBER_EVENT = TABLES["member_events"].index("event")

@@ -18,8 +18,8 @@ from typing import Any
 import asyncpg
 
 from herwa.bot.capture import DISCORD_EPOCH_MS
+from herwa.json_types import Json
 
-Json = dict[str, Any]
 Parser = Callable[[Json], None]
 
 

@@ -30,8 +30,7 @@ import orjson
 from herwa.bot import channel_types, metrics
 from herwa.bot.capture import Row, voice_session_id
 from herwa.bot.directory import Directory
-
-Json = dict[str, Any]
+from herwa.json_types import Json
 
 
 @dataclass

@@ -14,13 +14,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
 from herwa.bot.sharding import assigned_shards
-
-Json = dict[str, Any]
+from herwa.json_types import Json
 
 # Coordination tuned for one machine: the production defaults (5 s heartbeats, 15 s lease TTL,
 # 5 s between IDENTIFYs) would spend most of a short demo waiting for timers.

@@ -16,8 +16,9 @@ import aiohttp
 
 from herwa import __version__
 from herwa.demo import _live, _setup, _verify
-from herwa.demo._run import DemoRun, Json
+from herwa.demo._run import DemoRun
 from herwa.devstack import DevStack, Endpoints
+from herwa.json_types import Json
 from herwa.simulator import Simulator
 
 

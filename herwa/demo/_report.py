@@ -5,12 +5,10 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
-from typing import Any
 
 from herwa.demo._checks import Check
 from herwa.demo._console import StageRecord
-
-Json = dict[str, Any]
+from herwa.json_types import Json
 
 
 def write(results: Path, report: Json) -> None:

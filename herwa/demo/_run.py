@@ -17,9 +17,9 @@ from herwa.demo._bots import BotProcess
 from herwa.demo._checks import Check
 from herwa.demo._console import Console
 from herwa.devstack import DevStack, Endpoints
+from herwa.json_types import Json
 from herwa.simulator import Simulator
 
-Json = dict[str, Any]
 REDIS_PREFIX = "herwa:"  # the bots' and the ETL's default key prefix
 
 

@@ -13,8 +13,9 @@ from dataclasses import asdict
 from herwa.demo import _checks
 from herwa.demo._checks import Check
 from herwa.demo._console import Console
-from herwa.demo._run import REDIS_PREFIX, DemoFailed, DemoRun, Json
+from herwa.demo._run import REDIS_PREFIX, DemoFailed, DemoRun
 from herwa.etl.runner import RunOptions, run_once
+from herwa.json_types import Json
 from herwa.stores import clickhouse_url_client
 
 

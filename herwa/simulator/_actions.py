@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from herwa.json_types import Json
 from herwa.simulator._app import AppState
 from herwa.simulator._gateway import (
     GUILD_MEMBERS,
@@ -31,8 +32,6 @@ from herwa.simulator._world import (
     VoiceState,
     World,
 )
-
-Json = dict[str, Any]
 
 _WORDS = (
     "hey",

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
+from herwa.json_types import Json
 from herwa.simulator._world import User
-
-Json = dict[str, Any]
 
 
 @dataclass

@@ -7,9 +7,8 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from herwa.json_types import Json
 from herwa.simulator._world import EVERYONE_PERMISSIONS, Guild
-
-Json = dict[str, Any]
 
 # Application command option types (https://discord.com/developers/docs/interactions/
 # application-commands#application-command-object-application-command-option-type).

@@ -6,17 +6,16 @@ Every operation here is also a :class:`Simulator` method; these handlers only tr
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Protocol
+from typing import Protocol
 
 from aiohttp import web
 
+from herwa.json_types import Json
 from herwa.simulator._faults import FaultError
 from herwa.simulator._gateway import Session
 from herwa.simulator._http import error, json_body, json_response
 from herwa.simulator._interactions import InteractionStore
 from herwa.simulator._ledger import Ledger
-
-Json = dict[str, Any]
 
 
 class ControlHost(Protocol):

@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import WSMsgType, web
 
+from herwa.json_types import Json
 from herwa.simulator._ledger import Delivery, Ledger
 
 if TYPE_CHECKING:
     from herwa.simulator._app import AppState
     from herwa.simulator._world import World
 
-Json = dict[str, Any]
 _log = logging.getLogger(__name__)
 
 # Intent bits (https://discord.com/developers/docs/events/gateway#gateway-intents).

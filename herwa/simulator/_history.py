@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import bisect
-from typing import Any
 
-Json = dict[str, Any]
+from herwa.json_types import Json
 
 
 class History:

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-Json = dict[str, Any]
+from herwa.json_types import Json
 
 
 def json_response(

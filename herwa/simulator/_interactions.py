@@ -10,9 +10,8 @@ import asyncio
 import base64
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
 
-Json = dict[str, Any]
+from herwa.json_types import Json
 
 # Interaction callback types.
 CHANNEL_MESSAGE = 4

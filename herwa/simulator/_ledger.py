@@ -11,9 +11,8 @@ from __future__ import annotations
 import datetime as dt
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
-Json = dict[str, Any]
+from herwa.json_types import Json
 
 
 @dataclass

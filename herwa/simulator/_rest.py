@@ -6,11 +6,12 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import orjson
 from aiohttp import BodyPartReader, web
 
+from herwa.json_types import Json
 from herwa.simulator._actions import Actions
 from herwa.simulator._app import AppState
 from herwa.simulator._gateway import Gateway, as_reached_at
@@ -28,7 +29,6 @@ from herwa.simulator._interactions import (
 from herwa.simulator._snowflake import iso_from_ms
 from herwa.simulator._world import World
 
-Json = dict[str, Any]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 API_PREFIX = "/api/v10"
 

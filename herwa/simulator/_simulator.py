@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from herwa.json_types import Json
 from herwa.simulator._activity import Activity, ScenarioConfig
 from herwa.simulator._app import AppState
 from herwa.simulator._control import Control
@@ -34,8 +35,6 @@ from herwa.simulator._ledger import Ledger
 from herwa.simulator._rest import API_PREFIX, RateLimit, Rest
 from herwa.simulator._snowflake import SnowflakeFactory
 from herwa.simulator._world import ADMIN_PERMISSIONS, TEXT, User, World, WorldConfig
-
-Json = dict[str, Any]
 
 # Not a secret: the simulator accepts exactly this made-up token unless told otherwise.
 DEFAULT_TOKEN = "SIMULATED.bot-token.herwa"  # noqa: S105

@@ -10,11 +10,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
 
+from herwa.json_types import Json
 from herwa.simulator._snowflake import SnowflakeFactory, iso_from_ms
-
-Json = dict[str, Any]
 
 # Channel types as Discord numbers them.
 TEXT = 0

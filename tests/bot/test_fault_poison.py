@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from herwa.devstack import Endpoints
+from herwa.json_types import Json
 from herwa.simulator import (
     GUILD_MEMBERS,
     GUILD_MESSAGES,
@@ -22,8 +23,6 @@ from tests.bot.conftest import Fleet, pg, split_names, wait_for
 from tests.bot.expect import settle
 
 pytestmark = pytest.mark.slow
-
-Json = dict[str, Any]
 
 
 async def _rejections(fleet: Fleet) -> dict[tuple[str, str], float]:

@@ -37,8 +37,8 @@ from herwa.bot.metadata import upsert_meta
 from herwa.bot.voice import VoiceTracker
 from herwa.config import BotSettings
 from herwa.devstack import Endpoints
+from herwa.json_types import Json
 
-Json = dict[str, Any]
 EXAMPLES = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
 

@@ -22,11 +22,11 @@ from herwa.bot.commands import CommandDeps, Runtime, install
 from herwa.config import CommandSettings
 from herwa.devstack import Endpoints
 from herwa.etl.runner import RunOptions, run_once
+from herwa.json_types import Json
 from herwa.simulator import Simulator, SimulatorConfig, point_discord_at
 from herwa.simulator.client import restore_discord_defaults
 from herwa.stores import clickhouse_url_client
 
-Json = dict[str, Any]
 PREFIX = "herwa:"
 D0 = datetime(2024, 3, 4, tzinfo=UTC)  # a Monday
 # Quotas for tests: history reaching back to the fixed 2024 data set.

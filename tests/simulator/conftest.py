@@ -12,10 +12,9 @@ import discord
 import orjson
 import pytest
 
+from herwa.json_types import Json
 from herwa.simulator import Simulator, SimulatorConfig, point_discord_at
 from herwa.simulator.client import restore_discord_defaults
-
-Json = dict[str, Any]
 
 
 class Recorder:
