@@ -179,13 +179,17 @@ async def test_fault_poison_row_per_family(
             {"guild_id": str(g[2]), "user_id": some_user["id"], "channel_id": "abc"},
             GUILD_VOICE_STATES,
         ),
-        ("GUILD_CREATE", g[3], _guild_create(sim, g[3], member_count=2**31), GUILDS),
+        # Built when sent (below): a GUILD_CREATE carries the guild's voice states of that
+        # moment, and the bot reconciles its open sessions with them.
+        ("GUILD_CREATE", g[3], {"member_count": 2**31}, GUILDS),
         ("CHANNEL_UPDATE", g[4], _channel(sim, g[4], name="nul\x00name"), GUILDS),
     ]
     sessions_before = await _sessions_started(fleet)
     sim.start_activity(300)
     for event, guild_id, payload, intent in poison:
         await _sleep_events(sim, 120)
+        if event == "GUILD_CREATE":
+            payload = _guild_create(sim, guild_id, **payload)
         sim.gateway.dispatch(event, guild_id, payload, intent=intent)
     await _sleep_events(sim, 120)
     await sim.stop_activity()
