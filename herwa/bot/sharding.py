@@ -44,6 +44,9 @@ end
 return 0
 """
 
+# How much longer than the identify window a slot is held (see Coordinator.identify_slot).
+IDENTIFY_MARGIN = 1.2
+
 
 def rendezvous_owner(members: list[str], shard_id: int) -> str | None:
     best: tuple[int, str] | None = None
@@ -125,8 +128,12 @@ class Coordinator:
         """Wait until this pod may IDENTIFY ``shard_id``: one per bucket per window."""
         bucket = shard_id % self.max_concurrency
         key = f"{self.prefix}bot:identify:{bucket}"
+        # The slot is held a little longer than the window: it is granted here, but the gateway
+        # counts the IDENTIFY when it arrives, and one that travels slower than the next (another
+        # connection, another gateway node) would otherwise land inside the window and be refused.
+        held_ms = int(self.identify_window * IDENTIFY_MARGIN * 1000)
         # Polling: the slot frees by TTL expiry, which Redis does not announce.
         while not await self.redis.set(  # noqa: ASYNC110
-            key, f"{self.pod}:{shard_id}", nx=True, px=int(self.identify_window * 1000)
+            key, f"{self.pod}:{shard_id}", nx=True, px=held_ms
         ):
             await asyncio.sleep(poll)
