@@ -58,6 +58,11 @@ class Generation:
             # pod here dies without handing its shards over, so nothing waits for one to lapse).
             "HERWA_BOT_MEMBER_HEARTBEAT_SECONDS": "1.0",
             "HERWA_BOT_MEMBER_TTL_SECONDS": "30.0",
+            # The simulator counts an IDENTIFY when its own loop reads it, and that loop shares
+            # the machine with two fleets and the traffic: slots well apart (0.6 s against its
+            # 0.25 s window), so the test asserts the bot's pacing rather than this machine's
+            # scheduling (CI saw 110 ms of skew at FAST_ENV's spacing).
+            "HERWA_BOT_IDENTIFY_WINDOW_SECONDS": "0.5",
         }
         self.fleet = Fleet(sim, endpoints, log_dir, env)
 
