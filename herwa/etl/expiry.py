@@ -38,12 +38,13 @@ long-lived copy of activity there, ``dead_letter_rows``, expires with the same w
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -108,6 +109,10 @@ class Windows:
     def fingerprint(self, today: date) -> str:
         text = json.dumps([today.isoformat(), self.default, sorted(self.guilds.items())])
         return hashlib.sha256(text.encode()).hexdigest()
+
+    def cutoffs(self, today: date) -> tuple[dict[int, date | None], date | None]:
+        """Each listed server's cutoff, and the default one (see :func:`cutoff`)."""
+        return {g: cutoff(d, today) for g, d in self.guilds.items()}, cutoff(self.default, today)
 
 
 def cutoff(days: int | None, today: date) -> date | None:
@@ -370,8 +375,30 @@ async def expire_due(
     metrics.unexpirable.set(len(problems))
     for problem in problems:
         log.warning("history expiry: %s", problem)
+    # Each ClickHouse table's expiry: True when it is done, False when the budget ran out.
+    jobs: list[tuple[str, Callable[[], Awaitable[bool]]]] = [
+        (t.table, functools.partial(_expire_table, ch, t, current, today, until, outcome))
+        for t in targets
+    ]
+    jobs += [
+        (
+            table,
+            functools.partial(
+                _expire_arrays,
+                ch,
+                table,
+                [c[0] for c in catalogue[table]],
+                arrays,
+                current,
+                today,
+                outcome,
+            ),
+        )
+        for table, arrays in CLICKHOUSE_DATE_ARRAYS.items()
+        if table in catalogue
+    ]
     complete = True
-    for target in targets:
+    for table, expire in jobs:
         # Once the budget is spent, a table that deletes nothing (most, most days) is still
         # looked at, but none after one that deleted: every run gets at least one table's
         # rows deleted, and a pass cut short continues with the next table that has any.
@@ -379,23 +406,7 @@ async def expire_due(
             complete = False
             break
         try:
-            complete &= await _expire_table(ch, target, current, today, until, outcome)
-        except (asyncpg.InterfaceError, asyncpg.exceptions.ConnectionDoesNotExistError):
-            raise
-        except Exception as exc:
-            error = f"clickhouse.{target.table}: {type(exc).__name__}: {exc}"[:1000]
-            log.warning("history expiry failed; retried by the next run: %s", error)
-            outcome.failed.append(error)
-            complete = False
-    for table, arrays in CLICKHOUSE_DATE_ARRAYS.items():
-        if table not in catalogue:
-            continue
-        if time.monotonic() >= until and (outcome.rows or outcome.partitions):
-            complete = False  # the same budget rule as for the tables above
-            break
-        try:
-            columns = [c[0] for c in catalogue[table]]
-            await _expire_arrays(ch, table, columns, arrays, current, today, outcome)
+            complete &= await expire()
         except (asyncpg.InterfaceError, asyncpg.exceptions.ConnectionDoesNotExistError):
             raise
         except Exception as exc:
@@ -440,8 +451,7 @@ async def _expire_table(
     outcome: Outcome,
 ) -> bool:
     """Expire one table; False if the budget ran out before it was done."""
-    cutoffs = {g: cutoff(d, today) for g, d in current.guilds.items()}
-    default = cutoff(current.default, today)
+    cutoffs, default = current.cutoffs(today)
     every = [*cutoffs.values(), default]
     known = [c for c in every if c is not None]
     if not known:
@@ -486,15 +496,14 @@ async def _expire_arrays(
     current: Windows,
     today: date,
     outcome: Outcome,
-) -> None:
+) -> bool:
     """Write again, under version + 1, each row holding dates before its server's cutoff,
     without those elements (a row left with none stays, empty: deleting it would let FINAL
-    bring back the older version)."""
-    cutoffs = {g: cutoff(d, today) for g, d in current.guilds.items()}
-    default = cutoff(current.default, today)
+    bring back the older version). Always done in one go: True."""
+    cutoffs, default = current.cutoffs(today)
     known = [c for c in (*cutoffs.values(), default) if c is not None]
     if not known:
-        return
+        return True
     dates = arrays[0]
     result = await ch.query(
         f"SELECT DISTINCT guild_id FROM `{table}` FINAL"
@@ -527,6 +536,7 @@ async def _expire_arrays(
         )
         outcome.rows[name] = outcome.rows.get(name, 0) + int(rows)
         outcome.guilds.update(g for g, _ in chunk)
+    return True
 
 
 async def _drop_partitions(
