@@ -8,21 +8,15 @@ rewrites the day (and an author left without live messages becomes a zero row).
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
-
-import asyncpg
+from datetime import date
 
 from herwa import analytics
 from herwa.analytics import Cohort
 from herwa.devstack import Endpoints
-from herwa.etl.runner import RunOptions, run_once
 from herwa.stores import clickhouse_url_client
+from tests.analytics._rollup_data import Z, load_then_delete
 
 G = 3
-
-
-def Z(text: str) -> datetime:
-    return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
 # (message_id, author, at)
@@ -41,30 +35,15 @@ SPAN = (Z("2024-03-01 00:00"), Z("2024-03-25 00:00"))
 async def test_retention_rollup_is_exact_across_a_half_hour_week_boundary(
     migrated: Endpoints,
 ) -> None:
-    pg = await asyncpg.connect(migrated.postgres_dsn)
-    options = RunOptions(batch_rows=1000)
-    try:
-        await pg.executemany(
-            "INSERT INTO member_events (guild_id, user_id, event, at, account_created_at)"
-            " VALUES ($1, $2, 'join', $3, $3)",
-            [(G, u, Z("2024-03-04 10:00")) for u in range(200, 205)],
-        )
-        await pg.executemany(
-            "INSERT INTO message_events (message_id, guild_id, channel_id, author_id,"
-            " created_at, kind, is_bot) VALUES ($1, $2, 10, $3, $4, 'text', false)",
-            [(i, G, a, Z(t)) for i, a, t in MESSAGES],
-        )
-        first = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, options)
-        assert first.outcome == "caught_up", first.error
-        await pg.executemany(
-            "INSERT INTO message_deletions (message_id, guild_id, channel_id, deleted_at)"
-            " VALUES ($1, $2, 10, $3)",
-            [(i, G, Z("2024-03-11 00:00")) for i in (6, 7)],
-        )
-        second = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, options)
-        assert second.outcome == "caught_up", second.error
-    finally:
-        await pg.close()
+    await load_then_delete(
+        migrated,
+        G,
+        members=range(200, 205),
+        joined=Z("2024-03-04 10:00"),
+        messages=MESSAGES,
+        deleted=(6, 7),
+        deleted_at=Z("2024-03-11 00:00"),
+    )
 
     client = await clickhouse_url_client(migrated.clickhouse_readonly_url)
     try:

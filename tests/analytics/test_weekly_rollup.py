@@ -10,21 +10,15 @@ from the per-author arrays, not linger.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
-
-import asyncpg
+from datetime import date, datetime
 
 from herwa import analytics
 from herwa.analytics import Cohort
 from herwa.devstack import Endpoints
-from herwa.etl.runner import RunOptions, run_once
 from herwa.stores import clickhouse_url_client
+from tests.analytics._rollup_data import Z, load_then_delete
 
 G = 5
-
-
-def Z(text: str) -> datetime:
-    return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
 # (message_id, author, at)
@@ -40,31 +34,15 @@ SPAN = (Z("2024-02-20 00:00"), Z("2024-03-20 00:00"))
 async def test_week_rollups_are_exact_at_the_widest_offsets_and_follow_deletions(
     migrated: Endpoints,
 ) -> None:
-    pg = await asyncpg.connect(migrated.postgres_dsn)
-    options = RunOptions(batch_rows=1000)
-    try:
-        await pg.executemany(
-            "INSERT INTO member_events (guild_id, user_id, event, at, account_created_at)"
-            " VALUES ($1, $2, 'join', $3, $3)",
-            [(G, u, Z("2024-03-06 12:00")) for u in (300, 301, 302)],
-        )
-        await pg.executemany(
-            "INSERT INTO message_events (message_id, guild_id, channel_id, author_id,"
-            " created_at, kind, is_bot) VALUES ($1, $2, 10, $3, $4, 'text', false)",
-            [(i, G, a, Z(t)) for i, a, t in MESSAGES],
-        )
-        first = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, options)
-        assert first.outcome == "caught_up", first.error
-        await pg.execute(
-            "INSERT INTO message_deletions (message_id, guild_id, channel_id, deleted_at)"
-            " VALUES (4, $1, 10, $2)",
-            G,
-            Z("2024-03-13 00:00"),
-        )
-        second = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, options)
-        assert second.outcome == "caught_up", second.error
-    finally:
-        await pg.close()
+    await load_then_delete(
+        migrated,
+        G,
+        members=(300, 301, 302),
+        joined=Z("2024-03-06 12:00"),
+        messages=MESSAGES,
+        deleted=(4,),
+        deleted_at=Z("2024-03-13 00:00"),
+    )
 
     client = await clickhouse_url_client(migrated.clickhouse_readonly_url)
     try:
