@@ -6,6 +6,7 @@ messages are never counted, and bots are excluded unless ``include_bots=True``. 
 the ETL-maintained rollups (``message_activity_15m`` / ``_hourly`` / ``_daily``).
 """
 
+from herwa.analytics.daily import DayActivity, daily
 from herwa.analytics.growth import GrowthPoint, growth
 from herwa.analytics.heatmap import DAYS, Heatmap, heatmap
 from herwa.analytics.leaderboards import (
@@ -23,12 +24,14 @@ __all__ = [
     "ChannelScope",
     "ChannelStats",
     "Cohort",
+    "DayActivity",
     "Entry",
     "GrowthPoint",
     "Heatmap",
     "MemberSummary",
     "Overview",
     "channel_stats",
+    "daily",
     "growth",
     "heatmap",
     "leaderboard",

@@ -17,6 +17,8 @@ from herwa.simulator._command_options import (
     SUB_COMMAND,
     SUB_COMMAND_GROUP,
     build_invocation,
+    check_choices,
+    check_registration,
 )
 from herwa.simulator._gateway import (
     GUILD_MEMBERS,
@@ -76,5 +78,7 @@ __all__ = [
     "World",
     "WorldConfig",
     "build_invocation",
+    "check_choices",
+    "check_registration",
     "point_discord_at",
 ]

@@ -20,7 +20,12 @@ from herwa.simulator._gateway import (
     Gateway,
 )
 from herwa.simulator._history import History
-from herwa.simulator._interactions import InteractionRecord, InteractionStore
+from herwa.simulator._interactions import (
+    APPLICATION_COMMAND,
+    APPLICATION_COMMAND_AUTOCOMPLETE,
+    InteractionRecord,
+    InteractionStore,
+)
 from herwa.simulator._ledger import Ledger, MessageRecord, VoiceRecord
 from herwa.simulator._snowflake import SnowflakeFactory, iso_from_ms
 from herwa.simulator._world import (
@@ -429,21 +434,34 @@ class Actions:
         at_ms: int,
         permissions: str = ADMIN_PERMISSIONS,
         resolved: Json | None = None,
+        focused: Json | None = None,
     ) -> InteractionRecord:
+        """A slash command, or with ``focused`` (the registered option being typed in) an
+        autocomplete interaction for it, which is no invocation: the ledger does not count it."""
         guild = self.world.guilds[guild_id]
         channel = guild.channels[channel_id]
         member = guild.members[user_id]
         cmd = self.app.find_command(name, guild_id)
         iid = self.new_id(at_ms)
+        kind = APPLICATION_COMMAND if focused is None else APPLICATION_COMMAND_AUTOCOMPLETE
         rec = InteractionRecord(
-            iid, self.interactions.new_token(), guild_id, channel_id, user_id, name, options
+            iid,
+            self.interactions.new_token(),
+            guild_id,
+            channel_id,
+            user_id,
+            name,
+            options,
+            type=kind,
+            focused=focused,
         )
         self.interactions.add(rec)
-        self.ledger.command(guild_id, name)
+        if focused is None:
+            self.ledger.command(guild_id, name)
         d: Json = {
             "id": str(iid),
             "application_id": str(self.app.application_id),
-            "type": 2,
+            "type": kind,
             "data": {
                 "id": str(cmd["id"]) if cmd else str(self.new_id(at_ms)),
                 "name": name,

@@ -18,6 +18,7 @@ from aiohttp import web
 from herwa.json_types import Json
 from herwa.simulator._activity import Activity, ScenarioConfig
 from herwa.simulator._app import AppState
+from herwa.simulator._command_options import focused_option
 from herwa.simulator._control import Control
 from herwa.simulator._faults import inject
 from herwa.simulator._gateway import (
@@ -368,6 +369,43 @@ class Simulator:
         # Follow-ups usually come right after the original; give them a moment.
         await asyncio.sleep(0.05)
         return rec.result(self.interactions.files, include_bytes=include_bytes)
+
+    async def autocomplete(
+        self,
+        guild_id: int,
+        name: str,
+        options: list[Json],
+        *,
+        channel_id: int | None = None,
+        user_id: int | None = None,
+        timeout: float = 10.0,
+        permissions: int | None = None,
+    ) -> Json:
+        """A member typing in an option: an autocomplete interaction whose ``options`` (as for
+        :meth:`invoke_command`, with subcommands) mark the option being typed ``focused``, and
+        the bot's answer (``choices``, or why Discord would refuse it in ``invalid``).
+
+        Raises ValueError for what Discord never sends: a command not registered, or a focused
+        option that is not exactly one option registered with autocomplete."""
+        guild = self.world.guilds[guild_id]
+        command = self.app.find_command(name, guild_id)
+        if command is None:
+            raise ValueError(f"/{name} is not registered")
+        focused = focused_option(command, options)
+        if channel_id is None:
+            channel_id = next(c.id for c in guild.channels.values() if c.type == TEXT)
+        rec = self.activity.invoke_command(
+            guild_id,
+            channel_id,
+            user_id if user_id is not None else guild.owner_id,
+            name,
+            options,
+            at_ms=self.now_ms(),
+            permissions=ADMIN_PERMISSIONS if permissions is None else str(permissions),
+            focused=focused,
+        )
+        await self.interactions.wait(rec.id, timeout)
+        return rec.autocomplete_result()
 
     def _member_chunks(self, session: Session, d: Json) -> None:
         gids = d.get("guild_id")

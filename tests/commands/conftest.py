@@ -67,6 +67,19 @@ class Harness:
             permissions=permissions,
         )
 
+    async def autocomplete(
+        self,
+        name: str,
+        options: list[Json],
+        *,
+        user: int | None = None,
+        permissions: int | None = None,
+    ) -> Json:
+        """The member types in the option marked ``focused``: the bot's choices."""
+        return await self.sim.autocomplete(
+            self.guild, name, options, user_id=user, permissions=permissions
+        )
+
     async def grant(
         self,
         tier: str,
