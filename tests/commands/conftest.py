@@ -18,7 +18,7 @@ from discord import app_commands
 from redis.asyncio import Redis
 
 from herwa import platform
-from herwa.bot.commands import CommandDeps, Runtime, install
+from herwa.bot.commands import CommandDeps, CommandRuntime, install
 from herwa.config import CommandSettings
 from herwa.devstack import Endpoints
 from herwa.etl.runner import RunOptions, run_once
@@ -38,7 +38,7 @@ class Harness:
     sim: Simulator
     pool: asyncpg.Pool
     redis: Redis
-    rt: Runtime
+    rt: CommandRuntime
     client: discord.Client
     endpoints: Endpoints
     guild: int  # the guild under test

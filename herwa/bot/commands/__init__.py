@@ -2,7 +2,7 @@
 
 One command per platform feature so tiers can gate each. The names sold are
 ``herwa/platform.yaml``'s ``commands:``; the names served are those :func:`install` registers,
-and each handler's :class:`~._runtime.Spec` names the command the gate charges
+and each handler's :class:`~._runtime.CommandSpec` names the command the gate charges
 (tests/commands/test_registry.py holds the three equal). Every invocation passes the same gate
 (per-user rate limit, Manage Server for admin commands, the guild's entitlement, the monthly
 query quota) in :mod:`._runtime`.
@@ -43,7 +43,7 @@ from herwa.bot.commands._charts import (
     heatmap_png,
     png_size,
 )
-from herwa.bot.commands._gate import Gate, Outcome, quota_month
+from herwa.bot.commands._gate import CommandOutcome, Gate, quota_month
 from herwa.bot.commands._options import (
     OptionError,
     bounded_int,
@@ -52,7 +52,7 @@ from herwa.bot.commands._options import (
     parse_channel_ids,
     parse_timezone,
 )
-from herwa.bot.commands._runtime import CommandDeps, Runtime, Spec
+from herwa.bot.commands._runtime import CommandDeps, CommandRuntime, CommandSpec
 
 __all__ = [
     "DPI",
@@ -61,11 +61,11 @@ __all__ = [
     "RETENTION_SIZE",
     "WEEKDAYS",
     "CommandDeps",
+    "CommandOutcome",
+    "CommandRuntime",
+    "CommandSpec",
     "Gate",
     "OptionError",
-    "Outcome",
-    "Runtime",
-    "Spec",
     "bounded_int",
     "date_range",
     "heatmap_png",
@@ -78,9 +78,9 @@ __all__ = [
 ]
 
 
-def install(tree: app_commands.CommandTree[Any], deps: CommandDeps) -> Runtime:
+def install(tree: app_commands.CommandTree[Any], deps: CommandDeps) -> CommandRuntime:
     """Add every command to ``tree`` (global commands); sync the tree afterwards."""
-    rt = Runtime(deps)
+    rt = CommandRuntime(deps)
     commands: list[app_commands.Command[Any, Any, None] | app_commands.Group] = [
         overview.build(rt),
         heatmap.build(rt),

@@ -22,13 +22,13 @@ from herwa.bot.commands._common import (
 )
 from herwa.bot.commands._options import OptionError, parse_channel_id
 from herwa.bot.commands._reply import Reply
-from herwa.bot.commands._runtime import Context, Runtime, Spec, Work
+from herwa.bot.commands._runtime import CommandRuntime, CommandSpec, Context, Work
 from herwa.bot.commands._visibility import can_view, scope_key, visible_channels
 
-SPEC = Spec("channels")
+SPEC = CommandSpec("channels")
 
 
-def build(rt: Runtime) -> app_commands.Command[Any, Any, None]:
+def build(rt: CommandRuntime) -> app_commands.Command[Any, Any, None]:
     @app_commands.command(name="channels", description="Activity per channel")
     @app_commands.describe(
         days=DAYS_HELP, end=END_HELP, page=PAGE_HELP, channel="only this channel (#mention or id)"

@@ -14,12 +14,12 @@ from herwa import analytics
 from herwa.bot.commands._common import DAYS_HELP, END_HELP, Days, resolve_range
 from herwa.bot.commands._options import DateRange
 from herwa.bot.commands._reply import Attachment, Reply
-from herwa.bot.commands._runtime import Context, Runtime, Spec, Work
+from herwa.bot.commands._runtime import CommandRuntime, CommandSpec, Context, Work
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.asyncclient import AsyncClient
 
-SPEC = Spec("export", admin=True, ephemeral=True)
+SPEC = CommandSpec("export", admin=True, ephemeral=True)
 COLUMNS = ("day", "messages", "active_members", "voice_minutes", "joins", "leaves", "member_count")
 
 
@@ -40,7 +40,7 @@ async def daily_rows(client: AsyncClient, guild_id: int, span: DateRange) -> lis
     ]
 
 
-def build(rt: Runtime) -> app_commands.Command[Any, Any, None]:
+def build(rt: CommandRuntime) -> app_commands.Command[Any, Any, None]:
     @app_commands.command(name="export", description="Admins: daily statistics as CSV")
     @app_commands.describe(days=DAYS_HELP, end=END_HELP)
     @app_commands.guild_only()

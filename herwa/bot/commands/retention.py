@@ -18,9 +18,9 @@ from herwa.bot.commands._charts import retention_png
 from herwa.bot.commands._common import END_HELP, Days, embed, resolve_range
 from herwa.bot.commands._options import OptionError
 from herwa.bot.commands._reply import Attachment, Reply
-from herwa.bot.commands._runtime import Context, Runtime, Spec, Work
+from herwa.bot.commands._runtime import CommandRuntime, CommandSpec, Context, Work
 
-SPEC = Spec("retention")
+SPEC = CommandSpec("retention")
 MAX_WEEKS = 12
 ACTIVITIES = ("messages", "voice")
 
@@ -45,7 +45,7 @@ def summary(cohorts: list[analytics.Cohort], weeks: int) -> str:
     return "\n".join(lines)
 
 
-def build(rt: Runtime) -> app_commands.Command[Any, Any, None]:
+def build(rt: CommandRuntime) -> app_commands.Command[Any, Any, None]:
     @app_commands.command(name="retention", description="Weekly join cohorts' retention (PNG)")
     @app_commands.describe(
         days="join window: members who first joined in these days form the cohorts",

@@ -12,18 +12,18 @@ from herwa.bot.commands._autocomplete import suggest_channels, suggest_zones
 from herwa.bot.commands._common import embed
 from herwa.bot.commands._options import OptionError, bounded_int, parse_channel_ids, parse_timezone
 from herwa.bot.commands._reply import Reply
-from herwa.bot.commands._runtime import Context, Runtime, Spec, Work
+from herwa.bot.commands._runtime import CommandRuntime, CommandSpec, Context, Work
 
-SPEC = Spec("config", admin=True, counts_quota=False, cacheable=False, ephemeral=True)
+SPEC = CommandSpec("config", admin=True, counts_quota=False, cacheable=False, ephemeral=True)
 
 
-async def _set(ctx: Context, rt: Runtime, setting: str, value: Any) -> None:
+async def _set(ctx: Context, rt: CommandRuntime, setting: str, value: Any) -> None:
     await guild_settings.change(ctx.deps.pool, ctx.guild_id, setting, value)
     # Cached charts were drawn for the old settings (e.g. the old time zone).
     await rt.cache.drop_guild(ctx.guild_id)
 
 
-def build(rt: Runtime) -> app_commands.Group:
+def build(rt: CommandRuntime) -> app_commands.Group:
     group = app_commands.Group(
         name="config",
         description="Admins: Herwa's settings for this server",
