@@ -314,7 +314,7 @@ class ShowcaseConfig:
     voice_channels: int = 3
     timezone: str = "Europe/Berlin"
     # The server's share of all guilds' activity: how often live traffic picks it.
-    activity_share: float = 0.3
+    activity_share: float = 0.1
     # A newcomer stays engaged for an exponential time with this mean (days); ``lurker_share``
     # of them never write, ``loyal_share`` stay for good.
     engaged_days: float = 10.0

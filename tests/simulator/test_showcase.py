@@ -9,8 +9,13 @@ import datetime as dt
 import zoneinfo
 from collections import Counter
 
-from herwa.simulator import ShowcaseConfig, Simulator, SimulatorConfig, WorldConfig
-from herwa.simulator._snowflake import snowflake_time_ms
+from herwa.simulator import (
+    DISCORD_EPOCH_MS,
+    ShowcaseConfig,
+    Simulator,
+    SimulatorConfig,
+    WorldConfig,
+)
 
 END = 1_764_547_200_000  # 2025-12-01T00:00:00Z, a Monday
 DAY = 86_400_000
@@ -59,7 +64,8 @@ async def test_every_message_id_carries_its_time() -> None:
     # History (two streams in one time order) and newcomers (a stream of its own, in the past).
     sim = await _past()
     assert sim.ledger.messages
-    assert all(snowflake_time_ms(m.id) == m.created_ms for m in sim.ledger.messages.values())
+    messages = sim.ledger.messages.values()
+    assert all((m.id >> 22) + DISCORD_EPOCH_MS == m.created_ms for m in messages)
 
 
 async def test_daily_and_weekly_rhythm_and_heavy_tails() -> None:
