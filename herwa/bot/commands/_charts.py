@@ -182,7 +182,10 @@ def growth_png(
         labels.append("members")
     ax.legend(handles, labels, loc="upper left")
     ax.set_title(title)
-    fig.autofmt_xdate()
+    # Figure.autofmt_xdate leaves axes placed by add_axes (no grid spec) alone: rotated here.
+    for label in ax.get_xticklabels():
+        label.set_rotation(30)
+        label.set_horizontalalignment("right")
     return _png(canvas)
 
 
