@@ -116,6 +116,10 @@ class Actions:
         # stamp them "now": replayed events get their own worker, whose clock is the replay's.
         self.replay_ids = SnowflakeFactory(worker=2)
         self.history_ids = SnowflakeFactory(worker=3)
+        # A stream of past events generated on its own (the showcase's newcomers, delivered
+        # before the replay) goes forwards through its own weeks: its own worker too.
+        self.past_ids = SnowflakeFactory(worker=5)
+        self.past_stream = False
         self._voice_sessions: dict[tuple[int, int], VoiceRecord] = {}
         self._recent: dict[int, list[int]] = {}  # channel -> recent live message ids
         self._author_pools: dict[int, tuple[list[Member], list[float], list[Member]]] = {}
@@ -127,6 +131,8 @@ class Actions:
 
     def new_id(self, at_ms: int) -> int:
         """A snowflake whose timestamp is ``at_ms``, for live and replayed events alike."""
+        if self.past_stream:
+            return self.past_ids.make(at_ms)
         factory = self.replay_ids if at_ms < self.ids.last_ms else self.ids
         return factory.make(at_ms)
 
@@ -407,6 +413,7 @@ class Actions:
     def member_join(self, guild_id: int, *, at_ms: int) -> int:
         guild = self.world.guilds[guild_id]
         m = self.world.add_member(guild, self.rng, at_ms)
+        self.world.engage(guild, m, self.rng, at_ms)
         self._author_pools.pop(guild_id, None)
         self.ledger.member_join(guild_id, m.user.id, at_ms, len(guild.members), is_bot=m.user.bot)
         d = {**m.payload(), "guild_id": str(guild_id)}

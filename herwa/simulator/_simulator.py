@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import math
 import random
 import socket
 import time
+import zoneinfo
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -34,6 +36,11 @@ from herwa.simulator._history import History
 from herwa.simulator._interactions import InteractionStore
 from herwa.simulator._ledger import Ledger
 from herwa.simulator._rest import API_PREFIX, RateLimit, Rest
+from herwa.simulator._showcase import (
+    rhythmic_times,
+    showcase_history_message,
+    showcase_newcomers,
+)
 from herwa.simulator._snowflake import SnowflakeFactory
 from herwa.simulator._world import ADMIN_PERMISSIONS, TEXT, User, World, WorldConfig
 
@@ -309,18 +316,59 @@ class Simulator:
                 carry = 0.0  # backpressure: do not catch up with what the consumer refused
 
     def create_history(
-        self, *, days: float, messages_per_day: int, end_ms: int | None = None
+        self,
+        *,
+        days: float,
+        messages_per_day: int,
+        end_ms: int | None = None,
+        showcase_per_day: int = 0,
     ) -> int:
         """Messages in the past (ids carry their historic timestamps), reachable only through
-        channel history: the bot was not there to receive them. Returns how many."""
+        channel history: the bot was not there to receive them. The showcase server, if the
+        world has one, gets ``showcase_per_day`` of its own, with its local rhythm, besides
+        ``messages_per_day`` for all the others. Returns how many."""
         end = end_ms if end_ms is not None else int(time.time() * 1000) - 60_000
         start = end - int(days * _DAY_MS)
         rng = self.activity.rng
         total = int(days * messages_per_day)
         times = sorted(rng.randrange(start, end) for _ in range(total))
-        for t in times:
-            self.activity.historical_message(t)
-        return total
+        showcase = self.world.showcase
+        if showcase is None or showcase_per_day <= 0:
+            for t in times:
+                self.activity.historical_message(t)
+            return total
+        # In one time order with the others': history ids only go forwards.
+        count = int(days * showcase_per_day)
+        zone = zoneinfo.ZoneInfo(showcase.timezone)
+        ours = rhythmic_times(rng, zone, start, end, count)
+        merged = heapq.merge(((t, False) for t in times), ((t, True) for t in ours))
+        for t, is_showcase in merged:
+            if is_showcase:
+                showcase_history_message(self.activity, showcase, t)
+            else:
+                self.activity.historical_message(t)
+        return total + count
+
+    async def showcase_newcomers(
+        self, *, days: float, joins_per_day: float, end_ms: int | None = None
+    ) -> tuple[int, int]:
+        """The showcase server's newcomers of the past ``days``: their joins and what they
+        wrote while engaged, delivered through the gateway in time order with their past
+        timestamps (as fast as the bots take them). Returns (joins, messages)."""
+        showcase = self.world.showcase
+        if showcase is None:
+            raise ValueError("this world has no showcase server")
+        end = end_ms if end_ms is not None else self.now_ms()
+        out: list[Prepared] = []
+        self.gateway.capture = out
+        try:
+            counts = showcase_newcomers(
+                self.activity, showcase, end - int(days * _DAY_MS), end, joins_per_day
+            )
+        finally:
+            self.gateway.capture = None
+        await self.push_prepared(out)
+        return counts
 
     # -- faults, commands, tokens -----------------------------------------------------------
     async def inject_fault(self, fault: str, shard_id: int, *, seconds: float = 5.0) -> int:

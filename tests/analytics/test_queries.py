@@ -357,3 +357,47 @@ async def test_queries_run_as_the_readonly_user(ro: AsyncClient, migrated: Endpo
 
     with pytest.raises(DatabaseError, match=r"(?i)readonly"):
         await ro.command("INSERT INTO messages (message_id) VALUES (1)")
+
+
+async def test_weeks_not_begun_are_blank_not_zero(migrated: Endpoints) -> None:
+    """A cohort's week N that lies ahead has no value (None in the command, NULL in the
+    panel), while a week that has begun with nobody active is 0."""
+    now = datetime.now(UTC)
+    monday = datetime.combine(now.date() - timedelta(days=now.weekday()), time(), UTC)
+    cohort = monday - timedelta(weeks=1)  # last week: weeks 0 and 1 have begun, 2.. lie ahead
+    pg = await asyncpg.connect(migrated.postgres_dsn)
+    try:
+        await pg.executemany(
+            "INSERT INTO member_events (guild_id, user_id, event, at, account_created_at,"
+            " is_bot) VALUES (3, $1, 'join', $2, $2, false)",
+            [(300, cohort + timedelta(hours=1)), (301, cohort + timedelta(hours=2))],
+        )
+        await pg.execute(
+            "INSERT INTO message_events (message_id, guild_id, channel_id, author_id,"
+            " created_at, kind, is_bot) VALUES (1, 3, 10, 300, $1, 'text', false)",
+            cohort + timedelta(hours=3),
+        )
+        await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, RunOptions())
+    finally:
+        await pg.close()
+    span = (cohort - timedelta(days=1), now)
+    weeks = dashboard.RETENTION_WEEKS
+    blank = (None,) * (weeks - 2)
+    ro = await clickhouse_url_client(migrated.clickhouse_readonly_url)
+    try:
+        for source in ("rollup", "raw"):
+            got = await analytics.retention(ro, 3, "UTC", *span, weeks=weeks, source=source)
+            assert got == [
+                Cohort(cohort.date(), 2, (1, 0, *blank), (0, 0, *blank)),
+            ], source
+        sql = expand(
+            dashboard.PANELS["Retention by weekly join cohort"], {"guild": "3", "tz": "UTC"}, *span
+        )
+        rows = (await ro.query(sql)).result_rows
+    finally:
+        await ro.close()
+    assert [(n, active, pct) for _, _, n, active, pct, _, _ in rows] == [
+        (0, 1, 50.0),
+        (1, 0, 0.0),
+        *((n, None, None) for n in range(2, weeks)),
+    ]

@@ -38,10 +38,13 @@ from herwa.bot.commands._charts import (
     DPI,
     GROWTH_SIZE,
     HEATMAP_SIZE,
+    MEMBERS_COLOUR,
     RETENTION_SIZE,
     WEEKDAYS,
+    growth_png,
     heatmap_png,
     png_size,
+    retention_png,
 )
 from herwa.bot.commands._gate import CommandOutcome, Gate, quota_month
 from herwa.bot.commands._options import (
@@ -58,6 +61,7 @@ __all__ = [
     "DPI",
     "GROWTH_SIZE",
     "HEATMAP_SIZE",
+    "MEMBERS_COLOUR",
     "RETENTION_SIZE",
     "WEEKDAYS",
     "CommandDeps",
@@ -68,6 +72,7 @@ __all__ = [
     "OptionError",
     "bounded_int",
     "date_range",
+    "growth_png",
     "heatmap_png",
     "install",
     "parse_channel_id",
@@ -75,6 +80,7 @@ __all__ = [
     "parse_timezone",
     "png_size",
     "quota_month",
+    "retention_png",
 ]
 
 
