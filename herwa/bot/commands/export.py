@@ -42,8 +42,8 @@ _DAILY = """
                sum(duration_seconds) AS v
         FROM voice_sessions FINAL
         WHERE guild_id = {guild_id:UInt64} AND NOT is_bot
-          AND joined_at >= toDateTime({since:UInt32}, 'UTC')
-          AND joined_at < toDateTime({until:UInt32}, 'UTC')
+          AND joined_at >= toDateTime64({since:UInt32}, 3, 'UTC')
+          AND joined_at < toDateTime64({until:UInt32}, 3, 'UTC')
         GROUP BY day
     ) GROUP BY day
 """
