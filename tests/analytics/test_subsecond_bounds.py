@@ -13,17 +13,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, time, timedelta
+from typing import Any
 
 import asyncpg
 import pytest
 
 from herwa import analytics
-from herwa.bot.commands._options import DateRange
+from herwa.bot.commands import date_range
 from herwa.bot.commands.export import daily_rows
 from herwa.devstack import Endpoints
 from herwa.etl.runner import RunOptions, run_once
 from herwa.stores import clickhouse_url_client
-from tests.etl._support import ch_value
 
 G = 7
 HOUR = datetime(2024, 3, 4, 10, tzinfo=UTC)  # a Monday
@@ -52,6 +52,14 @@ async def _message(pg: asyncpg.Connection, message_id: int, at: datetime) -> Non
         G,
         at,
     )
+
+
+async def ch_value(endpoints: Endpoints, sql: str, **params: object) -> Any:
+    client = await clickhouse_url_client(endpoints.clickhouse_url)
+    try:
+        return (await client.query(sql, parameters=params)).result_rows[0][0]
+    finally:
+        await client.close()
 
 
 async def _rollup_totals(endpoints: Endpoints) -> dict[str, int]:
@@ -121,7 +129,16 @@ async def test_queries_count_rows_in_the_last_subsecond_before_until(
         summary = await analytics.member_summary(ro, G, 100, since, until)
         assert (summary.messages, summary.voice_sessions) == (1, 1), summary
         # /export: voice minutes on the day the session started.
-        rows = await daily_rows(ro, G, DateRange(day, day, "UTC"))
+        span = date_range(
+            days=1,
+            end=day.isoformat(),
+            tz="UTC",
+            now=until,
+            history_days=None,
+            max_days=7,
+            tier="enterprise",
+        )
+        rows = await daily_rows(ro, G, span)
         assert rows == [[day.isoformat(), 1, 1, 2, 1, 0, ""]]
     finally:
         await ro.close()
