@@ -35,9 +35,13 @@ def params(guild_id: int, since: datetime, until: datetime, **extra: Any) -> dic
     return {"guild_id": guild_id, "since": epoch(since), "until": epoch(until), **extra}
 
 
-# Bound as UInt32 epoch seconds and turned into UTC DateTimes inside the query.
-SINCE = "toDateTime({since:UInt32}, 'UTC')"
-UNTIL = "toDateTime({until:UInt32}, 'UTC')"
+# Bound as UInt32 epoch seconds and turned into UTC times inside the query, as DateTime64(3):
+# the raw tables' times are DateTime64(3) and partitioned by them, and ClickHouse 26.9's
+# partition minmax index skips a part whose times lie in the last second before a strict
+# DateTime bound (a row at 10:59:59.5 was not found by ``< toDateTime(11:00)``). Against the
+# rollups' DateTime columns a whole-second DateTime64 compares exactly.
+SINCE = "toDateTime64({since:UInt32}, 3, 'UTC')"
+UNTIL = "toDateTime64({until:UInt32}, 3, 'UTC')"
 
 
 async def rows(

@@ -33,8 +33,8 @@ RETENTION_WEEKS = 8  # the /retention default
 
 # Query parameter (or the bound expression around it) -> what Grafana substitutes.
 GRAFANA = {
-    "toDateTime({since:UInt32}, 'UTC')": "$__fromTime",
-    "toDateTime({until:UInt32}, 'UTC')": "$__toTime",
+    "toDateTime64({since:UInt32}, 3, 'UTC')": "toDateTime64($__fromTime, 3, 'UTC')",
+    "toDateTime64({until:UInt32}, 3, 'UTC')": "toDateTime64($__toTime, 3, 'UTC')",
     "{guild_id:UInt64}": "toUInt64('${guild:percentencode}')",
     "{tz:String}": "decodeURLComponent('${tz:percentencode}')",
     "{bots:Bool}": "false",

@@ -65,7 +65,7 @@ async def short_resume_sim() -> AsyncIterator[Simulator]:
         yield s
 
 
-async def test_sigkill_then_backfill_completes_message_counts(
+async def test_fault_sigkill_past_resume_window_backfills_messages(
     short_resume_sim: Simulator, migrated: Endpoints, tmp_path: Path
 ) -> None:
     sim = short_resume_sim

@@ -26,6 +26,7 @@ from herwa.bot.capture import (
     edit_row,
     guild_join_row,
     guild_payload,
+    guild_update_payload,
     member_join_row,
     member_leave_row,
     message_row,
@@ -160,10 +161,14 @@ VOICE = payload(
         "member": ANY,
     },
 )
+ICON = st.from_regex(r"(a_)?[0-9a-f]{32}", fullmatch=True)
+# GUILD_UPDATE, and the same profile fields in GUILD_CREATE.
+PROFILE = {"id": VALID_ID, "name": st.text(max_size=30), "icon": ICON, "owner_id": VALID_ID}
+BAD_PROFILE = {"id": ID, "name": NAME, "icon": NAME, "owner_id": ID}
+GUILD_UPDATE = payload(PROFILE, BAD_PROFILE)
 GUILD = payload(
     {
-        "id": VALID_ID,
-        "name": st.text(max_size=30),
+        **PROFILE,
         "member_count": VALID_COUNT,
         "joined_at": VALID_TIMESTAMP,
         "channels": st.lists(CHANNEL, max_size=3),
@@ -172,8 +177,7 @@ GUILD = payload(
         "members": st.lists(payload({"user": USER}, {"user": ANY}), max_size=3),
     },
     {
-        "id": ID,
-        "name": NAME,
+        **BAD_PROFILE,
         "member_count": COUNT,
         "joined_at": TIMESTAMP,
         "channels": ANY,
@@ -215,6 +219,7 @@ async def test_fuzzed_capture_never_raises_counts_and_postgres_accepts_what_it_m
     voice = VoiceTracker(directory, max_hours=12)
     rows: dict[str, list[Row]] = {}
     guilds: list[Json] = []
+    profiles: list[Json] = []
     channels: list[tuple[int, Json]] = []
 
     def keep(table: str, found: Row | list[Row] | None) -> None:
@@ -264,6 +269,13 @@ async def test_fuzzed_capture_never_raises_counts_and_postgres_accepts_what_it_m
         guilds.append(g)
 
     @EXAMPLES
+    @given(d=GUILD_UPDATE)
+    def guild_updates(d: Any) -> None:
+        p = _check("GUILD_UPDATE", lambda: guild_update_payload(d), False)
+        if p is not None:
+            profiles.append(p)
+
+    @EXAMPLES
     @given(d=CHANNEL)
     def channel_updates(d: Any) -> None:
         c = _check("CHANNEL_UPDATE", lambda: channel_payload(d), False)
@@ -283,7 +295,7 @@ async def test_fuzzed_capture_never_raises_counts_and_postgres_accepts_what_it_m
             left, _ = voice.update({**state, "channel_id": None}, 1_700_000_000.0 + leave_after, 0)
             keep("voice_sessions", left)
 
-    for run in (messages, members, guild_creates, channel_updates, voice_updates):
+    for run in (messages, members, guild_creates, guild_updates, channel_updates, voice_updates):
         run()
 
     pool = await asyncpg.create_pool(migrated.postgres_dsn, min_size=1, max_size=2)
@@ -295,6 +307,8 @@ async def test_fuzzed_capture_never_raises_counts_and_postgres_accepts_what_it_m
         async with pool.acquire() as conn:
             for g in guilds:
                 await upsert_meta(conn, "guild", g, BotSettings())
+            for p in profiles:
+                await upsert_meta(conn, "profile", p, BotSettings())
             for item in channels:
                 await upsert_meta(conn, "channel", item, BotSettings())
             dead = await conn.fetch("SELECT table_name, row, reason FROM dead_letter_rows")
@@ -305,7 +319,11 @@ async def test_fuzzed_capture_never_raises_counts_and_postgres_accepts_what_it_m
             }
         # Something of every family got through (the strategies also make valid payloads).
         assert all(staged.values()), staged
-        print(f"rows produced={ {t: len(r) for t, r in rows.items()} } staged={staged}")
+        assert profiles  # valid GUILD_UPDATEs were made and written
+        print(
+            f"rows produced={ {t: len(r) for t, r in rows.items()} } staged={staged}"
+            f" guild profiles written={len(profiles)}"
+        )
     finally:
         await buf.close(5.0)
         await pool.close()

@@ -90,29 +90,61 @@ async def _stage_everything(pg: asyncpg.Connection, guild: int) -> None:
     )
 
 
+async def _id_columns(
+    endpoints: Endpoints, pg: asyncpg.Connection
+) -> dict[str, dict[str, set[str]]]:
+    """store → table → its guild and member id columns, read from the catalogues here, not
+    through ``privacy``: a table the deletion code fails to find must still be looked at.
+    Only the tables kept on purpose (``privacy.KEPT``, each with its reason) are left out."""
+    wanted = {privacy.GUILD_COLUMN, *privacy.USER_COLUMNS}
+    out: dict[str, dict[str, set[str]]] = {"postgres": {}, "clickhouse": {}}
+    rows = await pg.fetch(
+        "SELECT c.table_name, c.column_name FROM information_schema.columns c"
+        " JOIN information_schema.tables t USING (table_schema, table_name)"
+        " WHERE c.table_schema = current_schema() AND t.table_type = 'BASE TABLE'"
+        " AND c.column_name = ANY($1::text[])",
+        sorted(wanted),
+    )
+    for r in rows:
+        out["postgres"].setdefault(r["table_name"], set()).add(r["column_name"])
+    for table, column in await ch_rows(
+        endpoints,
+        "SELECT c.table, c.name FROM system.columns AS c INNER JOIN system.tables AS t"
+        " ON t.database = c.database AND t.name = c.table"
+        " WHERE c.database = currentDatabase() AND t.engine LIKE '%MergeTree'"
+        " AND c.name IN {names:Array(String)}",
+        names=sorted(wanted),
+    ):
+        out["clickhouse"].setdefault(str(table), set()).add(str(column))
+    for store, kept in privacy.KEPT.items():
+        for table in kept:
+            out[store].pop(table, None)
+    return out
+
+
 async def _rows_with(
     endpoints: Endpoints, pg: asyncpg.Connection, guild: int, user: int | None
 ) -> dict[str, int]:
     """Rows left in every table deletion must empty, by "store.table" (zeros left out)."""
-    schemas = await _schemas(endpoints)
     left: dict[str, int] = {}
-    for store, tables in schemas.items():
-        plan = privacy.plan_for(store, tables)
-        if user is None:
-            targets = [
-                (t, "guild_id = {g:UInt64}" if store == "clickhouse" else "guild_id = $1")
-                for t in plan.guild_tables
-            ]
-        else:
-            targets = [
-                (
-                    t,
-                    f"guild_id = {{g:UInt64}} AND {c} = {{u:UInt64}}"
-                    if store == "clickhouse"
-                    else f"guild_id = $1 AND {c} = $2",
+    for store, tables in (await _id_columns(endpoints, pg)).items():
+        targets: list[tuple[str, str]] = []
+        for table, columns in sorted(tables.items()):
+            if privacy.GUILD_COLUMN not in columns:
+                continue
+            if user is None:
+                g = "guild_id = {g:UInt64}" if store == "clickhouse" else "guild_id = $1"
+                targets.append((table, g))
+                continue
+            for c in sorted(columns & privacy.USER_COLUMNS):
+                targets.append(
+                    (
+                        table,
+                        f"guild_id = {{g:UInt64}} AND {c} = {{u:UInt64}}"
+                        if store == "clickhouse"
+                        else f"guild_id = $1 AND {c} = $2",
+                    )
                 )
-                for t, c in plan.user_tables
-            ]
         for table, where in targets:
             if store == "postgres":
                 args = (guild,) if user is None else (guild, user)
@@ -127,7 +159,7 @@ async def _rows_with(
                     )
                 )
             if n:
-                left[f"{store}.{table}"] = n
+                left[f"{store}.{table}"] = left.get(f"{store}.{table}", 0) + n
     return left
 
 
