@@ -16,6 +16,7 @@ from herwa.analytics.leaderboards import (
     leaderboard,
 )
 from herwa.analytics.members import MemberSummary, Overview, member_summary, overview
+from herwa.analytics.reactions import EmojiUse, ReactedMessage, Reactions, reactions
 from herwa.analytics.retention import Cohort, retention
 
 __all__ = [
@@ -23,16 +24,20 @@ __all__ = [
     "ChannelScope",
     "ChannelStats",
     "Cohort",
+    "EmojiUse",
     "Entry",
     "GrowthPoint",
     "Heatmap",
     "MemberSummary",
     "Overview",
+    "ReactedMessage",
+    "Reactions",
     "channel_stats",
     "growth",
     "heatmap",
     "leaderboard",
     "member_summary",
     "overview",
+    "reactions",
     "retention",
 ]

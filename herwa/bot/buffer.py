@@ -80,6 +80,16 @@ TABLES: dict[str, tuple[str, ...]] = {
     ),
     "member_events": ("guild_id", "user_id", "event", "at", "account_created_at", "is_bot"),
     "guild_events": ("guild_id", "event", "at", "member_count"),
+    "message_reactions": (
+        "guild_id",
+        "channel_id",
+        "message_id",
+        "user_id",
+        "emoji",
+        "emoji_name",
+        "event",
+        "at",
+    ),
 }
 
 # Every series exists from the start, so dashboards and alerts see 0 rather than nothing.
@@ -97,6 +107,7 @@ _MEMBER_COLUMN = {
     "message_events": "author_id",
     "voice_sessions": "user_id",
     "member_events": "user_id",
+    "message_reactions": "user_id",
 }
 
 

@@ -84,6 +84,8 @@ ORDERED = frozenset(
         "GUILD_MEMBER_REMOVE",
         "GUILD_CREATE",
         "GUILD_DELETE",
+        "MESSAGE_REACTION_ADD",
+        "MESSAGE_REACTION_REMOVE",
     }
 )
 # Held by a standby shard until the cut-over. The rest (channels, threads, typing, interactions)

@@ -169,6 +169,23 @@ FAMILIES: tuple[Family, ...] = (
             ("version", _ms("captured_at")),
         ),
     ),
+    Family(
+        name="message_reactions",
+        staging_table="message_reactions",
+        target_table="message_reactions",
+        columns=(
+            ("guild_id", "guild_id"),
+            ("channel_id", "channel_id"),
+            ("message_id", "message_id"),
+            ("user_id", "user_id"),
+            ("emoji", "emoji"),
+            ("emoji_name", "coalesce(emoji_name, '')"),
+            ("event", "event"),
+            ("at", _utc("at")),
+            ("version", _ms("captured_at")),
+        ),
+        user_column="user_id",
+    ),
 )
 
 BY_NAME: dict[str, Family] = {family.name: family for family in FAMILIES}
