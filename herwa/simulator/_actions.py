@@ -318,6 +318,14 @@ class Actions:
         """The (member, emoji key) reactions on a message now."""
         return self._reactions.get(message_id, set())
 
+    def reactions_held(self) -> list[tuple[int, int, str]]:
+        """Every (message, member, emoji key) reaction now, of members still in the guild."""
+        out = []
+        for mid, held in sorted(self._reactions.items()):
+            members = self.world.guilds[self.ledger.messages[mid].guild_id].members
+            out += [(mid, uid, key) for uid, key in sorted(held) if uid in members]
+        return out
+
     def react(self, message_id: int, user_id: int, emoji: Json, *, at_ms: int) -> None:
         """MESSAGE_REACTION_ADD. ``emoji``: ``{"id": None, "name": "👍"}`` or a custom one,
         ``{"id": "…", "name": "…"}``; a member reacts with one emoji once per message."""

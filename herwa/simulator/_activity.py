@@ -25,7 +25,8 @@ from herwa.simulator._ledger import Ledger
 from herwa.simulator._world import EVERYONE_PERMISSIONS, TEXT, Guild, Member, World
 
 KINDS = ("text", "attachment", "embed", "sticker", "reply")
-# What step() can produce; "join" and "leave" are the two halves of "member" on their own.
+# What step() can produce; "join" and "leave" are the two halves of "member" on their own;
+# "unreact" takes back a reaction given anywhere (the "reaction" family also adds them).
 FAMILIES = (
     "message",
     "edit",
@@ -37,6 +38,7 @@ FAMILIES = (
     "thread",
     "command",
     "reaction",
+    "unreact",
 )
 # Unicode emoji members react with; each guild has custom ones too (``custom_emoji``).
 UNICODE_EMOJI = ("👍", "❤️", "😂", "🎉", "🔥", "👀", "🇫🇷", "👨‍👩‍👧")
@@ -168,6 +170,8 @@ class Activity(Actions):
             return fam
         if fam == "reaction" and self._reaction_random(guild, at_ms):
             return fam
+        if fam == "unreact" and self._unreact_random(at_ms):
+            return fam
         if fam == "voice":
             self._voice_random(guild, at_ms)
             return fam
@@ -273,6 +277,16 @@ class Activity(Actions):
         if not choices:
             return False
         self.react(mid, user, rng.choice(choices), at_ms=at_ms)
+        return True
+
+    def _unreact_random(self, at_ms: int) -> bool:
+        """A member takes back one of the reactions on messages that still exist, anywhere."""
+        held = self.reactions_held()
+        if not held:
+            return False
+        mid, uid, key = self.rng.choice(held)
+        guild = self.world.guilds[self.ledger.messages[mid].guild_id]
+        self.unreact(mid, uid, emoji_of(guild, key), at_ms=at_ms)
         return True
 
     def _voice_random(self, guild: Guild, at_ms: int) -> None:
