@@ -11,10 +11,10 @@ from discord import app_commands
 from herwa import analytics
 from herwa.bot.commands._common import DAYS_HELP, END_HELP, Days, embed, number, resolve_range
 from herwa.bot.commands._reply import Reply
-from herwa.bot.commands._runtime import Context, Runtime, Spec, Work
+from herwa.bot.commands._runtime import CommandRuntime, CommandSpec, Context, Work
 from herwa.bot.commands._visibility import scope_key, visible_channels
 
-SPEC = Spec("reactions")
+SPEC = CommandSpec("reactions")
 TOP = 10
 NAME_SHOWN = 32  # Discord's longest emoji name: ten fit a field's 1,024 characters
 
@@ -27,7 +27,7 @@ def emoji_text(e: analytics.EmojiUse) -> str:
     return f":{e.name[:NAME_SHOWN]}:" if e.name else f"emoji {e.emoji}"
 
 
-def build(rt: Runtime) -> app_commands.Command[Any, Any, None]:
+def build(rt: CommandRuntime) -> app_commands.Command[Any, Any, None]:
     @app_commands.command(name="reactions", description="Most reacted messages and top emoji")
     @app_commands.describe(days=DAYS_HELP, end=END_HELP)
     @app_commands.guild_only()
