@@ -150,7 +150,7 @@ async def traffic(run: DemoRun) -> None:
                 sim.step(max(1, int(opts.rate * 0.1)), family="voice")
                 sim.step(max(1, int(opts.rate * 0.01)), family="member")
                 # Reactions carry no time either: given and taken back live too.
-                sim.step(max(1, int(opts.rate * 0.03)), family="reaction")
+                sim.step(max(1, int(opts.rate * 0.1)), family="reaction")
                 sim.step(1, family="unreact")
             t, c = time.monotonic(), await captured_events(run)
             rate = (c - prev_c) / max(1e-3, t - prev_t)
