@@ -68,6 +68,12 @@ MEMBER_EVENTS = StagingTable(
     member_column="user_id",
 )
 GUILD_EVENTS = StagingTable("guild_events", ("guild_id", "event", "at", "member_count"))
+# Reactions added and taken back, stamped by receive time (postgres migration 0021).
+MESSAGE_REACTIONS = StagingTable(
+    "message_reactions",
+    ("guild_id", "channel_id", "message_id", "user_id", "emoji", "emoji_name", "event", "at"),
+    member_column="user_id",
+)
 # Upserted once per guild and day by the bot's daily snapshot (herwa.bot.snapshots).
 MEMBER_COUNT_SNAPSHOTS = StagingTable(
     "member_count_snapshots",
@@ -91,6 +97,7 @@ STAGING_TABLES: tuple[StagingTable, ...] = (
     GUILD_EVENTS,
     MEMBER_COUNT_SNAPSHOTS,
     COMMAND_USAGE,
+    MESSAGE_REACTIONS,
 )
 BUFFERED: tuple[StagingTable, ...] = tuple(t for t in STAGING_TABLES if t.buffered)
 

@@ -17,6 +17,7 @@ from herwa.analytics.leaderboards import (
     leaderboard,
 )
 from herwa.analytics.members import MemberSummary, Overview, member_summary, overview
+from herwa.analytics.reactions import EmojiUse, ReactedMessage, Reactions, reactions
 from herwa.analytics.retention import Cohort, retention
 
 __all__ = [
@@ -25,11 +26,14 @@ __all__ = [
     "ChannelStats",
     "Cohort",
     "DayActivity",
+    "EmojiUse",
     "Entry",
     "GrowthPoint",
     "Heatmap",
     "MemberSummary",
     "Overview",
+    "ReactedMessage",
+    "Reactions",
     "channel_stats",
     "daily",
     "growth",
@@ -37,5 +41,6 @@ __all__ = [
     "leaderboard",
     "member_summary",
     "overview",
+    "reactions",
     "retention",
 ]

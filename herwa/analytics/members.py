@@ -34,6 +34,7 @@ class Overview:
     voice_members: int
     joins: int
     leaves: int
+    reactions: int = 0  # added in the range (herwa/analytics/reactions.py)
 
 
 _MEMBER_MESSAGES = f"""
@@ -53,11 +54,11 @@ _MEMBER_JOIN = """
     WHERE guild_id = {guild_id:UInt64} AND user_id = {user_id:UInt64} AND event = 'join'
 """
 
-# One statement, one round trip: ClickHouse runs the three parts side by side. FINAL
+# One statement, one round trip: ClickHouse runs the four parts side by side. FINAL
 # collapses rows within each monthly partition only, which is exact because no key spans two
-# partitions: the hourly rollup's and member_events' partition keys are months of a sort-key
-# column, and a voice session's joined_at is set when it opens and is the same in every
-# version of its row.
+# partitions: the hourly rollup's, member_events' and message_reactions' partition keys are
+# months of a sort-key column, and a voice session's joined_at is set when it opens and is the
+# same in every version of its row.
 _OVERVIEW = f"""
     SELECT 'messages', toFloat64(sum(messages)), uniqExactIf(author_id, messages > 0)
     FROM message_activity_hourly FINAL
@@ -73,6 +74,10 @@ _OVERVIEW = f"""
     FROM member_events FINAL
     WHERE guild_id = {{guild_id:UInt64}} AND at >= {SINCE} AND at < {UNTIL}
       AND (NOT is_bot OR {{bots:Bool}})
+    UNION ALL
+    SELECT 'reactions', toFloat64(countIf(event = 'add')), countIf(event = 'remove')
+    FROM message_reactions FINAL
+    WHERE guild_id = {{guild_id:UInt64}} AND at >= {SINCE} AND at < {UNTIL}
     SETTINGS do_not_merge_across_partitions_select_final = 1
 """
 
@@ -110,6 +115,13 @@ async def overview(
     parts = {part: (a, b) for part, a, b in await rows(client, _OVERVIEW, p)}
     (messages, active), (voice, voice_members) = parts["messages"], parts["voice"]
     joins, leaves = parts["members"]
+    reactions, _removed = parts["reactions"]
     return Overview(
-        int(messages), int(active), float(voice), int(voice_members), int(joins), int(leaves)
+        int(messages),
+        int(active),
+        float(voice),
+        int(voice_members),
+        int(joins),
+        int(leaves),
+        int(reactions),
     )

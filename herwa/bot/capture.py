@@ -281,6 +281,62 @@ def deletion_rows(d: Json, directory: Directory, now: datetime) -> list[Row]:
     return [(snowflake(i, "id"), guild_id, channel_id, now) for i in ids]
 
 
+# A unicode emoji is a few code points (a family, a flag with its tag sequence); the margin keeps
+# any real one whole.
+EMOJI_MAX = 64
+
+
+def _emoji(raw: Any, event: str) -> tuple[str, str | None]:
+    """(key, custom name): a custom emoji is keyed by its id (its name can change), a unicode
+    one by itself."""
+    if not isinstance(raw, dict):
+        raise BadPayload("emoji")
+    if raw.get("id") is not None:
+        name = clean_text(raw.get("name"), "emoji_name", event)
+        return str(snowflake(raw["id"], "emoji_id")), name
+    name = raw.get("name")
+    if not isinstance(name, str) or not name or len(name) > EMOJI_MAX:
+        raise BadPayload("emoji_name")
+    cleaned = clean_text(name, "emoji_name", event, limit=EMOJI_MAX)
+    if not cleaned:
+        raise BadPayload("emoji_name")
+    return cleaned, None
+
+
+def _reaction(event: str, d: Json, directory: Directory, now: datetime) -> Row | None:
+    raw_guild = d.get("guild_id")
+    if raw_guild is None:
+        return None
+    guild_id = snowflake(raw_guild, "guild_id")
+    channel_id, tracked = _channel_pair(directory, guild_id, d.get("channel_id"))
+    if not tracked:
+        return None
+    source = "MESSAGE_REACTION_ADD" if event == "add" else "MESSAGE_REACTION_REMOVE"
+    emoji, emoji_name = _emoji(d.get("emoji"), source)
+    return (
+        guild_id,
+        channel_id,
+        snowflake(d.get("message_id"), "message_id"),
+        snowflake(d.get("user_id"), "user_id"),
+        emoji,
+        emoji_name,
+        event,
+        now,
+    )
+
+
+@reads("MESSAGE_REACTION_ADD", lambda: None)
+def reaction_add_row(d: Json, directory: Directory, now: datetime) -> Row | None:
+    """A ``message_reactions`` add row, stamped ``now`` (Discord sends no time); ``None``
+    outside a guild or a tracked channel."""
+    return _reaction("add", d, directory, now)
+
+
+@reads("MESSAGE_REACTION_REMOVE", lambda: None)
+def reaction_remove_row(d: Json, directory: Directory, now: datetime) -> Row | None:
+    return _reaction("remove", d, directory, now)
+
+
 def _member(d: Json) -> tuple[int, int, bool]:
     """(guild, user, is bot) of a GUILD_MEMBER_* payload."""
     user = d.get("user")

@@ -2,9 +2,9 @@
 raw parsers for the events it only records, and a connect loop that can start by RESUMEing a
 session another process (or an earlier life of this pod) left behind.
 
-Intents: guilds, guild messages, guild voice states, members; MESSAGE_CONTENT only when
-configured (see :mod:`herwa.bot.capture` for what is lost without it). Presences, typing,
-reactions and DMs are off.
+Intents: guilds, guild messages, guild message reactions, guild voice states, members;
+MESSAGE_CONTENT only when configured (see :mod:`herwa.bot.capture` for what is lost without it).
+Presences, typing and DMs are off.
 
 The recorded events never become discord.py model objects: their entries in the connection
 state's parser table are replaced by functions that turn the raw payload into rows. discord.py
@@ -43,6 +43,7 @@ def capture_intents(*, message_content: bool) -> discord.Intents:
     intents.guild_messages = True
     intents.voice_states = True
     intents.members = True
+    intents.guild_reactions = True
     intents.message_content = message_content
     return intents
 

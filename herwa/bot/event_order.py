@@ -30,6 +30,8 @@ ORDERED = frozenset(
         "GUILD_MEMBER_REMOVE",
         "GUILD_CREATE",
         "GUILD_DELETE",
+        "MESSAGE_REACTION_ADD",
+        "MESSAGE_REACTION_REMOVE",
     }
 )
 TAIL = 8  # fingerprints per anchor: one alone could repeat (a member muting twice)

@@ -21,6 +21,8 @@ from herwa.bot.capture import (
     member_join_row,
     member_leave_row,
     message_row,
+    reaction_add_row,
+    reaction_remove_row,
     snowflake,
     voice_state_payload,
 )
@@ -115,6 +117,16 @@ def handlers(shard: GatewayShard, deps: ShardDeps) -> tuple[dict[str, Parser], d
         gid = row[0]
         directory.member_delta(gid, -1)
         member_count(gid)
+
+    def reaction_add(d: Json) -> None:
+        row = reaction_add_row(d, directory, received_dt())
+        if row is not None:
+            add("message_reactions", row)
+
+    def reaction_remove(d: Json) -> None:
+        row = reaction_remove_row(d, directory, received_dt())
+        if row is not None:
+            add("message_reactions", row)
 
     def ignore(d: Json) -> None:
         return None
@@ -218,6 +230,12 @@ def handlers(shard: GatewayShard, deps: ShardDeps) -> tuple[dict[str, Parser], d
         "GUILD_MEMBER_REMOVE": counted("GUILD_MEMBER_REMOVE", member_remove),
         "GUILD_MEMBER_UPDATE": counted("GUILD_MEMBER_UPDATE", ignore),
         "TYPING_START": counted("TYPING_START", ignore),
+        "MESSAGE_REACTION_ADD": counted("MESSAGE_REACTION_ADD", reaction_add),
+        "MESSAGE_REACTION_REMOVE": counted("MESSAGE_REACTION_REMOVE", reaction_remove),
+        # A moderator clearing a message's reactions (all, or one emoji) names no member: the
+        # reactions stay counted as given, so these are only counted.
+        "MESSAGE_REACTION_REMOVE_ALL": counted("MESSAGE_REACTION_REMOVE_ALL", ignore),
+        "MESSAGE_REACTION_REMOVE_EMOJI": counted("MESSAGE_REACTION_REMOVE_EMOJI", ignore),
     }
     # Nothing of a server whose data was deleted is recorded (bot/tombstones.py).
     replace = {event: tombstones.honoured(fn) for event, fn in capture.items()}

@@ -42,12 +42,13 @@ log = logging.getLogger(__name__)
 _GUILD_COLUMN = {table: columns.index("guild_id") for table, columns in TABLES.items()}
 _MEMBER_EVENT = TABLES["member_events"].index("event")
 _GUILD_EVENT = TABLES["guild_events"].index("event")
-# The rows whose key holds the bot's receive time (Discord sends no time for a leave or a voice
-# change): a replayed event gets another key, so only one pod may stage them.
+# The rows whose key holds the bot's receive time (Discord sends no time for a leave, a voice
+# change or a reaction): a replayed event gets another key, so only one pod may stage them.
 _RECEIVE_TIME_KEYED: dict[str, Callable[[tuple[Any, ...]], bool]] = {
     "voice_sessions": lambda row: True,
     "member_events": lambda row: row[_MEMBER_EVENT] == "leave",
     "guild_events": lambda row: row[_GUILD_EVENT] == "leave",
+    "message_reactions": lambda row: True,
 }
 for _table in _RECEIVE_TIME_KEYED:
     metrics.ROWS_FENCED.labels(_table)

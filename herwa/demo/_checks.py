@@ -74,6 +74,8 @@ class LedgerCounts:
     voice_guilds: int
     commands: int
     guilds: int
+    reactions_added: int = 0
+    reactions_removed: int = 0
 
 
 def ledger_counts(sim: Simulator) -> LedgerCounts:
@@ -109,6 +111,8 @@ def ledger_counts(sim: Simulator) -> LedgerCounts:
         voice_guilds=len(voice_guilds),
         commands=sum(sum(g.commands.values()) for g in led.guilds.values()),
         guilds=len(sim.world.guilds),
+        reactions_added=sum(g.reactions_added for g in led.guilds.values()),
+        reactions_removed=sum(g.reactions_removed for g in led.guilds.values()),
     )
 
 
@@ -125,6 +129,8 @@ class PostgresCounts:
     voice_seconds: float
     snapshot_guilds: int
     rows: dict[str, int]  # staging table → rows
+    reactions_added: int = 0
+    reactions_removed: int = 0
 
 
 async def postgres_counts(conn: asyncpg.Connection) -> PostgresCounts:
@@ -144,6 +150,10 @@ async def postgres_counts(conn: asyncpg.Connection) -> PostgresCounts:
         r["event"]: int(r["n"])
         for r in await conn.fetch("SELECT event, count(*) AS n FROM member_events GROUP BY 1")
     }
+    reactions = {
+        r["event"]: int(r["n"])
+        for r in await conn.fetch("SELECT event, count(*) AS n FROM message_reactions GROUP BY 1")
+    }
     if voice is None:
         raise RuntimeError("an aggregate query returned no row")
     return PostgresCounts(
@@ -162,6 +172,8 @@ async def postgres_counts(conn: asyncpg.Connection) -> PostgresCounts:
             await conn.fetchval("SELECT count(DISTINCT guild_id) FROM member_count_snapshots")
         ),
         rows=rows,
+        reactions_added=reactions.get("add", 0),
+        reactions_removed=reactions.get("remove", 0),
     )
 
 
@@ -190,6 +202,8 @@ def capture_checks(led: LedgerCounts, pg: PostgresCounts) -> list[Check]:
             note="bot stamps voice by receive time; live traffic only",
         ),
         Check(stage, "guilds with a member-count snapshot", led.guilds, pg.snapshot_guilds),
+        Check(stage, "reactions added", led.reactions_added, pg.reactions_added),
+        Check(stage, "reactions removed", led.reactions_removed, pg.reactions_removed),
     ]
     extra = set(pg.messages_by_kind) - set(led.messages_by_kind)
     checks += [Check(stage, f"messages: {k}", 0, pg.messages_by_kind[k]) for k in sorted(extra)]
@@ -320,6 +334,11 @@ def overview_checks(
         "Joins": joins,
         "Leaves": leaves,
         "Net growth": joins - leaves,
+        "Reactions": sum(
+            r.event == "add" and w.holds(r.at_ms)
+            for r in sim.ledger.reactions
+            if r.guild_id == guild_id
+        ),
     }
     checks = [
         Check("commands", f"/overview {name.lower()}", n, _field(fields, name))

@@ -1,5 +1,5 @@
 """The live stages: the bot processes connect, backfill the channel history and capture the
-replayed traffic, with voice and member churn in real time at the end."""
+replayed traffic, with voice, member churn and reactions in real time at the end."""
 
 from __future__ import annotations
 
@@ -149,6 +149,9 @@ async def traffic(run: DemoRun) -> None:
             if voice_on:
                 sim.step(max(1, int(opts.rate * 0.1)), family="voice")
                 sim.step(max(1, int(opts.rate * 0.01)), family="member")
+                # Reactions carry no time either: given and taken back live too.
+                sim.step(max(1, int(opts.rate * 0.1)), family="reaction")
+                sim.step(1, family="unreact")
             t, c = time.monotonic(), await captured_events(run)
             rate = (c - prev_c) / max(1e-3, t - prev_t)
             peak = max(peak, rate)

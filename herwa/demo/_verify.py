@@ -45,7 +45,8 @@ async def flushed(run: DemoRun) -> None:
             f"{pg.messages:,} messages ({pg.messages_backfilled:,} by backfill), "
             f"{pg.edits:,} edits, {pg.deletes:,} deletions, "
             f"{pg.joins:,}/{pg.leaves:,} joins/leaves, "
-            f"{pg.voice_sessions:,} voice sessions"
+            f"{pg.voice_sessions:,} voice sessions, "
+            f"{pg.reactions_added:,}/{pg.reactions_removed:,} reactions added/removed"
         )
         if not st.ok:
             raise DemoFailed(

@@ -22,6 +22,7 @@ from herwa.simulator._command_options import (
 )
 from herwa.simulator._gateway import (
     GUILD_MEMBERS,
+    GUILD_MESSAGE_REACTIONS,
     GUILD_MESSAGES,
     GUILD_PRESENCES,
     GUILD_VOICE_STATES,
@@ -34,6 +35,7 @@ from herwa.simulator._ledger import (
     Ledger,
     MemberEventRecord,
     MessageRecord,
+    ReactionRecord,
     VoiceRecord,
 )
 from herwa.simulator._simulator import DEFAULT_TOKEN, Simulator, SimulatorConfig
@@ -57,6 +59,7 @@ __all__ = [
     "GUILDS",
     "GUILD_MEMBERS",
     "GUILD_MESSAGES",
+    "GUILD_MESSAGE_REACTIONS",
     "GUILD_PRESENCES",
     "GUILD_VOICE_STATES",
     "MESSAGE_CONTENT",
@@ -71,6 +74,7 @@ __all__ = [
     "Member",
     "MemberEventRecord",
     "MessageRecord",
+    "ReactionRecord",
     "ScenarioConfig",
     "ShowcaseConfig",
     "Simulator",

@@ -14,6 +14,7 @@ from herwa.json_types import Json
 from herwa.simulator._app import AppState
 from herwa.simulator._gateway import (
     GUILD_MEMBERS,
+    GUILD_MESSAGE_REACTIONS,
     GUILD_MESSAGES,
     GUILD_VOICE_STATES,
     GUILDS,
@@ -26,7 +27,7 @@ from herwa.simulator._interactions import (
     InteractionRecord,
     InteractionStore,
 )
-from herwa.simulator._ledger import Ledger, MessageRecord, VoiceRecord
+from herwa.simulator._ledger import Ledger, MessageRecord, ReactionRecord, VoiceRecord
 from herwa.simulator._snowflake import SnowflakeFactory, iso_from_ms
 from herwa.simulator._world import (
     ADMIN_PERMISSIONS,
@@ -122,6 +123,8 @@ class Actions:
         self.past_stream = False
         self._voice_sessions: dict[tuple[int, int], VoiceRecord] = {}
         self._recent: dict[int, list[int]] = {}  # channel -> recent live message ids
+        # message -> the (member, emoji key) reactions on it now
+        self._reactions: dict[int, set[tuple[int, str]]] = {}
         self._author_pools: dict[int, tuple[list[Member], list[float], list[Member]]] = {}
         self._channel_pools: dict[int, tuple[list[Channel], list[Channel]]] = {}
         # Message texts drawn once from the seeded generator; content carries no signal.
@@ -312,6 +315,7 @@ class Actions:
             if message_id in ids:
                 ids.remove(message_id)
         self.ledger.delete(message_id)
+        self._reactions.pop(message_id, None)
         d = {
             "id": str(message_id),
             "channel_id": str(rec.channel_id),
@@ -320,6 +324,63 @@ class Actions:
         self.gateway.dispatch(
             "MESSAGE_DELETE", rec.guild_id, d, intent=GUILD_MESSAGES, key=message_id
         )
+
+    def reactions_on(self, message_id: int) -> set[tuple[int, str]]:
+        """The (member, emoji key) reactions on a message now."""
+        return self._reactions.get(message_id, set())
+
+    def reactions_held(self) -> list[tuple[int, int, str]]:
+        """Every (message, member, emoji key) reaction now, of members still in the guild."""
+        out = []
+        for mid, held in sorted(self._reactions.items()):
+            members = self.world.guilds[self.ledger.messages[mid].guild_id].members
+            out += [(mid, uid, key) for uid, key in sorted(held) if uid in members]
+        return out
+
+    def react(self, message_id: int, user_id: int, emoji: Json, *, at_ms: int) -> None:
+        """MESSAGE_REACTION_ADD. ``emoji``: ``{"id": None, "name": "👍"}`` or a custom one,
+        ``{"id": "…", "name": "…"}``; a member reacts with one emoji once per message."""
+        rec = self.ledger.messages[message_id]
+        key = str(emoji["id"] or emoji["name"])
+        held = self._reactions.setdefault(message_id, set())
+        if rec.deleted or (user_id, key) in held:
+            raise ValueError("no such message, or already reacted")
+        member = self.world.guilds[rec.guild_id].members[user_id]
+        held.add((user_id, key))
+        d = self._reaction_payload(rec, user_id, emoji)
+        d["member"] = member.payload()
+        d["message_author_id"] = str(rec.author_id)
+        self._reaction_event("MESSAGE_REACTION_ADD", "add", rec, user_id, key, d, at_ms)
+
+    def unreact(self, message_id: int, user_id: int, emoji: Json, *, at_ms: int) -> None:
+        """MESSAGE_REACTION_REMOVE: the member takes their reaction back."""
+        rec = self.ledger.messages[message_id]
+        key = str(emoji["id"] or emoji["name"])
+        held = self._reactions.get(message_id, set())
+        if (user_id, key) not in held:
+            raise ValueError("no such reaction")
+        held.discard((user_id, key))
+        d = self._reaction_payload(rec, user_id, emoji)
+        self._reaction_event("MESSAGE_REACTION_REMOVE", "remove", rec, user_id, key, d, at_ms)
+
+    @staticmethod
+    def _reaction_payload(rec: MessageRecord, user_id: int, emoji: Json) -> Json:
+        return {
+            "user_id": str(user_id),
+            "channel_id": str(rec.channel_id),
+            "message_id": str(rec.id),
+            "guild_id": str(rec.guild_id),
+            "emoji": {"id": emoji["id"], "name": emoji["name"], "animated": False},
+            "burst": False,
+            "type": 0,
+        }
+
+    def _reaction_event(
+        self, event: str, kind: str, rec: MessageRecord, user_id: int, key: str, d: Json, at: int
+    ) -> None:
+        channel = rec.thread_parent_id or rec.channel_id
+        self.ledger.reaction(ReactionRecord(rec.guild_id, channel, rec.id, user_id, key, kind, at))
+        self.gateway.dispatch(event, rec.guild_id, d, intent=GUILD_MESSAGE_REACTIONS, key=rec.id)
 
     def create_thread(
         self, guild_id: int, parent_id: int, owner_id: int, *, at_ms: int, name: str | None = None

@@ -14,6 +14,7 @@ import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from herwa.json_types import Json
 from herwa.simulator._actions import Actions, cumulative
 from herwa.simulator._app import AppState
 from herwa.simulator._command_options import build_invocation
@@ -24,8 +25,26 @@ from herwa.simulator._ledger import Ledger
 from herwa.simulator._world import EVERYONE_PERMISSIONS, TEXT, Channel, Guild, Member, World
 
 KINDS = ("text", "attachment", "embed", "sticker", "reply")
-# What step() can produce; "join" and "leave" are the two halves of "member" on their own.
-FAMILIES = ("message", "edit", "delete", "voice", "member", "join", "leave", "thread", "command")
+# What step() can produce; "join" and "leave" are the two halves of "member" on their own;
+# "unreact" takes back a reaction given anywhere (the "reaction" family also adds them).
+FAMILIES = (
+    "message",
+    "edit",
+    "delete",
+    "voice",
+    "member",
+    "join",
+    "leave",
+    "thread",
+    "command",
+    "reaction",
+    "unreact",
+)
+# Unicode emoji members react with; each guild has custom ones too (``custom_emoji``).
+UNICODE_EMOJI = ("👍", "❤️", "😂", "🎉", "🔥", "👀", "🇫🇷", "👨‍👩‍👧")
+CUSTOM_EMOJI = 2
+# Of the reaction events, the share that takes a reaction back (when there is one to take).
+REACTION_REMOVE_SHARE = 0.25
 
 # Relative activity per local hour (0..23): quiet nights, a lunch bump, evening peak.
 DIURNAL = (
@@ -72,6 +91,7 @@ class ScenarioConfig:
             "member": 0.03,
             "thread": 0.01,
             "command": 0.02,
+            "reaction": 0.04,
         }
     )
     kinds: dict[str, float] = field(
@@ -159,6 +179,10 @@ class Activity(Actions):
         if fam == "edit" and self._edit_random(guild, at_ms):
             return fam
         if fam == "delete" and self._delete_random(guild, at_ms):
+            return fam
+        if fam == "reaction" and self._reaction_random(guild, at_ms):
+            return fam
+        if fam == "unreact" and self._unreact_random(at_ms):
             return fam
         if fam == "voice":
             self._voice_random(guild, at_ms)
@@ -256,6 +280,42 @@ class Activity(Actions):
         self.delete_message(self.rng.choice(recent))
         return True
 
+    def _reaction_random(self, guild: Guild, at_ms: int) -> bool:
+        """A member reacts to a recent message, or takes a reaction of theirs back."""
+        rng = self.rng
+        recent = self.recent_in(guild)
+        if not recent:
+            return False
+        if rng.random() < REACTION_REMOVE_SHARE:
+            held = [
+                (mid, uid, key)
+                for mid in recent
+                for uid, key in sorted(self.reactions_on(mid))
+                if uid in guild.members
+            ]
+            if held:
+                mid, uid, key = rng.choice(held)
+                self.unreact(mid, uid, emoji_of(guild, key), at_ms=at_ms)
+                return True
+        mid = rng.choice(recent)
+        user = self.pick_author(guild, humans_only=True).user.id
+        taken = {key for uid, key in self.reactions_on(mid) if uid == user}
+        choices = [e for e in all_emoji(guild) if str(e["id"] or e["name"]) not in taken]
+        if not choices:
+            return False
+        self.react(mid, user, rng.choice(choices), at_ms=at_ms)
+        return True
+
+    def _unreact_random(self, at_ms: int) -> bool:
+        """A member takes back one of the reactions on messages that still exist, anywhere."""
+        held = self.reactions_held()
+        if not held:
+            return False
+        mid, uid, key = self.rng.choice(held)
+        guild = self.world.guilds[self.ledger.messages[mid].guild_id]
+        self.unreact(mid, uid, emoji_of(guild, key), at_ms=at_ms)
+        return True
+
     def _voice_random(self, guild: Guild, at_ms: int) -> None:
         rng = self.rng
         channels = guild.voice_channels()
@@ -305,3 +365,17 @@ class Activity(Actions):
             ]
             for uid in rng.sample(leavers, min(cohort, max(0, len(leavers) - 5))):
                 self.member_leave(guild.id, uid, at_ms=at_ms)
+
+
+def custom_emoji(guild: Guild) -> list[Json]:
+    """The guild's own emoji: ids derived from the guild's, so every run has the same."""
+    return [{"id": str(guild.id + n), "name": f"herwa_{n}"} for n in range(1, CUSTOM_EMOJI + 1)]
+
+
+def all_emoji(guild: Guild) -> list[Json]:
+    return [{"id": None, "name": e} for e in UNICODE_EMOJI] + custom_emoji(guild)
+
+
+def emoji_of(guild: Guild, key: str) -> Json:
+    """The emoji payload whose key (custom id, else the unicode emoji) is ``key``."""
+    return next(e for e in all_emoji(guild) if str(e["id"] or e["name"]) == key)

@@ -57,6 +57,17 @@ class MemberEventRecord:
 
 
 @dataclass
+class ReactionRecord:
+    guild_id: int
+    channel_id: int  # as the bot records it: a thread's parent channel
+    message_id: int
+    user_id: int
+    emoji: str  # a custom emoji's id, else the unicode emoji
+    event: str  # "add" or "remove"
+    at_ms: int
+
+
+@dataclass
 class Delivery:
     event: str
     key: int
@@ -81,6 +92,8 @@ class GuildLedger:
     daily_member_counts: dict[str, int] = field(default_factory=dict)
     commands: Counter[str] = field(default_factory=Counter)
     voice_events: Counter[str] = field(default_factory=Counter)
+    reactions_added: int = 0
+    reactions_removed: int = 0
 
 
 class Ledger:
@@ -90,6 +103,7 @@ class Ledger:
         self.messages: dict[int, MessageRecord] = {}
         self.voice_sessions: list[VoiceRecord] = []
         self.member_events: list[MemberEventRecord] = []
+        self.reactions: list[ReactionRecord] = []
         self.deliveries: list[Delivery] = []
         # Events for which no session of any shard existed: lost to the gateway (backfill only).
         self.undelivered: list[tuple[str, int, int | None]] = []
@@ -141,6 +155,14 @@ class Ledger:
         # The count at the end of each UTC day: the last value recorded that day.
         day = dt.datetime.fromtimestamp(at_ms / 1000, tz=dt.UTC).date().isoformat()
         g.daily_member_counts[day] = count
+
+    def reaction(self, rec: ReactionRecord) -> None:
+        self.reactions.append(rec)
+        g = self.guilds[rec.guild_id]
+        if rec.event == "add":
+            g.reactions_added += 1
+        else:
+            g.reactions_removed += 1
 
     def command(self, guild_id: int, name: str) -> None:
         self.guilds[guild_id].commands[name] += 1
@@ -220,6 +242,7 @@ class Ledger:
                     "daily_counts": dict(sorted(g.daily_member_counts.items())),
                 },
                 "commands": dict(sorted(g.commands.items())),
+                "reactions": {"added": g.reactions_added, "removed": g.reactions_removed},
             }
         return {
             "guilds": guilds,

@@ -73,6 +73,28 @@ async def actual_family_counts(dsn: str) -> dict[str, Counter[int]]:
     return out
 
 
+Reaction = tuple[int, int, int, int, str, str]  # guild, channel, message, member, emoji, event
+
+
+def expected_reactions(sim: Simulator) -> Counter[Reaction]:
+    """Every reaction added or removed, as the bot records it (a thread's parent channel)."""
+    return Counter(
+        (r.guild_id, r.channel_id, r.message_id, r.user_id, r.emoji, r.event)
+        for r in sim.ledger.reactions
+    )
+
+
+async def actual_reactions(dsn: str) -> Counter[Reaction]:
+    rows = await pg(
+        dsn,
+        "SELECT guild_id, channel_id, message_id, user_id, emoji, event FROM message_reactions",
+    )
+    return Counter(
+        (r["guild_id"], r["channel_id"], r["message_id"], r["user_id"], r["emoji"], r["event"])
+        for r in rows
+    )
+
+
 def expected_voice(sim: Simulator) -> dict[int, tuple[float, int]]:
     """guild → (closed seconds, boundaries incl. moves)."""
     out: dict[int, tuple[float, int]] = {}
@@ -104,6 +126,9 @@ async def compare_all(
     for name in exp_f:
         if exp_f[name] != act_f[name]:
             problems.append(f"{name}: expected {dict(exp_f[name])} got {dict(act_f[name])}")
+    exp_r, act_r = expected_reactions(sim), await actual_reactions(dsn)
+    if exp_r != act_r:
+        problems.append(f"reactions differ: missing={exp_r - act_r} extra={act_r - exp_r}")
     if not voice_seconds:
         return problems
     ev, av = expected_voice(sim), await actual_voice(dsn)

@@ -1,9 +1,10 @@
 """Every event family against the simulator's ledger, for the fault tests (test_fault_*.py).
 
-tests/bot/expect.py compares messages, edits, deletions, joins, leaves and voice sessions and
-seconds; this adds what a fault can also lose or double: the daily member-count snapshots and
-the command usage (counted in Redis by the bot, drained into ``command_usage`` by the ETL's own
-drain), and voice seconds with a tolerance derived from a pause in reading the gateway.
+tests/bot/expect.py compares messages, edits, deletions, joins, leaves, reactions and voice
+sessions and seconds; this adds what a fault can also lose or double: the daily member-count
+snapshots and the command usage (counted in Redis by the bot, drained into ``command_usage``
+by the ETL's own drain), and voice seconds with a tolerance derived from a pause in reading the
+gateway.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ TRAFFIC = {
     "voice": 0.07,
     "member": 0.03,
     "thread": 0.01,
+    "reaction": 0.04,
 }
 
 
@@ -196,4 +198,5 @@ async def settle_every_family(
         "voice_sessions": sum(1 for v in led.voice_sessions if v.leave_ms is not None),
         "snapshots": len(snapshots),
         "commands": sum(expected_usage(sim).values()),
+        "reactions": len(led.reactions),
     }

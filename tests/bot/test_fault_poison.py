@@ -16,6 +16,7 @@ from herwa.devstack import Endpoints
 from herwa.json_types import Json
 from herwa.simulator import (
     GUILD_MEMBERS,
+    GUILD_MESSAGE_REACTIONS,
     GUILD_MESSAGES,
     GUILD_VOICE_STATES,
     GUILDS,
@@ -222,6 +223,18 @@ async def test_fault_poison_row_per_family(
         # moment, and the bot reconciles its open sessions with them.
         ("GUILD_CREATE", g[3], {"member_count": 2**31}, GUILDS),
         ("CHANNEL_UPDATE", g[4], _channel(sim, g[4], name="nul\x00name"), GUILDS),
+        (
+            "MESSAGE_REACTION_ADD",
+            g[0],
+            {
+                "guild_id": gid,
+                "channel_id": cid,
+                "message_id": message["id"],
+                "user_id": some_user["id"],
+                "emoji": {"id": too_big, "name": "big"},
+            },
+            GUILD_MESSAGE_REACTIONS,
+        ),
     ]
     sessions_before = await _sessions_started(fleet)
     sim.start_activity(300)
@@ -244,6 +257,7 @@ async def test_fault_poison_row_per_family(
         ("VOICE_STATE_UPDATE", "channel_id"): 1,
         ("GUILD_CREATE", "member_count"): 1,
         ("CHANNEL_UPDATE", "name"): 1,
+        ("MESSAGE_REACTION_ADD", "emoji_id"): 1,
     }, counted
     assert await _dropped_and_dead(fleet) == 0
     # No payload ended a gateway loop: no shard identified or resumed again.

@@ -36,6 +36,7 @@ async def test_overview_and_heatmap_exact(harness: Harness) -> None:
         "Joins": "3",
         "Leaves": "1",
         "Net growth": "+2",
+        "Reactions": "0",
     }
     assert "2024-03-04 to 2024-03-10 (UTC)" in text_of(result)
 

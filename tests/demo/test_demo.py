@@ -164,6 +164,12 @@ def test_small_demo_reconciles_and_cleans_up(workdir: Path) -> None:
     assert by_what[("capture", "member joins")]["actual"] == ledger["joins"] > 0
     assert by_what[("capture", "member leaves")]["actual"] == ledger["leaves"] > 0
     assert by_what[("capture", "voice sessions")]["actual"] == ledger["voice_sessions"] > 0
+    assert by_what[("capture", "reactions added")]["actual"] == ledger["reactions_added"] > 0
+    assert by_what[("capture", "reactions removed")]["actual"] == ledger["reactions_removed"] > 0
+    assert by_what[("etl", "message_reactions → message_reactions")]["actual"] == (
+        ledger["reactions_added"] + ledger["reactions_removed"]
+    )
+    assert ("commands", "/overview reactions") in by_what  # equal to the ledger, as above
     assert by_what[("etl", "message_events → messages")]["actual"] == ledger["messages"]
     # /config timezone for the showcase server, then four analytics commands and a refusal.
     assert by_what[("commands", "command invocations (usage → ClickHouse)")]["actual"] == 6

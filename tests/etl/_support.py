@@ -76,6 +76,12 @@ async def stage_other_families(pg: asyncpg.Connection, guild_id: int = 1) -> Non
         guild_id,
         T0,
     )
+    await pg.execute(
+        "INSERT INTO message_reactions (guild_id, channel_id, message_id, user_id, emoji, event,"
+        " at) VALUES ($1, 11, 1, 100, '👍', 'add', $2)",
+        guild_id,
+        T0 + timedelta(hours=1),
+    )
 
 
 @asynccontextmanager

@@ -44,6 +44,7 @@ FED = {
     "guild_events",
     "member_count_snapshots",
     "command_usage",
+    "message_reactions",
     "message_activity_hourly",
     "message_activity_15m",
     "message_activity_daily",
@@ -130,6 +131,13 @@ async def _stage(pg: asyncpg.Connection, guild: int, at: datetime, key: int) -> 
         f"d{key}",
         guild,
         at,
+    )
+    await pg.execute(
+        "INSERT INTO message_reactions (guild_id, channel_id, message_id, user_id, emoji, event,"
+        " at) VALUES ($1, 7, $2, 101, '🎉', 'add', $3)",
+        guild,
+        m,
+        later,
     )
     await pg.execute(
         "INSERT INTO dead_letter_rows (table_name, row, reason, guild_id, captured_at)"

@@ -77,6 +77,11 @@ _STAGE = {
         " SELECT 'd1', i, 'overview', $3::timestamptz, 'ok', i % 5 + 1"
         " FROM generate_series($1::int, $2::int) AS i"
     ),
+    "message_reactions": (
+        "INSERT INTO message_reactions (guild_id, channel_id, message_id, user_id, emoji, event,"
+        " at) SELECT 1, 10 + i % 3, i, 100 + i % 7, '👍', 'add',"
+        " $3::timestamptz + i * interval '1 minute' FROM generate_series($1::int, $2::int) AS i"
+    ),
 }
 
 

@@ -1,4 +1,4 @@
-"""/overview — messages, active members, voice time, joins and leaves for a range."""
+"""/overview — messages, active members, voice time, joins, leaves and reactions for a range."""
 
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ def build(rt: CommandRuntime) -> app_commands.Command[Any, Any, None]:
                 e.add_field(name="Joins", value=number(o.joins))
                 e.add_field(name="Leaves", value=number(o.leaves))
                 e.add_field(name="Net growth", value=f"{o.joins - o.leaves:+,}")
+                e.add_field(name="Reactions", value=number(o.reactions))
                 return Reply(embeds=(e,))
 
             return {"first": span.first, "last": span.last, "tz": span.tz}, work
