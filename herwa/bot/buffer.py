@@ -80,6 +80,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     ),
     "member_events": ("guild_id", "user_id", "event", "at", "account_created_at", "is_bot"),
     "guild_events": ("guild_id", "event", "at", "member_count"),
+    "presence_events": ("guild_id", "user_id", "at", "status", "activity_types"),
 }
 
 # Every series exists from the start, so dashboards and alerts see 0 rather than nothing.
@@ -97,6 +98,7 @@ _MEMBER_COLUMN = {
     "message_events": "author_id",
     "voice_sessions": "user_id",
     "member_events": "user_id",
+    "presence_events": "user_id",
 }
 
 

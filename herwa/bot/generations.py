@@ -84,6 +84,7 @@ ORDERED = frozenset(
         "GUILD_MEMBER_REMOVE",
         "GUILD_CREATE",
         "GUILD_DELETE",
+        "PRESENCE_UPDATE",
     }
 )
 # Held by a standby shard until the cut-over. The rest (channels, threads, typing, interactions)
