@@ -144,6 +144,21 @@ FAMILIES: tuple[Family, ...] = (
         ),
     ),
     Family(
+        name="presence_events",
+        staging_table="presence_events",
+        target_table="presence_events",
+        columns=(
+            ("guild_id", "guild_id"),
+            ("user_id", "user_id"),
+            # Microseconds, as staged: ClickHouse keeps them (DateTime64(6)).
+            ("at", _utc("at")),
+            ("status", "status"),
+            ("activity_types", "activity_types"),
+            ("version", _ms("captured_at")),
+        ),
+        user_column="user_id",
+    ),
+    Family(
         name="member_count_snapshots",
         staging_table="member_count_snapshots",
         target_table="member_count_snapshots",

@@ -44,6 +44,7 @@ FED = {
     "guild_events",
     "member_count_snapshots",
     "command_usage",
+    "presence_events",
     "message_activity_hourly",
     "message_activity_15m",
     "message_activity_daily",
@@ -128,6 +129,12 @@ async def _stage(pg: asyncpg.Connection, guild: int, at: datetime, key: int) -> 
         "INSERT INTO command_usage (drain_id, guild_id, command, hour, outcome, invocations)"
         " VALUES ($1, $2, 'overview', date_trunc('hour', $3::timestamptz), 'ok', 3)",
         f"d{key}",
+        guild,
+        at,
+    )
+    await pg.execute(
+        "INSERT INTO presence_events (guild_id, user_id, at, status, activity_types)"
+        " VALUES ($1, 100, $2, 'idle', 0)",
         guild,
         at,
     )
