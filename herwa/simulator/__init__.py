@@ -32,6 +32,7 @@ from herwa.simulator._ledger import (
     Ledger,
     MemberEventRecord,
     MessageRecord,
+    PresenceRecord,
     VoiceRecord,
 )
 from herwa.simulator._simulator import DEFAULT_TOKEN, Simulator, SimulatorConfig
@@ -68,6 +69,7 @@ __all__ = [
     "Member",
     "MemberEventRecord",
     "MessageRecord",
+    "PresenceRecord",
     "ScenarioConfig",
     "Simulator",
     "SimulatorConfig",

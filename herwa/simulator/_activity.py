@@ -25,7 +25,20 @@ from herwa.simulator._world import EVERYONE_PERMISSIONS, TEXT, Guild, Member, Wo
 
 KINDS = ("text", "attachment", "embed", "sticker", "reply")
 # What step() can produce; "join" and "leave" are the two halves of "member" on their own.
-FAMILIES = ("message", "edit", "delete", "voice", "member", "join", "leave", "thread", "command")
+FAMILIES = (
+    "message",
+    "edit",
+    "delete",
+    "voice",
+    "member",
+    "join",
+    "leave",
+    "thread",
+    "command",
+    "presence",
+)
+# A presence draw: the member's next status, and how many kinds of activity they then have.
+PRESENCE_STATUSES = {"online": 0.5, "idle": 0.2, "dnd": 0.1, "offline": 0.2}
 
 # Relative activity per local hour (0..23): quiet nights, a lunch bump, evening peak.
 DIURNAL = (
@@ -86,6 +99,11 @@ class ScenarioConfig:
     bot_author_share: float = 0.05
     thread_message_share: float = 0.1
     max_cohort: int = 5
+    # Of the presence updates of a member who is not offline, the share that changes neither
+    # status nor activity types (a new song, a game's details): Discord sends these, a bot
+    # recording transitions stores none. Presence is not in the default families: only
+    # servers whose tier grants it are recorded, so a scenario asks for it.
+    presence_repeat_share: float = 0.2
     # Random traffic never invokes these: a member's opt-out or erasure changes what the bot
     # must have counted, which the ledger does not model. invoke_command still reaches them.
     random_command_skip: tuple[str, ...] = ("privacy",)
@@ -153,6 +171,9 @@ class Activity(Actions):
             return fam
         if fam in ("member", "join", "leave"):
             self._member_random(guild, at_ms, fam)
+            return fam
+        if fam == "presence":
+            self._presence_random(guild, at_ms)
             return fam
         if fam == "thread" and guild.text_channels():
             parent = rng.choice(guild.text_channels())
@@ -261,6 +282,22 @@ class Activity(Actions):
             self.voice_leave(guild.id, uid, at_ms=at_ms, reason="disconnect")
         else:
             self.voice_leave(guild.id, uid, at_ms=at_ms)
+
+    def _presence_random(self, guild: Guild, at_ms: int) -> None:
+        rng = self.rng
+        members = [uid for uid in guild.members if uid != self.world.bot_user.id]
+        uid = rng.choice(members)
+        status, types = self.presences.get((guild.id, uid), ("offline", 0))
+        if status != "offline" and rng.random() < self.config.presence_repeat_share:
+            self.presence_update(guild.id, uid, status, types, at_ms=at_ms)
+            return
+        while (status, types) == self.presences.get((guild.id, uid), ("offline", 0)):
+            status = rng.choices(list(PRESENCE_STATUSES), list(PRESENCE_STATUSES.values()))[0]
+            types = 0
+            if status != "offline":
+                for t in rng.sample(range(6), rng.choice((0, 0, 1, 1, 2))):
+                    types |= 1 << t
+        self.presence_update(guild.id, uid, status, types, at_ms=at_ms)
 
     def _member_random(self, guild: Guild, at_ms: int, family: str) -> None:
         """``family``: "member" (joins and leaves), "join" or "leave" (only those)."""
