@@ -16,6 +16,7 @@ from herwa.analytics.leaderboards import (
     leaderboard,
 )
 from herwa.analytics.members import MemberSummary, Overview, member_summary, overview
+from herwa.analytics.presence import OnlineHour, online_by_hour
 from herwa.analytics.retention import Cohort, retention
 
 __all__ = [
@@ -27,12 +28,14 @@ __all__ = [
     "GrowthPoint",
     "Heatmap",
     "MemberSummary",
+    "OnlineHour",
     "Overview",
     "channel_stats",
     "growth",
     "heatmap",
     "leaderboard",
     "member_summary",
+    "online_by_hour",
     "overview",
     "retention",
 ]
