@@ -31,6 +31,8 @@ async def flushed(run: DemoRun) -> None:
             async with pool.acquire() as conn:
                 pg = await _checks.postgres_counts(conn)  # type: ignore[arg-type]
             checks = _checks.capture_checks(led, pg)
+            async with pool.acquire() as conn:
+                checks += await _checks.presence_checks(conn, sim, run.entitled)  # type: ignore[arg-type]
             return all(c.ok for c in checks)
 
         with contextlib.suppress(DemoFailed):
@@ -138,6 +140,7 @@ async def commands(run: DemoRun) -> None:
         (top, "heatmap", [_int("days", days)]),
         (top, "retention", [_int("weeks", weeks)]),
         (top, "growth", [_int("days", days)]),
+        (top, "online", [_int("days", 1)]),
     ]
     if free is not None:
         plan.append((free, "growth", [_int("days", days)]))
@@ -151,7 +154,7 @@ async def commands(run: DemoRun) -> None:
             entry = save_reply(run, guild, name, result, took)
             run.commands.append(entry)
             entitled = run.entitled[guild] != "free"
-            expect_image = name != "overview" and entitled
+            expect_image = name not in ("overview", "online") and entitled
             good = bool(entry["complete"]) and (bool(entry["files"]) == expect_image)
             ok = ok and good
             mark = "✓" if good else "✗"
@@ -198,6 +201,8 @@ def answer_checks(run: DemoRun, guild: int, name: str, entry: Json, weeks: int) 
             return _checks.retention_checks(sim, guild, text, weeks)
         if name == "growth":
             return _checks.growth_checks(sim, guild, text, run.snapshots[guild])
+        if name == "online":
+            return _checks.online_checks(sim, guild, text)
     except _checks.ReplyUnreadable as exc:
         return [Check("commands", f"/{name} reply readable", 1, 0, note=str(exc))]
     raise DemoFailed(f"no check for /{name}")

@@ -173,7 +173,7 @@ class Activity(Actions):
             self._member_random(guild, at_ms, fam)
             return fam
         if fam == "presence":
-            self._presence_random(guild, at_ms)
+            self.presence_random(guild.id, at_ms)
             return fam
         if fam == "thread" and guild.text_channels():
             parent = rng.choice(guild.text_channels())
@@ -283,8 +283,11 @@ class Activity(Actions):
         else:
             self.voice_leave(guild.id, uid, at_ms=at_ms)
 
-    def _presence_random(self, guild: Guild, at_ms: int) -> None:
+    def presence_random(self, guild_id: int, at_ms: int) -> None:
+        """One random presence update of a member of ``guild_id``: mostly a transition, a
+        repeat (``presence_repeat_share``) for a member who is not offline."""
         rng = self.rng
+        guild = self.world.guilds[guild_id]
         members = [uid for uid in guild.members if uid != self.world.bot_user.id]
         uid = rng.choice(members)
         status, types = self.presences.get((guild.id, uid), ("offline", 0))
