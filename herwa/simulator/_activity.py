@@ -100,10 +100,12 @@ class ScenarioConfig:
     thread_message_share: float = 0.1
     max_cohort: int = 5
     # Of the presence updates of a member who is not offline, the share that changes neither
-    # status nor activity types (a new song, a game's details): Discord sends these, a bot
-    # recording transitions stores none. Presence is not in the default families: only
-    # servers whose tier grants it are recorded, so a scenario asks for it.
-    presence_repeat_share: float = 0.2
+    # status nor activity types (a new song, a game's details): Discord sends these, and a bot
+    # recording transitions stores none — unless the shard has just moved to another process,
+    # which starts without its members' last presence: so none by default, for the ledger to
+    # hold whatever the shards do. Presence is not in the default families: only servers
+    # whose tier grants it are recorded, so a scenario asks for it.
+    presence_repeat_share: float = 0.0
     # Random traffic never invokes these: a member's opt-out or erasure changes what the bot
     # must have counted, which the ledger does not model. invoke_command still reaches them.
     random_command_skip: tuple[str, ...] = ("privacy",)
