@@ -40,6 +40,7 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from herwa import staging
 from herwa.bot import metrics
 from herwa.stores import rows_affected
 from herwa.telemetry import tracer
@@ -52,36 +53,7 @@ Row = tuple[Any, ...]
 Conn = asyncpg.Connection | PoolConnectionProxy
 
 # table -> columns, in the order capture builds the tuples.
-TABLES: dict[str, tuple[str, ...]] = {
-    "message_events": (
-        "message_id",
-        "guild_id",
-        "channel_id",
-        "thread_id",
-        "author_id",
-        "created_at",
-        "kind",
-        "is_bot",
-        "source",
-    ),
-    "message_edits": ("message_id", "edited_at", "guild_id", "channel_id"),
-    "message_deletions": ("message_id", "guild_id", "channel_id", "deleted_at"),
-    "voice_sessions": (
-        "session_id",
-        "guild_id",
-        "channel_id",
-        "user_id",
-        "channel_kind",
-        "joined_at",
-        "left_at",
-        "muted_seconds",
-        "close_reason",
-        "is_bot",
-    ),
-    "member_events": ("guild_id", "user_id", "event", "at", "account_created_at", "is_bot"),
-    "guild_events": ("guild_id", "event", "at", "member_count"),
-    "presence_events": ("guild_id", "user_id", "at", "status", "activity_types"),
-}
+TABLES: dict[str, tuple[str, ...]] = {t.name: t.columns for t in staging.BUFFERED}
 
 # Every series exists from the start, so dashboards and alerts see 0 rather than nothing.
 for _table in TABLES:
@@ -94,12 +66,7 @@ for _table in TABLES:
 # staged ("nothing new about you is recorded"). The check runs in the merge, so every event that
 # happened after the opt-out committed is dropped — such an event is flushed by a statement that
 # starts after it, and so sees the opt-out.
-_MEMBER_COLUMN = {
-    "message_events": "author_id",
-    "voice_sessions": "user_id",
-    "member_events": "user_id",
-    "presence_events": "user_id",
-}
+_MEMBER_COLUMN = {t.name: t.member_column for t in staging.BUFFERED if t.member_column}
 
 
 def _merge_sql(table: str, columns: tuple[str, ...]) -> str:

@@ -1,6 +1,6 @@
 """The event families the ETL moves, registered in one place.
 
-Adding an event family means one :class:`Family` entry here and one migration per store. The
+Each family moves one staging table of :mod:`herwa.staging` into one ClickHouse table. The
 SELECT list is rendered by Postgres straight into its text COPY format in the ClickHouse column
 order, so a batch never passes through Python objects row by row (see :mod:`herwa.etl.sync`).
 """
@@ -8,6 +8,19 @@ order, so a batch never passes through Python objects row by row (see :mod:`herw
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from herwa.staging import (
+    COMMAND_USAGE,
+    GUILD_EVENTS,
+    MEMBER_COUNT_SNAPSHOTS,
+    MEMBER_EVENTS,
+    MESSAGE_DELETIONS,
+    MESSAGE_EDITS,
+    MESSAGE_EVENTS,
+    PRESENCE_EVENTS,
+    VOICE_SESSIONS,
+    StagingTable,
+)
 
 # Postgres's text COPY format is ClickHouse's TabSeparated: the same escapes, \\N for NULL, and
 # plain timestamps that need no best-effort parsing, so no byte is rewritten on the way
@@ -33,16 +46,26 @@ def _ms(column: str) -> str:
 
 @dataclass(frozen=True)
 class Family:
-    name: str  # metric label and run-log key
-    staging_table: str  # Postgres
+    staging: StagingTable  # Postgres, described in herwa.staging
     target_table: str  # ClickHouse
     columns: tuple[tuple[str, str], ...]  # (ClickHouse column, Postgres expression)
-    lag_column: str = "captured_at"  # ingestion lag = now() - min(this) over pending rows
-    user_column: str | None = None  # ClickHouse column; opted-out (guild_id, user) never loaded
     rollup: str | None = None  # which rollup maintenance the batch triggers (see rollups.py)
     # ClickHouse column that records the loading batch (its upper staged_xid bound), for rollups
     # that find their work by batch instead of a queue (clickhouse migration 0004).
     batch_column: str | None = None
+
+    @property
+    def name(self) -> str:  # metric label and run-log key
+        return self.staging.name
+
+    @property
+    def staging_table(self) -> str:
+        return self.staging.name
+
+    @property
+    def user_column(self) -> str | None:
+        # Loaded under the staging column's name: opted-out (guild_id, user) are never loaded.
+        return self.staging.member_column
 
     @property
     def target_columns(self) -> list[str]:
@@ -52,8 +75,7 @@ class Family:
 
 FAMILIES: tuple[Family, ...] = (
     Family(
-        name="message_events",
-        staging_table="message_events",
+        staging=MESSAGE_EVENTS,
         target_table="messages",
         columns=(
             ("message_id", "message_id"),
@@ -67,13 +89,11 @@ FAMILIES: tuple[Family, ...] = (
             ("source", "source"),
             ("version", _ms("captured_at")),
         ),
-        user_column="author_id",
         rollup="messages",
         batch_column="loaded_batch",
     ),
     Family(
-        name="message_edits",
-        staging_table="message_edits",
+        staging=MESSAGE_EDITS,
         target_table="message_edits",
         columns=(
             ("message_id", "message_id"),
@@ -84,8 +104,7 @@ FAMILIES: tuple[Family, ...] = (
         ),
     ),
     Family(
-        name="message_deletions",
-        staging_table="message_deletions",
+        staging=MESSAGE_DELETIONS,
         target_table="message_deletions",
         columns=(
             ("message_id", "message_id"),
@@ -97,8 +116,7 @@ FAMILIES: tuple[Family, ...] = (
         rollup="deletions",
     ),
     Family(
-        name="voice_sessions",
-        staging_table="voice_sessions",
+        staging=VOICE_SESSIONS,
         target_table="voice_sessions",
         columns=(
             ("session_id", "session_id"),
@@ -114,11 +132,9 @@ FAMILIES: tuple[Family, ...] = (
             ("is_bot", "is_bot::int"),
             ("version", _ms("captured_at")),
         ),
-        user_column="user_id",
     ),
     Family(
-        name="member_events",
-        staging_table="member_events",
+        staging=MEMBER_EVENTS,
         target_table="member_events",
         columns=(
             ("guild_id", "guild_id"),
@@ -129,11 +145,9 @@ FAMILIES: tuple[Family, ...] = (
             ("is_bot", "is_bot::int"),
             ("version", _ms("captured_at")),
         ),
-        user_column="user_id",
     ),
     Family(
-        name="guild_events",
-        staging_table="guild_events",
+        staging=GUILD_EVENTS,
         target_table="guild_events",
         columns=(
             ("guild_id", "guild_id"),
@@ -144,23 +158,7 @@ FAMILIES: tuple[Family, ...] = (
         ),
     ),
     Family(
-        name="presence_events",
-        staging_table="presence_events",
-        target_table="presence_events",
-        columns=(
-            ("guild_id", "guild_id"),
-            ("user_id", "user_id"),
-            # Microseconds, as staged: ClickHouse keeps them (DateTime64(6)).
-            ("at", _utc("at")),
-            ("status", "status"),
-            ("activity_types", "activity_types"),
-            ("version", _ms("captured_at")),
-        ),
-        user_column="user_id",
-    ),
-    Family(
-        name="member_count_snapshots",
-        staging_table="member_count_snapshots",
+        staging=MEMBER_COUNT_SNAPSHOTS,
         target_table="member_count_snapshots",
         columns=(
             ("guild_id", "guild_id"),
@@ -168,11 +166,9 @@ FAMILIES: tuple[Family, ...] = (
             ("member_count", "member_count"),
             ("taken_at", _utc("taken_at")),
         ),
-        lag_column="taken_at",
     ),
     Family(
-        name="command_usage",
-        staging_table="command_usage",
+        staging=COMMAND_USAGE,
         target_table="command_usage",
         columns=(
             ("drain_id", "drain_id"),
@@ -181,6 +177,19 @@ FAMILIES: tuple[Family, ...] = (
             ("hour", _utc("hour")),
             ("outcome", "outcome"),
             ("invocations", "invocations"),
+            ("version", _ms("captured_at")),
+        ),
+    ),
+    Family(
+        staging=PRESENCE_EVENTS,
+        target_table="presence_events",
+        columns=(
+            ("guild_id", "guild_id"),
+            ("user_id", "user_id"),
+            # Microseconds, as staged: ClickHouse keeps them (DateTime64(6)).
+            ("at", _utc("at")),
+            ("status", "status"),
+            ("activity_types", "activity_types"),
             ("version", _ms("captured_at")),
         ),
     ),

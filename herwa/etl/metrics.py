@@ -5,8 +5,6 @@ their own and are pushed at the end of the run; the same figures go into ``etl_r
 dashboards have them without a Pushgateway.
 """
 
-# ruff: noqa: S608 - identifiers in SQL come from this package's static registries; values are bound.
-
 from __future__ import annotations
 
 import json
@@ -16,8 +14,6 @@ from dataclasses import dataclass, field
 
 import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, push_to_gateway
-
-from herwa.etl.families import Family
 
 log = logging.getLogger(__name__)
 
@@ -150,16 +146,3 @@ async def finish_run(
         stats.deletions,
         error,
     )
-
-
-async def ingestion_lag(pg: asyncpg.Connection, family: Family) -> float:
-    # Pending rows are exactly those at or above the low-water mark: the staged_xid index finds
-    # them. Mark and rows are read in one statement (one snapshot), so a batch committing in
-    # between (the operator reads this while a run goes on) is never counted as pending.
-    lag = await pg.fetchval(
-        f"SELECT coalesce(extract(epoch FROM now() - min({family.lag_column})), 0)::float8 "
-        f"FROM {family.staging_table} WHERE staged_xid >= coalesce((SELECT"
-        " max(staged_xid::text::bigint) FROM etl_low_water WHERE family = $1), 1)::text::xid8",
-        family.name,
-    )
-    return max(0.0, float(lag))

@@ -27,6 +27,7 @@ from herwa.etl.sync import (
     prepare_session,
     purge_opted_out,
 )
+from herwa.staging import STAGING_TABLES, ingestion_lag
 from herwa.stores import clickhouse_url_client, postgres_connection
 from herwa.telemetry import tracer
 
@@ -314,8 +315,8 @@ async def _locked_run(
                 for table, n in expired.rows.items()
                 if table.startswith("clickhouse.")
             }
-        for family in FAMILIES:
-            stats.lag_seconds[family.name] = await metrics.ingestion_lag(pg, family)
+        for staged in STAGING_TABLES:
+            stats.lag_seconds[staged.name] = await ingestion_lag(pg, staged)
     except Exception as exc:
         outcome, error = "failed", f"{type(exc).__name__}: {exc}"
         log.exception("etl run failed")

@@ -18,9 +18,8 @@ import logging
 
 import asyncpg
 
-from herwa.etl.families import FAMILIES
-from herwa.etl.metrics import ingestion_lag
 from herwa.operator.metrics import ETL_HEALTH, EtlState
+from herwa.staging import STAGING_TABLES, ingestion_lag
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +31,7 @@ async def refresh(pool: asyncpg.Pool) -> bool:
     try:
         async with pool.acquire() as proxy:
             conn: asyncpg.Connection = proxy  # type: ignore[assignment]  # a proxy of one
-            ages = {family.name: await ingestion_lag(conn, family) for family in FAMILIES}
+            ages = {table.name: await ingestion_lag(conn, table) for table in STAGING_TABLES}
             last_success = await conn.fetchval(
                 "SELECT coalesce(extract(epoch FROM max(finished_at)), 0)::float8 FROM etl_runs"
                 " WHERE outcome IN ('caught_up', 'deadline')"
