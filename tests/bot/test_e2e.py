@@ -27,7 +27,7 @@ async def emit(sim: Simulator, total: int, *, seconds: float) -> None:
 
 async def test_two_bots_capture_every_family_exactly(fleet: Fleet, sim: Simulator) -> None:
     fleet.extra_env["HERWA_DISCORD_MESSAGE_CONTENT_INTENT"] = "true"
-    # Presence: one guild's tier grants it, one's subscription does not, the rest are free.
+    # Presence: one guild's subscription grants it, one's does not, the rest are free.
     fleet.extra_env["HERWA_BOT_PRESENCE_CAPTURE"] = "true"
     dsn = fleet.endpoints.postgres_dsn
     guilds = sorted(sim.world.guilds)

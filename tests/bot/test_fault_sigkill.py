@@ -45,7 +45,7 @@ async def test_fault_sigkill_bot_mid_traffic(
 ) -> None:
     sim = traffic_sim
     dsn = migrated.postgres_dsn
-    # Presence is recorded in one guild (its tier grants it): rows keyed by receive time.
+    # Presence is recorded in one guild (its subscription grants it): rows keyed by receive time.
     granted = sorted(sim.world.guilds)
     await subscribe_presence(dsn, granted[0], granted[1])
     fleet = Fleet(sim, migrated, tmp_path, {"HERWA_BOT_PRESENCE_CAPTURE": "true"})

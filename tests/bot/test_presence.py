@@ -1,8 +1,8 @@
 """Presence end to end: two `herwa bot` processes started with presence capture record the
-transitions of the one guild whose tier grants `presence` — equal to the simulator's ledger in
-Postgres and, after the ETL, in ClickHouse — and nothing of the others (one with a subscription
-without the feature, the rest on the default tier); `/online` answers from those rows there and
-is denied elsewhere, naming the tier that unlocks it."""
+transitions of the one guild whose subscription grants `presence` — equal to the simulator's
+ledger in Postgres and, after the ETL, in ClickHouse — and nothing of the others (one with a
+subscription without the feature, the rest on the default tier); `/online` answers from those
+rows there and is denied elsewhere, naming the tier that unlocks it."""
 
 from __future__ import annotations
 
@@ -29,20 +29,25 @@ HOUR = timedelta(hours=1)
 
 
 async def subscribe_presence(dsn: str, granted: int, without: int) -> None:
-    """Seed the platform; ``granted`` subscribes to pro (presence), ``without`` to free."""
+    """Seed the platform; both guilds subscribe to the free tier, ``granted`` with the
+    presence feature added (a subscription's own feature list), ``without`` as it is.
+
+    Not the pro tier: the random traffic's commands would then render charts in the bot
+    process (/growth, /retention), which on a loaded machine holds its event loop long enough
+    for shard leases to lapse, and shards that move lose voice seconds."""
     conn = await asyncpg.connect(dsn)
     try:
         await platform.seed(conn, platform.load())
-        for guild, tier in ((granted, "pro"), (without, "free")):
-            features = await conn.fetchval(
-                "SELECT array_agg(feature ORDER BY feature) FROM tier_features WHERE tier = $1",
-                tier,
+        free = list(
+            await conn.fetchval(
+                "SELECT array_agg(feature ORDER BY feature) FROM tier_features WHERE tier = 'free'"
             )
+        )
+        for guild, features in ((granted, [*free, "presence"]), (without, free)):
             await conn.execute(
                 "INSERT INTO entitlements (guild_id, tier, features, quotas, source_namespace,"
-                " source_name, source_uid) VALUES ($1, $2, $3, $4::jsonb, 'ns', $5, $5)",
+                " source_name, source_uid) VALUES ($1, 'free', $2, $3::jsonb, 'ns', $4, $4)",
                 guild,
-                tier,
                 features,
                 json.dumps({"queries_per_month": 500}),
                 f"sub-{guild}",

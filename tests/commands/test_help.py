@@ -30,6 +30,7 @@ async def test_help_follows_the_tier(harness: Harness) -> None:
         "/growth": "pro",
         "/retention": "pro",
         "/channels": "pro",
+        "/online": "pro",
         "/export": "enterprise",
     }
 
