@@ -39,8 +39,7 @@ from _stores import bench_stores
 from herwa import platform
 from herwa.devstack import Endpoints
 from herwa.schema import migrate
-from herwa.simulator import Simulator, SimulatorConfig
-from herwa.simulator._world import WorldConfig
+from herwa.simulator import Simulator, SimulatorConfig, WorldConfig
 from herwa.stores import clickhouse_url_client
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -46,7 +46,7 @@ from discord import app_commands
 from redis.asyncio import Redis
 
 from herwa import analytics, platform
-from herwa.bot.commands import CommandDeps, _runtime, install
+from herwa.bot.commands import CommandDeps, install
 from herwa.bot.commands import heatmap as heatmap_command
 from herwa.config import CommandSettings
 from herwa.etl.rollups import recompute
@@ -111,15 +111,18 @@ class Phases:
         return timed_sync  # type: ignore[return-value]
 
     def install(self) -> None:
-        # The commands look these up at call time (module attributes), so wrapping them here
-        # times the real calls without any hook in the bot's code.
-        for module, name, phase in (
+        # The commands look these up at call time (module and class attributes), so wrapping
+        # them here times the real calls without any hook in the bot's code. The reply is
+        # timed at discord.py's two public ways of sending it.
+        holders: tuple[tuple[Any, str, str], ...] = (
             (analytics, "heatmap", "query"),
             (analytics, "overview", "query"),
             (heatmap_command, "heatmap_png", "render"),
-            (_runtime, "_send", "send"),
-        ):
-            setattr(module, name, self.timed(phase, getattr(module, name)))
+            (discord.InteractionResponse, "send_message", "send"),
+            (discord.Interaction, "edit_original_response", "send"),
+        )
+        for holder, name, phase in holders:
+            setattr(holder, name, self.timed(phase, getattr(holder, name)))
 
 
 PHASE = Phases()

@@ -27,7 +27,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "etl": ("herwa.etl.cli", "move staged events from Postgres into ClickHouse"),
     "operator": ("herwa.operator.cli", "run the GuildSubscription operator (kopf)"),
     "migrate": ("herwa.schema.cli", "apply the Postgres and ClickHouse schema migrations"),
-    "reshard": ("herwa.bot.generations", "set the bot fleet's shard count (blue/green cut-over)"),
+    "reshard": ("herwa.bot.reshard", "set the bot fleet's shard count (blue/green cut-over)"),
     "seed": ("herwa.operator.seed_cli", "seed tiers, features and commands into Postgres"),
     "check": ("herwa.check", "check that every role is ready (the chart's helm test)"),
     "dev": ("herwa.devstack.cli", "start/stop embedded Postgres, Redis and ClickHouse"),

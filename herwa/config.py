@@ -71,11 +71,11 @@ TimeZoneName = Annotated[str, AfterValidator(_timezone)]
 Seconds = Annotated[float, Field(gt=0)]
 
 
-class _Section(BaseSettings):
+class SettingsSection(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
 
-class PostgresSettings(_Section):
+class PostgresSettings(SettingsSection):
     """Postgres: configuration store and staging area."""
 
     model_config = SettingsConfigDict(env_prefix="HERWA_POSTGRES_")
@@ -86,7 +86,7 @@ class PostgresSettings(_Section):
     connect_timeout_seconds: Seconds = 10.0
 
 
-class RedisSettings(_Section):
+class RedisSettings(SettingsSection):
     """Redis: shard leases, membership, identify slot, rate limits, caches (all may be lost)."""
 
     model_config = SettingsConfigDict(env_prefix="HERWA_REDIS_")
@@ -101,7 +101,7 @@ class RedisSettings(_Section):
     socket_timeout_seconds: Seconds = Field(2.0, le=60)
 
 
-class ClickHouseSettings(_Section):
+class ClickHouseSettings(SettingsSection):
     """ClickHouse: analytics. The read-only URL serves every user-facing query."""
 
     model_config = SettingsConfigDict(env_prefix="HERWA_CLICKHOUSE_")
@@ -126,7 +126,7 @@ class ClickHouseSettings(_Section):
         return self.readonly_url
 
 
-class DiscordSettings(_Section):
+class DiscordSettings(SettingsSection):
     """How the bot reaches Discord (or the project's simulator)."""
 
     model_config = SettingsConfigDict(env_prefix="HERWA_DISCORD_")
@@ -153,7 +153,7 @@ class DiscordSettings(_Section):
         return self.token
 
 
-class TelemetrySettings(_Section):
+class TelemetrySettings(SettingsSection):
     """Metrics/health HTTP port and logging. Tracing reads the standard OTEL_* variables."""
 
     model_config = SettingsConfigDict(env_prefix="HERWA_TELEMETRY_")
@@ -164,7 +164,7 @@ class TelemetrySettings(_Section):
     log_format: Literal["json", "console"] = "json"
 
 
-class BotSettings(_Section):
+class BotSettings(SettingsSection):
     """The sharded capture bot."""
 
     model_config = SettingsConfigDict(env_prefix="HERWA_BOT_")
@@ -206,7 +206,7 @@ class BotSettings(_Section):
     )
 
 
-class EtlSettings(_Section):
+class EtlSettings(SettingsSection):
     """The batch ETL from Postgres staging into ClickHouse."""
 
     model_config = SettingsConfigDict(env_prefix="HERWA_ETL_")
@@ -217,7 +217,7 @@ class EtlSettings(_Section):
     pushgateway_url: str | None = Field(None, pattern=r"^https?://")
 
 
-class OperatorSettings(_Section):
+class OperatorSettings(SettingsSection):
     """The GuildSubscription operator."""
 
     model_config = SettingsConfigDict(env_prefix="HERWA_OPERATOR_")
@@ -237,7 +237,7 @@ class OperatorSettings(_Section):
     )
 
 
-class GuildDefaults(_Section):
+class GuildDefaults(SettingsSection):
     """Defaults for guilds that have not configured anything themselves."""
 
     model_config = SettingsConfigDict(env_prefix="HERWA_GUILD_")
@@ -245,7 +245,7 @@ class GuildDefaults(_Section):
     timezone: TimeZoneName = "UTC"
 
 
-S = TypeVar("S", bound=_Section)
+S = TypeVar("S", bound=SettingsSection)
 
 _SECRET_FIELDS = {"dsn", "url", "readonly_url", "token"}
 
@@ -258,7 +258,7 @@ def load(section: type[S], **overrides: Any) -> S:
         raise ConfigError(_describe(section, exc)) from None
 
 
-def _describe(section: type[_Section], exc: ValidationError) -> str:
+def _describe(section: type[SettingsSection], exc: ValidationError) -> str:
     prefix = str(section.model_config.get("env_prefix", ""))
     lines = []
     for error in exc.errors(include_url=False):
@@ -324,7 +324,7 @@ def guild_defaults() -> GuildDefaults:
     return load(GuildDefaults)
 
 
-class CommandSettings(_Section):
+class CommandSettings(SettingsSection):
     """Slash commands: per-user rate limit, result cache, when to defer, option limits."""
 
     model_config = SettingsConfigDict(env_prefix="HERWA_COMMANDS_")

@@ -6,6 +6,7 @@ messages are never counted, and bots are excluded unless ``include_bots=True``. 
 the ETL-maintained rollups (``message_activity_15m`` / ``_hourly`` / ``_daily``).
 """
 
+from herwa.analytics.daily import DayActivity, daily
 from herwa.analytics.growth import GrowthPoint, growth
 from herwa.analytics.heatmap import DAYS, Heatmap, heatmap
 from herwa.analytics.leaderboards import (
@@ -24,6 +25,7 @@ __all__ = [
     "ChannelScope",
     "ChannelStats",
     "Cohort",
+    "DayActivity",
     "Entry",
     "GrowthPoint",
     "Heatmap",
@@ -31,6 +33,7 @@ __all__ = [
     "OnlineHour",
     "Overview",
     "channel_stats",
+    "daily",
     "growth",
     "heatmap",
     "leaderboard",

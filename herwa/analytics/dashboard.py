@@ -4,9 +4,12 @@ A number a member sees in Discord and the one an owner sees in Grafana must be t
 these panels run the statements of herwa.analytics themselves, with each query parameter
 replaced by the Grafana expression that gives it (:data:`GRAFANA`): the guild and time zone
 variables (percent-encoded, the only form safe inside a literal), the dashboard's time range,
-bots excluded, and the weeks a retention cohort is followed for. The dashboard JSON in the chart
-holds the result; ``python -m herwa.analytics.dashboard`` rewrites those panels' SQL in it and
-the tests fail while it differs (tests/analytics/test_dashboard.py).
+bots excluded, every channel (the owner's view), and the weeks a retention cohort is followed
+for. The dashboard JSON in the chart holds the result; ``python -m herwa.analytics.dashboard``
+rewrites those panels' SQL in it and the tests fail while it differs
+(tests/analytics/test_dashboard.py). The few panels written by hand are in
+:data:`HAND_WRITTEN`, each with why, and tests/analytics/test_queries.py checks those that
+show a command's figure against its query.
 """
 
 # ruff: noqa: S608 - only this package's constant SQL is composed.
@@ -18,8 +21,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from herwa.analytics.growth import growth_sql
+from herwa.analytics.daily import active_members_sql, voice_sql
+from herwa.analytics.growth import growth_sql, member_count_sql
 from herwa.analytics.heatmap import heatmap_sql
+from herwa.analytics.leaderboards import channel_stats_sql
 from herwa.analytics.retention import cohort_sql
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "charts" / "herwa" / "dashboards"
@@ -34,7 +39,12 @@ GRAFANA = {
     "{tz:String}": "decodeURLComponent('${tz:percentencode}')",
     "{bots:Bool}": "false",
     "{weeks:UInt16}": f"toUInt16({RETENTION_WEEKS})",
+    "{scoped:Bool}": "false",
+    "{viewable:Array(UInt64)}": "CAST([] AS Array(UInt64))",
+    "{listed:Array(UInt64)}": "CAST([] AS Array(UInt64))",
+    "{unlisted:Bool}": "false",
 }
+TOP_CHANNELS = 20
 
 
 def for_grafana(sql: str) -> str:
@@ -61,6 +71,39 @@ PANELS = {
         " round(100 * active / joined, 1) AS `active %`, voice_active,"
         " round(100 * voice_active / joined, 1) AS `voice %`"
         f" FROM ({cohort_sql()}) ORDER BY cohort, week"
+    ),
+    "Top channels": for_grafana(
+        "SELECT toString(channel_id) AS channel, n AS total_messages, authors"
+        f" FROM ({channel_stats_sql()}) ORDER BY n DESC, channel_id LIMIT {TOP_CHANNELS}"
+    ),
+    "Active members per day": for_grafana(
+        "SELECT toDateTime(day, {tz:String}) AS time, active_members"
+        f" FROM ({active_members_sql()}) ORDER BY time"
+    ),
+    "Voice minutes per day": for_grafana(
+        "SELECT toDateTime(day, {tz:String}) AS time,"
+        " round(voice_seconds / 60, 1) AS voice_minutes, voice_members AS voice_users"
+        f" FROM ({voice_sql()}) ORDER BY time"
+    ),
+    "Member count": for_grafana(
+        "SELECT toDateTime(day) AS time, member_count AS members"
+        f" FROM ({member_count_sql()}) ORDER BY time"
+    ),
+}
+
+# Panels whose SQL is written here by hand, and why no statement of herwa.analytics is theirs.
+HAND_WRITTEN = {
+    "Messages over time": (
+        "Grafana's own interval ($__timeInterval), which no command has; its buckets add up"
+        " to the heatmap's and /export's figures (tests/analytics/test_queries.py)"
+    ),
+    "Activity by hour of day": (
+        "a day x hour grid, which no command draws; its rows add up to the heatmap's cells"
+        " and to /export's messages per day (tests/analytics/test_queries.py)"
+    ),
+    "Slash command usage": (
+        "invocations per command and outcome, which no command shows (/usage counts the"
+        " quota in Postgres); ClickHouse's command_usage is its only source"
     ),
 }
 

@@ -42,12 +42,18 @@ def growth_sql() -> str:
 
 # Snapshot days are UTC calendar days as the bot records them.
 _SNAPSHOTS = f"""
-    SELECT day, argMax(member_count, taken_at)
+    SELECT day, argMax(member_count, taken_at) AS member_count
     FROM member_count_snapshots FINAL
     WHERE guild_id = {{guild_id:UInt64}}
       AND day >= toDate({SINCE}) AND day <= toDate({UNTIL})
     GROUP BY day
 """
+
+
+def member_count_sql() -> str:
+    """(UTC day, member_count) for the days with a snapshot; the Grafana member count panel
+    runs this same statement (herwa.analytics.dashboard). Parameters: guild_id, since, until."""
+    return _SNAPSHOTS
 
 
 async def growth(
@@ -62,7 +68,7 @@ async def growth(
     """One point per local day from ``since`` to ``until`` (exclusive), gaps filled with 0."""
     p = params(guild_id, since, until, tz=check_tz(tz), bots=include_bots)
     events = {day: (int(j), int(lv)) for day, j, lv in await rows(client, growth_sql(), p)}
-    snapshots = {day: int(n) for day, n in await rows(client, _SNAPSHOTS, p)}
+    snapshots = {day: int(n) for day, n in await rows(client, member_count_sql(), p)}
     zone = ZoneInfo(tz)
     day = since.astimezone(zone).date()
     last = (until - timedelta(microseconds=1)).astimezone(zone).date()

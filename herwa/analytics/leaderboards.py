@@ -85,13 +85,20 @@ _VOICE = f"""
 """
 
 _CHANNELS = f"""
-    SELECT channel_id, sum(messages) AS n, uniqExactIf(author_id, messages > 0)
+    SELECT channel_id, sum(messages) AS n, uniqExactIf(author_id, messages > 0) AS authors
     FROM message_activity_hourly FINAL
     WHERE guild_id = {{guild_id:UInt64}} AND hour >= {SINCE} AND hour < {UNTIL}
       AND (NOT is_bot OR {{bots:Bool}}) AND {_IN_SCOPE}
     GROUP BY channel_id HAVING n > 0
     ORDER BY n DESC, channel_id
 """
+
+
+def channel_stats_sql() -> str:
+    """(channel_id, n messages, authors), most messages first; the Grafana top channels panel
+    runs this same statement, unscoped (herwa.analytics.dashboard). Parameters: guild_id,
+    since, until, bots, and the scope's (see :meth:`ChannelScope.parameters`)."""
+    return _CHANNELS
 
 
 async def leaderboard(
@@ -127,4 +134,7 @@ async def channel_stats(
 ) -> list[ChannelStats]:
     where = scope.parameters() if scope is not None else _UNSCOPED
     p = params(guild_id, since, until, bots=include_bots, **where)
-    return [ChannelStats(int(c), int(n), int(a)) for c, n, a in await rows(client, _CHANNELS, p)]
+    return [
+        ChannelStats(int(c), int(n), int(a))
+        for c, n, a in await rows(client, channel_stats_sql(), p)
+    ]

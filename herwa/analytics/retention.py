@@ -40,8 +40,9 @@ if TYPE_CHECKING:
 class Cohort:
     week: date  # local Monday
     joined: int
-    active: tuple[int, ...]  # [N] members active in week N (0 = the join week)
-    voice_active: tuple[int, ...]
+    # [N] members active in week N (0 = the join week); None while week N lies in the future.
+    active: tuple[int | None, ...]
+    voice_active: tuple[int | None, ...]
 
 
 _COHORT = f"""
@@ -98,15 +99,21 @@ def _active(times: str) -> str:
     """
 
 
+# Week N of a cohort that has not begun yet (local time) has no members to count: NULL, which
+# the chart and the Grafana panel leave blank, where 0 would read as "everyone left".
+_BEGUN = "cohort + 7 * n <= toDate(now(), {tz:String})"
+
+
 def cohort_sql(source: Literal["rollup", "raw"] = "rollup") -> str:
-    """One row per cohort and week N: (cohort, joined, n, active, voice_active).
+    """One row per cohort and week N: (cohort, joined, n, active, voice_active), the last
+    two NULL for a week N that has not begun.
 
     Parameters: guild_id, tz, since, until (epoch seconds), weeks, bots. The Grafana retention
     panel runs this same statement (herwa.analytics.dashboard).
     """
     return f"""
-        SELECT cohort, joined, toUInt16(n) AS n, active[n + 1] AS active,
-               voice[n + 1] AS voice_active
+        SELECT cohort, joined, toUInt16(n) AS n, if({_BEGUN}, active[n + 1], NULL) AS active,
+               if({_BEGUN}, voice[n + 1], NULL) AS voice_active
         FROM (
             SELECT cohort, count() AS joined, sumForEach(message_weeks) AS active,
                    sumForEach(voice_weeks) AS voice
@@ -137,13 +144,17 @@ async def retention(
     """Cohorts of members whose first join lies in [since, until), oldest first."""
     p = params(guild_id, since, until, tz=check_tz(tz), bots=include_bots, weeks=weeks)
     joined: dict[date, int] = {}
-    active: dict[date, list[int]] = {}
-    voice: dict[date, list[int]] = {}
+    active: dict[date, list[int | None]] = {}
+    voice: dict[date, list[int | None]] = {}
     for week, size, n, members, voice_members in await rows(client, cohort_sql(source), p):
         joined[week] = int(size)
-        active.setdefault(week, [0] * weeks)[int(n)] = int(members)
-        voice.setdefault(week, [0] * weeks)[int(n)] = int(voice_members)
+        active.setdefault(week, [0] * weeks)[int(n)] = _count(members)
+        voice.setdefault(week, [0] * weeks)[int(n)] = _count(voice_members)
     return [
         Cohort(week, joined[week], tuple(active[week]), tuple(voice[week]))
         for week in sorted(joined)
     ]
+
+
+def _count(value: int | None) -> int | None:
+    return None if value is None else int(value)

@@ -100,6 +100,11 @@ class CaptureClient(discord.Client):
             original = parsers.get(event)
             parsers[event] = _guarded(event, fn, *([original] if original is not None else []))
 
+    def parse_interaction(self, d: dict[str, Any]) -> None:
+        """Hand an INTERACTION_CREATE to discord.py (its command tree), as its own parser would:
+        for a shard that took the event out of discord.py's hands (resharding)."""
+        self._connection.parse_interaction_create(d)  # type: ignore[arg-type]
+
     async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
         # Replaces discord.py's fixed 5 s sleep with the cross-pod per-bucket lock.
         await self._before_identify(self.shard_id or 0)

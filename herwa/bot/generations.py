@@ -40,32 +40,29 @@ A shard whose old owner vanished during the cut-over is handed over by another o
 the shutdown grace, without anchors: its guilds are recorded by the new fleet from the last
 moment the old shard committed (``recorded_until``), so an event within the clocks' skew of that
 moment may be lost or doubled.
+
+Where the parts are: this module holds the pod's role and the fleet's phases;
+:mod:`herwa.bot.shard_gate` holds and replays one shard's events; :mod:`herwa.bot.event_order`
+finds the anchor in what a shard received; :mod:`herwa.bot.reshard` is the command.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
-import hashlib
 import logging
 import time
-from collections import defaultdict, deque
-from collections.abc import Callable, Mapping
-from contextvars import ContextVar
-from dataclasses import dataclass
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import asyncpg
-import orjson
 
 from herwa.bot import metrics
 from herwa.bot.buffer import FlushBuffer
-from herwa.bot.capture import BadPayload, guild_payload, rejected
-from herwa.bot.client import CaptureClient
+from herwa.bot.client import Parser
 from herwa.bot.directory import Directory
-from herwa.bot.shard_state import shard_of
+from herwa.bot.event_order import Anchor, received, received_dt
+from herwa.bot.shard_gate import INTERACTION, FleetShard, ShardGate
 from herwa.bot.sharding import Coordinator, assigned_shards
 from herwa.bot.voice import VoiceTracker
 from herwa.config import BotSettings
@@ -73,95 +70,9 @@ from herwa.discord_api import bot_gateway
 from herwa.json_types import Json
 
 log = logging.getLogger(__name__)
-Parser = Callable[[Json], None]
 
-# Events whose effect depends on their order (and whose rows are keyed by receive time or
-# change per-guild state): recorded by exactly one generation, split at the anchor.
-ORDERED = frozenset(
-    {
-        "VOICE_STATE_UPDATE",
-        "GUILD_MEMBER_ADD",
-        "GUILD_MEMBER_REMOVE",
-        "GUILD_CREATE",
-        "GUILD_DELETE",
-        "PRESENCE_UPDATE",
-    }
-)
-# Held by a standby shard until the cut-over. The rest (channels, threads, typing, interactions)
-# only update this pod's directory or are counted, and run at once.
-HELD = ORDERED | {"MESSAGE_CREATE", "MESSAGE_UPDATE", "MESSAGE_DELETE", "MESSAGE_DELETE_BULK"}
-INTERACTION = "INTERACTION_CREATE"
-TAIL = 8  # fingerprints per anchor: one alone could repeat (a member muting twice)
-# An anchor received at least this long before the new session began cannot be in it (covers
-# the skew between the pods' clocks and the gateway's delivery).
-ANCHOR_MARGIN_S = 5.0
-# How long a guild waits for its anchor to arrive on a new shard reading behind the old one.
-ANCHOR_WAIT_S = 15.0
-
-_replay_at: ContextVar[float | None] = ContextVar("herwa_bot_replay_at", default=None)
-
-
-def received() -> float:
-    """When the event being parsed was received: now, or its receive time while replayed."""
-    at = _replay_at.get()
-    return time.time() if at is None else at
-
-
-def received_dt() -> datetime:
-    return datetime.fromtimestamp(received(), UTC)
-
-
-def fingerprint(event: str, d: Json) -> str:
-    if event in ("GUILD_CREATE", "GUILD_DELETE"):
-        body = orjson.dumps([str(d.get("id")), bool(d.get("unavailable"))])
-    else:
-        try:
-            body = orjson.dumps(d, option=orjson.OPT_SORT_KEYS)
-        except TypeError:
-            body = repr(sorted(d.items(), key=lambda kv: str(kv[0]))).encode()
-    return hashlib.blake2b(event.encode() + b"\0" + body, digest_size=8).hexdigest()
-
-
-def guild_of(event: str, d: Json) -> int | None:
-    raw = d.get("id") if event in ("GUILD_CREATE", "GUILD_DELETE") else d.get("guild_id")
-    try:
-        return int(raw) if raw is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
-def resume_index(seen: list[str], tail: list[str]) -> int | None:
-    """Where ``seen`` (one guild's order-sensitive events as a new shard received them) goes on
-    past ``tail`` (the last ones the previous generation recorded): the index of the first event
-    it did not record, or None if its last one is not in ``seen``. Of several places, the one
-    agreeing with most of the tail wins, then the latest."""
-    best: tuple[int, int] | None = None
-    last = tail[-1]
-    for i, fp in enumerate(seen):
-        if fp != last:
-            continue
-        k = 1
-        while k < len(tail) and i - k >= 0 and seen[i - k] == tail[-1 - k]:
-            k += 1
-        if k < len(tail) and i - k >= 0:
-            continue  # what precedes it differs: another occurrence of the same event
-        if best is None or (k, i) >= best:
-            best = (k, i)
-    return None if best is None else best[1] + 1
-
-
-class FleetShard(Protocol):
-    """A shard runner as its fleet generation sees it (herwa.bot.shard.ShardRunner)."""
-
-    shard_id: int
-    client: CaptureClient | None
-    guilds: set[int]
-
-    @property
-    def connected(self) -> bool: ...
-
-    async def load_state(self) -> Json | None:
-        """Take the shard's Postgres fence and reload its guilds' state."""
+# bot/gateway.py still reads the receive time from here; it lives in event_order now.
+__all__ = ["Generations", "Pod", "received", "received_dt"]
 
 
 class Pod(Protocol):
@@ -176,199 +87,6 @@ class Pod(Protocol):
 
     @property
     def members(self) -> list[str]: ...
-
-
-@dataclass(frozen=True)
-class Anchor:
-    tail: list[str]
-    at: float  # when the previous generation received its last event (epoch seconds)
-
-
-@dataclass(frozen=True)
-class _Held:
-    event: str
-    fn: Parser
-    d: Json
-    at: float
-    fp: str | None  # set for order-sensitive events
-
-
-class Gate:
-    """Between one shard's gateway and its parsers: notes the fingerprints of what it records
-    (the anchors it hands over), and while its fleet is on standby holds the guilds' events
-    until the cut-over."""
-
-    def __init__(self, fleet: Generations, runner: FleetShard, *, standby: bool) -> None:
-        self.fleet = fleet
-        self.runner = runner
-        self.standby = standby
-        self.activated = False
-        self.held: dict[int, list[_Held]] = defaultdict(list)
-        self.waiting: dict[int, tuple[Anchor, float]] = {}  # guild → (anchor, waiting since)
-        self.live: set[int] = set()  # guilds replayed and recorded since
-        self.tails: dict[int, deque[str]] = {}
-        self.last_at: dict[int, float] = {}
-        self.initial: set[int] = set()  # guilds of the READY whose GUILD_CREATE is still due
-        self.since: float | None = None  # when this session began (its READY)
-
-    def wrap(self, event: str, fn: Parser) -> Parser:
-        def gated(d: Json) -> None:
-            if event == "READY":
-                self._ready(d)
-            gid = guild_of(event, d)
-            first = event == "GUILD_CREATE" and gid in self.initial
-            if first:
-                self.initial.discard(gid)
-            if gid is None or not self._holding(gid):
-                if gid is not None and event in ORDERED and not first:
-                    self._note(gid, fingerprint(event, d), received())
-                fn(d)
-            elif first:
-                self._standby_guild(d)
-            elif event in HELD:
-                fp = fingerprint(event, d) if event in ORDERED else None
-                self.held[gid].append(_Held(event, fn, d, time.time(), fp))
-                if gid in self.waiting:
-                    self._retry(gid)
-            else:
-                fn(d)
-
-        return gated
-
-    def interactions(self, counted: Parser) -> Parser:
-        """INTERACTION_CREATE: counted always, handed to discord.py (the command tree) only by
-        a shard that records."""
-
-        def run(d: Json) -> None:
-            counted(d)
-            client = self.runner.client
-            if (self.standby and not self.activated) or client is None:
-                return
-            client._connection.parse_interaction_create(d)  # type: ignore[arg-type]
-
-        return run
-
-    def _holding(self, gid: int) -> bool:
-        if not self.standby or gid in self.live:
-            return False
-        return not self.activated or gid in self.waiting
-
-    def _note(self, gid: int, fp: str, at: float) -> None:
-        tail = self.tails.get(gid)
-        if tail is None:
-            tail = self.tails[gid] = deque(maxlen=TAIL)
-        tail.append(fp)
-        self.last_at[gid] = at
-
-    def _ready(self, d: Json) -> None:
-        ids = set()
-        for g in d.get("guilds") or ():
-            with contextlib.suppress(TypeError, ValueError, KeyError, AttributeError):
-                ids.add(int(g["id"]))
-        self.initial = ids
-        if self.since is not None and self.standby and not self.activated:
-            # A new session: what the gateway sent in between is missing from the order, so
-            # the anchor is looked for only in what follows.
-            for events in self.held.values():
-                events[:] = [e for e in events if e.fp is None]
-        self.since = time.time()
-
-    def _standby_guild(self, raw: Json) -> None:
-        d = guild_payload(raw)
-        if d is None:
-            return
-        self.fleet.directory.add_guild(d)
-        self.runner.guilds.add(int(d["id"]))
-
-    # -- the cut-over ---------------------------------------------------------------------
-    async def activate(self, anchors: dict[int, Anchor], cutoffs: dict[int, float]) -> None:
-        """Record from the previous generation's anchors on (see the module docstring)."""
-        fleet = self.fleet
-        runner = self.runner
-        # The previous generation's final state of these guilds replaces what was loaded
-        # when this shard opened.
-        fleet.voice.drop_guilds(set(runner.guilds))
-        await runner.load_state()
-        sid = runner.shard_id
-        previous = fleet.previous
-        anchored = {g for g in anchors if shard_of(g, fleet.count) == sid}
-        done: set[int] = set()
-        while True:
-            # Guilds whose events arrived while the others were replayed come round again.
-            todo = sorted((set(self.held) | anchored) - done - set(self.waiting))
-            if not todo:
-                break
-            for gid in todo:
-                done.add(gid)
-                self._activate_guild(gid, anchors.get(gid), cutoffs, previous)
-                await asyncio.sleep(0)  # a large replay must not hold up the heartbeats
-        # No await since the last look: every guild not waiting for its anchor is live.
-        self.activated = True
-
-    def _activate_guild(
-        self, gid: int, anchor: Anchor | None, cutoffs: dict[int, float], previous: int | None
-    ) -> None:
-        ordered = [e for e in self.held.get(gid, []) if e.fp is not None]
-        cutoff = cutoffs.get(shard_of(gid, previous)) if previous else None
-        if cutoff is not None:
-            start = next((i for i, e in enumerate(ordered) if e.at > cutoff), len(ordered))
-            metrics.RESHARD_ANCHORS.labels("cutoff").inc()
-        elif anchor is None:
-            start = 0
-        else:
-            found = resume_index([e.fp for e in ordered if e.fp], anchor.tail)
-            if found is not None:
-                start = found
-                metrics.RESHARD_ANCHORS.labels("found").inc()
-            elif self.since is not None and anchor.at < self.since - ANCHOR_MARGIN_S:
-                start = 0
-                metrics.RESHARD_ANCHORS.labels("before_session").inc()
-            else:
-                self.waiting[gid] = (anchor, time.time())
-                return
-        self._go_live(gid, start)
-
-    def _retry(self, gid: int) -> None:
-        anchor, _since = self.waiting[gid]
-        seen = [e.fp for e in self.held[gid] if e.fp is not None]
-        found = resume_index(seen, anchor.tail)
-        if found is not None:
-            metrics.RESHARD_ANCHORS.labels("found").inc()
-            self._go_live(gid, found)
-
-    def expire_waits(self) -> None:
-        now = time.time()
-        for gid, (_anchor, since) in list(self.waiting.items()):
-            if now - since > ANCHOR_WAIT_S:
-                log.warning("guild %s: the previous fleet's last events never arrived", gid)
-                metrics.RESHARD_ANCHORS.labels("timed_out").inc()
-                self._go_live(gid, 0)
-
-    def _go_live(self, gid: int, start: int) -> None:
-        """Replay the guild's held events (order-sensitive ones from index ``start``) with their
-        receive times, then let its events through."""
-        events = self.held.pop(gid, [])
-        self.waiting.pop(gid, None)
-        self.live.add(gid)
-        i = 0
-        for e in events:
-            if e.fp is not None:
-                i += 1
-                if i <= start:
-                    metrics.RESHARD_EVENTS.labels("skipped").inc()
-                    continue
-                self._note(gid, e.fp, e.at)
-            metrics.RESHARD_EVENTS.labels("recorded").inc()
-            token = _replay_at.set(e.at)
-            try:
-                e.fn(e.d)
-            except BadPayload as exc:
-                rejected(e.event, exc.reason)
-            except Exception:
-                rejected(e.event, "malformed")
-                log.exception("unreadable held %s payload skipped", e.event)
-            finally:
-                _replay_at.reset(token)
 
 
 class Generations:
@@ -397,7 +115,7 @@ class Generations:
         self.count = coordinator.shard_count
         self.role = "starting"
         self.previous: int | None = None
-        self.gates: dict[int, Gate] = {}
+        self.gates: dict[int, ShardGate] = {}
         self.handing: set[int] = set()  # shards this pod stops at a cut-over, to hand over
         self._budget_ok = False
         self._budget_checked = 0.0
@@ -414,7 +132,7 @@ class Generations:
         """The shard's parsers behind its gate."""
         # A shard that loaded its state before the take-over holds and takes over like the rest.
         late = self.role == "recording" and runner in self._before_takeover
-        gate = Gate(self, runner, standby=self.role == "standby" or late)
+        gate = ShardGate(self, runner, standby=self.role == "standby" or late)
         self.gates[runner.shard_id] = gate
         if late and self._takeover is not None:
             task = asyncio.get_running_loop().create_task(gate.activate(*self._takeover))
@@ -691,69 +409,3 @@ class Generations:
                     sid,
                 )
             log.warning("shard %s had no owner at the cut-over: handed over by time", sid)
-
-
-# -- ``herwa reshard`` ----------------------------------------------------------------------
-
-
-async def set_target(conn: asyncpg.Connection, shard_count: int) -> str:
-    """Make ``shard_count`` the fleet's target; returns what happens next. Refused (ValueError)
-    while a cut-over to another count is under way."""
-    if shard_count < 1:
-        raise ValueError(f"the shard count must be at least 1, not {shard_count}")
-    async with conn.transaction():
-        row = await conn.fetchrow("SELECT recording, target, phase FROM bot_fleet FOR UPDATE")
-        if row is None:
-            await conn.execute(
-                "INSERT INTO bot_fleet (recording, target) VALUES ($1, $1)", shard_count
-            )
-            return f"the fleet records with {shard_count} shards"
-        recording, target, phase = row["recording"], row["target"], row["phase"]
-        if phase == "cutover" and target != shard_count:
-            raise ValueError(
-                f"a cut-over from {recording} to {target} shards is under way; run this again "
-                "once it is done"
-            )
-        if shard_count == target:
-            return f"unchanged: target {target} shards (recording {recording}, {phase})"
-        if shard_count == recording:
-            await conn.execute(
-                "UPDATE bot_fleet SET target = recording, phase = 'steady', updated_at = now()"
-            )
-            return f"cancelled the move to {target} shards: recording {recording}"
-        # The handovers of an earlier cut-over from this count are history; its anchors stay:
-        # each is the last order-sensitive event its guild had recorded by this count.
-        await conn.execute("DELETE FROM bot_handovers WHERE shard_count = $1", recording)
-        await conn.execute(
-            "UPDATE bot_fleet SET target = $1, phase = 'standby', cutover_at = NULL, "
-            "updated_at = now()",
-            shard_count,
-        )
-        return (
-            f"target {shard_count} shards: pods of that count connect on standby and take over "
-            f"from the {recording} recording shards once all are connected"
-        )
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--shard-count", type=int, required=True, help="the shard count the bot fleet should run"
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    from herwa import config
-
-    async def main() -> int:
-        dsn = config.postgres().dsn.get_secret_value()
-        conn = await asyncpg.connect(dsn)
-        try:
-            log.info("herwa reshard: %s", await set_target(conn, args.shard_count))
-        except ValueError as exc:
-            log.error("herwa reshard: %s", exc)
-            return 1
-        finally:
-            await conn.close()
-        return 0
-
-    return asyncio.run(main())

@@ -96,6 +96,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "light traffic and an ETL run every 15 s) until Ctrl-C",
     )
     parser.add_argument("--seed", type=int, default=7, help="scenario seed (%(default)s)")
+    parser.add_argument(
+        "--showcase-members",
+        type=int,
+        default=3000,
+        help="members of the showcase server, the large one whose charts the report shows "
+        "(%(default)s; 0: no showcase server)",
+    )
+    parser.add_argument(
+        "--showcase-messages-per-day",
+        type=int,
+        default=2500,
+        help="the showcase's historical messages per day (%(default)s)",
+    )
+    parser.add_argument(
+        "--showcase-weeks",
+        type=int,
+        default=8,
+        help="weeks of the showcase's newcomers, joins and messages (%(default)s, 1 to 12)",
+    )
 
 
 def options(args: argparse.Namespace) -> DemoOptions:
@@ -109,6 +128,9 @@ def options(args: argparse.Namespace) -> DemoOptions:
         (args.messages_per_day >= 0, "--messages-per-day must not be negative"),
         (args.duration >= 5, "--duration must be at least 5 seconds"),
         (args.rate > 0, "--rate must be positive"),
+        (args.showcase_members >= 0, "--showcase-members must not be negative"),
+        (args.showcase_messages_per_day >= 0, "--showcase-messages-per-day must not be negative"),
+        (1 <= args.showcase_weeks <= 12, "--showcase-weeks must be in [1, 12]"),
     ]
     for ok, message in checks:
         if not ok:
@@ -124,6 +146,9 @@ def options(args: argparse.Namespace) -> DemoOptions:
         reset=args.reset,
         keep_running=args.keep_running,
         seed=args.seed,
+        showcase_members=args.showcase_members,
+        showcase_messages_per_day=args.showcase_messages_per_day,
+        showcase_weeks=args.showcase_weeks,
     )
 
 
@@ -229,6 +254,9 @@ def write_report(demo: Demo, outcome: str, shutdown: dict[str, object] | None) -
             "reset": opts.reset,
             "keep_running": opts.keep_running,
             "seed": opts.seed,
+            "showcase_members": opts.showcase_members,
+            "showcase_messages_per_day": opts.showcase_messages_per_day,
+            "showcase_weeks": opts.showcase_weeks,
         },
         stages=demo.console.stages,
         checks=demo.checks,

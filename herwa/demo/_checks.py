@@ -24,6 +24,7 @@ import asyncpg
 from clickhouse_connect.driver.asyncclient import AsyncClient
 
 from herwa import platform
+from herwa.bot.commands.retention import NOT_YET
 from herwa.etl.families import FAMILIES
 from herwa.simulator import MemberEventRecord, MessageRecord, Simulator
 
@@ -386,7 +387,8 @@ def heatmap_checks(sim: Simulator, guild_id: int, text: str) -> list[Check]:
 def expected_cohorts(
     sim: Simulator, guild_id: int, w: Window, weeks: int
 ) -> dict[date, tuple[int, tuple[int, ...]]]:
-    """Local join week → (members who first joined then, members active in week 0..weeks-1)."""
+    """Local join week → (members who first joined then, members active in week 0..N), for
+    the weeks N < ``weeks`` that have begun (a later week is shown blank, not 0)."""
     first_join: dict[int, int] = {}
     for e in _member_events(sim, guild_id, "join"):
         first_join[e.user_id] = min(e.at_ms, first_join.get(e.user_id, e.at_ms))
@@ -403,7 +405,11 @@ def expected_cohorts(
             n = (seen - week).days // 7
             if 0 <= n < weeks:
                 cells[n] += 1
-    return {week: (joined, tuple(cells)) for week, (joined, cells) in sorted(out.items())}
+    today = datetime.now(ZoneInfo(w.tz)).date()
+    return {
+        week: (joined, tuple(c for n, c in enumerate(cells) if week + timedelta(weeks=n) <= today))
+        for week, (joined, cells) in sorted(out.items())
+    }
 
 
 def retention_checks(sim: Simulator, guild_id: int, text: str, weeks: int) -> list[Check]:
@@ -411,13 +417,20 @@ def retention_checks(sim: Simulator, guild_id: int, text: str, weeks: int) -> li
     expected = expected_cohorts(sim, guild_id, w, weeks)
     shown: dict[date, tuple[int, tuple[int, ...]]] = {}
     for m in _COHORT.finditer(text):
-        cells = tuple(int(c.rsplit(": ", 1)[1]) for c in m[3].split(", "))
+        values = [c.rsplit(": ", 1)[1] for c in m[3].split(", ")]
+        # Weeks not begun are shown as a dash, after the ones that have begun.
+        cells = tuple(int(v) for v in values if v.isdigit())
+        if len(cells) + values.count(NOT_YET) != len(values):
+            cells = ()  # neither a count nor a dash: unreadable, every cell check fails
         shown[date.fromisoformat(m[1])] = (int(m[2]), cells)
     checks = [Check("commands", "/retention cohorts", len(expected), len(shown))]
     for week in sorted(set(expected) | set(shown)):
         joined, cells = expected.get(week, (0, (0,) * weeks))
         got_joined, got_cells = shown.get(week, (0, (0,) * weeks))
         checks.append(Check("commands", f"/retention cohort {week} size", joined, got_joined))
+        checks.append(
+            Check("commands", f"/retention cohort {week} weeks begun", len(cells), len(got_cells))
+        )
         shown_cells: tuple[float, ...] = got_cells
         if len(shown_cells) != len(cells):  # the reply followed another number of weeks
             shown_cells = (math.nan,) * len(cells)
@@ -428,27 +441,28 @@ def retention_checks(sim: Simulator, guild_id: int, text: str, weeks: int) -> li
     return checks
 
 
-def growth_checks(
-    sim: Simulator, guild_id: int, text: str, snapshot: tuple[date, int]
-) -> list[Check]:
-    """``snapshot``: the UTC day and the member count the bots saw when they took it."""
+def growth_checks(sim: Simulator, guild_id: int, text: str, counts: dict[date, int]) -> list[Check]:
+    """``counts``: the member-count snapshots (UTC day → count) the guild has."""
     w = reply_window(text)
     joins = sum(w.holds(e.at_ms) for e in _member_events(sim, guild_id, "join"))
     leaves = sum(w.holds(e.at_ms) for e in _member_events(sim, guild_id, "leave"))
     m = _GROWTH.search(text)
     got = (math.nan, math.nan) if m is None else (_int(m[1]), _int(m[2]))
-    # One snapshot in the range (the bots took it today): the first and the last shown.
+    # The reply names the first and the last day of the range with a snapshot, and their counts.
+    days = sorted(d for d in counts if w.first <= d <= w.last)
     members = _MEMBERS.search(text)
-    day = snapshot[0].isoformat()
     shown = [math.nan, math.nan]
-    if members is not None and members[2] == members[4] == day:
-        shown = [_int(members[1]), _int(members[3])]
-    note = f"snapshot of {day}"
+    expected = [math.nan, math.nan]
+    if days:
+        expected = [counts[days[0]], counts[days[-1]]]
+        if members is not None and (members[2], members[4]) == (str(days[0]), str(days[-1])):
+            shown = [_int(members[1]), _int(members[3])]
+    note = f"snapshots of {days[0]} and {days[-1]}" if days else "no snapshot in the range"
     return [
         Check("commands", "/growth joins", joins, got[0]),
         Check("commands", "/growth leaves", leaves, got[1]),
-        Check("commands", "/growth member count (first)", snapshot[1], shown[0], note=note),
-        Check("commands", "/growth member count (last)", snapshot[1], shown[1], note=note),
+        Check("commands", "/growth member count (first)", expected[0], shown[0], note=note),
+        Check("commands", "/growth member count (last)", expected[1], shown[1], note=note),
     ]
 
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
 
 import aiohttp
 
+from herwa.bot.snapshots import UPSERT
 from herwa.demo import _checks
 from herwa.demo._bots import BotProcess, bot_env, metric_sum, parse_metrics, pod_names
 from herwa.demo._run import DemoFailed, DemoRun
@@ -107,7 +109,6 @@ async def backfill(run: DemoRun) -> None:
 
 async def traffic(run: DemoRun) -> None:
     opts, sim = run.opts, run.require_sim()
-    now = int(time.time() * 1000)
     replay_s = opts.duration * 0.85
     speed = opts.history_days * DAY_MS / 1000 / replay_s
     title = (
@@ -116,10 +117,19 @@ async def traffic(run: DemoRun) -> None:
     )
     with run.console.stage("traffic", title) as st:
         emitted0 = sum(sim.ledger.events_emitted.values())
+        newcomers = await showcase_newcomers(run)
+        now = int(time.time() * 1000)
         sim.start_activity(
             opts.rate, replay_from_ms=now - int(opts.history_days * DAY_MS), speed=speed
         )
         started = time.monotonic()
+        # Stopped on time even when a pass of the loop below is slow (the bots' metrics
+        # answer late on a busy machine): replaying on past the present would pile the
+        # traffic of those seconds into the present hour of every chart.
+        stopping: list[asyncio.Task[None]] = []
+        replay_end = asyncio.get_running_loop().call_later(
+            replay_s, lambda: stopping.append(asyncio.ensure_future(sim.stop_activity()))
+        )
         captured0 = await captured_events(run)
         peak = 0.0
         prev_t, prev_c = started, captured0
@@ -158,8 +168,11 @@ async def traffic(run: DemoRun) -> None:
                 f"emitted {emitted:,}  captured {c - captured0:,.0f} "
                 f"({rate:,.0f} events/s)  bot buffers {depth:,} rows"
             )
+        replay_end.cancel()
+        await asyncio.gather(*stopping)
         await sim.stop_activity()
         sim.end_voice_sessions()
+        snapshots = await showcase_snapshots(run)
         emitted = sum(sim.ledger.events_emitted.values()) - emitted0
         took = time.monotonic() - started
         captured = await captured_events(run) - captured0
@@ -174,6 +187,63 @@ async def traffic(run: DemoRun) -> None:
             f"{emitted:,} events emitted, {captured:,.0f} gateway events captured "
             f"({captured / took:,.0f}/s, peak {peak:,.0f}/s)"
         )
+        if newcomers is not None:
+            st.numbers["showcase"] = {
+                "newcomers": newcomers[0],
+                "newcomer_messages": newcomers[1],
+                "snapshots_written": snapshots,
+            }
+            st.summary += (
+                f"; showcase: {newcomers[0]:,} newcomers with {newcomers[1]:,} messages over "
+                f"{opts.showcase_weeks} weeks, {snapshots} daily member counts"
+            )
+
+
+async def showcase_newcomers(run: DemoRun) -> tuple[int, int] | None:
+    """The showcase's newcomers of the past weeks, delivered before the replay (their joins
+    carry their time, like the replay's): what its retention cohorts and growth show."""
+    opts, sim = run.opts, run.require_sim()
+    showcase = sim.world.showcase
+    if showcase is None:
+        return None
+    run.console.live(f"showcase: {opts.showcase_weeks} weeks of newcomers …")
+    # About one newcomer a day per 150 members: a server growing by a third in two months.
+    per_day = opts.showcase_members / 150
+    return await sim.showcase_newcomers(days=opts.showcase_weeks * 7, joins_per_day=per_day)
+
+
+async def showcase_snapshots(run: DemoRun) -> int:
+    """The showcase's daily member count over its weeks of newcomers, from the ledger.
+
+    The bots take one snapshot a UTC day and ran only today, when the showcase's past weeks had
+    not been delivered yet; this writes what they would have taken at 00:00 UTC (the default
+    snapshot hour) on each earlier day, and today's count now, with the bots' own statement
+    (today's replaces theirs, as a later snapshot of the same day does). They go through the
+    ETL like any snapshot, and /growth's member counts are checked against these numbers."""
+    sim, pool = run.require_sim(), run.require_pool()
+    showcase = sim.world.showcase
+    if showcase is None:
+        return 0
+    now = datetime.now(UTC)
+    events = sorted(
+        (e.at_ms, 1 if e.event == "join" else -1)
+        for e in sim.ledger.member_events
+        if e.guild_id == showcase.id
+    )
+    current = len(showcase.members)
+    first = now.date() - timedelta(days=run.opts.showcase_weeks * 7)
+    counts: dict[date, tuple[datetime, int]] = {now.date(): (now, current)}
+    day = first
+    while day < now.date():
+        taken = datetime.combine(day, dtime(), UTC)
+        later = sum(delta for at_ms, delta in events if at_ms > taken.timestamp() * 1000)
+        counts[day] = (taken, current - later)
+        day += timedelta(days=1)
+    async with pool.acquire() as conn:
+        for day, (taken, count) in sorted(counts.items()):
+            await conn.execute(UPSERT, showcase.id, day, count, taken)
+    run.showcase_counts = {day: count for day, (_, count) in counts.items()}
+    return len(counts)
 
 
 async def captured_events(run: DemoRun) -> float:

@@ -104,6 +104,8 @@ def markdown(report: Json) -> str:
             )
     if report["images"]:
         lines += ["", "## Charts", ""]
+        if showcase := _showcase(report, markup=False):
+            lines += [showcase, ""]
         lines += [f"![{name}]({file})" for name, file in report["images"].items()]
     lines.append("")
     return "\n".join(lines)
@@ -127,6 +129,7 @@ def page(report: Json) -> str:
         f"({c['seconds']:.1f}s): {e(c['summary'])}</li>"
         for c in report["commands"]
     )
+    showcase = _showcase(report)
     figures = "".join(
         f"<figure><img src='{e(file)}' alt='{e(name)}'><figcaption>/{e(name)}</figcaption></figure>"
         for name, file in report["images"].items()
@@ -143,7 +146,7 @@ figure {{ display: inline-block; margin: .5rem; }} img {{ max-width: 520px; }}
 </style></head><body>
 <h1>Herwa demo — {e(report["outcome"])}</h1>
 <p>Started {e(report["started_at"])}, finished {e(report["finished_at"])}.</p>
-<h2>Charts (PNG attachments of the slash commands)</h2>{figures or "<p>none</p>"}
+<h2>Charts (PNG attachments of the slash commands)</h2>{showcase}{figures or "<p>none</p>"}
 <h2>Stages</h2><table><tr><th></th><th>stage</th><th>s</th><th>result</th></tr>{rows}</table>
 <h2>Reconciliation with the simulator's ledger</h2>
 <table><tr><th></th><th>stage</th><th>what</th><th>expected</th><th>actual</th>
@@ -151,3 +154,24 @@ figure {{ display: inline-block; margin: .5rem; }} img {{ max-width: 520px; }}
 <h2>Slash commands</h2><ul>{commands}</ul>
 </body></html>
 """
+
+
+def _showcase(report: Json, *, markup: bool = True) -> str:
+    """One sentence on the server the charts are of, when it is the showcase server."""
+    numbers = {s["name"]: s["numbers"] for s in report["stages"]}
+    world = (numbers.get("simulator") or {}).get("showcase")
+    if not world:
+        return ""
+    past = (numbers.get("traffic") or {}).get("showcase") or {}
+    text = (
+        f"The showcase server (guild {world['guild_id']}, {world['timezone']}): "
+        f"{world['members']:,} members at the start, {world['historical_messages']:,} "
+        "messages of channel history"
+    )
+    if past:
+        text += (
+            f", {past['newcomers']:,} newcomers with {past['newcomer_messages']:,} messages "
+            f"over {report['options'].get('showcase_weeks', '?')} weeks"
+        )
+    text += ", then the replayed traffic."
+    return f"<p>{html.escape(text)}</p>" if markup else text

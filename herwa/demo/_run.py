@@ -35,6 +35,11 @@ class DemoOptions:
     reset: bool
     keep_running: bool
     seed: int
+    # The showcase server (0 members: none), its channel history per day and its weeks of
+    # newcomers; the CI test runs a small one.
+    showcase_members: int = 3000
+    showcase_messages_per_day: int = 2500
+    showcase_weeks: int = 8
 
 
 class DemoFailed(RuntimeError):
@@ -62,6 +67,8 @@ class DemoRun:
         self.entitled: dict[int, str] = {}
         # guild → (UTC day, member count) when the bots took their snapshots (before traffic).
         self.snapshots: dict[int, tuple[date, int]] = {}
+        # The showcase's daily snapshots (UTC day → member count), see _live.showcase_snapshots.
+        self.showcase_counts: dict[date, int] = {}
         self.started_at = datetime.now(UTC)
         self.bots_started = 0.0
         self.stopping = False

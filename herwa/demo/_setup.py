@@ -17,7 +17,14 @@ from herwa.demo._run import REDIS_PREFIX, DemoFailed, DemoOptions, DemoRun
 from herwa.devstack import DevStack, Endpoints
 from herwa.operator import reconcile
 from herwa.schema import migrate as apply_migrations
-from herwa.simulator import GatewayConfig, ScenarioConfig, Simulator, SimulatorConfig
+from herwa.simulator import (
+    GatewayConfig,
+    ScenarioConfig,
+    ShowcaseConfig,
+    Simulator,
+    SimulatorConfig,
+    WorldConfig,
+)
 from herwa.stores import clickhouse_url_client
 
 # Tables the demo keeps between runs: the schema's own bookkeeping, the seeded platform, and
@@ -131,9 +138,11 @@ async def clear_previous_run(ep: Endpoints) -> int:
 
 
 def build_simulator(opts: DemoOptions) -> Simulator:
+    showcase = ShowcaseConfig(members=opts.showcase_members) if opts.showcase_members else None
     config = SimulatorConfig(
         seed=opts.seed,
         guilds=opts.guilds,
+        world=WorldConfig(guilds=opts.guilds, showcase=showcase),
         # Generous history rate limit: the bots read every channel's history at connect.
         history_rate=(5000, 1.0),
         record_deliveries=False,  # not needed here, and it grows with every event
@@ -151,8 +160,12 @@ async def seed(run: DemoRun) -> None:
         run.redis = Redis.from_url(ep.redis_url)
         rt = reconcile.Runtime(run.pool, run.redis, REDIS_PREFIX, platform.load())
         await rt.ensure_seeded()
-        # The busiest guilds get subscriptions, so their charts have something to show.
+        # The busiest guilds get subscriptions, so their charts have something to show; the
+        # showcase server, when there is one, gets everything.
         ranked = sorted(sim.world.guilds.values(), key=lambda g: -g.activity)
+        if sim.world.showcase is not None:
+            ranked.remove(sim.world.showcase)
+            ranked.insert(0, sim.world.showcase)
         outcomes: dict[str, str] = {}
         for guild, tier in zip(ranked, ENTITLED_TIERS, strict=False):
             # The operator's own reconcile path, as if a GuildSubscription had been applied.
@@ -180,7 +193,11 @@ async def start_simulator(run: DemoRun) -> None:
     sim = run.require_sim()
     with run.console.stage("simulator", "Discord simulator with a community") as st:
         await sim.start()
-        history = sim.create_history(days=opts.history_days, messages_per_day=opts.messages_per_day)
+        history = sim.create_history(
+            days=opts.history_days,
+            messages_per_day=opts.messages_per_day,
+            showcase_per_day=opts.showcase_messages_per_day,
+        )
         members = sum(len(g.members) for g in sim.world.guilds.values())
         channels = sum(len(g.channels) for g in sim.world.guilds.values())
         st.numbers = {
@@ -194,3 +211,15 @@ async def start_simulator(run: DemoRun) -> None:
             f"{len(sim.world.guilds)} guilds, {members:,} members, {channels:,} channels, "
             f"{history:,} messages over {opts.history_days:g} days of history; {sim.url}"
         )
+        showcase = sim.world.showcase
+        if showcase is not None:
+            st.numbers["showcase"] = {
+                "guild_id": str(showcase.id),
+                "members": len(showcase.members),
+                "timezone": showcase.timezone,
+                "historical_messages": sim.ledger.guilds[showcase.id].messages.total(),
+            }
+            st.summary += (
+                f"; showcase server …{str(showcase.id)[-4:]}: {len(showcase.members):,} members, "
+                f"{sim.ledger.guilds[showcase.id].messages.total():,} of those messages"
+            )

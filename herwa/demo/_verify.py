@@ -135,11 +135,18 @@ async def commands(run: DemoRun) -> None:
     weeks = min(12, max(1, math.ceil(days / 7) + 1))
     top = next(g for g, t in run.entitled.items() if t == "enterprise")
     free = next((g for g, t in run.entitled.items() if t == "free"), None)
-    plan: list[tuple[int, str, list[Json]]] = [
+    # The showcase's cohorts and growth span its weeks of newcomers, in its own time zone.
+    showcase = sim.world.showcase
+    plan: list[tuple[int, str, list[Json]]] = []
+    if showcase is not None and showcase.id == top:
+        weeks = opts.showcase_weeks
+        plan.append((top, "config", [_sub("timezone", _str("name", showcase.timezone))]))
+    joined_days = weeks * 7 if showcase is not None and showcase.id == top else days
+    plan += [
         (top, "overview", [_int("days", days)]),
         (top, "heatmap", [_int("days", days)]),
-        (top, "retention", [_int("weeks", weeks)]),
-        (top, "growth", [_int("days", days)]),
+        (top, "retention", [_int("days", joined_days), _int("weeks", weeks)]),
+        (top, "growth", [_int("days", joined_days + 1)]),
         (top, "online", [_int("days", 1)]),
     ]
     if free is not None:
@@ -154,7 +161,7 @@ async def commands(run: DemoRun) -> None:
             entry = save_reply(run, guild, name, result, took)
             run.commands.append(entry)
             entitled = run.entitled[guild] != "free"
-            expect_image = name not in ("overview", "online") and entitled
+            expect_image = name not in ("overview", "config", "online") and entitled
             good = bool(entry["complete"]) and (bool(entry["files"]) == expect_image)
             ok = ok and good
             mark = "✓" if good else "✗"
@@ -162,7 +169,7 @@ async def commands(run: DemoRun) -> None:
                 f"      {mark} /{name} in {run.entitled[guild]}-tier guild …{str(guild)[-4:]}"
                 f" ({took:.1f}s): {entry['summary']}"
             )
-            if entitled:
+            if entitled and name != "config":
                 answers += answer_checks(run, guild, name, entry, weeks)
         # What members see, number by number, against the ledger.
         run.checks += answers
@@ -200,7 +207,9 @@ def answer_checks(run: DemoRun, guild: int, name: str, entry: Json, weeks: int) 
         if name == "retention":
             return _checks.retention_checks(sim, guild, text, weeks)
         if name == "growth":
-            return _checks.growth_checks(sim, guild, text, run.snapshots[guild])
+            counts = run.showcase_counts if guild == getattr(sim.world.showcase, "id", None) else {}
+            day, count = run.snapshots[guild]
+            return _checks.growth_checks(sim, guild, text, counts or {day: count})
         if name == "online":
             return _checks.online_checks(sim, guild, text)
     except _checks.ReplyUnreadable as exc:
@@ -264,6 +273,14 @@ def print_checks(
 
 def _int(name: str, value: int) -> Json:
     return {"name": name, "type": 4, "value": value}
+
+
+def _str(name: str, value: str) -> Json:
+    return {"name": name, "type": 3, "value": value}
+
+
+def _sub(name: str, *options: Json) -> Json:
+    return {"name": name, "type": 1, "options": list(options)}
 
 
 def _num(value: float) -> str:

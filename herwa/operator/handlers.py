@@ -25,7 +25,7 @@ from herwa.operator.model import (
 )
 from herwa.operator.reconcile import (
     STORE_ERRORS,
-    Outcome,
+    ReconcileOutcome,
     Runtime,
     Subscription,
     reconcile,
@@ -86,7 +86,7 @@ async def _reconcile_object(
     memo: Any,
     index: Mapping[str, Iterable[Claim]] | None,
     retry: int,
-) -> Outcome:
+) -> ReconcileOutcome:
     rt: Runtime = memo.runtime
     sub = Subscription(
         namespace=str(meta["namespace"]),

@@ -59,7 +59,7 @@ def _within_bigint(value: str) -> str:
     return value
 
 
-class Spec(BaseModel):
+class SubscriptionSpec(BaseModel):
     """The spec, checked again here: a CRD installed without its schema, or a field the schema
     cannot express (timezone-less dates), must still end as ``InvalidSpec``, never a crash."""
 
@@ -101,9 +101,9 @@ def bounded(message: str) -> str:
     return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
 
 
-def parse_spec(raw: Mapping[str, Any]) -> Spec:
+def parse_spec(raw: Mapping[str, Any]) -> SubscriptionSpec:
     try:
-        return Spec.model_validate(dict(raw))
+        return SubscriptionSpec.model_validate(dict(raw))
     except ValidationError as exc:
         parts = []
         for error in exc.errors(include_url=False, include_input=False, include_context=False):

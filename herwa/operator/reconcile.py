@@ -24,7 +24,15 @@ from asyncpg.pool import PoolConnectionProxy
 from redis.asyncio import Redis
 
 from herwa import entitlements, platform
-from herwa.operator.model import Claim, Condition, Reason, Spec, SpecError, parse_spec, winner
+from herwa.operator.model import (
+    Claim,
+    Condition,
+    Reason,
+    SpecError,
+    SubscriptionSpec,
+    parse_spec,
+    winner,
+)
 
 log = logging.getLogger(__name__)
 Conn = asyncpg.Connection | PoolConnectionProxy
@@ -76,7 +84,7 @@ class Subscription:
 
 
 @dataclass
-class Outcome:
+class ReconcileOutcome:
     """What a reconcile found and did; the handler turns it into status, events and metrics."""
 
     state: str  # active | suspended | expired | conflict | invalid | unknown_tier | unavailable
@@ -104,7 +112,7 @@ def _not_ready(
     tier: str | None = None,
     guild_id: int | None = None,
     retry: bool = False,
-) -> Outcome:
+) -> ReconcileOutcome:
     conditions = [
         Condition("Ready", "False", reason, message),
         Condition("EntitlementSynced", synced, reason, message),
@@ -116,7 +124,9 @@ def _not_ready(
             message if conflict else "no other GuildSubscription claims this guild",
         ),
     ]
-    return Outcome(state, reason, message, conditions, tier=tier, guild_id=guild_id, retry=retry)
+    return ReconcileOutcome(
+        state, reason, message, conditions, tier=tier, guild_id=guild_id, retry=retry
+    )
 
 
 async def _lock_guild(conn: Conn, guild_id: int) -> None:
@@ -132,7 +142,7 @@ async def reconcile(
     *,
     trigger: str,
     now: datetime | None = None,
-) -> Outcome:
+) -> ReconcileOutcome:
     """Bring Postgres and Redis in line with ``sub``; never raises for store failures."""
     now = now or datetime.now(UTC)
     try:
@@ -174,9 +184,9 @@ async def reconcile(
 
 
 async def _apply(
-    rt: Runtime, sub: Subscription, spec: Spec, *, trigger: str, now: datetime
-) -> Outcome:
-    out: Outcome | None = None
+    rt: Runtime, sub: Subscription, spec: SubscriptionSpec, *, trigger: str, now: datetime
+) -> ReconcileOutcome:
+    out: ReconcileOutcome | None = None
     async with rt.pool.acquire() as conn, conn.transaction():
         await _lock_guild(conn, spec.guild)
         tier = await conn.fetchrow("SELECT tier, quotas FROM tiers WHERE tier = $1", spec.tier)
@@ -276,7 +286,7 @@ async def _apply(
 
 async def _resolve(
     conn: Conn,
-    spec: Spec,
+    spec: SubscriptionSpec,
     tier: asyncpg.Record,
 ) -> tuple[list[str], dict[str, int]] | str:
     """Tier features and quotas with the overrides applied, or why the overrides are invalid."""
@@ -348,8 +358,12 @@ def _only_expiry(current: str | None, expected: str) -> bool:
 
 
 def _synced_outcome(
-    spec: Spec, ent: entitlements.Entitlement, now: datetime, cache_ok: bool, cache_error: str
-) -> Outcome:
+    spec: SubscriptionSpec,
+    ent: entitlements.Entitlement,
+    now: datetime,
+    cache_ok: bool,
+    cache_error: str,
+) -> ReconcileOutcome:
     state = ent.state(now)
     until = ent.valid_until.isoformat() if ent.valid_until else "no expiry"
     ent_cond = Condition(
@@ -370,7 +384,7 @@ def _synced_outcome(
     )
     if not cache_ok:
         ready = Condition("Ready", "False", Reason.STORE_UNAVAILABLE, cache_error)
-        return Outcome(
+        return ReconcileOutcome(
             "unavailable",
             Reason.STORE_UNAVAILABLE,
             cache_error,
@@ -386,7 +400,7 @@ def _synced_outcome(
     else:
         reason, message = Reason.ACTIVE, f"guild {spec.guild_id} has tier {ent.tier}"
     ready = Condition("Ready", "True" if state == "active" else "False", reason, message)
-    return Outcome(
+    return ReconcileOutcome(
         state,
         reason,
         message,

@@ -17,6 +17,8 @@ from herwa.simulator._command_options import (
     SUB_COMMAND,
     SUB_COMMAND_GROUP,
     build_invocation,
+    check_choices,
+    check_registration,
 )
 from herwa.simulator._gateway import (
     GUILD_MEMBERS,
@@ -42,6 +44,7 @@ from herwa.simulator._world import (
     TEXT,
     Guild,
     Member,
+    ShowcaseConfig,
     User,
     World,
     WorldConfig,
@@ -71,6 +74,7 @@ __all__ = [
     "MessageRecord",
     "PresenceRecord",
     "ScenarioConfig",
+    "ShowcaseConfig",
     "Simulator",
     "SimulatorConfig",
     "User",
@@ -78,5 +82,7 @@ __all__ = [
     "World",
     "WorldConfig",
     "build_invocation",
+    "check_choices",
+    "check_registration",
     "point_discord_at",
 ]

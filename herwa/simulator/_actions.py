@@ -21,7 +21,12 @@ from herwa.simulator._gateway import (
     Gateway,
 )
 from herwa.simulator._history import History
-from herwa.simulator._interactions import InteractionRecord, InteractionStore
+from herwa.simulator._interactions import (
+    APPLICATION_COMMAND,
+    APPLICATION_COMMAND_AUTOCOMPLETE,
+    InteractionRecord,
+    InteractionStore,
+)
 from herwa.simulator._ledger import Ledger, MessageRecord, PresenceRecord, VoiceRecord
 from herwa.simulator._snowflake import SnowflakeFactory, iso_from_ms
 from herwa.simulator._world import (
@@ -112,6 +117,10 @@ class Actions:
         # stamp them "now": replayed events get their own worker, whose clock is the replay's.
         self.replay_ids = SnowflakeFactory(worker=2)
         self.history_ids = SnowflakeFactory(worker=3)
+        # A stream of past events generated on its own (the showcase's newcomers, delivered
+        # before the replay) goes forwards through its own weeks: its own worker too.
+        self.past_ids = SnowflakeFactory(worker=5)
+        self.past_stream = False
         self._voice_sessions: dict[tuple[int, int], VoiceRecord] = {}
         self._recent: dict[int, list[int]] = {}  # channel -> recent live message ids
         self._author_pools: dict[int, tuple[list[Member], list[float], list[Member]]] = {}
@@ -125,6 +134,8 @@ class Actions:
 
     def new_id(self, at_ms: int) -> int:
         """A snowflake whose timestamp is ``at_ms``, for live and replayed events alike."""
+        if self.past_stream:
+            return self.past_ids.make(at_ms)
         factory = self.replay_ids if at_ms < self.ids.last_ms else self.ids
         return factory.make(at_ms)
 
@@ -405,6 +416,7 @@ class Actions:
     def member_join(self, guild_id: int, *, at_ms: int) -> int:
         guild = self.world.guilds[guild_id]
         m = self.world.add_member(guild, self.rng, at_ms)
+        self.world.engage(guild, m, self.rng, at_ms)
         self._author_pools.pop(guild_id, None)
         self.ledger.member_join(guild_id, m.user.id, at_ms, len(guild.members), is_bot=m.user.bot)
         d = {**m.payload(), "guild_id": str(guild_id)}
@@ -464,21 +476,34 @@ class Actions:
         at_ms: int,
         permissions: str = ADMIN_PERMISSIONS,
         resolved: Json | None = None,
+        focused: Json | None = None,
     ) -> InteractionRecord:
+        """A slash command, or with ``focused`` (the registered option being typed in) an
+        autocomplete interaction for it, which is no invocation: the ledger does not count it."""
         guild = self.world.guilds[guild_id]
         channel = guild.channels[channel_id]
         member = guild.members[user_id]
         cmd = self.app.find_command(name, guild_id)
         iid = self.new_id(at_ms)
+        kind = APPLICATION_COMMAND if focused is None else APPLICATION_COMMAND_AUTOCOMPLETE
         rec = InteractionRecord(
-            iid, self.interactions.new_token(), guild_id, channel_id, user_id, name, options
+            iid,
+            self.interactions.new_token(),
+            guild_id,
+            channel_id,
+            user_id,
+            name,
+            options,
+            type=kind,
+            focused=focused,
         )
         self.interactions.add(rec)
-        self.ledger.command(guild_id, name)
+        if focused is None:
+            self.ledger.command(guild_id, name)
         d: Json = {
             "id": str(iid),
             "application_id": str(self.app.application_id),
-            "type": 2,
+            "type": kind,
             "data": {
                 "id": str(cmd["id"]) if cmd else str(self.new_id(at_ms)),
                 "name": name,

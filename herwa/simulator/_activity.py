@@ -21,7 +21,7 @@ from herwa.simulator._gateway import Gateway
 from herwa.simulator._history import History
 from herwa.simulator._interactions import InteractionStore
 from herwa.simulator._ledger import Ledger
-from herwa.simulator._world import EVERYONE_PERMISSIONS, TEXT, Guild, Member, World
+from herwa.simulator._world import EVERYONE_PERMISSIONS, TEXT, Channel, Guild, Member, World
 
 KINDS = ("text", "attachment", "embed", "sticker", "reply")
 # What step() can produce; "join" and "leave" are the two halves of "member" on their own.
@@ -137,6 +137,11 @@ class Activity(Actions):
         self._weight_hour = -1
         self._guild_list = list(world.guilds.values())
         self._guild_cum: list[float] = []
+        # Channel history of the guilds besides the showcase, which has a history of its own
+        # (``_showcase.showcase_history``) with its own daily and weekly rhythm.
+        self._history_hour = -1
+        self._history_list = [g for g in self._guild_list if g is not world.showcase]
+        self._history_cum: list[float] = []
         fam = config.families
         self._families = list(fam)
         self._family_cum = cumulative(fam.values())
@@ -158,6 +163,13 @@ class Activity(Actions):
             self._weight_hour = hour
             self._guild_cum = cumulative(self.local_weight(g, at_ms) for g in self._guild_list)
         return self.rng.choices(self._guild_list, cum_weights=self._guild_cum)[0]
+
+    def _pick_history_guild(self, at_ms: int) -> Guild:
+        hour = at_ms // 3_600_000
+        if hour != self._history_hour:
+            self._history_hour = hour
+            self._history_cum = cumulative(self.local_weight(g, at_ms) for g in self._history_list)
+        return self.rng.choices(self._history_list, cum_weights=self._history_cum)[0]
 
     def step(self, at_ms: int, *, family: str | None = None) -> str:
         """One random event at ``at_ms``; returns the family actually produced."""
@@ -206,11 +218,26 @@ class Activity(Actions):
         self._message_random(guild, at_ms)
         return "message"
 
-    def pick_author(self, guild: Guild, *, humans_only: bool = False) -> Member:
+    def pick_author(
+        self, guild: Guild, *, humans_only: bool = False, at_ms: int | None = None
+    ) -> Member:
+        """A member by activity weight; at ``at_ms``, one still engaged then (a few draws;
+        only the showcase's newcomers drift away)."""
         humans, cum, bots = self.authors(guild)
         if not humans_only and bots and self.rng.random() < self.config.bot_author_share:
             return self.rng.choice(bots)
-        return self.rng.choices(humans, cum_weights=cum)[0]
+        member = self.rng.choices(humans, cum_weights=cum)[0]
+        for _ in range(8):
+            if member.engaged(at_ms):
+                break
+            member = self.rng.choices(humans, cum_weights=cum)[0]
+        return member
+
+    def pick_text_channel(self, texts: list[Channel]) -> Channel:
+        """By the channels' weights when they differ (the showcase's), else uniformly."""
+        if all(c.weight == 1.0 for c in texts):
+            return self.rng.choice(texts)
+        return self.rng.choices(texts, weights=[c.weight for c in texts])[0]
 
     def _message_random(self, guild: Guild, at_ms: int) -> None:
         rng = self.rng
@@ -218,24 +245,24 @@ class Activity(Actions):
         if threads and rng.random() < self.config.thread_message_share:
             channel = rng.choice(threads)
         else:
-            channel = rng.choice(texts)
-        author = self.pick_author(guild)
+            channel = self.pick_text_channel(texts)
+        author = self.pick_author(guild, at_ms=at_ms)
         self.post_message(
-            guild.id, channel.id, author.user.id, self._pick_kind(channel.id), at_ms=at_ms
+            guild.id, channel.id, author.user.id, self.pick_kind(channel.id), at_ms=at_ms
         )
 
-    def _pick_kind(self, channel_id: int) -> str:
+    def pick_kind(self, channel_id: int) -> str:
         kind = self.rng.choices(self._kinds, cum_weights=self._kind_cum)[0]
         return "text" if kind == "reply" and not self.has_recent(channel_id) else kind
 
     def historical_message(self, at_ms: int) -> None:
         """One message in a text channel before the bot was there, reachable only through
         channel history (its id carries its time)."""
-        guild = self.pick_guild(at_ms)
+        guild = self._pick_history_guild(at_ms)
         texts = [c for c in guild.channels.values() if c.type == TEXT]
         member = self.pick_author(guild)
         channel = self.rng.choice(texts)
-        kind = self._pick_kind(channel.id)
+        kind = self.pick_kind(channel.id)
         self.post_message(guild.id, channel.id, member.user.id, kind, at_ms=at_ms, historical=True)
 
     def _edit_random(self, guild: Guild, at_ms: int) -> bool:

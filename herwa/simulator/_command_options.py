@@ -116,3 +116,84 @@ def _option_value(option: Json, guild: Guild, rng: random.Random, resolved: Json
         }
         return str(guild.id)
     return None  # ATTACHMENT, or a type this simulator does not know
+
+
+# Discord's limits on an autocomplete answer and on a choice
+# (https://discord.com/developers/docs/interactions/application-commands#autocomplete).
+MAX_CHOICES = 25
+MAX_CHOICE_NAME = 100
+MAX_STRING_CHOICE = 100
+_SAFE_NUMBER = 2**53
+AUTOCOMPLETE_TYPES = (STRING, INTEGER, NUMBER)
+
+
+def focused_option(command: Json, options: list[Json]) -> Json:
+    """The registered option of the one option marked ``focused`` in an autocomplete
+    interaction's ``options`` (inside its subcommand and group). Discord sends autocomplete
+    only for an option registered with ``autocomplete``, exactly one focused at a time: anything
+    else is a caller's mistake and raises ValueError."""
+    declared = command.get("options") or []
+    sent = options
+    while len(sent) == 1 and sent[0].get("type") in (SUB_COMMAND, SUB_COMMAND_GROUP):
+        name = sent[0].get("name")
+        match = [o for o in declared if o.get("name") == name and o.get("type") == sent[0]["type"]]
+        if not match:
+            raise ValueError(f"/{command.get('name')} has no subcommand {name!r}")
+        declared, sent = match[0].get("options") or [], sent[0].get("options") or []
+    focused = [o for o in sent if o.get("focused")]
+    if len(focused) != 1:
+        raise ValueError("an autocomplete interaction has exactly one focused option")
+    name = focused[0].get("name")
+    option: Json | None = next((o for o in declared if o.get("name") == name), None)
+    if option is None or not option.get("autocomplete"):
+        raise ValueError(f"option {name!r} of /{command.get('name')} has no autocomplete")
+    return option
+
+
+def check_choices(option: Json, data: Json) -> str | None:
+    """Why Discord would refuse ``data`` as the autocomplete answer for ``option``; None if
+    it would take it."""
+    choices = data.get("choices")
+    if not isinstance(choices, list):
+        return "choices: a list is required"
+    if len(choices) > MAX_CHOICES:
+        return f"choices: must be {MAX_CHOICES} or fewer in length"
+    for i, choice in enumerate(choices):
+        if not isinstance(choice, dict):
+            return f"choices.{i}: an object is required"
+        name = choice.get("name")
+        if not isinstance(name, str) or not 1 <= len(name) <= MAX_CHOICE_NAME:
+            return f"choices.{i}.name: must be between 1 and {MAX_CHOICE_NAME} in length"
+        value = choice.get("value")
+        kind = option.get("type")
+        if kind == STRING:
+            if not isinstance(value, str) or len(value) > MAX_STRING_CHOICE:
+                return f"choices.{i}.value: a string of at most {MAX_STRING_CHOICE} characters"
+        elif kind in (INTEGER, NUMBER):
+            numeric = (int,) if kind == INTEGER else (int, float)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, numeric)
+                or not -_SAFE_NUMBER <= value <= _SAFE_NUMBER
+            ):
+                wanted = "an integer" if kind == INTEGER else "a number"
+                return f"choices.{i}.value: {wanted} of at most 2**53 is required"
+        else:
+            return f"options: type {kind} has no autocomplete"
+    return None
+
+
+def check_registration(command: Json) -> str | None:
+    """Why Discord would refuse to register ``command``'s options, as far as autocomplete
+    goes: only string, integer and number options complete, and never beside ``choices``."""
+    pending = list(command.get("options") or [])
+    while pending:
+        option = pending.pop()
+        pending.extend(option.get("options") or [])
+        if not option.get("autocomplete"):
+            continue
+        if option.get("type") not in AUTOCOMPLETE_TYPES:
+            return f"option {option.get('name')!r}: autocomplete is for strings and numbers"
+        if option.get("choices"):
+            return f"option {option.get('name')!r}: autocomplete cannot be set with choices"
+    return None

@@ -13,11 +13,16 @@ from dataclasses import dataclass, field
 
 from herwa.json_types import Json
 
+# Interaction types.
+APPLICATION_COMMAND = 2
+APPLICATION_COMMAND_AUTOCOMPLETE = 4
+
 # Interaction callback types.
 CHANNEL_MESSAGE = 4
 DEFERRED_CHANNEL_MESSAGE = 5
 DEFERRED_UPDATE = 6
 UPDATE_MESSAGE = 7
+AUTOCOMPLETE_RESULT = 8
 
 
 @dataclass
@@ -44,6 +49,12 @@ class InteractionRecord:
     responded: asyncio.Event = field(default_factory=asyncio.Event)
     # Set when an answer was refused by an injected reply fault (see fail_next_replies).
     refused: asyncio.Event = field(default_factory=asyncio.Event)
+    type: int = APPLICATION_COMMAND
+    # An autocomplete interaction's focused option as registered, and the bot's answer.
+    focused: Json | None = None
+    choices: list[Json] | None = None
+    # Why the simulator refused the bot's answer (400 Invalid Form Body), as Discord would.
+    invalid: str | None = None
 
     def result(self, files: dict[int, StoredFile], *, include_bytes: bool = False) -> Json:
         def msg(m: Json | None) -> Json | None:
@@ -72,6 +83,15 @@ class InteractionRecord:
             "complete": self.done.is_set(),
             "original": msg(self.original),
             "followups": [msg(f) for f in self.followups],
+        }
+
+    def autocomplete_result(self) -> Json:
+        return {
+            "interaction_id": str(self.id),
+            "name": self.name,
+            "response_type": self.response_type,
+            "choices": self.choices,
+            "invalid": self.invalid,
         }
 
 

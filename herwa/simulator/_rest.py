@@ -14,10 +14,13 @@ from aiohttp import BodyPartReader, web
 from herwa.json_types import Json
 from herwa.simulator._actions import Actions
 from herwa.simulator._app import AppState
+from herwa.simulator._command_options import check_choices, check_registration
 from herwa.simulator._gateway import Gateway, as_reached_at
 from herwa.simulator._history import History
 from herwa.simulator._http import error, json_response
 from herwa.simulator._interactions import (
+    APPLICATION_COMMAND_AUTOCOMPLETE,
+    AUTOCOMPLETE_RESULT,
     CHANNEL_MESSAGE,
     DEFERRED_CHANNEL_MESSAGE,
     DEFERRED_UPDATE,
@@ -181,6 +184,9 @@ class Rest:
         if request.match_info["app"] != str(app.application_id):
             return error(403, "Missing Access", 50001)
         body = await request.json(loads=orjson.loads)
+        for cmd in body:
+            if (refusal := check_registration(cmd)) is not None:
+                return error(400, f"Invalid Form Body: /{cmd.get('name')}: {refusal}", 50035)
         guild = request.match_info.get("guild")
         old = {
             c["name"]: c
@@ -359,10 +365,17 @@ class Rest:
         body = await self._read_message_body(request)
         rtype = int(body.get("type", 0))
         data: Json = body.get("data") or {}
+        if (refusal := _refuse_callback(rec, rtype, data)) is not None:
+            rec.invalid = refusal
+            rec.done.set()
+            return error(400, f"Invalid Form Body: {refusal}", 50035)
         rec.response_type = rtype
-        interaction: Json = {"id": str(rec.id), "type": 2}
+        interaction: Json = {"id": str(rec.id), "type": rec.type}
         resource: Json = {"type": rtype}
-        if rtype in (CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE, UPDATE_MESSAGE):
+        if rtype == AUTOCOMPLETE_RESULT:
+            rec.choices = data["choices"]
+            rec.done.set()
+        elif rtype in (CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE, UPDATE_MESSAGE):
             msg = self._bot_message(rec, data if rtype != DEFERRED_CHANNEL_MESSAGE else {})
             rec.original = msg
             interaction.update(
@@ -456,3 +469,15 @@ class Rest:
             rec.followups.append(msg)
             rec.done.set()
         return json_response(msg)
+
+
+def _refuse_callback(rec: InteractionRecord, rtype: int, data: Json) -> str | None:
+    """Why Discord answers a callback 400: an autocomplete interaction takes only its result,
+    with choices it would show (see check_choices), and nothing else takes a result."""
+    if rec.type == APPLICATION_COMMAND_AUTOCOMPLETE:
+        if rtype != AUTOCOMPLETE_RESULT:
+            return f"type: {rtype} is not a response to an autocomplete interaction"
+        return check_choices(rec.focused or {}, data)
+    if rtype == AUTOCOMPLETE_RESULT:
+        return "type: an autocomplete result answers only an autocomplete interaction"
+    return None

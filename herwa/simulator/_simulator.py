@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import math
 import random
 import socket
 import time
+import zoneinfo
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -18,6 +20,7 @@ from aiohttp import web
 from herwa.json_types import Json
 from herwa.simulator._activity import Activity, ScenarioConfig
 from herwa.simulator._app import AppState
+from herwa.simulator._command_options import focused_option
 from herwa.simulator._control import Control
 from herwa.simulator._faults import inject
 from herwa.simulator._gateway import (
@@ -33,6 +36,11 @@ from herwa.simulator._history import History
 from herwa.simulator._interactions import InteractionStore
 from herwa.simulator._ledger import Ledger
 from herwa.simulator._rest import API_PREFIX, RateLimit, Rest
+from herwa.simulator._showcase import (
+    rhythmic_times,
+    showcase_history_message,
+    showcase_newcomers,
+)
 from herwa.simulator._snowflake import SnowflakeFactory
 from herwa.simulator._world import ADMIN_PERMISSIONS, TEXT, User, World, WorldConfig
 
@@ -308,18 +316,59 @@ class Simulator:
                 carry = 0.0  # backpressure: do not catch up with what the consumer refused
 
     def create_history(
-        self, *, days: float, messages_per_day: int, end_ms: int | None = None
+        self,
+        *,
+        days: float,
+        messages_per_day: int,
+        end_ms: int | None = None,
+        showcase_per_day: int = 0,
     ) -> int:
         """Messages in the past (ids carry their historic timestamps), reachable only through
-        channel history: the bot was not there to receive them. Returns how many."""
+        channel history: the bot was not there to receive them. The showcase server, if the
+        world has one, gets ``showcase_per_day`` of its own, with its local rhythm, besides
+        ``messages_per_day`` for all the others. Returns how many."""
         end = end_ms if end_ms is not None else int(time.time() * 1000) - 60_000
         start = end - int(days * _DAY_MS)
         rng = self.activity.rng
         total = int(days * messages_per_day)
         times = sorted(rng.randrange(start, end) for _ in range(total))
-        for t in times:
-            self.activity.historical_message(t)
-        return total
+        showcase = self.world.showcase
+        if showcase is None or showcase_per_day <= 0:
+            for t in times:
+                self.activity.historical_message(t)
+            return total
+        # In one time order with the others': history ids only go forwards.
+        count = int(days * showcase_per_day)
+        zone = zoneinfo.ZoneInfo(showcase.timezone)
+        ours = rhythmic_times(rng, zone, start, end, count)
+        merged = heapq.merge(((t, False) for t in times), ((t, True) for t in ours))
+        for t, is_showcase in merged:
+            if is_showcase:
+                showcase_history_message(self.activity, showcase, t)
+            else:
+                self.activity.historical_message(t)
+        return total + count
+
+    async def showcase_newcomers(
+        self, *, days: float, joins_per_day: float, end_ms: int | None = None
+    ) -> tuple[int, int]:
+        """The showcase server's newcomers of the past ``days``: their joins and what they
+        wrote while engaged, delivered through the gateway in time order with their past
+        timestamps (as fast as the bots take them). Returns (joins, messages)."""
+        showcase = self.world.showcase
+        if showcase is None:
+            raise ValueError("this world has no showcase server")
+        end = end_ms if end_ms is not None else self.now_ms()
+        out: list[Prepared] = []
+        self.gateway.capture = out
+        try:
+            counts = showcase_newcomers(
+                self.activity, showcase, end - int(days * _DAY_MS), end, joins_per_day
+            )
+        finally:
+            self.gateway.capture = None
+        await self.push_prepared(out)
+        return counts
 
     # -- faults, commands, tokens -----------------------------------------------------------
     async def inject_fault(self, fault: str, shard_id: int, *, seconds: float = 5.0) -> int:
@@ -368,6 +417,43 @@ class Simulator:
         # Follow-ups usually come right after the original; give them a moment.
         await asyncio.sleep(0.05)
         return rec.result(self.interactions.files, include_bytes=include_bytes)
+
+    async def autocomplete(
+        self,
+        guild_id: int,
+        name: str,
+        options: list[Json],
+        *,
+        channel_id: int | None = None,
+        user_id: int | None = None,
+        timeout: float = 10.0,
+        permissions: int | None = None,
+    ) -> Json:
+        """A member typing in an option: an autocomplete interaction whose ``options`` (as for
+        :meth:`invoke_command`, with subcommands) mark the option being typed ``focused``, and
+        the bot's answer (``choices``, or why Discord would refuse it in ``invalid``).
+
+        Raises ValueError for what Discord never sends: a command not registered, or a focused
+        option that is not exactly one option registered with autocomplete."""
+        guild = self.world.guilds[guild_id]
+        command = self.app.find_command(name, guild_id)
+        if command is None:
+            raise ValueError(f"/{name} is not registered")
+        focused = focused_option(command, options)
+        if channel_id is None:
+            channel_id = next(c.id for c in guild.channels.values() if c.type == TEXT)
+        rec = self.activity.invoke_command(
+            guild_id,
+            channel_id,
+            user_id if user_id is not None else guild.owner_id,
+            name,
+            options,
+            at_ms=self.now_ms(),
+            permissions=ADMIN_PERMISSIONS if permissions is None else str(permissions),
+            focused=focused,
+        )
+        await self.interactions.wait(rec.id, timeout)
+        return rec.autocomplete_result()
 
     def _member_chunks(self, session: Session, d: Json) -> None:
         gids = d.get("guild_id")

@@ -94,6 +94,12 @@ class Member:
     weight: float = 1.0
     # Role ids beyond @everyone (Guild.roles); set before the member's payload is first built.
     role_ids: list[int] = field(default_factory=list)
+    # After this time the member writes nothing more (None: never drifts away). Only the
+    # showcase's newcomers drift away, as most members who join a large server do.
+    engaged_until_ms: int | None = None
+
+    def engaged(self, at_ms: int | None) -> bool:
+        return self.engaged_until_ms is None or at_ms is None or at_ms <= self.engaged_until_ms
 
     def payload(self, *, with_user: bool = True) -> Json:
         data: Json = {
@@ -129,6 +135,8 @@ class Channel:
     created_ms: int = 0
     # Discord's permission overwrites: {"id", "type" (0 role, 1 member), "allow", "deny"}.
     overwrites: list[Json] = field(default_factory=list)
+    # How busy the channel is relative to the guild's others (the showcase's are heavy-tailed).
+    weight: float = 1.0
 
     @property
     def is_thread(self) -> bool:
@@ -295,6 +303,42 @@ class Guild:
 
 
 @dataclass(frozen=True)
+class ShowcaseConfig:
+    """One large server beside the others, shaped like a real community: thousands of
+    members and channels whose activity is heavy-tailed, and newcomers of whom most drift away
+    within weeks (what retention charts show). Built last, from a generator of its own, so the
+    other guilds are the ones the seed gives without it."""
+
+    members: int = 3000
+    text_channels: int = 12
+    voice_channels: int = 3
+    timezone: str = "Europe/Berlin"
+    # The server's share of all guilds' activity: how often live traffic picks it.
+    activity_share: float = 0.1
+    # A newcomer stays engaged for an exponential time with this mean (days); ``lurker_share``
+    # of them never write, ``loyal_share`` stay for good.
+    engaged_days: float = 10.0
+    lurker_share: float = 0.45
+    loyal_share: float = 0.15
+
+
+_SHOWCASE_CHANNELS = (
+    "general",
+    "off-topic",
+    "memes",
+    "help",
+    "gaming",
+    "art",
+    "music",
+    "announcements",
+    "introductions",
+    "dev",
+    "events",
+    "feedback",
+)
+
+
+@dataclass(frozen=True)
 class WorldConfig:
     guilds: int = 3
     members_per_guild: tuple[int, int] = (20, 60)
@@ -304,6 +348,7 @@ class WorldConfig:
     threads: int = 1
     bots_per_guild: int = 1
     timezones: tuple[str, ...] = TIMEZONES
+    showcase: ShowcaseConfig | None = None
 
 
 class World:
@@ -316,6 +361,7 @@ class World:
         self.channels: dict[int, Channel] = {}
         self._ids = SnowflakeFactory(worker=2)
         self._user_seq = 0
+        self.showcase: Guild | None = None
         self._build(rng)
 
     def new_user(self, rng: random.Random, created_ms: int, *, bot: bool = False) -> User:
@@ -327,7 +373,7 @@ class World:
 
     def _build(self, rng: random.Random) -> None:
         cfg = self.config
-        step = guild_step_ms(cfg.guilds)
+        step = guild_step_ms(cfg.guilds + (cfg.showcase is not None))
         for i in range(cfg.guilds):
             created = _WORLD_ORIGIN_MS + i * step
             gid = self._ids.at(created)
@@ -366,6 +412,56 @@ class World:
                 parent = texts[k % len(texts)]
                 self.add_thread(guild, parent, guild.owner_id, created + 4 + k, f"thread-{k + 1}")
             self.guilds[gid] = guild
+        if cfg.showcase is not None:
+            showcase_rng = random.Random(rng.getrandbits(64))
+            created = _WORLD_ORIGIN_MS + cfg.guilds * step
+            self.showcase = self._build_showcase(cfg.showcase, showcase_rng, created)
+
+    def _build_showcase(self, cfg: ShowcaseConfig, rng: random.Random, created: int) -> Guild:
+        gid = self._ids.at(created)
+        owner_created = created - rng.randrange(30, 1500) * _DAY_MS
+        owner = Member(self.new_user(rng, owner_created), created, weight=20.0)
+        others = sum(g.activity for g in self.guilds.values())
+        share = min(max(cfg.activity_share, 0.0), 0.95)
+        guild = Guild(
+            id=gid,
+            name="Showcase Community",
+            timezone=cfg.timezone,
+            owner_id=owner.user.id,
+            activity=max(others * share / (1 - share), 1.0),
+        )
+        guild.members[owner.user.id] = owner
+        guild.members[self.bot_user.id] = Member(self.bot_user, created + _DAY_MS, weight=0.0)
+        for _ in range(cfg.members):
+            self.add_member(guild, rng, created + rng.randrange(1, 700) * _DAY_MS // 7)
+        for _ in range(2):
+            self.add_member(guild, rng, created + _DAY_MS, bot=True)
+        # Channels by popularity: a Zipf-like tail, #general the busiest by far.
+        for k in range(cfg.text_channels):
+            base = _SHOWCASE_CHANNELS[k % len(_SHOWCASE_CHANNELS)]
+            name = base + ("" if k < len(_SHOWCASE_CHANNELS) else str(k))
+            ch = self._add_channel(guild, TEXT, name, k, created + 1)
+            ch.weight = 1.0 / (k + 1) ** 1.2 * rng.uniform(0.8, 1.25)
+        for k in range(cfg.voice_channels):
+            self._add_channel(guild, VOICE, f"Voice {k + 1}", cfg.text_channels + k, created + 2)
+        texts = guild.text_channels()
+        for k in range(min(3, len(texts))):
+            self.add_thread(guild, texts[k], owner.user.id, created + 4 + k, f"thread-{k + 1}")
+        self.guilds[gid] = guild
+        return guild
+
+    def engage(self, guild: Guild, member: Member, rng: random.Random, joined_ms: int) -> None:
+        """A newcomer of the showcase: a lurker, engaged for a while, or loyal."""
+        cfg = self.config.showcase
+        if cfg is None or guild is not self.showcase or member.user.bot:
+            return
+        r = rng.random()
+        if r < cfg.lurker_share:
+            member.engaged_until_ms = joined_ms
+        elif r < 1 - cfg.loyal_share:
+            member.engaged_until_ms = joined_ms + int(
+                rng.expovariate(1 / cfg.engaged_days) * _DAY_MS
+            )
 
     def _add_channel(self, guild: Guild, ctype: int, name: str, pos: int, created: int) -> Channel:
         ch = Channel(self._ids.at(created), guild.id, ctype, name, pos, created_ms=created)

@@ -7,9 +7,11 @@ that is Monday in Kolkata (so it changes cohort week).
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import pytest
@@ -139,6 +141,9 @@ HEATMAPS = {
 }
 
 
+ZONES = [*sorted(HEATMAPS), "Asia/Tehran"]  # Tehran, +03:30: a voice session across midnight
+
+
 @pytest.mark.parametrize("tz", sorted(HEATMAPS))
 async def test_heatmap_cells_in_the_guilds_time_zone(ro: AsyncClient, tz: str) -> None:
     for source in ("rollup", "raw"):
@@ -203,12 +208,103 @@ async def test_grafana_panels_show_what_the_commands_show(ro: AsyncClient, tz: s
     assert any(any(c.voice_active) for c in expected)  # voice is compared, not only zeros
 
     rows = (await ro.query(panel("Member growth"))).result_rows
-    days = {time.date(): (joins, leaves, net) for time, joins, leaves, net in rows}
+    days = {at.date(): (joins, leaves, net) for at, joins, leaves, net in rows}
     points = await analytics.growth(ro, G, tz, *MARCH)
     assert days == {
         p.day: (p.joins, p.leaves, p.joins - p.leaves) for p in points if p.joins or p.leaves
     }
     assert days
+    counts = {at.date(): n for at, n in (await ro.query(panel("Member count"))).result_rows}
+    assert counts == {p.day: p.member_count for p in points if p.member_count is not None}
+    assert counts == {date(2024, 3, 4): 42}
+
+    rows = (await ro.query(panel("Top channels"))).result_rows
+    channels = await analytics.channel_stats(ro, G, *MARCH)  # what the owner's /channels says
+    assert rows == [(str(c.channel_id), c.messages, c.authors) for c in channels]
+
+    series = await analytics.daily(ro, G, tz, *MARCH)
+    rows = (await ro.query(panel("Active members per day"))).result_rows
+    assert {at.date(): n for at, n in rows} == {
+        d.day: d.active_members for d in series if d.active_members
+    }
+    rows = (await ro.query(panel("Voice minutes per day"))).result_rows
+    assert {at.date(): (minutes, n) for at, minutes, n in rows} == {
+        d.day: (round(d.voice_seconds / 60, 1), d.voice_members) for d in series if d.voice_members
+    }
+    assert rows
+
+
+def _hand_written(title: str) -> str:
+    (target,) = next(
+        p["targets"]
+        for p in json.loads(dashboard.ANALYTICS.read_text())["panels"]
+        if p["title"] == title
+    )
+    sql: str = target["rawSql"]
+    return sql
+
+
+@pytest.mark.parametrize("tz", ZONES)
+async def test_hand_written_panels_add_up_to_what_the_commands_show(
+    ro: AsyncClient, tz: str
+) -> None:
+    """The panels no command has a counterpart of: Grafana's interval series and the day x
+    hour grid. For the same server, range and time zone their buckets add up to the heatmap's
+    cells and to each day's messages (/export), in every zone."""
+    assert {"Messages over time", "Activity by hour of day"} < set(dashboard.HAND_WRITTEN)
+    variables = {"guild": str(G), "tz": tz}
+    hm = await analytics.heatmap(ro, G, tz, *MARCH)
+    series = await analytics.daily(ro, G, tz, *MARCH)
+
+    grid_sql = expand(_hand_written("Activity by hour of day"), variables, *MARCH)
+    grid = [[0] * 24 for _ in range(7)]
+    per_day: dict[date, int] = {}
+    for day_start, hour, messages in (await ro.query(grid_sql)).result_rows:
+        grid[day_start.isoweekday() - 1][hour] += messages
+        per_day[day_start.date()] = per_day.get(day_start.date(), 0) + messages
+    assert tuple(tuple(day) for day in grid) == hm.cells
+    assert per_day == {d.day: d.messages for d in series if d.messages}
+
+    for interval in (900, 3600, 86400):
+        sql = expand(_hand_written("Messages over time"), variables, *MARCH, interval_s=interval)
+        rows = (await ro.query(sql)).result_rows
+        assert sum(n for _, n in rows) == hm.total == sum(d.messages for d in series) == 7
+    if tz == "UTC":  # UTC days are the interval's days
+        assert {at.date(): n for at, n in rows} == {d.day: d.messages for d in series if d.messages}
+
+
+def _local_days(tz: str, first: date, last: date) -> list[tuple[date, datetime, datetime]]:
+    zone = ZoneInfo(tz)
+    out = []
+    day = first
+    while day <= last:
+        start = datetime.combine(day, time(), zone).astimezone(UTC)
+        end = datetime.combine(day + timedelta(days=1), time(), zone).astimezone(UTC)
+        out.append((day, start, end))
+        day += timedelta(days=1)
+    return out
+
+
+@pytest.mark.parametrize("tz", ZONES)
+async def test_each_day_is_what_the_commands_say_of_that_day(ro: AsyncClient, tz: str) -> None:
+    """/export's (and the daily panels') figure of a day is /overview's and the heatmap's for
+    that one day: messages as the heatmap counts them, active members and voice time as
+    /overview counts them, a voice session across midnight split between its days."""
+    days = _local_days(tz, date(2024, 3, 3), date(2024, 3, 19))
+    series = await analytics.daily(ro, G, tz, days[0][1], days[-1][2])
+    assert [d.day for d in series] == [day for day, _, _ in days]
+    for shown, (day, start, end) in zip(series, days, strict=True):
+        ov = await analytics.overview(ro, G, start, end)
+        hm = await analytics.heatmap(ro, G, tz, start, end)
+        assert (shown.messages, shown.active_members) == (hm.total, ov.active_members), day
+        assert (shown.voice_seconds, shown.voice_members) == (ov.voice_seconds, ov.voice_members)
+    assert sum(d.messages for d in series) == 7
+    assert sum(d.voice_seconds for d in series) == 5400.0
+    if tz == "Asia/Tehran":  # 101's hour 20:00-21:00 UTC is 23:30-00:30 there
+        split = {d.day.day: d.voice_seconds for d in series if d.voice_seconds}
+        assert split == {4: 1800.0, 12: 1800.0, 13: 1800.0}
+    clipped = await analytics.daily(ro, G, tz, Z("2024-03-12 20:30"), Z("2024-03-12 20:45"))
+    assert sum(d.voice_seconds for d in clipped) == 900.0
 
 
 async def test_growth_series_with_snapshots(ro: AsyncClient) -> None:
@@ -261,3 +357,47 @@ async def test_queries_run_as_the_readonly_user(ro: AsyncClient, migrated: Endpo
 
     with pytest.raises(DatabaseError, match=r"(?i)readonly"):
         await ro.command("INSERT INTO messages (message_id) VALUES (1)")
+
+
+async def test_weeks_not_begun_are_blank_not_zero(migrated: Endpoints) -> None:
+    """A cohort's week N that lies ahead has no value (None in the command, NULL in the
+    panel), while a week that has begun with nobody active is 0."""
+    now = datetime.now(UTC)
+    monday = datetime.combine(now.date() - timedelta(days=now.weekday()), time(), UTC)
+    cohort = monday - timedelta(weeks=1)  # last week: weeks 0 and 1 have begun, 2.. lie ahead
+    pg = await asyncpg.connect(migrated.postgres_dsn)
+    try:
+        await pg.executemany(
+            "INSERT INTO member_events (guild_id, user_id, event, at, account_created_at,"
+            " is_bot) VALUES (3, $1, 'join', $2, $2, false)",
+            [(300, cohort + timedelta(hours=1)), (301, cohort + timedelta(hours=2))],
+        )
+        await pg.execute(
+            "INSERT INTO message_events (message_id, guild_id, channel_id, author_id,"
+            " created_at, kind, is_bot) VALUES (1, 3, 10, 300, $1, 'text', false)",
+            cohort + timedelta(hours=3),
+        )
+        await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, RunOptions())
+    finally:
+        await pg.close()
+    span = (cohort - timedelta(days=1), now)
+    weeks = dashboard.RETENTION_WEEKS
+    blank = (None,) * (weeks - 2)
+    ro = await clickhouse_url_client(migrated.clickhouse_readonly_url)
+    try:
+        for source in ("rollup", "raw"):
+            got = await analytics.retention(ro, 3, "UTC", *span, weeks=weeks, source=source)
+            assert got == [
+                Cohort(cohort.date(), 2, (1, 0, *blank), (0, 0, *blank)),
+            ], source
+        sql = expand(
+            dashboard.PANELS["Retention by weekly join cohort"], {"guild": "3", "tz": "UTC"}, *span
+        )
+        rows = (await ro.query(sql)).result_rows
+    finally:
+        await ro.close()
+    assert [(n, active, pct) for _, _, n, active, pct, _, _ in rows] == [
+        (0, 1, 50.0),
+        (1, 0, 0.0),
+        *((n, None, None) for n in range(2, weeks)),
+    ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from herwa.bot.generations import fingerprint, guild_of, resume_index
+from herwa.bot.event_order import fingerprint, guild_of, resume_index
 
 
 def test_reshard_anchor_found_after_the_events_both_fleets_saw() -> None:

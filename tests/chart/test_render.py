@@ -271,13 +271,13 @@ def test_migration_is_a_job_of_the_release_that_every_role_waits_for(
     assert ref["secretKeyRef"]["name"] == "herwa-credentials"
 
 
-def _sections() -> dict[str, type[config._Section]]:
-    found: dict[str, type[config._Section]] = {}
+def _sections() -> dict[str, type[config.SettingsSection]]:
+    found: dict[str, type[config.SettingsSection]] = {}
     for value in vars(config).values():
         if (
             isinstance(value, type)
-            and issubclass(value, config._Section)
-            and value is not config._Section
+            and issubclass(value, config.SettingsSection)
+            and value is not config.SettingsSection
         ):
             found[str(value.model_config.get("env_prefix", ""))] = value
     return found
@@ -305,7 +305,7 @@ def test_every_herwa_variable_exists_and_parses(
                 for name, e in env_of(container).items()
                 if name.startswith("HERWA_")
             }
-            used: set[type[config._Section]] = set()
+            used: set[type[config.SettingsSection]] = set()
             for name in env:
                 prefix = next((p for p in sections if p and name.startswith(p)), None)
                 assert prefix, f"{name}: no settings section has this prefix"

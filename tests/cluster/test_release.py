@@ -21,7 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 import yaml
 
-from herwa.etl import expiry
+from herwa.etl import expiry_plan, history_windows
 from herwa.etl.families import FAMILIES
 from tests.bot.conftest import wait_for
 from tests.bot.expect import (
@@ -232,20 +232,20 @@ async def _staged_within_windows(dsn: str, clickhouse_url: str) -> dict[str, int
     product's own windows and each table's event-time column (as history expiry reads them)."""
     ch = await clickhouse_connect.get_async_client(dsn=clickhouse_url)
     try:
-        catalogue = await expiry.clickhouse_catalogue(ch)
+        catalogue = await expiry_plan.clickhouse_catalogue(ch)
     finally:
         await ch.close()
     conn = await asyncpg.connect(dsn)
     try:
-        windows = await expiry.windows(conn)
+        windows = await history_windows.windows(conn)
         today = datetime.now(UTC).date()
         keep_all = date(1, 1, 1)
         ids = list(windows.guilds)
-        cuts = [expiry.cutoff(windows.guilds[g], today) or keep_all for g in ids]
-        default = expiry.cutoff(windows.default, today) or keep_all
+        cuts = [history_windows.cutoff(windows.guilds[g], today) or keep_all for g in ids]
+        default = history_windows.cutoff(windows.default, today) or keep_all
         out: dict[str, int] = {}
         for f in FAMILIES:
-            target = expiry.target_for(f.target_table, catalogue[f.target_table])
+            target = expiry_plan.target_for(f.target_table, catalogue[f.target_table])
             assert target is not None, f.target_table
             column = target.column  # staging keeps the event time under the same name
             out[f.target_table] = await conn.fetchval(

@@ -18,7 +18,7 @@ from discord import app_commands
 from redis.asyncio import Redis
 
 from herwa import platform
-from herwa.bot.commands import CommandDeps, Runtime, install
+from herwa.bot.commands import CommandDeps, CommandRuntime, install
 from herwa.config import CommandSettings
 from herwa.devstack import Endpoints
 from herwa.etl.runner import RunOptions, run_once
@@ -38,7 +38,7 @@ class Harness:
     sim: Simulator
     pool: asyncpg.Pool
     redis: Redis
-    rt: Runtime
+    rt: CommandRuntime
     client: discord.Client
     endpoints: Endpoints
     guild: int  # the guild under test
@@ -65,6 +65,19 @@ class Harness:
             include_bytes=include_bytes,
             timeout=timeout,
             permissions=permissions,
+        )
+
+    async def autocomplete(
+        self,
+        name: str,
+        options: list[Json],
+        *,
+        user: int | None = None,
+        permissions: int | None = None,
+    ) -> Json:
+        """The member types in the option marked ``focused``: the bot's choices."""
+        return await self.sim.autocomplete(
+            self.guild, name, options, user_id=user, permissions=permissions
         )
 
     async def grant(

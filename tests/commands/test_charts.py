@@ -1,5 +1,6 @@
 """The heatmap's kept figure draws what a fresh figure draws, for a fraction of the work, from
-any number of threads; and a process that never draws a chart never loads matplotlib."""
+any number of threads; and a process that never draws a chart never loads matplotlib. The
+retention matrix leaves weeks that lie ahead blank; the growth chart draws the member count."""
 
 from __future__ import annotations
 
@@ -10,13 +11,25 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import date, timedelta
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from herwa.bot.commands import DPI, HEATMAP_SIZE, WEEKDAYS, heatmap_png, png_size
+from herwa.bot.commands import (
+    DPI,
+    GROWTH_SIZE,
+    HEATMAP_SIZE,
+    MEMBERS_COLOUR,
+    RETENTION_SIZE,
+    WEEKDAYS,
+    growth_png,
+    heatmap_png,
+    png_size,
+    retention_png,
+)
 
 Grid = list[list[int]]
 
@@ -101,3 +114,45 @@ def test_the_bot_loads_matplotlib_only_to_draw() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_retention_leaves_weeks_ahead_blank() -> None:
+    """A week that has not begun (None) shows the page's white, unlike a 0 % week, which is
+    the colour scale's lightest blue with its "0%" label."""
+    cohorts, sizes = ["2024-03-04", "2024-03-11"], [10, 8]
+    ahead = retention_png(cohorts, sizes, [[0.5, 0.0], [0.25, None]], "Retention")
+    zero = retention_png(cohorts, sizes, [[0.5, 0.0], [0.25, 0.0]], "Retention")
+    assert png_size(ahead) == png_size(zero) == RETENTION_SIZE
+    # The matrix axes span (0.2, 0.1)-(0.95, 0.9) of the figure: cell (1, 1) is bottom right.
+    w, h = RETENTION_SIZE
+    left, right, top, bottom = 0.2 * w, 0.95 * w, 0.1 * h, 0.9 * h
+    x0, x1 = int(left + (right - left) * 0.55), int(right - 5)
+    y0, y1 = int(top + (bottom - top) * 0.55), int(bottom - 5)
+
+    def cell(png: bytes) -> np.ndarray:
+        return pixels(png)[y0:y1, x0:x1].reshape(-1, 3)
+
+    assert (cell(ahead) == 255).all()  # blank: no colour, no label
+    lightest = cell(zero)
+    assert not (lightest == 255).all(axis=1).any()  # filled with the scale's 0 colour
+    assert (lightest.sum(axis=1) < 200).any()  # and labelled in black
+
+
+def colour_pixels(png: bytes, colour: str) -> int:
+    rgb = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)])
+    return int((np.abs(pixels(png) - rgb).sum(axis=2) <= 30).sum())
+
+
+def test_growth_draws_the_member_count() -> None:
+    days = [date(2024, 3, 1) + timedelta(days=i) for i in range(14)]
+    joins = [5 + i % 3 for i in range(14)]
+    leaves = [i % 2 for i in range(14)]
+    counts = [1000 + sum(joins[: i + 1]) - sum(leaves[: i + 1]) for i in range(14)]
+    line = growth_png(days, joins, leaves, counts, "Member growth")
+    none = growth_png(days, joins, leaves, [None] * 14, "Member growth")
+    one = growth_png(days, joins, leaves, [None] * 13 + [counts[-1]], "Member growth")
+    assert png_size(line) == png_size(none) == png_size(one) == GROWTH_SIZE
+    assert colour_pixels(none, MEMBERS_COLOUR) == 0
+    # A line across the chart (and its legend entry); a single day's snapshot still shows.
+    assert colour_pixels(line, MEMBERS_COLOUR) > 1500
+    assert colour_pixels(one, MEMBERS_COLOUR) > 30

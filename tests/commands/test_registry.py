@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from herwa import platform
 from herwa.bot import commands
-from herwa.bot.commands import CommandDeps, Spec, install
+from herwa.bot.commands import CommandDeps, CommandSpec, install
 
 
 def test_the_bot_registers_exactly_the_platforms_commands() -> None:
@@ -30,13 +30,13 @@ def test_the_bot_registers_exactly_the_platforms_commands() -> None:
 
 
 def test_every_handler_is_gated_under_a_name_the_platform_sells() -> None:
-    # The gate looks a Spec's command up in the platform's command -> feature map: a name it
+    # The gate looks a CommandSpec's command up in the platform's command -> feature map: a name it
     # does not sell would refuse every invocation.
     specs = {
         value.command
         for module in vars(commands).values()
         if isinstance(module, ModuleType)
         for value in vars(module).values()
-        if isinstance(value, Spec)
+        if isinstance(value, CommandSpec)
     }
     assert specs == set(platform.load().commands)

@@ -43,7 +43,7 @@ from herwa import config
 )
 def test_invalid_value_names_the_variable(
     monkeypatch: pytest.MonkeyPatch,
-    section: type[config._Section],
+    section: type[config.SettingsSection],
     env: dict[str, str],
     expected: str,
 ) -> None:

@@ -37,6 +37,13 @@ SMALL = [
     "150",
     "--seed",
     "3",
+    # A small showcase server: the default one (thousands of members) takes a minute more.
+    "--showcase-members",
+    "300",
+    "--showcase-messages-per-day",
+    "400",
+    "--showcase-weeks",
+    "3",
 ]
 # Voice is stamped by the bot's receive time: these two are compared within a stated slack.
 VOICE_TIMES = {"voice seconds", "/overview voice time (minutes)"}
@@ -160,7 +167,9 @@ def test_small_demo_reconciles_and_cleans_up(workdir: Path) -> None:
     assert by_what[("capture", "member leaves")]["actual"] == ledger["leaves"] > 0
     assert by_what[("capture", "voice sessions")]["actual"] == ledger["voice_sessions"] > 0
     assert by_what[("etl", "message_events → messages")]["actual"] == ledger["messages"]
-    assert by_what[("commands", "command invocations (usage → ClickHouse)")]["actual"] == 6
+    # /config timezone for the showcase server, then four analytics commands, /online and a
+    # refusal.
+    assert by_what[("commands", "command invocations (usage → ClickHouse)")]["actual"] == 7
     # What the slash commands answered, each number against the ledger (the checks above):
     # every message of the range is in /overview and in the heatmap, cohorts were formed.
     shown = by_what[("commands", "/overview messages")]["actual"]
@@ -169,6 +178,20 @@ def test_small_demo_reconciles_and_cleans_up(workdir: Path) -> None:
     assert by_what[("commands", "/overview active members")]["actual"] > 0
     assert by_what[("commands", "/growth member count (last)")]["actual"] > 0
     assert any(c["what"].startswith("/retention cohort ") for c in checks)
+    # The charts are the showcase server's: the top tier, its time zone, its weeks of
+    # newcomers; a cohort's weeks that lie ahead are left blank (a dash), not counted as 0.
+    showcase = next(s for s in report["stages"] if s["name"] == "simulator")["numbers"]
+    showcase = showcase["showcase"]
+    assert showcase["members"] > 300
+    answers = {c["command"]: c for c in report["commands"] if c["tier"] == "enterprise"}
+    assert {c["guild_id"] for c in answers.values()} == {showcase["guild_id"]}
+    assert f"({showcase['timezone']})" in answers["retention"]["text"]
+    weeks_begun = [c for c in checks if c["what"].endswith("weeks begun")]
+    assert len(weeks_begun) >= 3
+    assert min(c["actual"] for c in weeks_begun) < 3 == max(c["actual"] for c in weeks_begun)
+    assert "week 2: -" in answers["retention"]["text"]
+    members = [by_what[("commands", f"/growth member count ({e})")] for e in ("first", "last")]
+    assert members[0]["actual"] < members[1]["actual"]  # the showcase grew over its weeks
     # Presence: transitions of the pro and enterprise guilds only, row by row, and /online.
     transitions = by_what[("capture", "presence transitions (granted guilds)")]
     assert transitions["actual"] == transitions["expected"] > 0
@@ -196,6 +219,7 @@ def test_small_demo_reconciles_and_cleans_up(workdir: Path) -> None:
             assert img.format == "PNG", name
             assert min(img.size) > 200, (name, img.size)
         assert f"src='{file}'" in page
+    assert "The showcase server (guild " in page
     assert "| ✓ |" in (results / "report.md").read_text()
     denied = [c for c in report["commands"] if c["tier"] == "free"]
     assert denied

@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 
 from herwa import platform
 from herwa.devstack import Endpoints
-from herwa.etl import expiry, privacy
+from herwa.etl import expiry, expiry_plan, history_windows, privacy
 from herwa.etl.runner import RunOptions, run_once
 from herwa.operator import etl_health
 from herwa.operator.reconcile import Runtime, Subscription, reconcile, revoke
@@ -146,11 +146,11 @@ async def _stage(pg: asyncpg.Connection, guild: int, at: datetime, key: int) -> 
     )
 
 
-async def _targets(endpoints: Endpoints) -> list[expiry.Target]:
+async def _targets(endpoints: Endpoints) -> list[expiry_plan.Target]:
     ch = await clickhouse_url_client(endpoints.clickhouse_url)
     try:
-        targets, problems = expiry.plan_for(
-            await privacy.clickhouse_tables(ch), await expiry.clickhouse_catalogue(ch)
+        targets, problems = expiry_plan.plan_for(
+            await privacy.clickhouse_tables(ch), await expiry_plan.clickhouse_catalogue(ch)
         )
     finally:
         await ch.close()
@@ -185,7 +185,7 @@ async def _rows_by_age(
             below = upper
         if counts:
             out[target.table] = counts
-    for table, (dates, *_) in expiry.CLICKHOUSE_DATE_ARRAYS.items():
+    for table, (dates, *_) in expiry_plan.CLICKHOUSE_DATE_ARRAYS.items():
         # One row per member with an array of days: each element is counted like a row.
         counts = {}
         below = None
@@ -392,16 +392,16 @@ async def test_windows_from_outside_are_validated_and_kept_when_refused(
         "INSERT INTO entitlements (guild_id, tier, features, quotas, source_namespace,"
         " source_name, source_uid) VALUES ($1, 'pro', '{}', $2::jsonb, 'n', 'x', 'l')",
         longest,
-        f'{{"history_days": {expiry.MAX_HISTORY_DAYS}}}',
+        f'{{"history_days": {history_windows.MAX_HISTORY_DAYS}}}',
     )
     await pg.execute(
         "INSERT INTO entitlements (guild_id, tier, features, quotas, source_namespace,"
         " source_name, source_uid) VALUES (-4, 'pro', '{}', '{\"history_days\": 1}', 'n', 'x', 'y')"
     )
-    windows = await expiry.windows(pg)
+    windows = await history_windows.windows(pg)
     assert windows.default == 30
     # Refused or unset: kept.
-    assert windows.guilds == {**{g: None for g in bad}, longest: expiry.MAX_HISTORY_DAYS}
+    assert windows.guilds == {**{g: None for g in bad}, longest: history_windows.MAX_HISTORY_DAYS}
     assert -4 not in windows.guilds
     assert len(windows.refused) == 7  # six bad values and the id ("null" is "not set")
     # A default tier with a bad window: servers without a subscription keep their history.
@@ -423,7 +423,7 @@ async def test_windows_from_outside_are_validated_and_kept_when_refused(
             )
             == 2
         )
-    assert (await expiry.windows(pg)).default is None
+    assert (await history_windows.windows(pg)).default is None
 
 
 async def test_every_table_holding_server_data_is_expired_including_later_ones(
@@ -431,10 +431,10 @@ async def test_every_table_holding_server_data_is_expired_including_later_ones(
 ) -> None:
     ch = await clickhouse_url_client(migrated.clickhouse_url)
     try:
-        assert await expiry.audit(pg, ch) == []
+        assert await expiry_plan.audit(pg, ch) == []
         targets = {t.table: t for t in await _targets(migrated)}
         assert set(targets) >= FED
-        assert targets["member_count_snapshots"] == expiry.Target(
+        assert targets["member_count_snapshots"] == expiry_plan.Target(
             "member_count_snapshots", "day", "{}", True
         )
         assert targets["messages"].midnight == "toDateTime64({}, 3, 'UTC')"
@@ -465,7 +465,7 @@ async def test_every_table_holding_server_data_is_expired_including_later_ones(
             " ORDER BY guild_id"
         )
         await pg.execute("CREATE TABLE later_state (guild_id bigint, n int)")
-        problems = await expiry.audit(pg, ch)
+        problems = await expiry_plan.audit(pg, ch)
         assert [p.split(":")[0] for p in problems] == [
             "clickhouse.later_timeless",
             "postgres.later_state",

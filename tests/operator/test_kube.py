@@ -130,7 +130,7 @@ def manifest(example: Path, ns: str, name: str, **spec: Any) -> str:
 
 
 @contextlib.contextmanager
-def _stores(services: Endpoints) -> Iterator[tuple[str, str]]:
+def kube_stores(services: Endpoints) -> Iterator[tuple[str, str]]:
     name = f"herwa_kube_{uuid.uuid4().hex[:10]}"
     postgres_execute(services.postgres_dsn, f'CREATE DATABASE "{name}"')
     clickhouse_query(services.clickhouse_url, f"CREATE DATABASE {name}", database="")
@@ -193,14 +193,14 @@ def operator(
     )
     sa_kubeconfig = kube_cluster.kubeconfig_for(SA)
     with (
-        _stores(services) as (dsn, redis_url),
-        _running_operator(kube_cluster, work, dsn, redis_url, sa_kubeconfig) as op,
+        kube_stores(services) as (dsn, redis_url),
+        running_operator(kube_cluster, work, dsn, redis_url, sa_kubeconfig) as op,
     ):
         yield op
 
 
 @contextlib.contextmanager
-def _running_operator(
+def running_operator(
     kube_cluster: KubeCluster,
     work: Path,
     dsn: str,
@@ -517,7 +517,7 @@ def test_second_replica_is_paused_by_peering(operator: Operator, kube_namespace:
             (operator.condition(kube_namespace, "peered", "Ready") or {}).get("status") == "True"
         ),
     )
-    with _running_operator(
+    with running_operator(
         operator.cluster,
         operator.workdir,
         operator.postgres_dsn,

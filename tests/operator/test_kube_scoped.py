@@ -19,11 +19,11 @@ from tests.operator.test_kube import (
     CHART,
     DRIFT,
     EXAMPLES,
-    _running_operator,
-    _stores,
     guild_id,
+    kube_stores,
     manifest,
     render_chart_operator_files,
+    running_operator,
     wait_for,
 )
 from tests.support.kube import KubeCluster
@@ -71,8 +71,8 @@ def test_watch_namespace_works_with_the_namespaced_rbac_alone(
     peering = f"{op_ns}-{release}-operator"
     guild, elsewhere = guild_id(), guild_id()
     with (
-        _stores(services) as (dsn, redis_url),
-        _running_operator(
+        kube_stores(services) as (dsn, redis_url),
+        running_operator(
             kube_cluster,
             tmp_path,
             dsn,

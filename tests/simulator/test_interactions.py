@@ -8,8 +8,11 @@ import zlib
 
 import aiohttp
 import discord
+import pytest
 from discord import app_commands
+from discord.app_commands import Choice
 
+from herwa.simulator import check_registration
 from tests.simulator.conftest import Bot, SimFactory, make_client
 
 
@@ -169,3 +172,89 @@ async def test_random_invocations_follow_the_registered_signatures(
     # Random traffic comes from ordinary members: no Manage Server.
     raw = bot.raw.of("INTERACTION_CREATE")[-90:]
     assert all(not int(r["member"]["permissions"]) & (1 << 5) for r in raw)
+
+
+async def test_autocomplete_answers_are_validated_like_discord(
+    make_sim: SimFactory, bots: list[Bot]
+) -> None:
+    """APPLICATION_COMMAND_AUTOCOMPLETE (type 4) with the focused option, answered by callback
+    type 8; the simulator refuses with 400 what Discord refuses: more than 25 choices, a name
+    outside 1-100 characters, a value of another type than the option's, a message instead."""
+    sim = await make_sim(guilds=1, seed=32)
+    guild_id = next(iter(sim.world.guilds))
+    client = make_client()
+    tree = app_commands.CommandTree(client)
+    asked: list[object] = []
+
+    async def words(interaction: discord.Interaction, current: str) -> list[Choice[str]]:
+        asked.append(current)
+        if current == "many":
+            return [Choice(name=f"w{i}", value=f"w{i}") for i in range(26)]
+        if current == "long":
+            return [Choice(name="x" * 101, value="x")]
+        if current == "empty":
+            return [Choice(name="", value="x")]
+        if current == "number":
+            return [Choice(name="one", value=1)]  # type: ignore[arg-type]
+        if current == "message":
+            await interaction.response.send_message("not a list of choices")
+            return []
+        return [Choice(name=f"{current}{i}", value=f"{current}{i}") for i in range(25)]
+
+    async def counts(interaction: discord.Interaction, current: str) -> list[Choice[str]]:
+        return [Choice(name="ten", value="10")]  # a string for an integer option
+
+    @tree.command(name="pick", description="pick a word")
+    @app_commands.autocomplete(word=words, count=counts)
+    async def pick(interaction: discord.Interaction, word: str, count: int = 1) -> None:
+        await interaction.response.send_message(f"{word} x{count}")
+
+    bot = Bot(client)
+    bots.append(bot)
+    await bot.start(sim.config.token)
+    await tree.sync()
+    (registered,) = sim.app.global_commands
+    assert [o.get("autocomplete") for o in registered["options"]] == [True, True]
+
+    def typing(value: object, name: str = "word") -> list[dict[str, object]]:
+        kind = 3 if name == "word" else 4
+        return [{"name": name, "type": kind, "value": value, "focused": True}]
+
+    ok = await sim.autocomplete(guild_id, "pick", typing("ab"))
+    assert ok["response_type"] == 8
+    assert ok["invalid"] is None
+    assert ok["choices"] == [{"name": f"ab{i}", "value": f"ab{i}"} for i in range(25)]
+    assert asked == ["ab"]
+    refused = {
+        "many": "must be 25 or fewer",
+        "long": "name: must be between 1 and 100",
+        "empty": "name: must be between 1 and 100",
+        "number": "value: a string",
+        "message": "4 is not a response to an autocomplete",
+    }
+    for typed, why in refused.items():
+        result = await sim.autocomplete(guild_id, "pick", typing(typed))
+        assert why in str(result["invalid"]), (typed, result)
+        assert result["choices"] is None
+    wrong_type = await sim.autocomplete(guild_id, "pick", typing("1", "count"))
+    assert "value: an integer" in str(wrong_type["invalid"])
+
+    # Autocomplete is no invocation: the ledger counts none of it; the command still runs.
+    assert sum(sim.ledger.guilds[guild_id].commands.values()) == 0
+    done = await sim.invoke_command(guild_id, "pick", [{"name": "word", "type": 3, "value": "ab3"}])
+    assert done["original"]["content"] == "ab3 x1"
+
+    # What Discord never sends is refused before it reaches the bot.
+    with pytest.raises(ValueError, match="exactly one focused"):
+        await sim.autocomplete(guild_id, "pick", [{"name": "word", "type": 3, "value": "a"}])
+    with pytest.raises(ValueError, match="not registered"):
+        await sim.autocomplete(guild_id, "nothing", typing("a"))
+
+
+def test_registration_refuses_autocomplete_beside_choices_or_on_other_types() -> None:
+    assert check_registration({"name": "a", "options": [{"name": "x", "type": 3}]}) is None
+    both = {"type": 3, "name": "x", "autocomplete": True, "choices": [{"name": "a", "value": "a"}]}
+    assert "cannot be set with choices" in str(check_registration({"name": "a", "options": [both]}))
+    user = {"type": 6, "name": "who", "autocomplete": True}
+    nested = {"name": "a", "options": [{"type": 1, "name": "sub", "options": [user]}]}
+    assert "strings and numbers" in str(check_registration(nested))

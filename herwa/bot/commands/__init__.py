@@ -2,7 +2,7 @@
 
 One command per platform feature so tiers can gate each. The names sold are
 ``herwa/platform.yaml``'s ``commands:``; the names served are those :func:`install` registers,
-and each handler's :class:`~._runtime.Spec` names the command the gate charges
+and each handler's :class:`~._runtime.CommandSpec` names the command the gate charges
 (tests/commands/test_registry.py holds the three equal). Every invocation passes the same gate
 (per-user rate limit, Manage Server for admin commands, the guild's entitlement, the monthly
 query quota) in :mod:`._runtime`.
@@ -39,12 +39,15 @@ from herwa.bot.commands._charts import (
     DPI,
     GROWTH_SIZE,
     HEATMAP_SIZE,
+    MEMBERS_COLOUR,
     RETENTION_SIZE,
     WEEKDAYS,
+    growth_png,
     heatmap_png,
     png_size,
+    retention_png,
 )
-from herwa.bot.commands._gate import Gate, Outcome, quota_month
+from herwa.bot.commands._gate import CommandOutcome, Gate, quota_month
 from herwa.bot.commands._options import (
     OptionError,
     bounded_int,
@@ -53,22 +56,24 @@ from herwa.bot.commands._options import (
     parse_channel_ids,
     parse_timezone,
 )
-from herwa.bot.commands._runtime import CommandDeps, Runtime, Spec
+from herwa.bot.commands._runtime import CommandDeps, CommandRuntime, CommandSpec
 
 __all__ = [
     "DPI",
     "GROWTH_SIZE",
     "HEATMAP_SIZE",
+    "MEMBERS_COLOUR",
     "RETENTION_SIZE",
     "WEEKDAYS",
     "CommandDeps",
+    "CommandOutcome",
+    "CommandRuntime",
+    "CommandSpec",
     "Gate",
     "OptionError",
-    "Outcome",
-    "Runtime",
-    "Spec",
     "bounded_int",
     "date_range",
+    "growth_png",
     "heatmap_png",
     "install",
     "parse_channel_id",
@@ -76,12 +81,13 @@ __all__ = [
     "parse_timezone",
     "png_size",
     "quota_month",
+    "retention_png",
 ]
 
 
-def install(tree: app_commands.CommandTree[Any], deps: CommandDeps) -> Runtime:
+def install(tree: app_commands.CommandTree[Any], deps: CommandDeps) -> CommandRuntime:
     """Add every command to ``tree`` (global commands); sync the tree afterwards."""
-    rt = Runtime(deps)
+    rt = CommandRuntime(deps)
     commands: list[app_commands.Command[Any, Any, None] | app_commands.Group] = [
         overview.build(rt),
         heatmap.build(rt),

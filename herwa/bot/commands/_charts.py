@@ -30,6 +30,7 @@ RETENTION_SIZE = (900, 600)
 GROWTH_SIZE = (1000, 420)
 
 _EPOCH = date(1970, 1, 1)
+MEMBERS_COLOUR = "#5865f2"
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 
@@ -163,14 +164,28 @@ def growth_png(
     ax.xaxis_date()
     ax.axhline(0, color="#888888", linewidth=0.8)
     ax.set_ylabel("joins / leaves per day")
-    ax.legend(loc="upper left")
+    handles, labels = ax.get_legend_handles_labels()
     known = [(d, m) for d, m in zip(x, members, strict=True) if m is not None]
     if known:
         twin = ax.twinx()
-        twin.plot([d for d, _ in known], [m for _, m in known], color="#5865f2", label="members")
+        # Markers as well as the line: a single day's snapshot is a point, not a segment.
+        (line,) = twin.plot(
+            [d for d, _ in known],
+            [m for _, m in known],
+            color=MEMBERS_COLOUR,
+            linewidth=2,
+            marker="o",
+            markersize=3 if len(known) > 1 else 6,
+        )
         twin.set_ylabel("members")
+        handles.append(line)
+        labels.append("members")
+    ax.legend(handles, labels, loc="upper left")
     ax.set_title(title)
-    fig.autofmt_xdate()
+    # Figure.autofmt_xdate leaves axes placed by add_axes (no grid spec) alone: rotated here.
+    for label in ax.get_xticklabels():
+        label.set_rotation(30)
+        label.set_horizontalalignment("right")
     return _png(canvas)
 
 

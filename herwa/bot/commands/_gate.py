@@ -53,7 +53,7 @@ WHERE guild_id = $1 AND quota = $2 AND month = $3 AND used > 0
 _QUOTA_USED = "SELECT used FROM quota_usage WHERE guild_id = $1 AND quota = $2 AND month = $3"
 
 
-class Outcome(enum.StrEnum):
+class CommandOutcome(enum.StrEnum):
     """Metric and usage label of one invocation (low cardinality by construction)."""
 
     OK = "ok"

@@ -1,5 +1,6 @@
 """Prometheus metrics of the slash commands. Labels: command name and outcome only — both
-come from closed sets (registered commands, :class:`Outcome`), never from guild or user ids."""
+come from closed sets (registered commands, :class:`CommandOutcome`), never from guild or user
+ids."""
 
 from __future__ import annotations
 

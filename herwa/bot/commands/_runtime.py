@@ -2,7 +2,7 @@
 when slow) → reply, with usage counting, metrics and a span around it. Only a query answered
 to the member is charged: a cached answer is free, and a failed query or reply is refunded.
 
-Handlers stay thin: they describe a :class:`Spec`, a ``prepare`` step that validates options
+Handlers stay thin: they describe a :class:`CommandSpec`, a ``prepare`` step that validates options
 (and may raise :class:`OptionError`) and returns the work to do, and the work itself.
 """
 
@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from herwa import usage
 from herwa.bot import guild_settings
 from herwa.bot.commands._cache import ResultCache
-from herwa.bot.commands._gate import Gate, Outcome
+from herwa.bot.commands._gate import CommandOutcome, Gate
 from herwa.bot.commands._metrics import INVOCATIONS, LATENCY
 from herwa.bot.commands._options import OptionError
 from herwa.bot.commands._reply import Reply
@@ -57,7 +57,7 @@ class CommandDeps:
 
 
 @dataclass(frozen=True)
-class Spec:
+class CommandSpec:
     command: str  # the gated name from platform.yaml (a group's root for subcommands)
     counts_quota: bool = True
     admin: bool = False  # requires Manage Server
@@ -123,7 +123,7 @@ def _relative(at: datetime) -> str:
     return f"<t:{int(at.timestamp())}:R>"
 
 
-class Runtime:
+class CommandRuntime:
     def __init__(self, deps: CommandDeps) -> None:
         self.deps = deps
         s = deps.settings
@@ -138,8 +138,8 @@ class Runtime:
         self.cache = ResultCache(deps.redis, deps.redis_prefix, s.cache_ttl_seconds)
 
     async def run(
-        self, interaction: discord.Interaction[Any], spec: Spec, prepare: Prepare
-    ) -> Outcome:
+        self, interaction: discord.Interaction[Any], spec: CommandSpec, prepare: Prepare
+    ) -> CommandOutcome:
         started = time.perf_counter()
         with _tracer(__name__).start_as_current_span(f"command {spec.command}") as span:
             try:
@@ -148,7 +148,7 @@ class Runtime:
                 # Whatever failed (a gate store, an answer Discord refused), the invocation is
                 # still counted: usage and metrics must show every failure.
                 log.exception("command %s failed", spec.command, extra={"command": spec.command})
-                outcome = Outcome.ERROR
+                outcome = CommandOutcome.ERROR
             finally:
                 LATENCY.labels(spec.command).observe(time.perf_counter() - started)
             span.set_attribute("herwa.command.outcome", outcome.value)
@@ -169,15 +169,15 @@ class Runtime:
         return outcome
 
     async def _run(
-        self, interaction: discord.Interaction[Any], spec: Spec, prepare: Prepare
-    ) -> Outcome:
+        self, interaction: discord.Interaction[Any], spec: CommandSpec, prepare: Prepare
+    ) -> CommandOutcome:
         now = datetime.now(UTC)
         guild_id = interaction.guild_id
         if guild_id is None:
             await _send(
                 interaction, Reply("Herwa's commands work inside a server.", ephemeral=True)
             )
-            return Outcome.INVALID
+            return CommandOutcome.INVALID
 
         rate = await self.gate.rate_limit(interaction.user.id)
         if not rate.admitted:
@@ -189,28 +189,28 @@ class Runtime:
                     ephemeral=True,
                 ),
             )
-            return Outcome.RATE_LIMITED
+            return CommandOutcome.RATE_LIMITED
 
         if spec.admin and not interaction.permissions.manage_guild:
             await _send(
                 interaction,
                 Reply(f"`/{spec.command}` needs the **Manage Server** permission.", ephemeral=True),
             )
-            return Outcome.DENIED
+            return CommandOutcome.DENIED
 
         access = await self.gate.access(guild_id)
         if spec.gated and (access is None or not access.allows(spec.command, now)):
             await _send(
                 interaction, Reply(await self._denied_text(spec.command, access), ephemeral=True)
             )
-            return Outcome.DENIED
+            return CommandOutcome.DENIED
 
         ctx = Context(interaction, self.deps, guild_id, interaction.user.id, access, now)
         try:
             cache_options, work = await prepare(ctx)
         except OptionError as exc:
             await _send(interaction, Reply(str(exc), ephemeral=True))
-            return Outcome.INVALID
+            return CommandOutcome.INVALID
 
         # A cached answer costs no query, so it spends no quota (and is served even when the
         # quota is used up: the server already paid for it).
@@ -218,7 +218,7 @@ class Runtime:
             cached = await self.cache.get(guild_id, spec.command, cache_options)
             if cached is not None:
                 await _send(interaction, cached)
-                return Outcome.OK
+                return CommandOutcome.OK
 
         charged = False
         if spec.counts_quota:
@@ -234,7 +234,7 @@ class Runtime:
                         ephemeral=True,
                     ),
                 )
-                return Outcome.OVER_QUOTA
+                return CommandOutcome.OVER_QUOTA
             charged = quota.limit is not None
 
         task = asyncio.ensure_future(work())
@@ -270,7 +270,7 @@ class Runtime:
                     "this did not count against the quota."
                 )
             await _send(interaction, Reply(text, ephemeral=True), deferred=deferred)
-            return Outcome.ERROR
+            return CommandOutcome.ERROR
 
         if spec.cacheable:
             await self.cache.put(guild_id, spec.command, cache_options, reply)
@@ -288,8 +288,8 @@ class Runtime:
                 exc.text,
                 extra={"command": spec.command, "status": exc.status},
             )
-            return Outcome.ERROR
-        return Outcome.OK
+            return CommandOutcome.ERROR
+        return CommandOutcome.OK
 
     async def _denied_text(self, command: str, access: CommandAccess | None) -> str:
         tier = await self.gate.unlocking_tier(command)

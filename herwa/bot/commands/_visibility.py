@@ -53,6 +53,11 @@ async def visible_channels(ctx: Context) -> ChannelScope:
     )
 
 
+def can_view(scope: ChannelScope, channel_id: int) -> bool:
+    """Whether figures of ``channel_id`` may be shown (and the channel offered) to the member."""
+    return channel_id in scope.viewable or (scope.unlisted and channel_id not in scope.listed)
+
+
 async def _server_channels(ctx: Context) -> Sequence[discord.abc.GuildChannel]:
     """The server's channels, bound to a guild that knows its roles; () if unknown."""
     guild = ctx.interaction.guild

@@ -9,6 +9,7 @@ import discord
 from discord import app_commands
 
 from herwa import analytics
+from herwa.bot.commands._autocomplete import suggest_channels
 from herwa.bot.commands._common import (
     DAYS_HELP,
     END_HELP,
@@ -21,13 +22,13 @@ from herwa.bot.commands._common import (
 )
 from herwa.bot.commands._options import OptionError, parse_channel_id
 from herwa.bot.commands._reply import Reply
-from herwa.bot.commands._runtime import Context, Runtime, Spec, Work
-from herwa.bot.commands._visibility import scope_key, visible_channels
+from herwa.bot.commands._runtime import CommandRuntime, CommandSpec, Context, Work
+from herwa.bot.commands._visibility import can_view, scope_key, visible_channels
 
-SPEC = Spec("channels")
+SPEC = CommandSpec("channels")
 
 
-def build(rt: Runtime) -> app_commands.Command[Any, Any, None]:
+def build(rt: CommandRuntime) -> app_commands.Command[Any, Any, None]:
     @app_commands.command(name="channels", description="Activity per channel")
     @app_commands.describe(
         days=DAYS_HELP, end=END_HELP, page=PAGE_HELP, channel="only this channel (#mention or id)"
@@ -49,7 +50,7 @@ def build(rt: Runtime) -> app_commands.Command[Any, Any, None]:
                 if not isinstance(channel, str):
                     raise OptionError("`channel` must be a #mention or a channel id.")
                 only = parse_channel_id(channel, set(await ctx.guild_channels()))
-                if only not in scope.viewable and not (scope.unlisted and only not in scope.listed):
+                if not can_view(scope, only):
                     raise OptionError("You can only see figures of channels you can view.")
             size = ctx.deps.settings.page_size
 
@@ -85,5 +86,11 @@ def build(rt: Runtime) -> app_commands.Command[Any, Any, None]:
             return key, work
 
         await rt.run(interaction, SPEC, prepare)
+
+    @channels.autocomplete("channel")
+    async def channel_names(
+        interaction: discord.Interaction[Any], current: str
+    ) -> list[app_commands.Choice[str]]:
+        return await suggest_channels(rt.deps, interaction, current)
 
     return channels

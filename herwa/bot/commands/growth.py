@@ -12,9 +12,9 @@ from herwa import analytics
 from herwa.bot.commands._charts import growth_png
 from herwa.bot.commands._common import DAYS_HELP, END_HELP, Days, embed, number, resolve_range
 from herwa.bot.commands._reply import Attachment, Reply
-from herwa.bot.commands._runtime import Context, Runtime, Spec, Work
+from herwa.bot.commands._runtime import CommandRuntime, CommandSpec, Context, Work
 
-SPEC = Spec("growth")
+SPEC = CommandSpec("growth")
 
 
 def summary(points: list[analytics.GrowthPoint]) -> str:
@@ -31,7 +31,7 @@ def summary(points: list[analytics.GrowthPoint]) -> str:
     return text
 
 
-def build(rt: Runtime) -> app_commands.Command[Any, Any, None]:
+def build(rt: CommandRuntime) -> app_commands.Command[Any, Any, None]:
     @app_commands.command(name="growth", description="Member joins, leaves and growth (PNG)")
     @app_commands.describe(days=DAYS_HELP, end=END_HELP)
     @app_commands.guild_only()

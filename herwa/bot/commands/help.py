@@ -10,10 +10,10 @@ from discord import app_commands
 
 from herwa.bot.commands._common import embed
 from herwa.bot.commands._reply import Reply
-from herwa.bot.commands._runtime import Context, Runtime, Spec, Work
+from herwa.bot.commands._runtime import CommandRuntime, CommandSpec, Context, Work
 
 # Free to ask, and never cached: the answer follows the tier the moment it changes.
-SPEC = Spec("help", counts_quota=False, cacheable=False, ephemeral=True)
+SPEC = CommandSpec("help", counts_quota=False, cacheable=False, ephemeral=True)
 
 # Each command's lowest-ranked tier whose features include it.
 _LOWEST_TIERS = """
@@ -27,7 +27,7 @@ ORDER BY c.command, t.rank, t.tier
 Described = Sequence[app_commands.Command[Any, Any, None] | app_commands.Group]
 
 
-def build(rt: Runtime, others: Described) -> app_commands.Command[Any, Any, None]:
+def build(rt: CommandRuntime, others: Described) -> app_commands.Command[Any, Any, None]:
     """``others`` are the commands /help describes, as registered (their own descriptions)."""
 
     @app_commands.command(

@@ -21,11 +21,11 @@ from herwa.bot.commands._common import (
     resolve_range,
 )
 from herwa.bot.commands._reply import Reply
-from herwa.bot.commands._runtime import Context, Runtime, Spec, Work
+from herwa.bot.commands._runtime import CommandRuntime, CommandSpec, Context, Work
 from herwa.bot.commands._visibility import scope_key, visible_channels
 
-MESSAGES = Spec("leaderboard")
-VOICE = Spec("voice-leaderboard")
+MESSAGES = CommandSpec("leaderboard")
+VOICE = CommandSpec("voice-leaderboard")
 
 
 def page_lines(
@@ -50,7 +50,11 @@ async def hidden_members(ctx: Context) -> list[int]:
 
 
 def _build(
-    rt: Runtime, spec: Spec, kind: Literal["messages", "voice"], title: str, description: str
+    rt: CommandRuntime,
+    spec: CommandSpec,
+    kind: Literal["messages", "voice"],
+    title: str,
+    description: str,
 ) -> app_commands.Command[Any, Any, None]:
     @app_commands.command(name=spec.command, description=description)
     @app_commands.describe(days=DAYS_HELP, end=END_HELP, page=PAGE_HELP)
@@ -105,7 +109,7 @@ def _build(
     return board
 
 
-def build(rt: Runtime) -> list[app_commands.Command[Any, Any, None]]:
+def build(rt: CommandRuntime) -> list[app_commands.Command[Any, Any, None]]:
     return [
         _build(rt, MESSAGES, "messages", "Message leaderboard", "Top members by messages"),
         _build(rt, VOICE, "voice", "Voice leaderboard", "Top members by time in voice"),

@@ -18,12 +18,12 @@ from herwa.bot.commands._common import (
     resolve_range,
 )
 from herwa.bot.commands._reply import Reply
-from herwa.bot.commands._runtime import Context, Runtime, Spec, Work
+from herwa.bot.commands._runtime import CommandRuntime, CommandSpec, Context, Work
 
-SPEC = Spec("me", ephemeral=True)
+SPEC = CommandSpec("me", ephemeral=True)
 
 
-def build(rt: Runtime) -> app_commands.Command[Any, Any, None]:
+def build(rt: CommandRuntime) -> app_commands.Command[Any, Any, None]:
     @app_commands.command(name="me", description="Your own activity in this server")
     @app_commands.describe(days=DAYS_HELP, end=END_HELP)
     @app_commands.guild_only()

@@ -14,9 +14,9 @@ from herwa import analytics
 from herwa.bot.commands._common import END_HELP, embed, number, resolve_range
 from herwa.bot.commands._options import OptionError
 from herwa.bot.commands._reply import Reply
-from herwa.bot.commands._runtime import Context, Runtime, Spec, Work
+from herwa.bot.commands._runtime import CommandRuntime, CommandSpec, Context, Work
 
-SPEC = Spec("online")
+SPEC = CommandSpec("online")
 # One line per hour: a week of hours still fits an embed's 4,096 characters.
 OnlineDays = app_commands.Range[int, 1, 7]
 
@@ -34,7 +34,7 @@ def summary(hours: list[analytics.OnlineHour], label: str) -> str:
     return "\n".join(lines)
 
 
-def build(rt: Runtime) -> app_commands.Command[Any, Any, None]:
+def build(rt: CommandRuntime) -> app_commands.Command[Any, Any, None]:
     @app_commands.command(name="online", description="Members online by hour")
     @app_commands.describe(days="number of days to cover (at most 7)", end=END_HELP)
     @app_commands.guild_only()

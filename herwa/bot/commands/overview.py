@@ -18,12 +18,12 @@ from herwa.bot.commands._common import (
     resolve_range,
 )
 from herwa.bot.commands._reply import Reply
-from herwa.bot.commands._runtime import Context, Runtime, Spec, Work
+from herwa.bot.commands._runtime import CommandRuntime, CommandSpec, Context, Work
 
-SPEC = Spec("overview")
+SPEC = CommandSpec("overview")
 
 
-def build(rt: Runtime) -> app_commands.Command[Any, Any, None]:
+def build(rt: CommandRuntime) -> app_commands.Command[Any, Any, None]:
     @app_commands.command(name="overview", description="Server overview for a range of days")
     @app_commands.describe(days=DAYS_HELP, end=END_HELP)
     @app_commands.guild_only()

@@ -15,11 +15,11 @@ from discord import app_commands
 
 from herwa.bot.commands._options import OptionError
 from herwa.bot.commands._reply import Reply
-from herwa.bot.commands._runtime import Context, Runtime, Spec, Work
+from herwa.bot.commands._runtime import CommandRuntime, CommandSpec, Context, Work
 
 # Ungated: opting out and asking for deletion are members' rights, not a paid feature.
-SPEC = Spec("privacy", counts_quota=False, cacheable=False, ephemeral=True, gated=False)
-ADMIN_SPEC = Spec(
+SPEC = CommandSpec("privacy", counts_quota=False, cacheable=False, ephemeral=True, gated=False)
+ADMIN_SPEC = CommandSpec(
     "privacy", counts_quota=False, cacheable=False, ephemeral=True, admin=True, gated=False
 )
 
@@ -70,7 +70,7 @@ _MEMBER_CHOICES = (
 
 
 def _member_choice(
-    rt: Runtime, choice: _MemberChoice, done: Callable[[Context, str], Awaitable[Reply]]
+    rt: CommandRuntime, choice: _MemberChoice, done: Callable[[Context, str], Awaitable[Reply]]
 ) -> app_commands.Command[Any, Any, None]:
     async def record(interaction: discord.Interaction[Any]) -> None:
         async def prepare(ctx: Context) -> tuple[dict[str, Any], Work]:
@@ -85,7 +85,7 @@ def _member_choice(
     return app_commands.Command(name=choice.name, description=choice.description, callback=record)
 
 
-def build(rt: Runtime) -> app_commands.Group:
+def build(rt: CommandRuntime) -> app_commands.Group:
     group = app_commands.Group(name="privacy", description="Your data in Herwa", guild_only=True)
 
     async def _done(ctx: Context, text: str) -> Reply:

@@ -18,20 +18,30 @@ from herwa.bot.commands._charts import retention_png
 from herwa.bot.commands._common import END_HELP, Days, embed, resolve_range
 from herwa.bot.commands._options import OptionError
 from herwa.bot.commands._reply import Attachment, Reply
-from herwa.bot.commands._runtime import Context, Runtime, Spec, Work
+from herwa.bot.commands._runtime import CommandRuntime, CommandSpec, Context, Work
 
-SPEC = Spec("retention")
+SPEC = CommandSpec("retention")
 MAX_WEEKS = 12
 ACTIVITIES = ("messages", "voice")
 
 
-def _counts(c: analytics.Cohort, activity: str) -> tuple[int, ...]:
+# A week that has not begun yet: blank in the chart, this in the text.
+NOT_YET = "-"
+
+
+def _counts(c: analytics.Cohort, activity: str) -> tuple[int | None, ...]:
     return c.voice_active if activity == "voice" else c.active
 
 
 def _rates(c: analytics.Cohort, weeks: int, activity: str) -> list[float | None]:
     counts = _counts(c, activity)
-    return [counts[n] / c.joined if c.joined else None for n in range(weeks)]
+    return [
+        count / c.joined if c.joined and count is not None else None for count in counts[:weeks]
+    ]
+
+
+def _cell(count: int | None) -> str:
+    return NOT_YET if count is None else str(count)
 
 
 def summary(cohorts: list[analytics.Cohort], weeks: int) -> str:
@@ -39,13 +49,13 @@ def summary(cohorts: list[analytics.Cohort], weeks: int) -> str:
         return "No members joined in this range."
     lines = []
     for c in cohorts:
-        active = ", ".join(f"week {n}: {c.active[n]}" for n in range(weeks))
-        voice = ", ".join(f"week {n}: {c.voice_active[n]}" for n in range(weeks))
+        active = ", ".join(f"week {n}: {_cell(c.active[n])}" for n in range(weeks))
+        voice = ", ".join(f"week {n}: {_cell(c.voice_active[n])}" for n in range(weeks))
         lines.append(f"{c.week.isoformat()}: {c.joined} joined; active {active}; in voice {voice}")
     return "\n".join(lines)
 
 
-def build(rt: Runtime) -> app_commands.Command[Any, Any, None]:
+def build(rt: CommandRuntime) -> app_commands.Command[Any, Any, None]:
     @app_commands.command(name="retention", description="Weekly join cohorts' retention (PNG)")
     @app_commands.describe(
         days="join window: members who first joined in these days form the cohorts",

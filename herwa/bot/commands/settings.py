@@ -8,21 +8,22 @@ import discord
 from discord import app_commands
 
 from herwa.bot import guild_settings
+from herwa.bot.commands._autocomplete import suggest_channels, suggest_zones
 from herwa.bot.commands._common import embed
 from herwa.bot.commands._options import OptionError, bounded_int, parse_channel_ids, parse_timezone
 from herwa.bot.commands._reply import Reply
-from herwa.bot.commands._runtime import Context, Runtime, Spec, Work
+from herwa.bot.commands._runtime import CommandRuntime, CommandSpec, Context, Work
 
-SPEC = Spec("config", admin=True, counts_quota=False, cacheable=False, ephemeral=True)
+SPEC = CommandSpec("config", admin=True, counts_quota=False, cacheable=False, ephemeral=True)
 
 
-async def _set(ctx: Context, rt: Runtime, setting: str, value: Any) -> None:
+async def _set(ctx: Context, rt: CommandRuntime, setting: str, value: Any) -> None:
     await guild_settings.change(ctx.deps.pool, ctx.guild_id, setting, value)
     # Cached charts were drawn for the old settings (e.g. the old time zone).
     await rt.cache.drop_guild(ctx.guild_id)
 
 
-def build(rt: Runtime) -> app_commands.Group:
+def build(rt: CommandRuntime) -> app_commands.Group:
     group = app_commands.Group(
         name="config",
         description="Admins: Herwa's settings for this server",
@@ -68,6 +69,12 @@ def build(rt: Runtime) -> app_commands.Group:
 
         await rt.run(interaction, SPEC, prepare)
 
+    @timezone.autocomplete("name")
+    async def zone_names(
+        interaction: discord.Interaction[Any], current: str
+    ) -> list[app_commands.Choice[str]]:
+        return suggest_zones(current)
+
     @group.command(name="channels", description="Channels to track ('all' for every channel)")
     @app_commands.describe(channels="#mentions or ids separated by spaces, or 'all'")
     async def channels(interaction: discord.Interaction[Any], channels: str) -> None:
@@ -88,6 +95,12 @@ def build(rt: Runtime) -> app_commands.Group:
             return {}, work
 
         await rt.run(interaction, SPEC, prepare)
+
+    @channels.autocomplete("channels")
+    async def channel_names(
+        interaction: discord.Interaction[Any], current: str
+    ) -> list[app_commands.Choice[str]]:
+        return await suggest_channels(rt.deps, interaction, current, several=True, admin=True)
 
     @group.command(name="snapshot-hour", description="UTC hour of the daily member-count snapshot")
     @app_commands.describe(hour="0 to 23, UTC")

@@ -10,13 +10,13 @@ from discord import app_commands
 from herwa.bot.commands._common import embed, number
 from herwa.bot.commands._gate import month_bounds
 from herwa.bot.commands._reply import Reply
-from herwa.bot.commands._runtime import Context, Runtime, Spec, Work
+from herwa.bot.commands._runtime import CommandRuntime, CommandSpec, Context, Work
 
 # Reading the quota must not spend it, and must never come from a cache.
-SPEC = Spec("usage", counts_quota=False, cacheable=False, ephemeral=True)
+SPEC = CommandSpec("usage", counts_quota=False, cacheable=False, ephemeral=True)
 
 
-def build(rt: Runtime) -> app_commands.Command[Any, Any, None]:
+def build(rt: CommandRuntime) -> app_commands.Command[Any, Any, None]:
     @app_commands.command(name="usage", description="This server's query quota and usage")
     @app_commands.guild_only()
     async def usage(interaction: discord.Interaction[Any]) -> None:
