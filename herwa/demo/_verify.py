@@ -147,8 +147,11 @@ async def commands(run: DemoRun) -> None:
         (top, "heatmap", [_int("days", days)]),
         (top, "retention", [_int("days", joined_days), _int("weeks", weeks)]),
         (top, "growth", [_int("days", joined_days + 1)]),
-        (top, "online", [_int("days", 1)]),
     ]
+    # Presence in the pro guild: its owner is another member, within the rate limit.
+    pro = next((g for g, t in run.entitled.items() if t == "pro"), None)
+    if pro is not None:
+        plan.append((pro, "online", [_int("days", 1)]))
     if free is not None:
         plan.append((free, "growth", [_int("days", days)]))
     with run.console.stage("commands", "Slash commands through the simulator") as st:
