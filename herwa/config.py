@@ -192,6 +192,18 @@ class BotSettings(SettingsSection):
     )
     guild_ready_timeout_seconds: Seconds = Field(2.0, le=60)
     backfill_enabled: bool = True
+    presence_capture: bool = Field(
+        False,
+        description="request the privileged GUILD_PRESENCES intent and record presence "
+        "transitions in the servers whose tier grants the presence feature",
+    )
+    presence_members_per_guild: int = Field(
+        10_000,
+        ge=1,
+        le=1_000_000,
+        description="members whose last presence a shard remembers per server (the most "
+        "recently changed; offline members are not kept)",
+    )
 
 
 class EtlSettings(SettingsSection):

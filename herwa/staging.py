@@ -74,6 +74,12 @@ MESSAGE_REACTIONS = StagingTable(
     ("guild_id", "channel_id", "message_id", "user_id", "emoji", "emoji_name", "event", "at"),
     member_column="user_id",
 )
+# Presence transitions of the servers whose tier grants presence (herwa.bot.presence).
+PRESENCE_EVENTS = StagingTable(
+    "presence_events",
+    ("guild_id", "user_id", "at", "status", "activity_types"),
+    member_column="user_id",
+)
 # Upserted once per guild and day by the bot's daily snapshot (herwa.bot.snapshots).
 MEMBER_COUNT_SNAPSHOTS = StagingTable(
     "member_count_snapshots",
@@ -98,6 +104,7 @@ STAGING_TABLES: tuple[StagingTable, ...] = (
     MEMBER_COUNT_SNAPSHOTS,
     COMMAND_USAGE,
     MESSAGE_REACTIONS,
+    PRESENCE_EVENTS,
 )
 BUFFERED: tuple[StagingTable, ...] = tuple(t for t in STAGING_TABLES if t.buffered)
 

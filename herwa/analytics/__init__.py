@@ -17,6 +17,7 @@ from herwa.analytics.leaderboards import (
     leaderboard,
 )
 from herwa.analytics.members import MemberSummary, Overview, member_summary, overview
+from herwa.analytics.presence import OnlineHour, online_by_hour
 from herwa.analytics.reactions import EmojiUse, ReactedMessage, Reactions, reactions
 from herwa.analytics.retention import Cohort, retention
 
@@ -31,6 +32,7 @@ __all__ = [
     "GrowthPoint",
     "Heatmap",
     "MemberSummary",
+    "OnlineHour",
     "Overview",
     "ReactedMessage",
     "Reactions",
@@ -40,6 +42,7 @@ __all__ = [
     "heatmap",
     "leaderboard",
     "member_summary",
+    "online_by_hour",
     "overview",
     "reactions",
     "retention",

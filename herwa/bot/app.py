@@ -25,6 +25,7 @@ from herwa.bot.deps import ShardDeps
 from herwa.bot.directory import Directory
 from herwa.bot.generations import Generations
 from herwa.bot.metadata import MetadataWriter
+from herwa.bot.presence import PresenceGrants
 from herwa.bot.shard import ShardRunner
 from herwa.bot.shard_state import Mark, ShardState, shard_of
 from herwa.bot.sharding import Coordinator, assigned_shards
@@ -69,6 +70,9 @@ class BotApp:
         self.shard_count = shard_count
         self.directory = Directory(guild_settings.bot_defaults(settings))
         self.voice = VoiceTracker(self.directory, settings.voice_session_max_hours)
+        self.presence = PresenceGrants(
+            settings.presence_capture, settings.presence_members_per_guild
+        )
         # Deleted servers: shared with the commands, which apply /privacy at once.
         self.tombstones = commands.tombstones if commands is not None else Tombstones()
         self.tombstones.on_deleted = self.voice.drop_guilds
@@ -141,6 +145,7 @@ class BotApp:
             identify_slot=self.coordinator.identify_slot,
             failed=self.shard_failed,
             fleet=self.fleet,
+            presence=self.presence,
             commands=commands,
         )
         self.runners: dict[int, ShardRunner] = {}
@@ -366,6 +371,7 @@ class BotApp:
         async with self.pool.acquire() as conn:
             configs = await guild_settings.load_all(conn)
             await self.tombstones.load(conn)
+            await self.presence.load(conn)
         self.directory.configs = configs
 
     async def _expire_voice(self) -> None:

@@ -537,3 +537,40 @@ def voice_session_id(
     """Deterministic, so a session closed twice (reconcile + leave, a retried flush) is one row."""
     key = f"{guild_id}:{user_id}:{channel_id}:{int(joined_at.timestamp() * 1_000_000)}"
     return uuid.uuid5(_VOICE_NAMESPACE, key)
+
+
+# -- presence ---------------------------------------------------------------------------------
+
+PRESENCE_STATUSES = ("online", "idle", "dnd", "offline")
+# Discord's activity types: 0 playing, 1 streaming, 2 listening, 3 watching, 4 custom status,
+# 5 competing. A row holds the set as bits (bit n: type n).
+ACTIVITY_TYPES = 6
+
+
+@reads("PRESENCE_UPDATE", lambda: None)
+def presence_row(d: Json, now: datetime) -> Row | None:
+    """A ``presence_events`` row: (guild, user, receive time, status, activity-type bits).
+    Discord sends no time; ``now`` is the receive time. An unreadable activity is left out
+    (counted); an unreadable status, user or guild yields no row."""
+    event = "PRESENCE_UPDATE"
+    user = d.get("user")
+    if not isinstance(user, dict):
+        raise BadPayload("user")
+    guild_id = snowflake(d.get("guild_id"), "guild_id")
+    user_id = snowflake(user.get("id"), "user_id")
+    status = d.get("status")
+    if status not in PRESENCE_STATUSES:
+        raise BadPayload("status")
+    activities = d.get("activities")
+    if activities is None:
+        activities = []
+    if not isinstance(activities, list):
+        raise BadPayload("activities")
+    types = 0
+    for activity in activities:
+        kind = activity.get("type") if isinstance(activity, dict) else None
+        if isinstance(kind, int) and not isinstance(kind, bool) and 0 <= kind < ACTIVITY_TYPES:
+            types |= 1 << kind
+        else:
+            rejected(event, "activity_type")
+    return (guild_id, user_id, now, status, types)

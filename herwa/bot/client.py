@@ -3,8 +3,9 @@ raw parsers for the events it only records, and a connect loop that can start by
 session another process (or an earlier life of this pod) left behind.
 
 Intents: guilds, guild messages, guild message reactions, guild voice states, members;
-MESSAGE_CONTENT only when configured (see :mod:`herwa.bot.capture` for what is lost without it).
-Presences, typing and DMs are off.
+MESSAGE_CONTENT only when configured (see :mod:`herwa.bot.capture` for what is lost without it);
+GUILD_PRESENCES only when presence capture is configured (:mod:`herwa.bot.presence`). Typing and
+DMs are off.
 
 The recorded events never become discord.py model objects: their entries in the connection
 state's parser table are replaced by functions that turn the raw payload into rows. discord.py
@@ -37,7 +38,7 @@ FATAL_CLOSE_CODES = frozenset((4004, 4010, 4011, 4012, 4013, 4014))
 RESUMABLE_CLOSE = 4000
 
 
-def capture_intents(*, message_content: bool) -> discord.Intents:
+def capture_intents(*, message_content: bool, presences: bool = False) -> discord.Intents:
     intents = discord.Intents.none()
     intents.guilds = True
     intents.guild_messages = True
@@ -45,6 +46,7 @@ def capture_intents(*, message_content: bool) -> discord.Intents:
     intents.members = True
     intents.guild_reactions = True
     intents.message_content = message_content
+    intents.presences = presences
     return intents
 
 
@@ -70,11 +72,12 @@ class CaptureClient(discord.Client):
         shard_count: int,
         message_content: bool,
         guild_ready_timeout: float,
+        presences: bool = False,
         before_identify: Callable[[int], Awaitable[None]],
         wait_for_room: Callable[[], Awaitable[None]],
     ) -> None:
         super().__init__(
-            intents=capture_intents(message_content=message_content),
+            intents=capture_intents(message_content=message_content, presences=presences),
             shard_id=shard_id,
             shard_count=shard_count,
             chunk_guilds_at_startup=False,

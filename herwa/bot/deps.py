@@ -12,6 +12,7 @@ from herwa.bot.commands import CommandDeps
 from herwa.bot.directory import Directory
 from herwa.bot.generations import Generations
 from herwa.bot.metadata import MetadataWriter
+from herwa.bot.presence import PresenceGrants
 from herwa.bot.shard_state import ShardState
 from herwa.bot.tombstones import Tombstones
 from herwa.bot.voice import VoiceTracker
@@ -38,5 +39,7 @@ class ShardDeps:
     # Between the shard's handlers and its gateway: which fleet generation records
     # (resharding, bot/generations.py).
     fleet: Generations
+    # Which servers' presence transitions are recorded (bot/presence.py).
+    presence: PresenceGrants
     # None only in tests that exercise capture alone; a deployed pod always serves commands.
     commands: CommandDeps | None = None

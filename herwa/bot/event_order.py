@@ -32,6 +32,7 @@ ORDERED = frozenset(
         "GUILD_DELETE",
         "MESSAGE_REACTION_ADD",
         "MESSAGE_REACTION_REMOVE",
+        "PRESENCE_UPDATE",
     }
 )
 TAIL = 8  # fingerprints per anchor: one alone could repeat (a member muting twice)

@@ -21,6 +21,7 @@ from herwa.bot.capture import (
     member_join_row,
     member_leave_row,
     message_row,
+    presence_row,
     reaction_add_row,
     reaction_remove_row,
     snowflake,
@@ -29,6 +30,7 @@ from herwa.bot.capture import (
 from herwa.bot.client import CaptureClient, Parser
 from herwa.bot.deps import ShardDeps
 from herwa.bot.generations import received, received_dt
+from herwa.bot.presence import PresenceTransitions
 from herwa.bot.shard_state import MemberCountOp
 from herwa.json_types import Json
 
@@ -60,6 +62,8 @@ def handlers(shard: GatewayShard, deps: ShardDeps) -> tuple[dict[str, Parser], d
     k_create = (label, "MESSAGE_CREATE")
     k_update = (label, "MESSAGE_UPDATE")
     content = deps.message_content
+    # The last presence of each member, for this gateway session of this shard only.
+    presence = PresenceTransitions(deps.presence)
 
     def member_count(guild_id: int) -> None:
         count = directory.member_counts.get(guild_id)
@@ -128,6 +132,11 @@ def handlers(shard: GatewayShard, deps: ShardDeps) -> tuple[dict[str, Parser], d
         if row is not None:
             add("message_reactions", row)
 
+    def presence_update(d: Json) -> None:
+        row = presence_row(d, received_dt())
+        if row is not None and presence.changed(row):
+            add("presence_events", row)
+
     def ignore(d: Json) -> None:
         return None
 
@@ -158,6 +167,9 @@ def handlers(shard: GatewayShard, deps: ShardDeps) -> tuple[dict[str, Parser], d
             for m in raw.get("members") or ()
             if isinstance(m, dict) and str((m.get("user") or {}).get("id")) == str(me)
         ]
+        # With the presence intent every online member's presence comes along: none is
+        # recorded (a transition is a change seen live) and discord.py caches no member.
+        raw.pop("presences", None)
         gid = d["id"]
         directory.add_guild(d)
         shard.guilds.add(gid)
@@ -189,6 +201,7 @@ def handlers(shard: GatewayShard, deps: ShardDeps) -> tuple[dict[str, Parser], d
                 guild_event_row(gid, "leave", received_dt(), directory.member_counts.get(gid)),
             )
         directory.forget_guild(gid)
+        presence.forget((gid,))
         shard.guilds.discard(gid)
         metadata.guild_left(gid)
 
@@ -214,6 +227,7 @@ def handlers(shard: GatewayShard, deps: ShardDeps) -> tuple[dict[str, Parser], d
 
     def ready(d: Json) -> None:
         shard.session_seen = True
+        presence.forget()  # a new session: what happened since the last one is unknown
         identified.inc()
 
     def resumed(d: Json) -> None:
@@ -229,6 +243,7 @@ def handlers(shard: GatewayShard, deps: ShardDeps) -> tuple[dict[str, Parser], d
         "GUILD_MEMBER_ADD": counted("GUILD_MEMBER_ADD", member_add),
         "GUILD_MEMBER_REMOVE": counted("GUILD_MEMBER_REMOVE", member_remove),
         "GUILD_MEMBER_UPDATE": counted("GUILD_MEMBER_UPDATE", ignore),
+        "PRESENCE_UPDATE": counted("PRESENCE_UPDATE", presence_update),
         "TYPING_START": counted("TYPING_START", ignore),
         "MESSAGE_REACTION_ADD": counted("MESSAGE_REACTION_ADD", reaction_add),
         "MESSAGE_REACTION_REMOVE": counted("MESSAGE_REACTION_REMOVE", reaction_remove),

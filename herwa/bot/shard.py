@@ -80,6 +80,7 @@ class ShardRunner:
             shard_id=self.shard_id,
             shard_count=deps.shard_count,
             message_content=deps.message_content,
+            presences=deps.presence.enabled,
             guild_ready_timeout=deps.settings.guild_ready_timeout_seconds,
             before_identify=deps.identify_slot,
             wait_for_room=deps.buffer.wait_for_room,

@@ -49,6 +49,7 @@ _RECEIVE_TIME_KEYED: dict[str, Callable[[tuple[Any, ...]], bool]] = {
     "member_events": lambda row: row[_MEMBER_EVENT] == "leave",
     "guild_events": lambda row: row[_GUILD_EVENT] == "leave",
     "message_reactions": lambda row: True,
+    "presence_events": lambda row: True,
 }
 for _table in _RECEIVE_TIME_KEYED:
     metrics.ROWS_FENCED.labels(_table)

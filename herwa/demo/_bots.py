@@ -34,6 +34,9 @@ FAST_ENV = {
     "HERWA_TELEMETRY_HOST": "127.0.0.1",
     "HERWA_TELEMETRY_LOG_FORMAT": "console",
     "HERWA_DISCORD_MESSAGE_CONTENT_INTENT": "true",
+    # Presence transitions of the guilds whose tier grants presence (the pro and enterprise
+    # subscriptions); live only, as the bot stamps them on receipt.
+    "HERWA_BOT_PRESENCE_CAPTURE": "true",
     "OTEL_SDK_DISABLED": "true",
 }
 

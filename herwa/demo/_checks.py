@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -22,6 +23,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 from clickhouse_connect.driver.asyncclient import AsyncClient
 
+from herwa import platform
 from herwa.bot.commands.retention import NOT_YET
 from herwa.etl.families import FAMILIES
 from herwa.simulator import MemberEventRecord, MessageRecord, Simulator
@@ -481,3 +483,119 @@ def growth_checks(sim: Simulator, guild_id: int, text: str, counts: dict[date, i
         Check("commands", "/growth member count (first)", expected[0], shown[0], note=note),
         Check("commands", "/growth member count (last)", expected[1], shown[1], note=note),
     ]
+
+
+# -- presence ---------------------------------------------------------------------------------
+#
+# The bots record presence transitions only in the guilds whose tier grants presence, stamped
+# by their receive time: the ledger knows each update's guild, member, status and activity
+# types exactly, and its time to within the delivery delay.
+
+PRESENCE = "presence"
+# An update sent this close to an hour boundary may be received in the next hour.
+_PRESENCE_EDGE_MS = 500
+_ONLINE_PEAK = re.compile(r"^Peak: ([\d,]+) members at \w+ (\d{4}-\d{2}-\d{2} \d{2}):00\.", re.M)
+_ONLINE_HOUR = re.compile(r"^`\w+ \d{2}-\d{2} (\d{2}):00` ([\d,]+)$", re.MULTILINE)
+
+
+def presence_guilds(sim: Simulator, entitled: Mapping[int, str]) -> set[int]:
+    """The guilds whose tier (their subscription's, else the default one) grants presence."""
+    definition = platform.load()
+    grants = {t.name: PRESENCE in t.features for t in definition.tiers}
+    default = grants.get(definition.default_tier, False)
+    return {g for g in sim.world.guilds if grants.get(entitled.get(g, ""), default)}
+
+
+async def presence_checks(
+    conn: asyncpg.Connection, sim: Simulator, entitled: Mapping[int, str]
+) -> list[Check]:
+    """Postgres's presence rows against the ledger: row by row in the granted guilds (guild,
+    member, status, activity types), none elsewhere."""
+    granted = presence_guilds(sim, entitled)
+    expected = sim.ledger.presence_rows(granted)
+    rows = await conn.fetch(
+        "SELECT guild_id, user_id, status, activity_types, count(*) AS n"
+        " FROM presence_events GROUP BY 1, 2, 3, 4"
+    )
+    actual: Counter[tuple[int, int, str, int]] = Counter(
+        {(r["guild_id"], r["user_id"], r["status"], r["activity_types"]): r["n"] for r in rows}
+    )
+    sent = sum(1 for p in sim.ledger.presences if p.guild_id in granted)
+    sent_elsewhere = len(sim.ledger.presences) - sent
+    elsewhere = sum(n for key, n in actual.items() if key[0] not in granted)
+    return [
+        Check(
+            "capture",
+            "presence transitions (granted guilds)",
+            expected.total(),
+            actual.total() - elsewhere,
+            note=f"of {sent:,} updates sent there; repeats are not transitions",
+        ),
+        Check(
+            "capture",
+            "presence rows equal to the ledger's",
+            expected.total(),
+            (expected & actual).total(),
+            note="guild, member, status and activity types",
+        ),
+        Check(
+            "capture",
+            "presence rows of guilds without the feature",
+            0,
+            elsewhere,
+            note=f"{sent_elsewhere:,} updates sent there",
+        ),
+    ]
+
+
+def online_checks(sim: Simulator, guild_id: int, text: str) -> list[Check]:
+    """/online's peak and each hour it lists, against the members the ledger has online."""
+    w = reply_window(text)
+    zone = ZoneInfo(w.tz)
+    until = min(w.end_ms, int((datetime.now().timestamp() // 60 + 1) * 60_000))
+    changes: dict[int, list[tuple[int, str]]] = {}
+    for p in sim.ledger.presences:
+        if p.guild_id == guild_id and p.transition and p.at_ms < until:
+            changes.setdefault(p.user_id, []).append((p.at_ms, p.status))
+    hours: dict[datetime, set[int]] = {}
+    edge: set[int] = set()
+    for user, seq in changes.items():
+        for i, (at, status) in enumerate(seq):
+            if at % 3_600_000 < _PRESENCE_EDGE_MS or -at % 3_600_000 < _PRESENCE_EDGE_MS:
+                edge.add(user)
+            end = seq[i + 1][0] if i + 1 < len(seq) else until
+            start, end = max(at, w.start_ms), min(end, until)
+            if status == "offline" or end <= start:
+                continue
+            hour = datetime.fromtimestamp(start / 1000, zone).replace(minute=0, second=0)
+            hour = hour.replace(microsecond=0)
+            while hour.timestamp() * 1000 < end:
+                hours.setdefault(hour, set()).add(user)
+                hour = datetime.fromtimestamp(hour.timestamp() + 3600, zone)
+    counts = {f"{h:%H}": len(u) for h, u in hours.items()}
+    peak = _ONLINE_PEAK.search(text)
+    shown = {m[1]: _int(m[2]) for m in _ONLINE_HOUR.finditer(text)}
+    tolerance = len(edge)
+    note = "bot stamps presence by receive time"
+    checks = [
+        Check(
+            "commands",
+            "/online peak members",
+            max(counts.values(), default=0),
+            math.nan if peak is None else _int(peak[1]),
+            tolerance=tolerance,
+            note=note,
+        )
+    ]
+    checks += [
+        Check(
+            "commands",
+            f"/online members in hour {h}:00",
+            counts.get(h, 0),
+            shown.get(h, 0),
+            tolerance=tolerance,
+            note=note,
+        )
+        for h in sorted(set(counts) | set(shown))
+    ]
+    return checks

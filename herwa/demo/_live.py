@@ -134,6 +134,7 @@ async def traffic(run: DemoRun) -> None:
         peak = 0.0
         prev_t, prev_c = started, captured0
         voice_from = started + replay_s
+        presence = sorted(_checks.presence_guilds(sim, run.entitled))
         voice_on = False
         while (elapsed := time.monotonic() - started) < opts.duration:
             await asyncio.sleep(min(1.0, max(0.05, opts.duration - elapsed)))
@@ -152,6 +153,12 @@ async def traffic(run: DemoRun) -> None:
                 # Reactions carry no time either: given and taken back live too.
                 sim.step(max(1, int(opts.rate * 0.1)), family="reaction")
                 sim.step(1, family="unreact")
+                # Presence in random guilds (only the granted ones record it), and more in
+                # the granted ones so that they have something to show.
+                sim.step(max(1, int(opts.rate * 0.02)), family="presence")
+                for guild in presence:
+                    for _ in range(max(1, int(opts.rate * 0.02))):
+                        sim.activity.presence_random(guild, sim.now_ms())
             t, c = time.monotonic(), await captured_events(run)
             rate = (c - prev_c) / max(1e-3, t - prev_t)
             peak = max(peak, rate)

@@ -31,6 +31,8 @@ async def flushed(run: DemoRun) -> None:
             async with pool.acquire() as conn:
                 pg = await _checks.postgres_counts(conn)  # type: ignore[arg-type]
             checks = _checks.capture_checks(led, pg)
+            async with pool.acquire() as conn:
+                checks += await _checks.presence_checks(conn, sim, run.entitled)  # type: ignore[arg-type]
             return all(c.ok for c in checks)
 
         with contextlib.suppress(DemoFailed):
@@ -147,6 +149,10 @@ async def commands(run: DemoRun) -> None:
         (top, "retention", [_int("days", joined_days), _int("weeks", weeks)]),
         (top, "growth", [_int("days", joined_days + 1)]),
     ]
+    # Presence in the pro guild: its owner is another member, within the rate limit.
+    pro = next((g for g, t in run.entitled.items() if t == "pro"), None)
+    if pro is not None:
+        plan.append((pro, "online", [_int("days", 1)]))
     if free is not None:
         plan.append((free, "growth", [_int("days", days)]))
     with run.console.stage("commands", "Slash commands through the simulator") as st:
@@ -159,7 +165,7 @@ async def commands(run: DemoRun) -> None:
             entry = save_reply(run, guild, name, result, took)
             run.commands.append(entry)
             entitled = run.entitled[guild] != "free"
-            expect_image = name not in ("overview", "config") and entitled
+            expect_image = name not in ("overview", "config", "online") and entitled
             good = bool(entry["complete"]) and (bool(entry["files"]) == expect_image)
             ok = ok and good
             mark = "✓" if good else "✗"
@@ -208,6 +214,8 @@ def answer_checks(run: DemoRun, guild: int, name: str, entry: Json, weeks: int) 
             counts = run.showcase_counts if guild == getattr(sim.world.showcase, "id", None) else {}
             day, count = run.snapshots[guild]
             return _checks.growth_checks(sim, guild, text, counts or {day: count})
+        if name == "online":
+            return _checks.online_checks(sim, guild, text)
     except _checks.ReplyUnreadable as exc:
         return [Check("commands", f"/{name} reply readable", 1, 0, note=str(exc))]
     raise DemoFailed(f"no check for /{name}")

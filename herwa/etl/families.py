@@ -18,6 +18,7 @@ from herwa.staging import (
     MESSAGE_EDITS,
     MESSAGE_EVENTS,
     MESSAGE_REACTIONS,
+    PRESENCE_EVENTS,
     VOICE_SESSIONS,
     StagingTable,
 )
@@ -192,6 +193,19 @@ FAMILIES: tuple[Family, ...] = (
             ("emoji_name", "coalesce(emoji_name, '')"),
             ("event", "event"),
             ("at", _utc("at")),
+            ("version", _ms("captured_at")),
+        ),
+    ),
+    Family(
+        staging=PRESENCE_EVENTS,
+        target_table="presence_events",
+        columns=(
+            ("guild_id", "guild_id"),
+            ("user_id", "user_id"),
+            # Microseconds, as staged: ClickHouse keeps them (DateTime64(6)).
+            ("at", _utc("at")),
+            ("status", "status"),
+            ("activity_types", "activity_types"),
             ("version", _ms("captured_at")),
         ),
     ),

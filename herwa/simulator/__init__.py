@@ -35,6 +35,7 @@ from herwa.simulator._ledger import (
     Ledger,
     MemberEventRecord,
     MessageRecord,
+    PresenceRecord,
     ReactionRecord,
     VoiceRecord,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "Member",
     "MemberEventRecord",
     "MessageRecord",
+    "PresenceRecord",
     "ReactionRecord",
     "ScenarioConfig",
     "ShowcaseConfig",

@@ -16,6 +16,7 @@ from herwa.simulator._gateway import (
     GUILD_MEMBERS,
     GUILD_MESSAGE_REACTIONS,
     GUILD_MESSAGES,
+    GUILD_PRESENCES,
     GUILD_VOICE_STATES,
     GUILDS,
     Gateway,
@@ -27,7 +28,13 @@ from herwa.simulator._interactions import (
     InteractionRecord,
     InteractionStore,
 )
-from herwa.simulator._ledger import Ledger, MessageRecord, ReactionRecord, VoiceRecord
+from herwa.simulator._ledger import (
+    Ledger,
+    MessageRecord,
+    PresenceRecord,
+    ReactionRecord,
+    VoiceRecord,
+)
 from herwa.simulator._snowflake import SnowflakeFactory, iso_from_ms
 from herwa.simulator._world import (
     ADMIN_PERMISSIONS,
@@ -127,6 +134,8 @@ class Actions:
         self._reactions: dict[int, set[tuple[int, str]]] = {}
         self._author_pools: dict[int, tuple[list[Member], list[float], list[Member]]] = {}
         self._channel_pools: dict[int, tuple[list[Channel], list[Channel]]] = {}
+        # (guild, member) -> (status, activity-type bits) last sent; absent: offline.
+        self.presences: dict[tuple[int, int], tuple[str, int]] = {}
         # Message texts drawn once from the seeded generator; content carries no signal.
         self._contents = [
             " ".join(self.rng.choices(_WORDS, k=self.rng.randint(2, 12))) for _ in range(512)
@@ -490,6 +499,38 @@ class Actions:
         self.ledger.member_leave(guild_id, user_id, at_ms, len(guild.members), is_bot=m.user.bot)
         d = {"guild_id": str(guild_id), "user": m.user.payload()}
         self.gateway.dispatch("GUILD_MEMBER_REMOVE", guild_id, d, intent=GUILD_MEMBERS, key=user_id)
+
+    def presence_update(
+        self, guild_id: int, user_id: int, status: str, activity_types: int, *, at_ms: int
+    ) -> bool:
+        """A member's PRESENCE_UPDATE: ``activity_types`` is the set of activity types as bits
+        (bit n: Discord's type n). Returns whether it is a transition (the status or the set of
+        types changed), which is what a bot records; the ledger keeps every update."""
+        key = (guild_id, user_id)
+        before = self.presences.get(key, ("offline", 0))
+        state = (status, activity_types)
+        if status == "offline":
+            self.presences.pop(key, None)
+        else:
+            self.presences[key] = state
+        transition = state != before
+        self.ledger.presence(
+            PresenceRecord(guild_id, user_id, status, activity_types, at_ms, transition)
+        )
+        activities = [
+            {"type": t, "name": f"activity {self.rng.randrange(1000)}", "created_at": at_ms}
+            for t in range(6)
+            if activity_types >> t & 1
+        ]
+        d: Json = {
+            "user": {"id": str(user_id)},
+            "guild_id": str(guild_id),
+            "status": status,
+            "activities": activities,
+            "client_status": {} if status == "offline" else {"desktop": status},
+        }
+        self.gateway.dispatch("PRESENCE_UPDATE", guild_id, d, intent=GUILD_PRESENCES, key=user_id)
+        return transition
 
     def invoke_command(
         self,

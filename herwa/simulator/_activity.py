@@ -39,12 +39,15 @@ FAMILIES = (
     "command",
     "reaction",
     "unreact",
+    "presence",
 )
 # Unicode emoji members react with; each guild has custom ones too (``custom_emoji``).
 UNICODE_EMOJI = ("👍", "❤️", "😂", "🎉", "🔥", "👀", "🇫🇷", "👨‍👩‍👧")
 CUSTOM_EMOJI = 2
 # Of the reaction events, the share that takes a reaction back (when there is one to take).
 REACTION_REMOVE_SHARE = 0.25
+# A presence draw: the member's next status, and how many kinds of activity they then have.
+PRESENCE_STATUSES = {"online": 0.5, "idle": 0.2, "dnd": 0.1, "offline": 0.2}
 
 # Relative activity per local hour (0..23): quiet nights, a lunch bump, evening peak.
 DIURNAL = (
@@ -106,6 +109,13 @@ class ScenarioConfig:
     bot_author_share: float = 0.05
     thread_message_share: float = 0.1
     max_cohort: int = 5
+    # Of the presence updates of a member who is not offline, the share that changes neither
+    # status nor activity types (a new song, a game's details): Discord sends these, and a bot
+    # recording transitions stores none — unless the shard has just moved to another process,
+    # which starts without its members' last presence: so none by default, for the ledger to
+    # hold whatever the shards do. Presence is not in the default families: only servers
+    # whose tier grants it are recorded, so a scenario asks for it.
+    presence_repeat_share: float = 0.0
     # Random traffic never invokes these: a member's opt-out or erasure changes what the bot
     # must have counted, which the ledger does not model. invoke_command still reaches them.
     random_command_skip: tuple[str, ...] = ("privacy",)
@@ -189,6 +199,9 @@ class Activity(Actions):
             return fam
         if fam in ("member", "join", "leave"):
             self._member_random(guild, at_ms, fam)
+            return fam
+        if fam == "presence":
+            self.presence_random(guild.id, at_ms)
             return fam
         if fam == "thread" and guild.text_channels():
             parent = rng.choice(guild.text_channels())
@@ -348,6 +361,25 @@ class Activity(Actions):
             self.voice_leave(guild.id, uid, at_ms=at_ms, reason="disconnect")
         else:
             self.voice_leave(guild.id, uid, at_ms=at_ms)
+
+    def presence_random(self, guild_id: int, at_ms: int) -> None:
+        """One random presence update of a member of ``guild_id``: mostly a transition, a
+        repeat (``presence_repeat_share``) for a member who is not offline."""
+        rng = self.rng
+        guild = self.world.guilds[guild_id]
+        members = [uid for uid in guild.members if uid != self.world.bot_user.id]
+        uid = rng.choice(members)
+        status, types = self.presences.get((guild.id, uid), ("offline", 0))
+        if status != "offline" and rng.random() < self.config.presence_repeat_share:
+            self.presence_update(guild.id, uid, status, types, at_ms=at_ms)
+            return
+        while (status, types) == self.presences.get((guild.id, uid), ("offline", 0)):
+            status = rng.choices(list(PRESENCE_STATUSES), list(PRESENCE_STATUSES.values()))[0]
+            types = 0
+            if status != "offline":
+                for t in rng.sample(range(6), rng.choice((0, 0, 1, 1, 2))):
+                    types |= 1 << t
+        self.presence_update(guild.id, uid, status, types, at_ms=at_ms)
 
     def _member_random(self, guild: Guild, at_ms: int, family: str) -> None:
         """``family``: "member" (joins and leaves), "join" or "leave" (only those)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 from herwa.json_types import Json
@@ -68,6 +69,18 @@ class ReactionRecord:
 
 
 @dataclass
+class PresenceRecord:
+    guild_id: int
+    user_id: int
+    status: str  # online, idle, dnd, offline
+    activity_types: int  # bit n: an activity of Discord's type n
+    at_ms: int
+    # The status or the set of activity types changed since the member's last update (an
+    # unknown member is offline): what a bot recording transitions stores.
+    transition: bool
+
+
+@dataclass
 class Delivery:
     event: str
     key: int
@@ -94,6 +107,8 @@ class GuildLedger:
     voice_events: Counter[str] = field(default_factory=Counter)
     reactions_added: int = 0
     reactions_removed: int = 0
+    presence_updates: int = 0
+    presence_transitions: int = 0
 
 
 class Ledger:
@@ -104,6 +119,7 @@ class Ledger:
         self.voice_sessions: list[VoiceRecord] = []
         self.member_events: list[MemberEventRecord] = []
         self.reactions: list[ReactionRecord] = []
+        self.presences: list[PresenceRecord] = []
         self.deliveries: list[Delivery] = []
         # Events for which no session of any shard existed: lost to the gateway (backfill only).
         self.undelivered: list[tuple[str, int, int | None]] = []
@@ -173,10 +189,26 @@ class Ledger:
     def voice(self, guild_id: int, action: str) -> None:
         self.guilds[guild_id].voice_events[action] += 1
 
+    def presence(self, rec: PresenceRecord) -> None:
+        self.presences.append(rec)
+        g = self.guilds[rec.guild_id]
+        g.presence_updates += 1
+        g.presence_transitions += rec.transition
+
     def delivered(self, d: Delivery) -> None:
         self.deliveries.append(d)
 
     # -- queries ----------------------------------------------------------------------------
+    def presence_rows(self, granted: Iterable[int]) -> Counter[tuple[int, int, str, int]]:
+        """(guild, member, status, activity-type bits) → rows a bot recording presence
+        transitions stores, given the guilds whose tier grants it: none elsewhere."""
+        guilds = set(granted)
+        return Counter(
+            (p.guild_id, p.user_id, p.status, p.activity_types)
+            for p in self.presences
+            if p.transition and p.guild_id in guilds
+        )
+
     def voice_totals(self, guild_id: int, *, user_id: int | None = None) -> tuple[int, float]:
         """Closed sessions and their exact total seconds for a guild (optionally one user)."""
         n = 0
@@ -243,6 +275,10 @@ class Ledger:
                 },
                 "commands": dict(sorted(g.commands.items())),
                 "reactions": {"added": g.reactions_added, "removed": g.reactions_removed},
+                "presence": {
+                    "updates": g.presence_updates,
+                    "transitions": g.presence_transitions,
+                },
             }
         return {
             "guilds": guilds,

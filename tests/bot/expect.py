@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from herwa.simulator import Simulator
@@ -113,12 +113,35 @@ async def actual_voice(dsn: str) -> dict[int, float]:
     return {r["guild_id"]: float(r["s"]) for r in rows}
 
 
+PresenceKey = tuple[int, int, str, int]  # guild, member, status, activity-type bits
+
+
+async def actual_presence(dsn: str) -> Counter[PresenceKey]:
+    rows = await pg(
+        dsn,
+        "SELECT guild_id, user_id, status, activity_types, count(*) AS n FROM presence_events"
+        " GROUP BY 1, 2, 3, 4",
+    )
+    return Counter(
+        {(r["guild_id"], r["user_id"], r["status"], r["activity_types"]): r["n"] for r in rows}
+    )
+
+
 async def compare_all(
-    sim: Simulator, dsn: str, *, content: bool, voice_seconds: bool = True
+    sim: Simulator,
+    dsn: str,
+    *,
+    content: bool,
+    voice_seconds: bool = True,
+    presence: Iterable[int] = (),
 ) -> list[str]:
     """Human-readable differences; empty when Postgres equals the ledger. Without the
-    MESSAGE_CONTENT intent attachment and embed messages are expected as ``text``."""
+    MESSAGE_CONTENT intent attachment and embed messages are expected as ``text``.
+    ``presence``: the guilds whose presence transitions the bots record (none by default)."""
     problems: list[str] = []
+    exp_p, act_p = sim.ledger.presence_rows(presence), await actual_presence(dsn)
+    if exp_p != act_p:
+        problems.append(f"presence differs: missing={exp_p - act_p} extra={act_p - exp_p}")
     exp, act = expected_messages(sim, content=content), await actual_messages(dsn)
     if exp != act:
         problems.append(f"messages differ: missing={exp - act} extra={act - exp}")
@@ -151,6 +174,7 @@ async def settle(
     timeout: float = 30,
     voice_seconds: bool = True,
     diagnose: Callable[[], Awaitable[str]] | None = None,
+    presence: Iterable[int] = (),
 ) -> float:
     """End every voice session, then wait until Postgres equals the ledger for every family;
     returns the seconds it took. On time-out the differences (and ``diagnose()``) are raised."""
@@ -159,7 +183,9 @@ async def settle(
 
     async def equal() -> bool:
         nonlocal problems
-        problems = await compare_all(sim, dsn, content=content, voice_seconds=voice_seconds)
+        problems = await compare_all(
+            sim, dsn, content=content, voice_seconds=voice_seconds, presence=presence
+        )
         return not problems
 
     try:

@@ -1,16 +1,16 @@
 """Every event family against the simulator's ledger, for the fault tests (test_fault_*.py).
 
-tests/bot/expect.py compares messages, edits, deletions, joins, leaves, reactions and voice
-sessions and seconds; this adds what a fault can also lose or double: the daily member-count
-snapshots and the command usage (counted in Redis by the bot, drained into ``command_usage``
-by the ETL's own drain), and voice seconds with a tolerance derived from a pause in reading the
-gateway.
+tests/bot/expect.py compares messages, edits, deletions, joins, leaves, reactions, voice sessions
+and seconds, and presence transitions; this adds what a fault can also lose or double: the daily
+member-count snapshots and the command usage (counted in Redis by the bot, drained into
+``command_usage`` by the ETL's own drain), and voice seconds with a tolerance derived from a
+pause in reading the gateway.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Set
 from datetime import UTC, datetime
 
 import asyncpg
@@ -41,8 +41,12 @@ TRAFFIC = {
 }
 
 
-def scenario(seed: int) -> ScenarioConfig:
-    return ScenarioConfig(seed=seed, families=dict(TRAFFIC))
+def scenario(seed: int, *, presence: bool = False) -> ScenarioConfig:
+    """``presence``: presence updates too (transitions only, the scenario's default: a
+    restarted pod has forgotten its members' last presence and records a repeat once)."""
+    if not presence:
+        return ScenarioConfig(seed=seed, families=dict(TRAFFIC))
+    return ScenarioConfig(seed=seed, families={**TRAFFIC, "presence": 0.1})
 
 
 async def snapshots_taken(sim: Simulator, dsn: str, timeout: float = 30) -> dict[int, int]:
@@ -130,9 +134,11 @@ async def compare_every_family(
     *,
     content: bool = False,
     paused: tuple[int, int] | None = None,
+    presence: Set[int] = frozenset(),
 ) -> list[str]:
-    """Differences from the ledger for every family; empty when they all agree."""
-    problems = await compare_all(sim, dsn, content=content, voice_seconds=False)
+    """Differences from the ledger for every family; empty when they all agree.
+    ``presence``: the guilds whose presence transitions the bots record."""
+    problems = await compare_all(sim, dsn, content=content, voice_seconds=False, presence=presence)
     tolerance = voice_tolerance(sim, paused)
     expected_seconds: dict[int, float] = {}
     for v in sim.ledger.voice_sessions:
@@ -164,6 +170,7 @@ async def settle_every_family(
     timeout: float = 60,
     paused_from: int | None = None,
     diagnose: Callable[[], Awaitable[str]] | None = None,
+    presence: Set[int] = frozenset(),
 ) -> dict[str, int]:
     """End every voice session, wait until Postgres holds every family's rows, then compare
     every family; raises with the differences. ``paused_from``: simulator ms when the bots
@@ -175,7 +182,9 @@ async def settle_every_family(
 
     async def counts_complete() -> bool:
         nonlocal problems
-        problems = await compare_all(sim, dsn, content=False, voice_seconds=False)
+        problems = await compare_all(
+            sim, dsn, content=False, voice_seconds=False, presence=presence
+        )
         return not problems
 
     try:
@@ -186,7 +195,9 @@ async def settle_every_family(
             detail += "\n" + await diagnose()
         raise AssertionError(detail) from None
     paused = None if paused_from is None else (paused_from, sim.now_ms())
-    problems = await compare_every_family(sim, dsn, redis_url, snapshots, paused=paused)
+    problems = await compare_every_family(
+        sim, dsn, redis_url, snapshots, paused=paused, presence=presence
+    )
     assert not problems, "\n".join(problems)
     led = sim.ledger
     return {
@@ -199,4 +210,5 @@ async def settle_every_family(
         "snapshots": len(snapshots),
         "commands": sum(expected_usage(sim).values()),
         "reactions": len(led.reactions),
+        "presence": sim.ledger.presence_rows(presence).total(),
     }

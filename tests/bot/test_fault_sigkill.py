@@ -22,6 +22,7 @@ from herwa.simulator import GatewayConfig, Simulator, SimulatorConfig
 from tests.bot.conftest import SHARDS, Fleet, split_names, wait_for
 from tests.bot.fault_families import invoke, scenario, settle_every_family, snapshots_taken
 from tests.bot.gateway_sessions import gateway_sessions, opened_by
+from tests.bot.test_presence import subscribe_presence
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +33,7 @@ async def traffic_sim() -> AsyncIterator[Simulator]:
         guilds=8,
         seed=31,
         history_rate=(50, 0.2),
-        scenario=scenario(31),
+        scenario=scenario(31, presence=True),
         gateway=GatewayConfig(identify_window_s=0.25, heartbeat_interval_ms=5_000),
     )
     async with Simulator(config) as s:
@@ -44,7 +45,10 @@ async def test_fault_sigkill_bot_mid_traffic(
 ) -> None:
     sim = traffic_sim
     dsn = migrated.postgres_dsn
-    fleet = Fleet(sim, migrated, tmp_path)
+    # Presence is recorded in one guild (its subscription grants it): rows keyed by receive time.
+    granted = sorted(sim.world.guilds)
+    await subscribe_presence(dsn, granted[0], granted[1])
+    fleet = Fleet(sim, migrated, tmp_path, {"HERWA_BOT_PRESENCE_CAPTURE": "true"})
     try:
         a, b = split_names(2)
         await fleet.start(a)
@@ -85,6 +89,7 @@ async def test_fault_sigkill_bot_mid_traffic(
             timeout=60,
             paused_from=killed_ms,
             diagnose=lambda: _state(fleet),
+            presence={granted[0]},
         )
         print(f"compared with the ledger after a SIGKILL: {compared}; held for RESUME: {held}")
     finally:

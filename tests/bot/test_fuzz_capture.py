@@ -30,6 +30,7 @@ from herwa.bot.capture import (
     member_join_row,
     member_leave_row,
     message_row,
+    presence_row,
     voice_state_payload,
 )
 from herwa.bot.directory import Directory
@@ -186,6 +187,20 @@ GUILD = payload(
         "members": ANY,
     },
 )
+ACTIVITY = payload(
+    {"type": st.integers(min_value=0, max_value=5), "name": st.text(max_size=20)},
+    {"type": COUNT, "name": NAME},
+)
+PRESENCE = payload(
+    {
+        "guild_id": VALID_ID,
+        "user": USER,
+        "status": st.sampled_from(["online", "idle", "dnd", "offline"]),
+        "activities": st.lists(ACTIVITY, max_size=3),
+        "client_status": st.just({}),
+    },
+    {"guild_id": ID, "user": ANY, "status": NAME, "activities": ANY, "client_status": ANY},
+)
 
 
 def _rejections(event: str) -> float:
@@ -253,6 +268,12 @@ async def test_fuzzed_capture_never_raises_counts_and_postgres_accepts_what_it_m
         )
 
     @EXAMPLES
+    @given(d=PRESENCE, seconds=st.integers(min_value=0, max_value=10**6))
+    def presences(d: Any, seconds: int) -> None:
+        at = datetime.fromtimestamp(NOW.timestamp() + seconds / 1000, UTC)
+        keep("presence_events", _check("PRESENCE_UPDATE", lambda: presence_row(d, at), False))
+
+    @EXAMPLES
     @given(d=GUILD)
     def guild_creates(d: Any) -> None:
         g = _check("GUILD_CREATE", lambda: guild_payload(d), False)
@@ -295,7 +316,15 @@ async def test_fuzzed_capture_never_raises_counts_and_postgres_accepts_what_it_m
             left, _ = voice.update({**state, "channel_id": None}, 1_700_000_000.0 + leave_after, 0)
             keep("voice_sessions", left)
 
-    for run in (messages, members, guild_creates, guild_updates, channel_updates, voice_updates):
+    for run in (
+        messages,
+        members,
+        presences,
+        guild_creates,
+        guild_updates,
+        channel_updates,
+        voice_updates,
+    ):
         run()
 
     pool = await asyncpg.create_pool(migrated.postgres_dsn, min_size=1, max_size=2)

@@ -31,6 +31,7 @@ async def test_help_follows_the_tier(harness: Harness) -> None:
         "/retention": "pro",
         "/channels": "pro",
         "/reactions": "pro",
+        "/online": "pro",
         "/export": "enterprise",
     }
 

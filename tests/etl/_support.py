@@ -82,6 +82,12 @@ async def stage_other_families(pg: asyncpg.Connection, guild_id: int = 1) -> Non
         guild_id,
         T0 + timedelta(hours=1),
     )
+    await pg.execute(
+        "INSERT INTO presence_events (guild_id, user_id, at, status, activity_types)"
+        " VALUES ($1, 100, $2, 'online', 1)",
+        guild_id,
+        T0,
+    )
 
 
 @asynccontextmanager

@@ -45,6 +45,7 @@ FED = {
     "member_count_snapshots",
     "command_usage",
     "message_reactions",
+    "presence_events",
     "message_activity_hourly",
     "message_activity_15m",
     "message_activity_daily",
@@ -138,6 +139,12 @@ async def _stage(pg: asyncpg.Connection, guild: int, at: datetime, key: int) -> 
         guild,
         m,
         later,
+    )
+    await pg.execute(
+        "INSERT INTO presence_events (guild_id, user_id, at, status, activity_types)"
+        " VALUES ($1, 100, $2, 'idle', 0)",
+        guild,
+        at,
     )
     await pg.execute(
         "INSERT INTO dead_letter_rows (table_name, row, reason, guild_id, captured_at)"

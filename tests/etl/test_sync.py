@@ -99,6 +99,7 @@ async def test_a_run_loads_every_family_once(migrated: Endpoints, pg: asyncpg.Co
         "member_count_snapshots": 1,
         "command_usage": 1,
         "message_reactions": 1,
+        "presence_events": 1,
     }
     for family in FAMILIES:
         assert (
