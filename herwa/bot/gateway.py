@@ -29,7 +29,7 @@ from herwa.bot.capture import (
 )
 from herwa.bot.client import CaptureClient, Parser
 from herwa.bot.deps import ShardDeps
-from herwa.bot.generations import received, received_dt
+from herwa.bot.event_order import received, received_dt
 from herwa.bot.presence import PresenceTransitions
 from herwa.bot.shard_state import MemberCountOp
 from herwa.json_types import Json

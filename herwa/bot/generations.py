@@ -61,7 +61,7 @@ from herwa.bot import metrics
 from herwa.bot.buffer import FlushBuffer
 from herwa.bot.client import Parser
 from herwa.bot.directory import Directory
-from herwa.bot.event_order import Anchor, received, received_dt
+from herwa.bot.event_order import Anchor
 from herwa.bot.shard_gate import INTERACTION, FleetShard, ShardGate
 from herwa.bot.sharding import Coordinator, assigned_shards
 from herwa.bot.voice import VoiceTracker
@@ -70,9 +70,6 @@ from herwa.discord_api import bot_gateway
 from herwa.json_types import Json
 
 log = logging.getLogger(__name__)
-
-# bot/gateway.py still reads the receive time from here; it lives in event_order now.
-__all__ = ["Generations", "Pod", "received", "received_dt"]
 
 
 class Pod(Protocol):

@@ -158,7 +158,7 @@ async def seed(run: DemoRun) -> None:
     with run.console.stage("seed", "Tiers, commands and subscriptions") as st:
         run.pool = await asyncpg.create_pool(ep.postgres_dsn, min_size=1, max_size=4)
         run.redis = Redis.from_url(ep.redis_url)
-        rt = reconcile.Runtime(run.pool, run.redis, REDIS_PREFIX, platform.load())
+        rt = reconcile.OperatorRuntime(run.pool, run.redis, REDIS_PREFIX, platform.load())
         await rt.ensure_seeded()
         # The busiest guilds get subscriptions, so their charts have something to show; the
         # showcase server, when there is one, gets everything.

@@ -21,7 +21,7 @@ from herwa import config, platform
 from herwa.logs import register_url
 from herwa.operator import etl_health
 from herwa.operator.handlers import build_registry, configure_settings
-from herwa.operator.reconcile import Runtime
+from herwa.operator.reconcile import OperatorRuntime
 from herwa.stores import postgres_pool, redis_client
 from herwa.telemetry import Readiness, TelemetryServer, setup_tracing
 
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     return asyncio.run(_main(settings, plat, pg, rd, tel, standalone=args.standalone))
 
 
-async def _seed_until_done(rt: Runtime, stop: asyncio.Event) -> None:
+async def _seed_until_done(rt: OperatorRuntime, stop: asyncio.Event) -> None:
     """Seeds the platform at start-up, retrying while Postgres is unreachable or not migrated.
 
     Readiness waits for the seed, so it must not wait for the first GuildSubscription: a fresh
@@ -85,7 +85,7 @@ async def _main(
     # min_size=0: creating the pool opens no connection, so a down Postgres cannot stop start-up.
     pool = await postgres_pool(pg.model_copy(update={"pool_min_size": 0}), command_timeout=15)
     redis = redis_client(rd)
-    rt = Runtime(pool=pool, redis=redis, prefix=rd.key_prefix, platform=plat)
+    rt = OperatorRuntime(pool=pool, redis=redis, prefix=rd.key_prefix, platform=plat)
     ready = asyncio.Event()
 
     async def readiness() -> Readiness:

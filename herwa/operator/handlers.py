@@ -25,8 +25,8 @@ from herwa.operator.model import (
 )
 from herwa.operator.reconcile import (
     STORE_ERRORS,
+    OperatorRuntime,
     ReconcileOutcome,
-    Runtime,
     Subscription,
     reconcile,
     revoke,
@@ -87,7 +87,7 @@ async def _reconcile_object(
     index: Mapping[str, Iterable[Claim]] | None,
     retry: int,
 ) -> ReconcileOutcome:
-    rt: Runtime = memo.runtime
+    rt: OperatorRuntime = memo.runtime
     sub = Subscription(
         namespace=str(meta["namespace"]),
         name=str(meta["name"]),
@@ -178,7 +178,7 @@ async def on_delete(
 ) -> None:
     """Revoke the entitlement (the guild falls back to the default tier); the finalizer stays
     until this succeeds."""
-    rt: Runtime = memo.runtime
+    rt: OperatorRuntime = memo.runtime
     uid = str(meta["uid"])
     started = time.perf_counter()
     with tracer("herwa.operator").start_as_current_span("guildsubscription.revoke"):

@@ -50,7 +50,7 @@ STORE_ERRORS: tuple[type[BaseException], ...] = (
 
 
 @dataclass
-class Runtime:
+class OperatorRuntime:
     """The operator's connections and configuration, shared by every handler."""
 
     pool: asyncpg.Pool
@@ -136,7 +136,7 @@ async def _lock_guild(conn: Conn, guild_id: int) -> None:
 
 
 async def reconcile(
-    rt: Runtime,
+    rt: OperatorRuntime,
     sub: Subscription,
     claims: Iterable[Claim],
     *,
@@ -184,7 +184,7 @@ async def reconcile(
 
 
 async def _apply(
-    rt: Runtime, sub: Subscription, spec: SubscriptionSpec, *, trigger: str, now: datetime
+    rt: OperatorRuntime, sub: Subscription, spec: SubscriptionSpec, *, trigger: str, now: datetime
 ) -> ReconcileOutcome:
     out: ReconcileOutcome | None = None
     async with rt.pool.acquire() as conn, conn.transaction():
@@ -321,7 +321,7 @@ async def _resolve(
 
 
 async def _sync_cache(
-    rt: Runtime,
+    rt: OperatorRuntime,
     conn: Conn,
     entitlement: entitlements.Entitlement,
     stale: Iterable[asyncpg.Record],
@@ -410,7 +410,7 @@ def _synced_outcome(
     )
 
 
-async def _fall_back(rt: Runtime, conn: Conn, guilds: Iterable[int]) -> None:
+async def _fall_back(rt: OperatorRuntime, conn: Conn, guilds: Iterable[int]) -> None:
     """Point each guild's cache entry at the default tier, the guild's entitlement row gone.
 
     Written rather than deleted: a bot's re-warm racing the revocation (``SET NX`` of the grant
@@ -426,7 +426,7 @@ async def _fall_back(rt: Runtime, conn: Conn, guilds: Iterable[int]) -> None:
             )
 
 
-async def revoke(rt: Runtime, uid: str, guild_hint: int | None) -> list[int]:
+async def revoke(rt: OperatorRuntime, uid: str, guild_hint: int | None) -> list[int]:
     """Remove every entitlement this object owns; their guilds fall back to the default tier.
 
     Returns the guild ids.

@@ -26,7 +26,7 @@ from herwa.devstack import Endpoints
 from herwa.etl import expiry, expiry_plan, history_windows, privacy
 from herwa.etl.runner import RunOptions, run_once
 from herwa.operator import etl_health
-from herwa.operator.reconcile import Runtime, Subscription, reconcile, revoke
+from herwa.operator.reconcile import OperatorRuntime, Subscription, reconcile, revoke
 from herwa.stores import clickhouse_url_client
 from tests.etl._support import ch_rows, ch_value
 
@@ -60,17 +60,17 @@ async def pg(migrated: Endpoints) -> AsyncIterator[asyncpg.Connection]:
 
 
 @pytest.fixture
-async def runtime(migrated: Endpoints) -> AsyncIterator[Runtime]:
+async def runtime(migrated: Endpoints) -> AsyncIterator[OperatorRuntime]:
     pool = await asyncpg.create_pool(migrated.postgres_dsn, min_size=0, max_size=2)
     redis = Redis.from_url(migrated.redis_url)
     try:
-        yield Runtime(pool=pool, redis=redis, prefix="t:", platform=platform.load())
+        yield OperatorRuntime(pool=pool, redis=redis, prefix="t:", platform=platform.load())
     finally:
         await redis.aclose()
         await pool.close()
 
 
-async def _subscribe(rt: Runtime, guild: int, tier: str, uid: str, generation: int) -> None:
+async def _subscribe(rt: OperatorRuntime, guild: int, tier: str, uid: str, generation: int) -> None:
     sub = Subscription(
         "tenant", f"g{guild}", uid, generation, {"guildId": str(guild), "tier": tier}
     )
@@ -240,7 +240,7 @@ async def _active_partition(endpoints: Endpoints, table: str, partition: str) ->
 
 
 async def test_each_server_keeps_its_tiers_window_and_a_downgrade_shortens_it(
-    migrated: Endpoints, pg: asyncpg.Connection, runtime: Runtime
+    migrated: Endpoints, pg: asyncpg.Connection, runtime: OperatorRuntime
 ) -> None:
     now = datetime.now(UTC)
     for guild in (FREE_G, PRO_G, ENT_G):
@@ -307,7 +307,7 @@ async def test_each_server_keeps_its_tiers_window_and_a_downgrade_shortens_it(
 
 
 async def test_cut_at_utc_midnight_bounded_idempotent_and_due_on_change(
-    migrated: Endpoints, pg: asyncpg.Connection, runtime: Runtime
+    migrated: Endpoints, pg: asyncpg.Connection, runtime: OperatorRuntime
 ) -> None:
     now = datetime(2026, 6, 15, 13, 30, tzinfo=UTC)
     cut = datetime(2026, 5, 16, tzinfo=UTC)  # 30 days before 2026-06-15
@@ -375,7 +375,7 @@ async def _days(ch: AsyncClient, guild: int) -> list[date]:
 
 
 async def test_windows_from_outside_are_validated_and_kept_when_refused(
-    migrated: Endpoints, pg: asyncpg.Connection, runtime: Runtime
+    migrated: Endpoints, pg: asyncpg.Connection, runtime: OperatorRuntime
 ) -> None:
     await platform.seed(runtime.pool, runtime.platform)
     bad = {
@@ -435,7 +435,7 @@ async def test_windows_from_outside_are_validated_and_kept_when_refused(
 
 
 async def test_every_table_holding_server_data_is_expired_including_later_ones(
-    migrated: Endpoints, pg: asyncpg.Connection, runtime: Runtime
+    migrated: Endpoints, pg: asyncpg.Connection, runtime: OperatorRuntime
 ) -> None:
     ch = await clickhouse_url_client(migrated.clickhouse_url)
     try:

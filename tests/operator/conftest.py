@@ -1,4 +1,4 @@
-"""Fixtures for the operator tests: a Runtime over real, migrated Postgres and Redis."""
+"""Fixtures for the operator tests: a OperatorRuntime over real, migrated Postgres and Redis."""
 
 from __future__ import annotations
 
@@ -15,16 +15,16 @@ from herwa import platform
 from herwa.devstack import Endpoints
 from herwa.operator.handlers import by_guild
 from herwa.operator.model import Claim
-from herwa.operator.reconcile import Runtime
+from herwa.operator.reconcile import OperatorRuntime
 
 PREFIX = "herwa:"
 
 
 @pytest.fixture
-async def runtime(migrated: Endpoints) -> AsyncIterator[Runtime]:
+async def runtime(migrated: Endpoints) -> AsyncIterator[OperatorRuntime]:
     pool = await asyncpg.create_pool(migrated.postgres_dsn, min_size=0, max_size=4)
     redis = Redis.from_url(migrated.redis_url)
-    rt = Runtime(pool=pool, redis=redis, prefix=PREFIX, platform=platform.load())
+    rt = OperatorRuntime(pool=pool, redis=redis, prefix=PREFIX, platform=platform.load())
     try:
         yield rt
     finally:
@@ -96,5 +96,5 @@ def index_of(*crs: FakeCR) -> dict[str, list[Claim]]:
 
 
 @pytest.fixture
-def memo(runtime: Runtime) -> kopf.Memo:
+def memo(runtime: OperatorRuntime) -> kopf.Memo:
     return kopf.Memo(runtime=runtime)

@@ -6,14 +6,14 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from herwa import entitlements, platform
-from herwa.operator.reconcile import Runtime
+from herwa.operator.reconcile import OperatorRuntime
 from tests.operator.conftest import PREFIX
 
 GUILD = 81384788765712384
 
 
 async def _grant(
-    rt: Runtime,
+    rt: OperatorRuntime,
     tier: str,
     features: list[str],
     until: datetime | None = None,
@@ -32,7 +32,7 @@ async def _grant(
     )
 
 
-async def test_miss_falls_back_to_postgres_and_rewarms_with_a_ttl(runtime: Runtime) -> None:
+async def test_miss_falls_back_to_postgres_and_rewarms_with_a_ttl(runtime: OperatorRuntime) -> None:
     await _grant(runtime, "pro", ["overview", "growth"])
     access = await entitlements.allowed_commands(runtime.redis, runtime.pool, PREFIX, GUILD)
     assert access is not None
@@ -53,7 +53,7 @@ async def test_miss_falls_back_to_postgres_and_rewarms_with_a_ttl(runtime: Runti
     assert again == access
 
 
-async def test_guild_without_entitlement_gets_the_default_tier(runtime: Runtime) -> None:
+async def test_guild_without_entitlement_gets_the_default_tier(runtime: OperatorRuntime) -> None:
     await platform.seed(runtime.pool, runtime.platform)
     access = await entitlements.allowed_commands(runtime.redis, runtime.pool, PREFIX, GUILD)
     assert access is not None
@@ -72,7 +72,9 @@ async def test_guild_without_entitlement_gets_the_default_tier(runtime: Runtime)
     assert await entitlements.allowed_commands(runtime.redis, runtime.pool, PREFIX, GUILD) == access
 
 
-async def test_guild_is_cached_negatively_until_a_platform_is_seeded(runtime: Runtime) -> None:
+async def test_guild_is_cached_negatively_until_a_platform_is_seeded(
+    runtime: OperatorRuntime,
+) -> None:
     assert await entitlements.allowed_commands(runtime.redis, runtime.pool, PREFIX, GUILD) is None
     key = f"{PREFIX}cmdcache:{GUILD}"
     raw = await runtime.redis.get(key)
@@ -82,7 +84,7 @@ async def test_guild_is_cached_negatively_until_a_platform_is_seeded(runtime: Ru
     assert await entitlements.allowed_commands(runtime.redis, runtime.pool, PREFIX, GUILD) is None
 
 
-async def test_operator_write_has_no_ttl_and_reports_change(runtime: Runtime) -> None:
+async def test_operator_write_has_no_ttl_and_reports_change(runtime: OperatorRuntime) -> None:
     await _grant(runtime, "free", ["overview"])
     ent = await entitlements.load_entitlement(runtime.pool, GUILD)
     assert ent is not None
@@ -93,7 +95,7 @@ async def test_operator_write_has_no_ttl_and_reports_change(runtime: Runtime) ->
     assert await entitlements.delete_command_cache(runtime.redis, PREFIX, GUILD) is False
 
 
-async def test_suspended_and_expired_entitlements_allow_nothing(runtime: Runtime) -> None:
+async def test_suspended_and_expired_entitlements_allow_nothing(runtime: OperatorRuntime) -> None:
     soon = datetime.now(UTC) + timedelta(hours=1)
     await _grant(runtime, "pro", ["overview"], until=soon)
     access = await entitlements.allowed_commands(runtime.redis, runtime.pool, PREFIX, GUILD)
@@ -109,7 +111,7 @@ async def test_suspended_and_expired_entitlements_allow_nothing(runtime: Runtime
     assert not suspended.allows("overview")
 
 
-async def test_lowest_tier_that_unlocks_a_command(runtime: Runtime) -> None:
+async def test_lowest_tier_that_unlocks_a_command(runtime: OperatorRuntime) -> None:
     await platform.seed(runtime.pool, runtime.platform)
     assert await entitlements.lowest_tier_for(runtime.pool, "overview") == "free"
     assert await entitlements.lowest_tier_for(runtime.pool, "growth") == "pro"

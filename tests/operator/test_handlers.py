@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from herwa import entitlements
 from herwa.operator import handlers, metrics
 from herwa.operator.model import Claim
-from herwa.operator.reconcile import Runtime, Subscription, reconcile
+from herwa.operator.reconcile import OperatorRuntime, Subscription, reconcile
 from tests.operator.conftest import PREFIX, FakeCR, index_of
 
 GUILD = "81384788765712384"
@@ -39,17 +39,17 @@ async def timer(cr: FakeCR, memo: kopf.Memo, index: dict[str, list[Claim]] | Non
     cr.apply_status(kwargs["patch"])
 
 
-async def row(rt: Runtime, guild: str = GUILD) -> dict[str, Any] | None:
+async def row(rt: OperatorRuntime, guild: str = GUILD) -> dict[str, Any] | None:
     record = await rt.pool.fetchrow("SELECT * FROM entitlements WHERE guild_id = $1", int(guild))
     return dict(record) if record else None
 
 
-async def cache(rt: Runtime, guild: str = GUILD) -> dict[str, Any] | None:
+async def cache(rt: OperatorRuntime, guild: str = GUILD) -> dict[str, Any] | None:
     raw = await rt.redis.get(f"{PREFIX}cmdcache:{guild}")
     return json.loads(raw) if raw else None
 
 
-async def cached_tier(rt: Runtime, guild: str = GUILD) -> str | None:
+async def cached_tier(rt: OperatorRuntime, guild: str = GUILD) -> str | None:
     """The tier in the guild's cache entry; a fallback to the default tier carries a TTL."""
     entry = await cache(rt, guild)
     if entry is None:
@@ -63,7 +63,7 @@ def sample(name: str, **labels: str) -> float:
 
 
 async def test_create_writes_entitlement_cache_and_ready_status(
-    runtime: Runtime, memo: kopf.Memo
+    runtime: OperatorRuntime, memo: kopf.Memo
 ) -> None:
     before = sample("herwa_operator_reconciles_total", trigger="create", outcome="active")
     cr = FakeCR("pro", {"guildId": GUILD, "tier": "pro", "expiresAt": "2030-01-01T00:00:00Z"})
@@ -95,7 +95,7 @@ async def test_create_writes_entitlement_cache_and_ready_status(
 
 
 async def test_update_applies_tier_and_overrides_and_is_idempotent(
-    runtime: Runtime, memo: kopf.Memo
+    runtime: OperatorRuntime, memo: kopf.Memo
 ) -> None:
     cr = FakeCR("g", {"guildId": GUILD, "tier": "free"})
     await change(cr, memo)
@@ -126,7 +126,7 @@ async def test_update_applies_tier_and_overrides_and_is_idempotent(
 
 
 async def test_newer_subscription_for_same_guild_is_a_conflict_not_an_overwrite(
-    runtime: Runtime, memo: kopf.Memo
+    runtime: OperatorRuntime, memo: kopf.Memo
 ) -> None:
     old = FakeCR("old", {"guildId": GUILD, "tier": "pro"}, created="2025-01-01T00:00:00Z")
     new = FakeCR(
@@ -157,7 +157,9 @@ async def test_newer_subscription_for_same_guild_is_a_conflict_not_an_overwrite(
     assert new.condition("Conflict")["status"] == "False"
 
 
-async def test_delete_revokes_only_what_the_object_owns(runtime: Runtime, memo: kopf.Memo) -> None:
+async def test_delete_revokes_only_what_the_object_owns(
+    runtime: OperatorRuntime, memo: kopf.Memo
+) -> None:
     owner = FakeCR("owner", {"guildId": GUILD, "tier": "pro"})
     loser = FakeCR("loser", {"guildId": GUILD, "tier": "free"}, created="2026-01-01T00:00:00Z")
     await change(owner, memo, index_of(owner, loser))
@@ -171,7 +173,7 @@ async def test_delete_revokes_only_what_the_object_owns(runtime: Runtime, memo: 
 
 
 async def test_timer_repairs_lost_cache_and_hand_edited_row(
-    runtime: Runtime, memo: kopf.Memo
+    runtime: OperatorRuntime, memo: kopf.Memo
 ) -> None:
     cr = FakeCR("g", {"guildId": GUILD, "tier": "pro"})
     await change(cr, memo)
@@ -196,7 +198,7 @@ async def test_timer_repairs_lost_cache_and_hand_edited_row(
     assert sample("herwa_operator_drift_repairs_total", store="postgres") == pg_before + 1
 
 
-async def test_expiry_and_suspension(runtime: Runtime, memo: kopf.Memo) -> None:
+async def test_expiry_and_suspension(runtime: OperatorRuntime, memo: kopf.Memo) -> None:
     expires = datetime.now(UTC) + timedelta(hours=1)
     cr = FakeCR(
         "g", {"guildId": GUILD, "tier": "pro", "expiresAt": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}
@@ -274,7 +276,7 @@ async def test_expiry_and_suspension(runtime: Runtime, memo: kopf.Memo) -> None:
     ],
 )
 async def test_invalid_specs_are_reported_in_status_and_grant_nothing(
-    runtime: Runtime,
+    runtime: OperatorRuntime,
     memo: kopf.Memo,
     spec: dict[str, Any],
     reason: str,
@@ -289,7 +291,7 @@ async def test_invalid_specs_are_reported_in_status_and_grant_nothing(
     assert await cache(runtime) is None
 
 
-async def test_changed_guild_id_moves_the_grant(runtime: Runtime, memo: kopf.Memo) -> None:
+async def test_changed_guild_id_moves_the_grant(runtime: OperatorRuntime, memo: kopf.Memo) -> None:
     cr = FakeCR("g", {"guildId": GUILD, "tier": "pro"})
     await change(cr, memo)
     cr.edit(guildId=OTHER_GUILD)
@@ -307,11 +309,11 @@ def _closed_port() -> int:
     return port
 
 
-async def test_unreachable_postgres_gives_not_ready_and_a_retry(runtime: Runtime) -> None:
+async def test_unreachable_postgres_gives_not_ready_and_a_retry(runtime: OperatorRuntime) -> None:
     pool = await asyncpg.create_pool(
         f"postgresql://x@127.0.0.1:{_closed_port()}/x", min_size=0, timeout=2
     )
-    down = Runtime(pool=pool, redis=runtime.redis, prefix=PREFIX, platform=runtime.platform)
+    down = OperatorRuntime(pool=pool, redis=runtime.redis, prefix=PREFIX, platform=runtime.platform)
     cr = FakeCR("g", {"guildId": GUILD, "tier": "pro"})
     kwargs = cr.kwargs(kopf.Memo(runtime=down), index_of(cr))
     with pytest.raises(kopf.TemporaryError) as err:
@@ -327,9 +329,11 @@ async def test_unreachable_postgres_gives_not_ready_and_a_retry(runtime: Runtime
     await pool.close()
 
 
-async def test_unreachable_redis_syncs_postgres_and_retries_the_cache(runtime: Runtime) -> None:
+async def test_unreachable_redis_syncs_postgres_and_retries_the_cache(
+    runtime: OperatorRuntime,
+) -> None:
     redis = Redis.from_url(f"redis://127.0.0.1:{_closed_port()}/0", socket_connect_timeout=1)
-    down = Runtime(pool=runtime.pool, redis=redis, prefix=PREFIX, platform=runtime.platform)
+    down = OperatorRuntime(pool=runtime.pool, redis=redis, prefix=PREFIX, platform=runtime.platform)
     cr = FakeCR("g", {"guildId": GUILD, "tier": "pro"})
     kwargs = cr.kwargs(kopf.Memo(runtime=down), index_of(cr))
     with pytest.raises(kopf.TemporaryError):
@@ -342,7 +346,7 @@ async def test_unreachable_redis_syncs_postgres_and_retries_the_cache(runtime: R
     await redis.aclose()
 
 
-async def test_int64_maximum_guild_id_is_granted(runtime: Runtime, memo: kopf.Memo) -> None:
+async def test_int64_maximum_guild_id_is_granted(runtime: OperatorRuntime, memo: kopf.Memo) -> None:
     cr = FakeCR("edge", {"guildId": "9223372036854775807", "tier": "pro"})
     await change(cr, memo)
     assert cr.condition("Ready")["status"] == "True"
@@ -363,7 +367,7 @@ async def test_int64_maximum_guild_id_is_granted(runtime: Runtime, memo: kopf.Me
     ],
 )
 async def test_oversized_overrides_are_invalid_with_a_bounded_status(
-    runtime: Runtime, memo: kopf.Memo, overrides: dict[str, Any], fragment: str
+    runtime: OperatorRuntime, memo: kopf.Memo, overrides: dict[str, Any], fragment: str
 ) -> None:
     cr = FakeCR("huge", {"guildId": GUILD, "tier": "pro", **overrides})
     patch = await change(cr, memo)

@@ -23,7 +23,7 @@ from herwa.operator.model import (
     merge_conditions,
     parse_spec,
 )
-from herwa.operator.reconcile import Runtime, Subscription, reconcile
+from herwa.operator.reconcile import OperatorRuntime, Subscription, reconcile
 
 FIELDS = ("guildId", "tier", "featureOverrides", "quotaOverrides", "expiresAt", "suspended")
 
@@ -99,7 +99,7 @@ def test_the_model_accepts_or_names_the_field(raw: dict[str, Any]) -> None:
 )
 @given(raw=specs)
 async def test_reconcile_never_raises_and_keeps_status_small(
-    runtime: Runtime, raw: dict[str, Any]
+    runtime: OperatorRuntime, raw: dict[str, Any]
 ) -> None:
     sub = Subscription("fuzz", "s", str(uuid.uuid4()), 1, raw)
     outcome = await reconcile(runtime, sub, [], trigger="create")
