@@ -239,8 +239,7 @@ async def _claims(meter: _Meter, pg_dsn: str, rows: int, batch_rows: int) -> Non
 
 
 _STAGE_ORDER = (
-    "run start (privacy, purges)",
-    "claim",
+    "claim (and the run's start: schema check, privacy, purges)",
     "insert",
     "record",
     "rollup recompute",
@@ -254,13 +253,13 @@ class _Stages:
     fault points): unpipelined, each step runs alone, so the deltas between samples are its."""
 
     # A sample at a hook closes the stage that ran since the previous sample.
-    _CLOSES = {"claimed": "claim", "inserted": "insert", "before_commit": "record"}
+    # The first claim has no hook before it: it shares its row with the run's start.
+    _CLOSES = {"claimed": _STAGE_ORDER[0], "inserted": "insert", "before_commit": "record"}
 
     def __init__(self, meter: _Meter) -> None:
         self._meter = meter
         self.cpu: dict[str, dict[str, float]] = {}
         self._last = meter.cpu()
-        self._stage = "run start (privacy, purges)"
 
     def _close(self, stage: str) -> None:
         now = self._meter.cpu()
@@ -275,8 +274,8 @@ class _Stages:
             # From the last batch's record: its commit, the buckets' discovery, the recompute.
             self._close("rollup recompute")
         else:
-            self._close(self._stage if point == "claimed" else self._CLOSES[point])
-            self._stage = "claim"  # the next claim (and the commit before it)
+            # A claim's row holds the commit of the batch before it too.
+            self._close(self._CLOSES[point])
 
     def finish(self) -> None:
         self._close("run end (queue, cleanup pass, expiry, lag)")
