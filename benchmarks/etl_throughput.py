@@ -1,6 +1,7 @@
 """ETL throughput: Postgres staging → ClickHouse committed, beside the raw ceilings.
 
-Usage: ``python benchmarks/etl_throughput.py [--rows 1000000] [--batch-rows 100000]``; uses
+Usage: ``python benchmarks/etl_throughput.py [--rows 1000000] [--batch-rows B]
+[--compare-batch-rows C ...]`` (B: the ETL's default batch size unless given); uses
 HERWA_POSTGRES_DSN / HERWA_CLICKHOUSE_URL where set, embedded servers otherwise. Creates
 throw-away databases, stages N message events, then measures on the same machine:
 
@@ -12,7 +13,10 @@ throw-away databases, stages N message events, then measures on the same machine
    from Postgres itself through its postgresql() table function, the insert included;
 4. ``herwa etl run`` end to end: claim + insert + rollup recompute + batch record + commit,
    pipelined (claim of batch N+1 overlapping the insert of batch N) and, on a freshly staged
-   copy, serial.
+   copy, serial; with ``--compare-batch-rows C``, pipelined with batches of C rows too, each
+   on its own fresh copy. The serial run is split by stage (claim, insert, batch record,
+   rollup recompute, …: each process's CPU between the run's step hooks, which run one at a
+   time when unpipelined), followed by the cleanup pass a later run makes for these rows.
 
 The targets (issue 19) are printed beside the figures, and a last line says whether the
 pipelined ETL met them in this run: ``target met: yes|no``.
@@ -35,13 +39,15 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import asyncpg
 import uvloop
 from _stores import ServerCpu, bench_servers
 
-from herwa.etl.families import BY_NAME, INSERT_SETTINGS, WIRE_FORMAT
+from herwa.etl import cleanup
+from herwa.etl.families import BY_NAME, INSERT_SETTINGS, WIRE_FORMAT, Family
 from herwa.etl.low_water import load_cursors, record_batch
 from herwa.etl.runner import RunOptions, run_once
 from herwa.etl.sync import claim, opt_out_horizon, prepare_session, rendered_columns
@@ -69,16 +75,17 @@ class _Meter:
     def __init__(self, servers: ServerCpu) -> None:
         self._servers = servers
         self.uses: dict[str, _Use] = {}
+        self.stages: dict[str, dict[str, float]] = {}
 
-    def _cpu(self) -> dict[str, float]:
+    def cpu(self) -> dict[str, float]:
         own = resource.getrusage(resource.RUSAGE_SELF)
         return {**self._servers.seconds(), "etl": own.ru_utime + own.ru_stime}
 
     @contextmanager
     def span(self, key: str) -> Iterator[None]:
-        cpu, t = self._cpu(), time.perf_counter()
+        cpu, t = self.cpu(), time.perf_counter()
         yield
-        wall, after = time.perf_counter() - t, self._cpu()
+        wall, after = time.perf_counter() - t, self.cpu()
         self.uses[key] = _Use(wall, {k: after[k] - cpu[k] for k in after if k in cpu})
 
 
@@ -231,13 +238,78 @@ async def _claims(meter: _Meter, pg_dsn: str, rows: int, batch_rows: int) -> Non
         await pg.close()
 
 
+_STAGE_ORDER = (
+    "claim (and the run's start: schema check, privacy, purges)",
+    "insert",
+    "record",
+    "rollup recompute",
+    "run end (queue, cleanup pass, expiry, lag)",
+    "cleanup, later run (rows past retention)",
+)
+
+
+class _Stages:
+    """CPU per stage and process of a serial run, sampled at the run's step hooks (sync.py's
+    fault points): unpipelined, each step runs alone, so the deltas between samples are its."""
+
+    # A sample at a hook closes the stage that ran since the previous sample.
+    # The first claim has no hook before it: it shares its row with the run's start.
+    _CLOSES = {"claimed": _STAGE_ORDER[0], "inserted": "insert", "before_commit": "record"}
+
+    def __init__(self, meter: _Meter) -> None:
+        self._meter = meter
+        self.cpu: dict[str, dict[str, float]] = {}
+        self._last = meter.cpu()
+
+    def _close(self, stage: str) -> None:
+        now = self._meter.cpu()
+        spent = self.cpu.setdefault(stage, dict.fromkeys(now, 0.0))
+        for k in now:
+            spent[k] += now[k] - self._last.get(k, now[k])
+        self._last = now
+
+    async def hook(self, point: str, family: Family) -> None:
+        del family
+        if point == "rolled_up":
+            # From the last batch's record: its commit, the buckets' discovery, the recompute.
+            self._close("rollup recompute")
+        else:
+            # A claim's row holds the commit of the batch before it too.
+            self._close(self._CLOSES[point])
+
+    def finish(self) -> None:
+        self._close("run end (queue, cleanup pass, expiry, lag)")
+
+
 async def _etl(
-    meter: _Meter, pg_dsn: str, ch_url: str, rows: int, batch_rows: int, pipeline: bool
+    meter: _Meter,
+    pg_dsn: str,
+    ch_url: str,
+    rows: int,
+    batch_rows: int,
+    pipeline: bool,
+    key: str,
 ) -> None:
     options = RunOptions(batch_rows=batch_rows, deadline_seconds=3600, pipeline=pipeline)
-    with meter.span("pipelined" if pipeline else "serial"):
-        result = await run_once(pg_dsn, ch_url, None, options)
+    stages = None if pipeline else _Stages(meter)
+    with meter.span(key):
+        result = await run_once(
+            pg_dsn, ch_url, None, options, fault=None if stages is None else stages.hook
+        )
     assert result.outcome == "caught_up", result.error
+    if stages is not None:
+        stages.finish()
+        # What a later run's cleanup pass costs for these rows (this run's kept them: they
+        # were loaded within the retention).
+        pg = await asyncpg.connect(pg_dsn)
+        try:
+            with meter.span("cleanup"):
+                cleaned = await cleanup.cleanup(pg, datetime.now(UTC))
+        finally:
+            await pg.close()
+        assert cleaned["message_events"] == rows, cleaned
+        stages.cpu["cleanup, later run (rows past retention)"] = meter.uses["cleanup"].cpu
+        meter.stages = stages.cpu
     assert result.stats.rows_moved["message_events"] == rows
     ch = await clickhouse_url_client(ch_url)
     try:
@@ -249,11 +321,18 @@ async def _etl(
 
 
 async def main(
-    servers: ServerCpu, base_pg: str, base_ch: str, rows: int, batch_rows: int, guilds: int
+    servers: ServerCpu,
+    base_pg: str,
+    base_ch: str,
+    rows: int,
+    batch_rows: int,
+    guilds: int,
+    compare: list[int],
 ) -> None:
     meter = _Meter(servers)
-    # Each ETL variant gets a freshly staged database: a marked table is not the same table.
-    for variant in ("ceilings", "claims", "pipelined", "serial"):
+    # Each ETL variant gets a freshly staged database: a loaded table is not the same table.
+    others = [f"pipelined@{n}" for n in compare]
+    for variant in ("ceilings", "claims", "pipelined", *others, "serial"):
         print(f"{variant}: staging {rows:,} message events across {guilds} guilds …", flush=True)
         name, pg_dsn, ch_url = await _stage(base_pg, base_ch, rows, guilds)
         try:
@@ -263,7 +342,9 @@ async def main(
             elif variant == "claims":
                 await _claims(meter, pg_dsn, rows, batch_rows)
             else:
-                await _etl(meter, pg_dsn, ch_url, rows, batch_rows, variant == "pipelined")
+                pipeline, _, other = variant.partition("@")
+                size = int(other) if other else batch_rows
+                await _etl(meter, pg_dsn, ch_url, rows, size, pipeline == "pipelined", variant)
         finally:
             await _drop(base_pg, base_ch, name)
 
@@ -283,6 +364,7 @@ async def main(
         ("pipelined", "ETL pipelined: claim | insert, rollups, record"),
         ("serial", "ETL serial: claim, insert, rollups, record"),
         ("pull", "other design: ClickHouse pulls (postgresql()), alone"),
+        *((key, f"ETL pipelined, batches of {key[10:]} rows") for key in others),
     ):
         if key not in uses:
             continue
@@ -292,6 +374,11 @@ async def main(
             f"{label:<52}{use.wall:>9.2f}{rate[key]:>12,.0f}{rate[key] / slower:>10.0%}"
             f"  |       {cpu}"
         )
+    if meter.stages:
+        print(f"\nCPU s per stage, serial run (per {rows:,} rows){'':<16}| CPU s:{cpu_heads}")
+        for stage, spent in sorted(meter.stages.items(), key=lambda s: _STAGE_ORDER.index(s[0])):
+            cpu = "".join(f"{spent.get(k, 0.0):>11.2f}" for k in [*servers_seen, "etl"])
+            print(f"{stage:<73}|       {cpu}")
     etl_cpu = sum(uses["pipelined"].cpu[k] for k in [*servers_seen, "etl"])
     etl_rate, share = rate["pipelined"], rate["pipelined"] / slower
     met = etl_rate >= _TARGET_ROWS_PER_SECOND and share >= _TARGET_SHARE_OF_CEILING
@@ -310,7 +397,14 @@ async def main(
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--batch-rows", type=int, default=100_000)
+    parser.add_argument("--batch-rows", type=int, default=RunOptions().batch_rows)
+    parser.add_argument(
+        "--compare-batch-rows",
+        type=int,
+        action="append",
+        default=[],
+        help="also run the pipelined ETL with batches of this many rows (repeatable)",
+    )
     parser.add_argument("--guilds", type=int, default=50)
     args = parser.parse_args()
     with bench_servers() as (stores, servers):
@@ -323,5 +417,6 @@ if __name__ == "__main__":
                 args.rows,
                 args.batch_rows,
                 args.guilds,
+                args.compare_batch_rows,
             )
         )

@@ -211,7 +211,9 @@ class EtlSettings(SettingsSection):
 
     model_config = SettingsConfigDict(env_prefix="HERWA_ETL_")
 
-    batch_rows: int = Field(50_000, ge=1000, le=1_000_000)
+    # Larger batches cost ClickHouse less per row (fewer parts to write and merge) and the
+    # rollup rounds less (benchmarks/README.md); ~20 MB of rendered rows per batch in flight.
+    batch_rows: int = Field(250_000, ge=1000, le=1_000_000)
     deadline_seconds: Seconds = Field(600.0, le=86_400)
     retention_hours: Seconds = Field(72.0, le=24 * 365)
     pushgateway_url: str | None = Field(None, pattern=r"^https?://")

@@ -40,7 +40,7 @@ _tracer = tracer("herwa.etl")
 
 @dataclass(frozen=True)
 class RunOptions:
-    batch_rows: int = 50_000
+    batch_rows: int = 250_000  # as config.EtlSettings
     deadline_seconds: float = 600.0
     retention_hours: float = 72.0
     pushgateway_url: str | None = None
