@@ -128,7 +128,7 @@ async def test_queries_count_rows_in_the_last_subsecond_before_until(
         assert raw.total == 1
         summary = await analytics.member_summary(ro, G, 100, since, until)
         assert (summary.messages, summary.voice_sessions) == (1, 1), summary
-        # /export: voice minutes on the day the session started.
+        # /export's days: the session's first millisecond lies in the day, the rest after it.
         span = date_range(
             days=1,
             end=day.isoformat(),
@@ -138,7 +138,10 @@ async def test_queries_count_rows_in_the_last_subsecond_before_until(
             max_days=7,
             tier="enterprise",
         )
+        (d,) = await analytics.daily(ro, G, "UTC", since, until)
+        assert (d.messages, d.active_members, d.voice_members) == (1, 1, 1), d
+        assert d.voice_seconds == pytest.approx(0.001, abs=1e-6)
         rows = await daily_rows(ro, G, span)
-        assert rows == [[day.isoformat(), 1, 1, 2, 1, 0, ""]]
+        assert rows == [[day.isoformat(), 1, 1, 0, 1, 0, ""]]
     finally:
         await ro.close()
