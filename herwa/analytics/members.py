@@ -64,6 +64,7 @@ _MEMBER_JOIN = """
 # after the start, or their first before the end. A range inside one UTC day that touches
 # neither midnight (shorter than a day, so never a command's) is the one case those two times
 # cannot decide; it reads the hourly rollup instead, whose hours bound it as they always did.
+# The branch not taken is given an empty time range, so the primary key skips all of it.
 _WITHIN_ONE_DAY = (
     f"(toDate({SINCE}) = toDate({UNTIL} - 1) AND {SINCE} > toStartOfDay({SINCE})"
     f" AND {UNTIL} < toStartOfDay({SINCE}) + 86400)"
@@ -76,14 +77,15 @@ _OVERVIEW = f"""
     UNION ALL
     SELECT 'active', 0, uniqExact(author_id)
     FROM message_activity_author_days FINAL
-    WHERE guild_id = {{guild_id:UInt64}} AND day >= toDate({SINCE}) AND day <= toDate({UNTIL} - 1)
+    WHERE guild_id = {{guild_id:UInt64}} AND day >= toDate({SINCE})
+      AND day < if({_WITHIN_ONE_DAY}, toDate({SINCE}), toDate({UNTIL} - 1) + 1)
       AND messages > 0 AND last_at >= {SINCE} AND first_at < {UNTIL}
-      AND (NOT is_bot OR {{bots:Bool}}) AND NOT {_WITHIN_ONE_DAY}
+      AND (NOT is_bot OR {{bots:Bool}})
     UNION ALL
     SELECT 'active', 0, uniqExactIf(author_id, messages > 0)
     FROM message_activity_hourly FINAL
-    WHERE guild_id = {{guild_id:UInt64}} AND hour >= {SINCE} AND hour < {UNTIL}
-      AND (NOT is_bot OR {{bots:Bool}}) AND {_WITHIN_ONE_DAY}
+    WHERE guild_id = {{guild_id:UInt64}} AND hour >= {SINCE}
+      AND hour < if({_WITHIN_ONE_DAY}, {UNTIL}, {SINCE}) AND (NOT is_bot OR {{bots:Bool}})
     UNION ALL
     SELECT 'voice', toFloat64(sum({VOICE_SECONDS})), uniqExact(user_id)
     FROM voice_sessions FINAL
