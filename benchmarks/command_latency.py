@@ -19,6 +19,10 @@ Creates throw-away databases, then:
    CPU time (on a loaded machine wall time is mostly waiting for a core). The phases are timed
    by wrapping the functions the commands call, in this process; the bot code is unchanged.
 
+For /overview, the statement alone is also timed as it is now and as it was before
+message_activity_author_days (ClickHouse migration 0009: messages and active members from the
+hourly rollup), side by side on the same data.
+
 The generated data span ``--span-days`` (91 by default, the figures of issue 19); a 365-day
 range over it reads the same rows plus empty months.
 """
@@ -37,6 +41,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import asyncpg
@@ -62,6 +67,27 @@ P50_TARGET_MS, P99_TARGET_MS = 100.0, 300.0
 PHASES = ("query", "render", "send", "rest")
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# /overview's statement before migration 0009, for the side-by-side figure.
+_OVERVIEW_BEFORE = """
+    SELECT 'messages', toFloat64(sum(messages)), uniqExactIf(author_id, messages > 0)
+    FROM message_activity_hourly FINAL
+    WHERE guild_id = {guild_id:UInt64} AND hour >= toDateTime({since:UInt32}, 'UTC')
+      AND hour < toDateTime({until:UInt32}, 'UTC') AND (NOT is_bot OR {bots:Bool})
+    UNION ALL
+    SELECT 'voice', toFloat64(sum(greatest(0, dateDiff('millisecond',
+               greatest(joined_at, toDateTime({since:UInt32}, 'UTC')),
+               least(left_at, toDateTime({until:UInt32}, 'UTC')))) / 1000)), uniqExact(user_id)
+    FROM voice_sessions FINAL
+    WHERE guild_id = {guild_id:UInt64} AND joined_at < toDateTime({until:UInt32}, 'UTC')
+      AND left_at > toDateTime({since:UInt32}, 'UTC') AND (NOT is_bot OR {bots:Bool})
+    UNION ALL
+    SELECT 'members', toFloat64(countIf(event = 'join')), countIf(event = 'leave')
+    FROM member_events FINAL
+    WHERE guild_id = {guild_id:UInt64} AND at >= toDateTime({since:UInt32}, 'UTC')
+      AND at < toDateTime({until:UInt32}, 'UTC') AND (NOT is_bot OR {bots:Bool})
+    SETTINGS do_not_merge_across_partitions_select_final = 1
+"""
 
 
 def _with_db(url: str, name: str) -> str:
@@ -229,6 +255,31 @@ async def measure(
     return out, phases
 
 
+async def overview_side_by_side(ro: Any, guild: int, days: int, runs: int) -> str:
+    """Median ms of /overview's statement now and before migration 0009, alternating."""
+    since, until = END_EPOCH - days * DAY, END_EPOCH
+    now_s, before_s = [], []
+    for _ in range(runs):
+        t = time.perf_counter()
+        await analytics.overview(
+            ro,
+            guild,
+            datetime.fromtimestamp(since, UTC),
+            datetime.fromtimestamp(until, UTC),
+        )
+        now_s.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        await ro.query(
+            _OVERVIEW_BEFORE,
+            parameters={"guild_id": guild, "since": since, "until": until, "bots": False},
+        )
+        before_s.append(time.perf_counter() - t)
+    return (
+        f"statement alone: now {statistics.median(now_s) * 1000:.1f} ms,"
+        f" before 0009 {statistics.median(before_s) * 1000:.1f} ms"
+    )
+
+
 def median_split(phases: list[dict[str, float]]) -> str:
     """Each phase's median over the runs, in ms."""
     return "  ".join(
@@ -318,6 +369,9 @@ async def run(endpoints: dict[str, str], messages: int, runs: int, span_days: in
                         f"{median_split(phases)}",
                         flush=True,
                     )
+                    if command == "overview" and cache_ttl == 0:
+                        side = await overview_side_by_side(ro, guild, days, max(5, runs // 4))
+                        print(f"    {side}", flush=True)
             await client.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, 10)

@@ -11,10 +11,12 @@ local weeks an author was active in that week are exactly those of its first and
 message (migration 0005 explains why). ``source="raw"`` reads the messages themselves.
 
 The query handles one row per member: the cohort is joined to each member's week arrays and
-voice session times (both small per member), each cut to the times that can fall in the
-member's first ``weeks`` local weeks; only those are converted to local weeks, giving a 0/1
-vector per member that ``sumForEach`` adds up per cohort. The cohort is read once, and cohort
-sizes, message and voice matrices come back from one statement, in one round trip.
+the local weeks their voice sessions started in (both small per member). The message times are
+cut to those that can fall in the member's first ``weeks`` local weeks and only those converted;
+each member then has the distinct numbers N of the weeks they were active in, which ``sumMap``
+counts per cohort (no per-week vector per member, no lambda inside a lambda: ClickHouse
+evaluates a lambda's captured expressions again for every element). The cohort is read once,
+and cohort sizes, message and voice matrices come back from one statement, in one round trip.
 
 Member joins and voice sessions are read without FINAL, unlike elsewhere: what is taken from
 them (a member's earliest join, the distinct members per cohort and week) is the same with a
@@ -65,9 +67,16 @@ _MESSAGES = {
         GROUP BY user_id
     """,
 }
-_VOICE = """
-    SELECT user_id, groupArray(joined_at) AS times
-    FROM voice_sessions WHERE guild_id = {guild_id:UInt64} GROUP BY user_id
+# A member's voice sessions, as the distinct local weeks they started in. Only sessions that
+# can fall in a cohort's first weeks are read: a cohort's local Monday lies at most 7 days and
+# 14 hours before its first join, its last week ends at most 7 * weeks days and 12 hours after
+# the last one.
+_VOICE = f"""
+    SELECT user_id, groupUniqArray(toStartOfWeek(toTimeZone(joined_at, {{tz:String}}), 1)) AS weeks
+    FROM voice_sessions
+    WHERE guild_id = {{guild_id:UInt64}} AND joined_at >= {SINCE} - INTERVAL 8 DAY
+      AND joined_at < {UNTIL} + toIntervalDay(7 * {{weeks:UInt16}} + 8)
+    GROUP BY user_id
 """
 
 # A cohort's local weeks 0 .. weeks-1 start at its local Monday 00:00, which is between Sunday
@@ -88,20 +97,28 @@ _TIMES = {
 }
 
 
-def _active(times: str) -> str:
-    """[n] = 1 when one of ``times`` lies in the member's local week n, else 0."""
+def _local_weeks(times: str) -> str:
+    """The distinct local Mondays of ``times``."""
+    return f"arrayDistinct(arrayMap(t -> toStartOfWeek(toTimeZone(t, {{tz:String}}), 1), {times}))"
+
+
+def _week_numbers(weeks: str) -> str:
+    """Which of the member's weeks 0 .. weeks-1 the local Mondays ``weeks`` (distinct) are."""
     return f"""
-        arrayMap(
-            k -> toUInt32(has(arrayMap(t -> toStartOfWeek(toTimeZone(t, {{tz:String}}), 1),
-                                       {times}),
-                              m.week + 7 * k)),
-            range({{weeks:UInt16}}))
+        arrayFilter(n -> n < {{weeks:UInt16}},
+                    arrayMap(w -> toUInt16(intDiv(w - m.week, 7)),
+                             arrayFilter(w -> w >= m.week, {weeks})))
     """
 
 
 # Week N of a cohort that has not begun yet (local time) has no members to count: NULL, which
 # the chart and the Grafana panel leave blank, where 0 would read as "everyone left".
 _BEGUN = "cohort + 7 * n <= toDate(now(), {tz:String})"
+
+
+def _per_week(numbers: str) -> str:
+    """Per cohort: week number -> members active in it, as sumMap's (keys, counts)."""
+    return f"sumMap({numbers}, arrayWithConstant(length({numbers}), toUInt64(1)))"
 
 
 def cohort_sql(source: Literal["rollup", "raw"] = "rollup") -> str:
@@ -112,20 +129,21 @@ def cohort_sql(source: Literal["rollup", "raw"] = "rollup") -> str:
     panel runs this same statement (herwa.analytics.dashboard).
     """
     return f"""
-        SELECT cohort, joined, toUInt16(n) AS n, if({_BEGUN}, active[n + 1], NULL) AS active,
-               if({_BEGUN}, voice[n + 1], NULL) AS voice_active
+        SELECT cohort, joined, n, if({_BEGUN}, active.2[indexOf(active.1, n)], NULL) AS active,
+               if({_BEGUN}, voice.2[indexOf(voice.1, n)], NULL) AS voice_active
         FROM (
-            SELECT cohort, count() AS joined, sumForEach(message_weeks) AS active,
-                   sumForEach(voice_weeks) AS voice
+            SELECT cohort, count() AS joined, {_per_week("message_weeks")} AS active,
+                   {_per_week("voice_weeks")} AS voice
             FROM (
-                SELECT m.week AS cohort, {_active(_TIMES[source])} AS message_weeks,
-                       {_active(f"arrayFilter(t -> {_IN_WINDOW}, v.times)")} AS voice_weeks
+                SELECT m.week AS cohort,
+                       {_week_numbers(_local_weeks(_TIMES[source]))} AS message_weeks,
+                       {_week_numbers("v.weeks")} AS voice_weeks
                 FROM ({_COHORT}) AS m
                 LEFT JOIN ({_MESSAGES[source]}) AS a ON a.user_id = m.user_id
                 LEFT JOIN ({_VOICE}) AS v ON v.user_id = m.user_id
             )
             GROUP BY cohort
-        ) ARRAY JOIN range({{weeks:UInt16}}) AS n
+        ) ARRAY JOIN arrayMap(k -> toUInt16(k), range({{weeks:UInt16}})) AS n
         ORDER BY cohort, n
     """
 

@@ -24,7 +24,12 @@ async def pg(migrated: Endpoints) -> AsyncIterator[asyncpg.Connection]:
 async def _assert_rollups_complete(endpoints: Endpoints, pg: asyncpg.Connection) -> None:
     staged = await pg.fetchval("SELECT count(*) FROM message_events")
     assert await actual_hourly(endpoints) == await expected_hourly(pg)
-    for rollup in ("message_activity_hourly", "message_activity_15m", "message_activity_daily"):
+    for rollup in (
+        "message_activity_hourly",
+        "message_activity_15m",
+        "message_activity_daily",
+        "message_activity_author_days",
+    ):
         total = await ch_value(endpoints, f"SELECT sum(messages) FROM {rollup} FINAL")  # noqa: S608
         assert total == staged, rollup
 
