@@ -2,10 +2,10 @@
 and the Grafana daily panels draw them.
 
 Each figure is what the command answering it for one whole local day would say: messages from
-the 15-minute rollup as the heatmap counts them (exact in every zone), active members from the
-hourly rollup as /overview counts them, and voice time clipped to each day (and the range) as
-/overview clips it, so a session across midnight counts on both days and a day's figure is that
-day's /overview figure.
+the 15-minute rollup as the heatmap counts them (exact in every zone), active members from one
+row per author and UTC day as /overview counts them, and voice time clipped to each day (and
+the range) as /overview clips it, so a session across midnight counts on both days and a day's
+figure is that day's /overview figure.
 """
 
 # ruff: noqa: S608 - only constant SQL fragments are composed; every value is a bound parameter.
@@ -40,12 +40,27 @@ _MESSAGES = f"""
     GROUP BY day
 """
 
+# An author's row of a UTC day is repeated once per local day between its first and last
+# message, then kept for a local day when the day's part of the range, [starts, ends), can hold
+# one of them: their last message is at or after its start and their first before its end. That
+# is /overview's rule (herwa.analytics.members), exact wherever [starts, ends) reaches one end
+# of its UTC day, as every whole local day's part does.
+_FIRST_LOCAL = "toDate(toTimeZone(first_at, {tz:String}))"
 _ACTIVE = f"""
-    SELECT toDate(toTimeZone(hour, {{tz:String}})) AS day,
-           uniqExactIf(author_id, messages > 0) AS active_members
-    FROM message_activity_hourly FINAL
-    WHERE guild_id = {{guild_id:UInt64}} AND hour >= {SINCE} AND hour < {UNTIL}
-      AND (NOT is_bot OR {{bots:Bool}})
+    SELECT day, uniqExact(author_id) AS active_members
+    FROM (
+        SELECT author_id, first_at, last_at, local_day AS day,
+               greatest(toTimeZone(toDateTime(local_day, {{tz:String}}), 'UTC'), {SINCE}) AS starts,
+               least(toTimeZone(toDateTime(local_day + 1, {{tz:String}}), 'UTC'), {UNTIL}) AS ends
+        FROM message_activity_author_days FINAL
+        ARRAY JOIN arrayMap(k -> {_FIRST_LOCAL} + k,
+                            range(toUInt32(dateDiff('day', {_FIRST_LOCAL},
+                                  toDate(toTimeZone(last_at, {{tz:String}}))) + 1))) AS local_day
+        WHERE guild_id = {{guild_id:UInt64}} AND day >= toDate({SINCE})
+          AND day <= toDate({UNTIL} - 1) AND messages > 0
+          AND last_at >= {SINCE} AND first_at < {UNTIL} AND (NOT is_bot OR {{bots:Bool}})
+    )
+    WHERE starts < ends AND last_at >= starts AND first_at < ends
     GROUP BY day
 """
 
