@@ -48,6 +48,8 @@ async def test_only_the_api_base_set_connects_where_gateway_bot_says(
         await bot.start()
         await wait_for(fleet.all_connected, 30, "every shard connected through /gateway/bot's URL")
         sim.step(400)
-        await settle(sim, migrated.postgres_dsn, content=False, timeout=30)
+        # Every family compared; voice seconds (receive-time stamps, which measure the host's
+        # load rather than where the bot connected) are the e2e and fault tests' subject.
+        await settle(sim, migrated.postgres_dsn, content=False, timeout=30, voice_seconds=False)
     finally:
         await fleet.stop()
