@@ -57,6 +57,7 @@ class BotApp:
         shard_count: int,
         max_concurrency: int,
         commands: CommandDeps | None = None,
+        guild_timezone: str = "UTC",
     ) -> None:
         self.settings = settings
         # None only in tests that exercise capture alone; a deployed pod always serves commands.
@@ -68,7 +69,9 @@ class BotApp:
         self.pod = pod
         self.token = token
         self.shard_count = shard_count
-        self.directory = Directory(guild_settings.bot_defaults(settings))
+        # What a guild without its own settings gets, and a new guild's row starts with.
+        guild_defaults = guild_settings.bot_defaults(settings, guild_timezone)
+        self.directory = Directory(guild_defaults)
         self.voice = VoiceTracker(self.directory, settings.voice_session_max_hours)
         self.presence = PresenceGrants(
             settings.presence_capture, settings.presence_members_per_guild
@@ -102,7 +105,7 @@ class BotApp:
             identify_window=settings.identify_window_seconds,
             max_concurrency=max_concurrency,
         )
-        self.metadata = MetadataWriter(pool, settings)
+        self.metadata = MetadataWriter(pool, guild_defaults)
         self.backfiller = Backfiller(
             pool,
             self.buffer,

@@ -44,6 +44,7 @@ async def main(pod_override: str | None = None) -> int:
     rd = config.redis()
     ch = config.clickhouse()
     commands = config.commands()
+    guild_timezone = config.guild_defaults().timezone
     tel = config.telemetry()
     for url in (pg.dsn, rd.url, ch.query_url()):
         register_url(url.get_secret_value())
@@ -84,8 +85,9 @@ async def main(pod_override: str | None = None) -> int:
             clickhouse=analytics,
             settings=commands,
             redis_prefix=rd.key_prefix,
-            default_timezone=config.guild_defaults().timezone,
+            default_timezone=guild_timezone,
         ),
+        guild_timezone=guild_timezone,
     )
     server = TelemetryServer(tel.host, tel.port, readiness=app.readiness)
     install_signal_handlers(app)

@@ -34,12 +34,13 @@ REGISTER_COLUMNS = (
     "icon",
     "owner_id",
     "joined_at",
+    "timezone",
     "snapshot_hour_utc",
     "count_bot_messages",
 )
 REGISTER = (
-    "INSERT INTO guilds (guild_id, name, icon, owner_id, joined_at, snapshot_hour_utc, "
-    "count_bot_messages) VALUES ($1, $2, $3, $4, $5, $6, $7) "
+    "INSERT INTO guilds (guild_id, name, icon, owner_id, joined_at, timezone, snapshot_hour_utc, "
+    "count_bot_messages) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
     "ON CONFLICT (guild_id) DO UPDATE SET name = EXCLUDED.name, icon = EXCLUDED.icon, "
     "owner_id = EXCLUDED.owner_id, "
     "joined_at = COALESCE(guilds.joined_at, EXCLUDED.joined_at), left_at = NULL, "
@@ -83,9 +84,11 @@ class GuildConfig:
         return self._tracked is None or channel_id in self._tracked
 
 
-def bot_defaults(settings: BotSettings) -> GuildConfig:
-    """A guild's settings until its row says otherwise, and a new row's values."""
+def bot_defaults(settings: BotSettings, timezone: str = "UTC") -> GuildConfig:
+    """A guild's settings until its row says otherwise, and a new row's values; ``timezone``
+    is the platform's default (``HERWA_GUILD_TIMEZONE``)."""
     return GuildConfig(
+        timezone=timezone,
         count_bot_messages=settings.count_bot_messages,
         snapshot_hour_utc=settings.snapshot_hour_utc,
     )

@@ -14,16 +14,15 @@ import asyncpg
 from herwa.bot import channel_types, guild_settings, metrics
 from herwa.bot.buffer import dead_letter, refused
 from herwa.bot.capture import rejected
-from herwa.config import BotSettings
 from herwa.json_types import Json
 
 log = logging.getLogger(__name__)
 
 
 class MetadataWriter:
-    def __init__(self, pool: asyncpg.Pool, settings: BotSettings) -> None:
+    def __init__(self, pool: asyncpg.Pool, defaults: guild_settings.GuildConfig) -> None:
         self.pool = pool
-        self.settings = settings  # a new guild's row starts with the pod's defaults
+        self.defaults = defaults  # a new guild's row starts with the pod's defaults
         self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
     # -- called from gateway handlers: queue, never block ---------------------------------
@@ -50,7 +49,7 @@ class MetadataWriter:
             while True:
                 try:
                     async with self.pool.acquire() as conn:
-                        await upsert_meta(conn, kind, item, self.settings)
+                        await upsert_meta(conn, kind, item, self.defaults)
                     break
                 except Exception as exc:
                     if refused(exc):
@@ -96,13 +95,14 @@ async def _write_rows(
             await dead_letter(conn, table, columns, row, exc)
 
 
-async def upsert_meta(conn: Any, kind: str, item: Any, settings: BotSettings) -> None:
+async def upsert_meta(
+    conn: Any, kind: str, item: Any, defaults: guild_settings.GuildConfig
+) -> None:
     if kind == "guild":
         d: Json = item
         gid = int(d["id"])
         joined = d.get("joined_at")
         # A new guild starts with the pod's defaults; from then on its row is the authority.
-        defaults = guild_settings.bot_defaults(settings)
         await _write_rows(
             conn,
             "guilds",
@@ -115,6 +115,7 @@ async def upsert_meta(conn: Any, kind: str, item: Any, settings: BotSettings) ->
                     d.get("icon"),
                     d.get("owner_id"),
                     datetime.fromisoformat(joined) if joined else None,
+                    defaults.timezone,
                     defaults.snapshot_hour_utc,
                     defaults.count_bot_messages,
                 )

@@ -37,7 +37,6 @@ from herwa.bot.directory import Directory
 from herwa.bot.guild_settings import GuildConfig
 from herwa.bot.metadata import upsert_meta
 from herwa.bot.voice import VoiceTracker
-from herwa.config import BotSettings
 from herwa.devstack import Endpoints
 from herwa.json_types import Json
 
@@ -335,11 +334,11 @@ async def test_fuzzed_capture_never_raises_counts_and_postgres_accepts_what_it_m
         assert await buf.flush(60.0)
         async with pool.acquire() as conn:
             for g in guilds:
-                await upsert_meta(conn, "guild", g, BotSettings())
+                await upsert_meta(conn, "guild", g, GuildConfig())
             for p in profiles:
-                await upsert_meta(conn, "profile", p, BotSettings())
+                await upsert_meta(conn, "profile", p, GuildConfig())
             for item in channels:
-                await upsert_meta(conn, "channel", item, BotSettings())
+                await upsert_meta(conn, "channel", item, GuildConfig())
             dead = await conn.fetch("SELECT table_name, row, reason FROM dead_letter_rows")
             assert [tuple(r) for r in dead] == []
             staged = {

@@ -8,7 +8,7 @@ import asyncio
 import asyncpg
 
 from herwa.bot import guild_settings
-from herwa.bot.guild_settings import GuildConfig
+from herwa.bot.guild_settings import GuildConfig, bot_defaults
 from herwa.bot.metadata import upsert_meta
 from herwa.config import BotSettings
 from herwa.devstack import Endpoints
@@ -29,9 +29,13 @@ async def test_config_changes_are_read_alike_and_survive_the_bots_registration(
         pod = BotSettings(snapshot_hour_utc=7, count_bot_messages=True)
         async with pool.acquire() as conn:
             assert await guild_settings.load(conn, GUILD) is None
-            # A new guild's row starts with the pod's defaults.
-            await upsert_meta(conn, "guild", {"id": str(GUILD), "name": "g"}, pod)
-            assert await guild_settings.load(conn, GUILD) == GuildConfig("UTC", None, True, 7)
+            # A new guild's row starts with the pod's defaults, the platform's time zone
+            # (HERWA_GUILD_TIMEZONE) included.
+            defaults = bot_defaults(pod, "Europe/Berlin")
+            await upsert_meta(conn, "guild", {"id": str(GUILD), "name": "g"}, defaults)
+            assert await guild_settings.load(conn, GUILD) == GuildConfig(
+                "Europe/Berlin", None, True, 7
+            )
 
         await guild_settings.change(pool, GUILD, "timezone", "Asia/Kolkata")
         await guild_settings.change(pool, GUILD, "tracked_channel_ids", [12, 11])
@@ -40,7 +44,9 @@ async def test_config_changes_are_read_alike_and_survive_the_bots_registration(
 
         async with pool.acquire() as conn:
             # The bot sees the guild again (a new GUILD_CREATE): the row stays the authority.
-            await upsert_meta(conn, "guild", {"id": str(GUILD), "name": "renamed"}, BotSettings())
+            await upsert_meta(
+                conn, "guild", {"id": str(GUILD), "name": "renamed"}, bot_defaults(BotSettings())
+            )
             one = await guild_settings.load(conn, GUILD)
             every = await guild_settings.load_all(conn)
         expected = GuildConfig("Asia/Kolkata", (12, 11), True, 5)

@@ -12,8 +12,8 @@ import asyncpg
 from prometheus_client import REGISTRY
 
 from herwa.bot.buffer import FlushBuffer
+from herwa.bot.guild_settings import GuildConfig
 from herwa.bot.metadata import upsert_meta
-from herwa.config import BotSettings
 from herwa.devstack import Endpoints
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -110,7 +110,7 @@ async def test_metadata_writer_sets_aside_a_refused_name_and_writes_the_rest(
     conn = await asyncpg.connect(migrated.postgres_dsn)
     before = {t: _dead(t) for t in ("guilds", "channels")}
     try:
-        settings = BotSettings()
+        settings = GuildConfig()
         guild = {
             "id": "100",
             "name": "ok\x00not",  # NUL: refused by text
