@@ -561,6 +561,7 @@ class Actions:
             user_id,
             name,
             options,
+            user=member.user.payload(),
             type=kind,
             focused=focused,
         )

@@ -42,6 +42,9 @@ class InteractionRecord:
     user_id: int
     name: str
     options: list[Json]
+    # The invoker as Discord shows them in the reply's interaction_metadata, even once they
+    # have left the server.
+    user: Json | None = None
     response_type: int | None = None
     original: Json | None = None
     followups: list[Json] = field(default_factory=list)

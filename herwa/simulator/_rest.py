@@ -346,9 +346,7 @@ class Rest:
                 "id": str(rec.id),
                 "type": 2,
                 "name": rec.name,
-                "user": self.sim.world.guilds[rec.guild_id].members[rec.user_id].user.payload()
-                if rec.guild_id
-                else None,
+                "user": rec.user,
                 "authorizing_integration_owners": {},
             },
         }

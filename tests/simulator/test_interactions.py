@@ -103,6 +103,44 @@ async def test_interaction_round_trip_with_file(make_sim: SimFactory, bots: list
             assert await r.read() == png
 
 
+async def test_a_reply_after_the_invoker_left_still_names_them(
+    make_sim: SimFactory, bots: list[Bot]
+) -> None:
+    """Discord answers an interaction whose member has left the server since: the reply's
+    interaction_metadata still names them."""
+    sim = await make_sim(guilds=1, seed=41)
+    guild_id = next(iter(sim.world.guilds))
+    guild = sim.world.guilds[guild_id]
+    user_id = next(u for u in guild.members if u != guild.owner_id)
+    client = make_client()
+    tree = app_commands.CommandTree(client)
+    invoked, may_answer = asyncio.Event(), asyncio.Event()
+    replies: list[discord.InteractionMessage] = []
+
+    @tree.command(name="slow", description="answers late")
+    async def slow(interaction: discord.Interaction) -> None:
+        invoked.set()
+        await may_answer.wait()  # within the 3 s Discord allows before the first response
+        await interaction.response.send_message("done")
+        replies.append(await interaction.original_response())
+
+    bot = Bot(client)
+    bots.append(bot)
+    await bot.start(sim.config.token)
+    await tree.sync()
+    call = asyncio.create_task(sim.invoke_command(guild_id, "slow", user_id=user_id))
+    await asyncio.wait_for(invoked.wait(), 10)
+    sim.activity.member_leave(guild_id, user_id, at_ms=sim.now_ms())
+    assert user_id not in guild.members
+    may_answer.set()
+    result = await call
+    assert result["complete"]
+    assert result["original"]["content"] == "done"
+    (reply,) = replies
+    assert reply.interaction_metadata is not None
+    assert reply.interaction_metadata.user.id == user_id
+
+
 async def test_random_invocations_follow_the_registered_signatures(
     make_sim: SimFactory, bots: list[Bot]
 ) -> None:
