@@ -8,9 +8,10 @@ everything flushed, 1 rows left unflushed at the end of the grace period, 2 conf
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import socket
+
+import uvloop
 
 from herwa import config
 from herwa.bot.app import BotApp, install_signal_handlers
@@ -28,7 +29,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return asyncio.run(main(getattr(args, "pod_name", None)))
+    # uvloop: a shard reads one websocket frame per event, so the event loop's own cost per
+    # iteration is a large share of capture (figures: benchmarks/README.md).
+    return uvloop.run(main(getattr(args, "pod_name", None)))
 
 
 def pod_identity(configured: str | None) -> str:
