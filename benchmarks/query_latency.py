@@ -85,8 +85,8 @@ _RETENTION_0005 = (
 )
 
 
-async def _retention_0005(ro: Any, tz: str, weeks: int) -> list[tuple[Any, ...]]:
-    p = {
+def _retention_params(tz: str, weeks: int) -> dict[str, Any]:
+    return {
         "guild_id": GUILD,
         "since": int(START.timestamp()),
         "until": int(END.timestamp()),
@@ -94,20 +94,17 @@ async def _retention_0005(ro: Any, tz: str, weeks: int) -> list[tuple[Any, ...]]
         "bots": False,
         "weeks": weeks,
     }
+
+
+async def _retention_0005(ro: Any, tz: str, weeks: int) -> list[tuple[Any, ...]]:
+    p = _retention_params(tz, weeks)
     return [tuple(r) for r in (await ro.query(_RETENTION_0005, parameters=p)).result_rows]
 
 
 async def _retention_daily(
     ro: Any, tz: str, weeks: int
 ) -> list[tuple[date, int, tuple[int, ...], tuple[int, ...]]]:
-    p = {
-        "guild_id": GUILD,
-        "since": int(START.timestamp()),
-        "until": int(END.timestamp()),
-        "tz": tz,
-        "bots": False,
-        "weeks": weeks,
-    }
+    p = _retention_params(tz, weeks)
     sizes = await ro.query(
         f"SELECT week, count() FROM ({_DAILY_COHORT}) GROUP BY week", parameters=p
     )

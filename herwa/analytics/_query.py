@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
@@ -27,6 +27,15 @@ def epoch(at: datetime) -> int:
 def check_tz(tz: str) -> str:
     ZoneInfo(tz)  # raises for anything that is not an IANA name; bound as a parameter anyway
     return tz
+
+
+def local_days(tz: str, since: datetime, until: datetime) -> list[date]:
+    """Every local day of ``tz`` that [since, until) touches, in order: the days a per-day
+    answer has a row for, zero or not."""
+    zone = ZoneInfo(tz)
+    day = since.astimezone(zone).date()
+    last = (until - timedelta(microseconds=1)).astimezone(zone).date()
+    return [day + timedelta(days=n) for n in range((last - day).days + 1)]
 
 
 def params(guild_id: int, since: datetime, until: datetime, **extra: Any) -> dict[str, Any]:

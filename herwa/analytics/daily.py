@@ -13,11 +13,10 @@ figure is that day's /overview figure.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import TYPE_CHECKING
-from zoneinfo import ZoneInfo
 
-from herwa.analytics._query import SINCE, UNTIL, check_tz, params, rows
+from herwa.analytics._query import SINCE, UNTIL, check_tz, local_days, params, rows
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.asyncclient import AsyncClient
@@ -119,12 +118,7 @@ async def daily(
     messages = {day: int(n) for day, n in await rows(client, _MESSAGES, p)}
     active = {day: int(n) for day, n in await rows(client, _ACTIVE, p)}
     voice = {day: (float(s), int(n)) for day, s, n in await rows(client, _VOICE, p)}
-    zone = ZoneInfo(tz)
-    day = since.astimezone(zone).date()
-    last = (until - timedelta(microseconds=1)).astimezone(zone).date()
-    out = []
-    while day <= last:
-        seconds, members = voice.get(day, (0.0, 0))
-        out.append(DayActivity(day, messages.get(day, 0), active.get(day, 0), seconds, members))
-        day += timedelta(days=1)
-    return out
+    return [
+        DayActivity(day, messages.get(day, 0), active.get(day, 0), *voice.get(day, (0.0, 0)))
+        for day in local_days(tz, since, until)
+    ]

@@ -5,11 +5,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import TYPE_CHECKING
-from zoneinfo import ZoneInfo
 
-from herwa.analytics._query import SINCE, UNTIL, check_tz, params, rows
+from herwa.analytics._query import SINCE, UNTIL, check_tz, local_days, params, rows
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.asyncclient import AsyncClient
@@ -69,13 +68,9 @@ async def growth(
     p = params(guild_id, since, until, tz=check_tz(tz), bots=include_bots)
     events = {day: (int(j), int(lv)) for day, j, lv in await rows(client, growth_sql(), p)}
     snapshots = {day: int(n) for day, n in await rows(client, member_count_sql(), p)}
-    zone = ZoneInfo(tz)
-    day = since.astimezone(zone).date()
-    last = (until - timedelta(microseconds=1)).astimezone(zone).date()
     points, net = [], 0
-    while day <= last:
+    for day in local_days(tz, since, until):
         joins, leaves = events.get(day, (0, 0))
         net += joins - leaves
         points.append(GrowthPoint(day, joins, leaves, net, snapshots.get(day)))
-        day += timedelta(days=1)
     return points
