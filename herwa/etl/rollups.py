@@ -206,6 +206,24 @@ async def recompute(ch: AsyncClient, buckets: list[tuple[int, int]]) -> None:
         await _recompute_chunk(ch, buckets[start : start + _CHUNK])
 
 
+def _live_messages(bucket: str, keys: str) -> str:
+    """The messages not deleted, of the guilds and times [lo, hi) bound as parameters, whose
+    (guild_id, epoch seconds of ``bucket``) is ``keys`` (an IN over the external table)."""
+    # created_at is bounded in its own type, DateTime64(3): against a DateTime bound the
+    # partition minmax index skipped a part whose rows lie in the bound's last second.
+    return f"""
+        SELECT guild_id, created_at, channel_id, author_id, is_bot
+        FROM messages FINAL
+        WHERE guild_id IN {{guilds:Array(UInt64)}}
+          AND created_at >= toDateTime64({{lo:UInt32}}, 3, 'UTC')
+          AND created_at < toDateTime64({{hi:UInt32}}, 3, 'UTC')
+          AND (guild_id, toUInt32(toUnixTimestamp({bucket}))) {keys}
+          AND (guild_id, message_id) NOT IN (
+              SELECT guild_id, message_id FROM message_deletions
+              WHERE guild_id IN {{guilds:Array(UInt64)}})
+    """
+
+
 async def _recompute_chunk(ch: AsyncClient, buckets: list[tuple[int, int]]) -> None:
     if not buckets:
         return
@@ -223,19 +241,7 @@ async def _recompute_chunk(ch: AsyncClient, buckets: list[tuple[int, int]]) -> N
         )
 
     in_buckets = "IN (SELECT guild_id, hour FROM buckets)"
-    # created_at is bounded in its own type, DateTime64(3): against a DateTime bound the
-    # partition minmax index skipped a part whose rows lie in the bound's last second.
-    live = f"""
-        SELECT guild_id, created_at, channel_id, author_id, is_bot
-        FROM messages FINAL
-        WHERE guild_id IN {{guilds:Array(UInt64)}}
-          AND created_at >= toDateTime64({{lo:UInt32}}, 3, 'UTC')
-          AND created_at < toDateTime64({{hi:UInt32}}, 3, 'UTC')
-          AND (guild_id, toUInt32(toUnixTimestamp(toStartOfHour(created_at)))) {in_buckets}
-          AND (guild_id, message_id) NOT IN (
-              SELECT guild_id, message_id FROM message_deletions
-              WHERE guild_id IN {{guilds:Array(UInt64)}})
-    """
+    live = _live_messages("toStartOfHour(created_at)", in_buckets)
     await ch.command(
         f"""
         INSERT INTO message_activity_hourly
@@ -322,14 +328,7 @@ async def _recompute_days(ch: AsyncClient, days: list[tuple[int, int]]) -> None:
         FROM (
             SELECT guild_id, toDate(created_at) AS day, is_bot, author_id, toUInt32(1) AS n,
                    toDateTime(created_at, 'UTC') AS first, toDateTime(created_at, 'UTC') AS last
-            FROM messages FINAL
-            WHERE guild_id IN {{guilds:Array(UInt64)}}
-              AND created_at >= toDateTime64({{lo:UInt32}}, 3, 'UTC')
-              AND created_at < toDateTime64({{hi:UInt32}}, 3, 'UTC')
-              AND (guild_id, toUInt32(toUnixTimestamp(toStartOfDay(created_at)))) {in_days}
-              AND (guild_id, message_id) NOT IN (
-                  SELECT guild_id, message_id FROM message_deletions
-                  WHERE guild_id IN {{guilds:Array(UInt64)}})
+            FROM ({_live_messages("toStartOfDay(created_at)", in_days)})
             UNION ALL
             {zero_rows("message_activity_author_days", "guild_id, day, is_bot, author_id")}
         )
