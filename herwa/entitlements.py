@@ -61,11 +61,7 @@ class Entitlement:
     generation: int = 0
 
     def state(self, now: datetime | None = None) -> State:
-        if self.suspended:
-            return "suspended"
-        if self.valid_until is not None and self.valid_until <= (now or datetime.now(UTC)):
-            return "expired"
-        return "active"
+        return _state(self.suspended, self.valid_until, now)
 
     def cache_value(self, now: datetime | None = None) -> dict[str, Any]:
         return {
@@ -78,6 +74,30 @@ class Entitlement:
             "valid_until": self.valid_until.isoformat() if self.valid_until else None,
             "generation": self.generation,
         }
+
+
+def _state(suspended: bool, valid_until: datetime | None, now: datetime | None) -> State:
+    if suspended:
+        return "suspended"
+    if valid_until is not None and valid_until <= (now or datetime.now(UTC)):
+        return "expired"
+    return "active"
+
+
+@dataclass(frozen=True)
+class FeatureHolders:
+    """Which servers hold one feature, as of one read of Postgres: a server with an entitlement
+    holds it while that entitlement is active and lists it, any other server when the default
+    tier lists it."""
+
+    granted: frozenset[int] = frozenset()
+    denied: frozenset[int] = frozenset()  # an entitlement without it, or not active
+    default: bool = False
+
+    def holds(self, guild_id: int) -> bool:
+        if guild_id in self.denied:
+            return False
+        return guild_id in self.granted or self.default
 
 
 @dataclass(frozen=True)
@@ -204,6 +224,25 @@ def _entitlement(row: asyncpg.Record | None) -> Entitlement | None:
         suspended=row["suspended"],
         generation=row["generation"],
     )
+
+
+async def feature_holders(
+    conn: Queryable, feature: str, now: datetime | None = None
+) -> FeatureHolders:
+    """Which servers hold ``feature`` now (:class:`FeatureHolders`)."""
+    granted: set[int] = set()
+    denied: set[int] = set()
+    for row in await conn.fetch(
+        "SELECT guild_id, features, valid_until, suspended FROM entitlements"
+    ):
+        active = _state(row["suspended"], row["valid_until"], now) == "active"
+        (granted if active and feature in row["features"] else denied).add(int(row["guild_id"]))
+    default = await conn.fetchval(
+        """SELECT EXISTS (SELECT 1 FROM tiers t JOIN tier_features tf ON tf.tier = t.tier
+                          WHERE t.is_default AND tf.feature = $1)""",
+        feature,
+    )
+    return FeatureHolders(frozenset(granted), frozenset(denied), bool(default))
 
 
 async def allowed_commands(

@@ -20,25 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from herwa.bot.capture import PRESENCE_STATUSES, Row
+from herwa.entitlements import FeatureHolders, Queryable, feature_holders
 
 FEATURE = "presence"
 _OFFLINE = PRESENCE_STATUSES.index("offline")
-
-# Servers with a subscription: granted when active and its features include presence. Servers
-# without one: the default tier's grant.
-_GRANTS = """
-    SELECT e.guild_id,
-           $1 = ANY(e.features) AND NOT e.suspended
-               AND (e.valid_until IS NULL OR e.valid_until > now()) AS granted
-    FROM entitlements e
-"""
-_DEFAULT = """
-    SELECT EXISTS (SELECT 1 FROM tiers t JOIN tier_features tf ON tf.tier = t.tier
-                   WHERE t.is_default AND tf.feature = $1)
-"""
 
 
 @dataclass
@@ -47,23 +34,14 @@ class PresenceGrants:
 
     enabled: bool  # the pod requested the intent
     members_per_guild: int
-    granted: frozenset[int] = frozenset()
-    denied: frozenset[int] = frozenset()
-    default: bool = False
+    holders: FeatureHolders = field(default_factory=FeatureHolders)
 
     def allows(self, guild_id: int) -> bool:
-        if not self.enabled or guild_id in self.denied:
-            return False
-        return guild_id in self.granted or self.default
+        return self.enabled and self.holders.holds(guild_id)
 
-    async def load(self, conn: Any) -> None:
-        if not self.enabled:
-            return
-        rows = await conn.fetch(_GRANTS, FEATURE)
-        default = bool(await conn.fetchval(_DEFAULT, FEATURE))
-        self.granted = frozenset(int(r["guild_id"]) for r in rows if r["granted"])
-        self.denied = frozenset(int(r["guild_id"]) for r in rows if not r["granted"])
-        self.default = default
+    async def load(self, conn: Queryable) -> None:
+        if self.enabled:
+            self.holders = await feature_holders(conn, FEATURE)
 
 
 @dataclass

@@ -4,10 +4,12 @@ and how much a shard's presence state holds."""
 from __future__ import annotations
 
 import tracemalloc
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from herwa.bot.capture import presence_row
 from herwa.bot.presence import PresenceGrants, PresenceTransitions
+from herwa.entitlements import FeatureHolders
 
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
 G, OTHER, DENIED = 10, 20, 30
@@ -30,7 +32,7 @@ def recorded(t: PresenceTransitions, d: dict[str, object]) -> bool:
 
 
 def test_only_status_or_activity_type_changes_are_transitions() -> None:
-    t = PresenceTransitions(PresenceGrants(True, 100, granted=frozenset({G})))
+    t = PresenceTransitions(PresenceGrants(True, 100, FeatureHolders(granted=frozenset({G}))))
     assert recorded(t, update(1, "online"))
     assert not recorded(t, update(1, "online"))  # a new song: same status, same types
     assert recorded(t, update(1, "online", 2))  # started listening
@@ -44,21 +46,25 @@ def test_only_status_or_activity_type_changes_are_transitions() -> None:
 
 
 def test_only_granted_servers_are_recorded() -> None:
-    grants = PresenceGrants(True, 100, granted=frozenset({G}), denied=frozenset({DENIED}))
+    grants = PresenceGrants(
+        True, 100, FeatureHolders(granted=frozenset({G}), denied=frozenset({DENIED}))
+    )
     t = PresenceTransitions(grants)
     assert recorded(t, update(1, "online", guild=G))
     assert not recorded(t, update(1, "online", guild=OTHER))
     # The default tier grants presence: every server without a subscription, not a denied one.
-    grants.default = True
+    grants.holders = replace(grants.holders, default=True)
     assert recorded(t, update(1, "online", guild=OTHER))
     assert not recorded(t, update(1, "online", guild=DENIED))
     # A pod started without the intent records nothing, whatever the tiers say.
-    off = PresenceTransitions(PresenceGrants(False, 100, granted=frozenset({G}), default=True))
+    off = PresenceTransitions(
+        PresenceGrants(False, 100, FeatureHolders(granted=frozenset({G}), default=True))
+    )
     assert not recorded(off, update(2, "online"))
 
 
 def test_state_is_bounded_per_server_and_forgotten() -> None:
-    t = PresenceTransitions(PresenceGrants(True, 3, default=True))
+    t = PresenceTransitions(PresenceGrants(True, 3, FeatureHolders(default=True)))
     for user in range(1, 6):
         assert recorded(t, update(user, "online"))
     assert t.held == 3  # the three most recently changed
@@ -82,7 +88,7 @@ def test_unreadable_activities_are_left_out_and_bad_status_yields_nothing() -> N
 
 def test_memory_held_per_member() -> None:
     members = 10_000
-    grants = PresenceGrants(True, members, default=True)
+    grants = PresenceGrants(True, members, FeatureHolders(default=True))
     t = PresenceTransitions(grants)
     base = 10**17
     tracemalloc.start()
