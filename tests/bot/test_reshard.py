@@ -5,8 +5,9 @@ count and pods of that count join on standby; once every new shard is connected 
 hands over and the new one takes over. Sampled every 200 ms: no moment at which both fleets
 record, and the old fleet lets go of its shards only while every new shard is connected. At
 the end every family in Postgres equals the ledger (nothing lost, nothing twice, voice seconds
-within the usual bound), the new fleet skipped what the old one had recorded, and the
-simulator refused no IDENTIFY (max_concurrency per window) with one session start per shard.
+within the usual bound, presence transitions of the one guild whose subscription grants
+them), the new fleet skipped what the old one had recorded, and the simulator refused no
+IDENTIFY (max_concurrency per window) with one session start per shard.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from herwa.devstack import Endpoints
 from herwa.simulator import GatewayConfig, Simulator, SimulatorConfig
 from tests.bot.conftest import ROOT, BotProcess, Fleet, pg, split_names, wait_for
 from tests.bot.expect import settle
+from tests.bot.fault_families import scenario
+from tests.bot.test_presence import subscribe_presence
 
 pytestmark = pytest.mark.slow
 
@@ -40,6 +43,7 @@ async def reshard_sim() -> AsyncIterator[Simulator]:
         seed=29,
         gateway=GatewayConfig(identify_window_s=0.25, heartbeat_interval_ms=5_000),
         history_rate=(50, 0.2),
+        scenario=scenario(29, presence=True),
     )
     async with Simulator(config) as s:
         yield s
@@ -63,6 +67,7 @@ class Generation:
             # 0.25 s window), so the test asserts the bot's pacing rather than this machine's
             # scheduling (CI saw 110 ms of skew at FAST_ENV's spacing).
             "HERWA_BOT_IDENTIFY_WINDOW_SECONDS": "0.5",
+            "HERWA_BOT_PRESENCE_CAPTURE": "true",
         }
         self.fleet = Fleet(sim, endpoints, log_dir, env)
 
@@ -151,6 +156,10 @@ async def reshard_under_traffic(
     sim: Simulator, endpoints: Endpoints, tmp_path: Path, old_count: int, new_count: int, pods: int
 ) -> None:
     dsn = endpoints.postgres_dsn
+    # Presence is recorded in one guild (its subscription grants it): rows keyed by receive
+    # time, held by the standby fleet and placed by the anchors like member leaves.
+    guilds = sorted(sim.world.guilds)
+    await subscribe_presence(dsn, guilds[0], guilds[1])
     old = Generation(sim, endpoints, tmp_path / f"s{old_count}", old_count)
     new = Generation(sim, endpoints, tmp_path / f"s{new_count}", new_count)
 
@@ -196,7 +205,9 @@ async def reshard_under_traffic(
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
-        await settle(sim, dsn, content=False, timeout=30, diagnose=diagnose)
+        await settle(sim, dsn, content=False, timeout=30, diagnose=diagnose, presence={guilds[0]})
+        presence = sum(sim.ledger.presence_rows({guilds[0]}).values())
+        assert presence > 0  # the comparison above held rows, not two empty sets
         skipped = await new.metric('herwa_bot_reshard_events_total{outcome="skipped"}')
         found = await new.metric('herwa_bot_reshard_anchors_total{outcome="found"}')
         # The new fleet held events the old one had recorded, and left them out by the anchors.
@@ -213,7 +224,8 @@ async def reshard_under_traffic(
         print(
             f"{old_count} -> {new_count} shards: new fleet recording {took:.1f}s after its pods "
             f"started; held events skipped={skipped:.0f} anchors found={found:.0f}; "
-            f"samples={watch.samples} emitted={sum(sim.ledger.events_emitted.values())}"
+            f"samples={watch.samples} presence transitions={presence} "
+            f"emitted={sum(sim.ledger.events_emitted.values())}"
         )
     finally:
         await asyncio.gather(new.fleet.stop(), old.fleet.stop())
