@@ -61,7 +61,7 @@ BAR_HALF_WIDTH = 0.4
 # Share of a series' span left free at each end of an axis.
 MARGIN = 0.05
 # Anti-aliased lines and markers are drawn this many times larger, then scaled down.
-SUPERSAMPLE = 4
+SUPERSAMPLE = 2
 
 
 @dataclass(frozen=True)
