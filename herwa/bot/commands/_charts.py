@@ -4,8 +4,8 @@ text.
 
 The look is the one the charts had when matplotlib drew them (its default sizes at 100 dpi:
 10 pt text, 12 pt titles, ticks 3.5 pt long and outward, viridis and Blues), without its
-import (~60 MB with numpy, most of a bot's memory) or its layout machinery (most of a render's
-CPU time). See benchmarks/README.md for the figures.
+import (with numpy, most of what drawing added to a bot's memory) or its layout machinery (most
+of a render's CPU time). See benchmarks/README.md for the figures.
 
 Renders run in worker threads side by side: each builds its own image, and fonts are kept per
 thread (a FreeType face is not meant to be shared between threads). Pillow is imported by the
@@ -56,7 +56,7 @@ LABEL_PAD = 6
 TITLE_PAD = 8
 
 MAX_DATE_TICKS = 10
-# Day numbers of a bar's edges around its day (matplotlib's default bar width, 0.8).
+# Half a bar's width, in days (matplotlib's default bar width is 0.8).
 BAR_HALF_WIDTH = 0.4
 # Share of a series' span left free at each end of an axis.
 MARGIN = 0.05
@@ -146,9 +146,9 @@ def shade(table: bytes, fraction: float) -> Colour:
 
 
 def nice_ticks(low: float, high: float, most: int) -> list[int]:
-    """Whole numbers within [low, high], at most ``most`` of them, spaced by 1, 2, 2.5 or 5
-    times a power of ten (2.5 only from 25 up): the fewest round steps that still give ``most``
-    or fewer ticks. Counts are whole, so no tick falls between two of them."""
+    """Whole numbers within [low, high], at most ``most`` (>= 1) of them, spaced by the
+    finest round step that allows that: 1, 2, 2.5 or 5 times a power of ten (2.5 only from 25
+    up; counts are whole, so no tick falls between two of them)."""
     if high < low:
         low, high = high, low
     exponent = 0
@@ -409,15 +409,16 @@ def _legend(
     light grey edge; a swatch (bars) or a line with a marker (series) before each label."""
     from PIL import Image
 
-    font = _font(TEXT)
-    ascent, descent = font.getmetrics()
-    handle, gap, pad, pitch = 28, 11, 6, ascent + descent + 3
+    ascent, descent = _font(TEXT).getmetrics()
+    # matplotlib's legend metrics for 10 pt text: handles 2 em long, 0.8 em before the label,
+    # 0.4 em inside the border, 0.5 em from the axes.
+    handle, gap, pad, inset, pitch = 28, 11, 6, 7, ascent + descent + 3
     width = 2 * pad + handle + gap + max(text_width(label) for _, _, label in entries)
     legend = _Box(
-        box.left + 7,
-        box.top + 7,
-        round(box.left + 7 + width),
-        box.top + 7 + 2 * pad + len(entries) * pitch,
+        box.left + inset,
+        box.top + inset,
+        round(box.left + inset + width),
+        box.top + inset + 2 * pad + len(entries) * pitch,
     )
     area = (legend.left, legend.top, legend.right + 1, legend.bottom + 1)
     chart.image.paste(
