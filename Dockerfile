@@ -45,8 +45,7 @@ RUN groupadd --system --gid 10001 herwa \
 COPY --from=build /opt/herwa /opt/herwa
 ENV PATH=/opt/herwa/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    MPLCONFIGDIR=/tmp/matplotlib
+    PYTHONUNBUFFERED=1
 USER 10001:10001
 EXPOSE 9100
 ENTRYPOINT ["herwa"]

@@ -10,7 +10,7 @@ random traffic (messages, edits, deletes, voice, joins and leaves, threads, and 
 charts included) at ``--rate`` events per second for ``--seconds``; the bot's RSS is sampled
 every second. Printed: RSS once the guilds are loaded, the steady RSS (the median of the last
 half of the samples) and its maximum beside the target (<= 150 MB), and ``target met``; then,
-for information, the RSS after one /heatmap, because the first chart loads matplotlib.
+for information, the RSS after one /heatmap: the first chart loads Pillow and its fonts.
 
 Stores: HERWA_POSTGRES_DSN / HERWA_REDIS_URL / HERWA_CLICKHOUSE_URL (and
 HERWA_CLICKHOUSE_READONLY_URL) if set (throw-away databases are created), otherwise an
@@ -164,7 +164,7 @@ async def run(stores: Endpoints, guilds: int, seconds: float, rate: float) -> bo
                 await asyncio.sleep(1)
                 samples.append(rss_mb(proc.pid))
             await sim.stop_activity()
-            # What drawing adds: the first chart loads matplotlib (not part of the target).
+            # What drawing adds: the first chart loads Pillow and its fonts (for information).
             small = min(sim.world.guilds.values(), key=lambda g: len(g.members))
             answer = await sim.invoke_command(small.id, "heatmap", [], timeout=120)
             original = answer.get("original") or {}
@@ -184,7 +184,7 @@ async def run(stores: Endpoints, guilds: int, seconds: float, rate: float) -> bo
             flush=True,
         )
         print(
-            f"  after one /heatmap ({'a PNG' if png else 'no PNG'}), matplotlib loaded:"
+            f"  after one /heatmap ({'a PNG' if png else 'no PNG'}), Pillow loaded:"
             f" RSS {charted:.0f} MB (for information)",
             flush=True,
         )

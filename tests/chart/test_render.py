@@ -161,10 +161,9 @@ def test_pods_are_locked_down(rendered: dict[tuple[str, str], Manifests], values
             assert sc["allowPrivilegeEscalation"] is False, where
             assert sc["capabilities"]["drop"] == ["ALL"], where
             assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, where
-            # A read-only root needs a writable /tmp (matplotlib's cache lives there).
+            # A read-only root still gets a writable /tmp, for libraries' scratch files.
             tmp_mount = {"name": "tmp", "mountPath": "/tmp"}  # noqa: S108
             assert tmp_mount in c["volumeMounts"], where
-            assert env_of(c)["MPLCONFIGDIR"]["value"].startswith("/tmp"), where  # noqa: S108
             assert c["resources"]["requests"], where
         if workload["kind"] != "Deployment":  # only the operator talks to the API server
             assert pod["automountServiceAccountToken"] is False, where

@@ -142,8 +142,6 @@ app.kubernetes.io/component: {{ index . 1 }}
   value: {{ .Values.telemetry.logFormat | quote }}
 - name: HERWA_GUILD_TIMEZONE
   value: {{ .Values.guildDefaults.timezone | quote }}
-- name: MPLCONFIGDIR
-  value: /tmp/matplotlib
 - name: K8S_NAMESPACE
   valueFrom:
     fieldRef:

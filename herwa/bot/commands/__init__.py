@@ -37,14 +37,19 @@ from herwa.bot.commands import (
     usage,
 )
 from herwa.bot.commands._charts import (
-    DPI,
     GROWTH_SIZE,
     HEATMAP_SIZE,
+    JOINS_COLOUR,
+    LEAVES_COLOUR,
+    MAX_DATE_TICKS,
     MEMBERS_COLOUR,
     RETENTION_SIZE,
     WEEKDAYS,
+    count_labels,
+    date_ticks,
     growth_png,
     heatmap_png,
+    nice_ticks,
     png_size,
     retention_png,
 )
@@ -60,9 +65,11 @@ from herwa.bot.commands._options import (
 from herwa.bot.commands._runtime import CommandDeps, CommandRuntime, CommandSpec
 
 __all__ = [
-    "DPI",
     "GROWTH_SIZE",
     "HEATMAP_SIZE",
+    "JOINS_COLOUR",
+    "LEAVES_COLOUR",
+    "MAX_DATE_TICKS",
     "MEMBERS_COLOUR",
     "RETENTION_SIZE",
     "WEEKDAYS",
@@ -73,10 +80,13 @@ __all__ = [
     "Gate",
     "OptionError",
     "bounded_int",
+    "count_labels",
     "date_range",
+    "date_ticks",
     "growth_png",
     "heatmap_png",
     "install",
+    "nice_ticks",
     "parse_channel_id",
     "parse_channel_ids",
     "parse_timezone",
