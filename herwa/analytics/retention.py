@@ -10,18 +10,24 @@ and +05:45 included, no raw fallback needed): a UTC week touches at most two loc
 local weeks an author was active in that week are exactly those of its first and last live
 message (migration 0005 explains why). ``source="raw"`` reads the messages themselves.
 
-The query handles one row per member: the cohort is joined to each member's week arrays and
-the local weeks their voice sessions started in (both small per member). The message times are
-cut to those that can fall in the member's first ``weeks`` local weeks and only those converted;
-each member then has the distinct numbers N of the weeks they were active in, which ``sumMap``
-counts per cohort (no per-week vector per member, no lambda inside a lambda: ClickHouse
-evaluates a lambda's captured expressions again for every element). The cohort is read once,
-and cohort sizes, message and voice matrices come back from one statement, in one round trip.
+Cohorts come from member_joins (the joins alone, a row each) and voice from
+voice_starts_by_member (per member, the set of their sessions' start times), both kept by
+ClickHouse from the loaded rows (migration 0010); ``source="raw"`` reads member_events and
+voice_sessions instead.
 
-Member joins and voice sessions are read without FINAL, unlike elsewhere: what is taken from
-them (a member's earliest join, the distinct members per cohort and week) is the same with a
-row loaded twice, as every version of such a row has the same member, time and bot flag, and
-deletions are masked either way. FINAL there cost more than the rest of the query.
+The query handles one row per member: the cohort is joined to each member's week arrays and
+voice start times (both small per member). The times are cut to those that can fall in the
+member's first ``weeks`` local weeks and only those converted; each member then has the
+distinct numbers N of the weeks they were active in, which ``sumMap`` counts per cohort (no
+per-week vector per member, no lambda inside a lambda: ClickHouse evaluates a lambda's
+captured expressions again for every element). The cohort is read once, and cohort sizes,
+message and voice matrices come back from one statement, in one round trip.
+
+Member joins and voice sessions are read without FINAL (but the per-member voice sets, which
+need it to be one row per member), unlike elsewhere: what is taken from them (a member's
+earliest join, the distinct local weeks of their voice starts) is the same with a row loaded
+twice, as every version of such a row has the same member, time and bot flag, and deletions
+are masked either way.
 """
 
 # ruff: noqa: S608 - only constant SQL fragments are composed; every value is a bound parameter.
@@ -47,13 +53,23 @@ class Cohort:
     voice_active: tuple[int | None, ...]
 
 
-_COHORT = f"""
-    SELECT user_id, toStartOfWeek(toTimeZone(min(at), {{tz:String}}), 1) AS week
-    FROM member_events
-    WHERE guild_id = {{guild_id:UInt64}} AND event = 'join' AND (NOT is_bot OR {{bots:Bool}})
-    GROUP BY user_id
-    HAVING min(at) >= {SINCE} AND min(at) < {UNTIL}
-"""
+# A member's first join: the min over their joins, bots left out unless asked.
+_COHORT = {
+    "rollup": f"""
+        SELECT user_id, toStartOfWeek(toTimeZone(min(at), {{tz:String}}), 1) AS week
+        FROM member_joins
+        WHERE guild_id = {{guild_id:UInt64}} AND (NOT is_bot OR {{bots:Bool}})
+        GROUP BY user_id
+        HAVING min(at) >= {SINCE} AND min(at) < {UNTIL}
+    """,
+    "raw": f"""
+        SELECT user_id, toStartOfWeek(toTimeZone(min(at), {{tz:String}}), 1) AS week
+        FROM member_events
+        WHERE guild_id = {{guild_id:UInt64}} AND event = 'join' AND (NOT is_bot OR {{bots:Bool}})
+        GROUP BY user_id
+        HAVING min(at) >= {SINCE} AND min(at) < {UNTIL}
+    """,
+}
 
 # Per member, what their activity is read from (joined on user_id).
 _MESSAGES = {
@@ -67,34 +83,49 @@ _MESSAGES = {
         GROUP BY user_id
     """,
 }
-# A member's voice sessions, as the distinct local weeks they started in. Only sessions that
-# can fall in a cohort's first weeks are read: a cohort's local Monday lies at most 7 days and
-# 14 hours before its first join, its last week ends at most 7 * weeks days and 12 hours after
-# the last one.
-_VOICE = f"""
-    SELECT user_id, groupUniqArray(toStartOfWeek(toTimeZone(joined_at, {{tz:String}}), 1)) AS weeks
-    FROM voice_sessions
-    WHERE guild_id = {{guild_id:UInt64}} AND joined_at >= {SINCE} - INTERVAL 8 DAY
-      AND joined_at < {UNTIL} + toIntervalDay(7 * {{weeks:UInt16}} + 8)
-    GROUP BY user_id
-"""
+# Per member, the start times of their voice sessions. The raw read keeps only those that can
+# fall in some cohort's first weeks: a cohort's local Monday lies at most 7 days and 14 hours
+# before its first join, its last week ends at most 7 * weeks days and 12 hours after the last
+# one. The per-member sets are cut to each member's own weeks below, before any conversion.
+_VOICE = {
+    "rollup": """
+        SELECT user_id, joined_at AS times
+        FROM voice_starts_by_member FINAL WHERE guild_id = {guild_id:UInt64}
+    """,
+    "raw": f"""
+        SELECT user_id, groupArray(joined_at) AS times
+        FROM voice_sessions
+        WHERE guild_id = {{guild_id:UInt64}} AND joined_at >= {SINCE} - INTERVAL 8 DAY
+          AND joined_at < {UNTIL} + toIntervalDay(7 * {{weeks:UInt16}} + 8)
+        GROUP BY user_id
+    """,
+}
 
 # A cohort's local weeks 0 .. weeks-1 start at its local Monday 00:00, which is between Sunday
-# 10:00 and Monday 12:00 UTC: these bounds hold them with room to spare. For the rollup, the UTC
-# weeks that can touch them: a UTC week touches only the local weeks starting up to a week
-# before or after its Monday.
+# 10:00 and Monday 12:00 UTC: these bounds hold them with room to spare.
 _IN_WINDOW = (
     "t >= toDateTime(m.week - 1, 'UTC') AND t < toDateTime(m.week + 7 * {weeks:UInt16} + 1, 'UTC')"
 )
-_WEEK_IN_WINDOW = "w >= m.week - 7 AND w < m.week + 7 * ({weeks:UInt16} + 1)"
+# For the rollup, the UTC weeks that can touch them: a UTC week touches only the local weeks
+# starting up to a week before or after its Monday, so those of the weeks + 2 UTC Mondays from
+# m.week - 7 on. The week arrays are ascending, so these are a slice of at most weeks + 2
+# elements from the first week not before m.week - 7: one lambda pass to find its start instead
+# of a filter per array (ClickHouse copies a lambda's captured columns for every element). When
+# the member skipped weeks the slice runs past the window; those times fall in local weeks
+# after week weeks-1, which _week_numbers drops.
+_SLICE = {
+    "rollup": "arrayCount(w -> w < m.week - 7, a.weeks) + 1 AS slice_from,",
+    "raw": "",
+}
 # The times (UTC) of a member's activity that can fall in their first weeks.
 _TIMES = {
-    "rollup": f"""
-        arrayConcat(arrayFilter((t, w) -> {_WEEK_IN_WINDOW}, a.first_at, a.weeks),
-                     arrayFilter((t, w) -> {_WEEK_IN_WINDOW}, a.last_at, a.weeks))
+    "rollup": """
+        arrayConcat(arraySlice(a.first_at, slice_from, {weeks:UInt16} + 2),
+                    arraySlice(a.last_at, slice_from, {weeks:UInt16} + 2))
     """,
     "raw": f"arrayFilter(t -> {_IN_WINDOW}, a.times)",
 }
+_VOICE_TIMES = f"arrayFilter(t -> {_IN_WINDOW}, v.times)"
 
 
 def _local_weeks(times: str) -> str:
@@ -135,12 +166,12 @@ def cohort_sql(source: Literal["rollup", "raw"] = "rollup") -> str:
             SELECT cohort, count() AS joined, {_per_week("message_weeks")} AS active,
                    {_per_week("voice_weeks")} AS voice
             FROM (
-                SELECT m.week AS cohort,
+                SELECT m.week AS cohort, {_SLICE[source]}
                        {_week_numbers(_local_weeks(_TIMES[source]))} AS message_weeks,
-                       {_week_numbers("v.weeks")} AS voice_weeks
-                FROM ({_COHORT}) AS m
+                       {_week_numbers(_local_weeks(_VOICE_TIMES))} AS voice_weeks
+                FROM ({_COHORT[source]}) AS m
                 LEFT JOIN ({_MESSAGES[source]}) AS a ON a.user_id = m.user_id
-                LEFT JOIN ({_VOICE}) AS v ON v.user_id = m.user_id
+                LEFT JOIN ({_VOICE[source]}) AS v ON v.user_id = m.user_id
             )
             GROUP BY cohort
         ) ARRAY JOIN arrayMap(k -> toUInt16(k), range({{weeks:UInt16}})) AS n

@@ -59,8 +59,10 @@ from herwa.etl.expiry_plan import (
     CLICKHOUSE_DATE_ARRAYS,
     POSTGRES_EXPIRED,
     Target,
+    TimeSets,
     clickhouse_catalogue,
     plan_for,
+    time_sets,
 )
 from herwa.etl.history_windows import Windows, cutoff, windows
 
@@ -164,7 +166,8 @@ async def expire_due(
             return outcome
     outcome.due = True
     catalogue = await clickhouse_catalogue(ch)
-    targets, problems = plan_for(await privacy.clickhouse_tables(ch), catalogue)
+    tables = await privacy.clickhouse_tables(ch)
+    targets, problems = plan_for(tables, catalogue)
     # Reported, not retried run after run: only a schema change can fix it
     # (expiry_plan.audit() fails the tests for it first).
     metrics.unexpirable.set(len(problems))
@@ -191,6 +194,10 @@ async def expire_due(
         )
         for table, arrays in CLICKHOUSE_DATE_ARRAYS.items()
         if table in catalogue
+    ]
+    jobs += [
+        (sets.table, functools.partial(_expire_time_sets, ch, sets, current, today, outcome))
+        for sets in time_sets(tables, catalogue)
     ]
     complete = True
     for table, expire in jobs:
@@ -325,9 +332,54 @@ async def _expire_arrays(
         rows = (
             await ch.query(f"SELECT count() FROM `{table}` FINAL WHERE {where}", parameters=params)
         ).result_rows[0][0]
+        if not rows:  # their dates are all within their own windows
+            continue
         await ch.command(
             f"INSERT INTO `{table}` ({listed}) SELECT {select} FROM `{table}` FINAL WHERE {where}",
             parameters=params,
+        )
+        outcome.rows[name] = outcome.rows.get(name, 0) + int(rows)
+        outcome.guilds.update(g for g, _ in chunk)
+    return True
+
+
+async def _expire_time_sets(
+    ch: AsyncClient, sets: TimeSets, current: Windows, today: date, outcome: ExpiryOutcome
+) -> bool:
+    """Rewrite in place (a mutation, waited for) each row holding times before its server's
+    cutoff without them, then delete the rows left with none. An insert cannot do it: the
+    table merges rows by set union, which keeps every time either row had. Always done in one
+    go: True."""
+    cutoffs, default = current.cutoffs(today)
+    known = [c for c in (*cutoffs.values(), default) if c is not None]
+    if not known:
+        return True
+    table = sets.table
+    result = await ch.query(
+        f"SELECT DISTINCT guild_id FROM `{table}` WHERE {sets.any_before('{newest:Date}')}",
+        parameters={"newest": max(known)},
+    )
+    due = [(int(g), c) for (g,) in result.result_rows if (c := cutoffs.get(g, default)) is not None]
+    cut = "transform(guild_id, {ids:Array(UInt64)}, {cuts:Array(Date)}, toDate(0))"
+    where = f"guild_id IN {{ids:Array(UInt64)}} AND ({sets.any_before(cut)})"
+    kept = ", ".join(f"`{c}` = {sets.kept(c, cut)}" for c in sets.columns)
+    emptied = " AND ".join(f"empty(`{c}`)" for c in sets.columns)
+    name = f"clickhouse.{table}"
+    for at in range(0, len(due), GUILD_CHUNK):
+        chunk = due[at : at + GUILD_CHUNK]
+        params = {"ids": [g for g, _ in chunk], "cuts": [c for _, c in chunk]}
+        rows = (
+            await ch.query(f"SELECT count() FROM `{table}` WHERE {where}", parameters=params)
+        ).result_rows[0][0]
+        if not rows:  # their times are all within their own windows
+            continue
+        await ch.command(
+            f"ALTER TABLE `{table}` UPDATE {kept} WHERE {where}",
+            parameters=params,
+            settings={"mutations_sync": 2},
+        )
+        await privacy.ch_delete(
+            ch, table, f"guild_id IN {{ids:Array(UInt64)}} AND {emptied}", params
         )
         outcome.rows[name] = outcome.rows.get(name, 0) + int(rows)
         outcome.guilds.update(g for g, _ in chunk)

@@ -41,6 +41,12 @@ CLICKHOUSE_DATE_ARRAYS: Mapping[str, tuple[str, ...]] = {
     "message_activity_weeks_by_author": ("weeks", "first_at", "last_at"),
 }
 _TIME_TYPE = re.compile(r"^(Date|Date32|DateTime|DateTime64)(\(.*\))?$")
+# A column holding a set of times per row, merged by set union (AggregatingMergeTree). An insert
+# cannot shrink a union, so such a table is expired by rewriting the rows in place without the
+# times before the cutoff (_expire_time_sets); a table with one is found by its type.
+_TIME_SET_TYPE = re.compile(
+    r"^SimpleAggregateFunction\(groupUniqArrayArray, Array\(((?:Date|DateTime)\w*(?:\(.*\))?)\)\)$"
+)
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,22 @@ class Target:
         if self.midnight == "{}":
             return f"min(`{self.column}`)"
         return f"toDate(min(`{self.column}`), 'UTC')"
+
+
+@dataclass(frozen=True)
+class TimeSets:
+    table: str
+    columns: tuple[str, ...]  # each a set of times (_TIME_SET_TYPE)
+    midnight: str  # as Target.midnight, for the sets' element type
+
+    def kept(self, column: str, day_expr: str) -> str:
+        """SQL: ``column`` without its times before UTC midnight of ``day_expr``."""
+        return f"arrayFilter(t -> t >= {self.midnight.format(day_expr)}, `{column}`)"
+
+    def any_before(self, day_expr: str) -> str:
+        """SQL: the row holds a time before UTC midnight of ``day_expr``."""
+        bound = self.midnight.format(day_expr)
+        return " OR ".join(f"arrayExists(t -> t < {bound}, `{c}`)" for c in self.columns)
 
 
 def _midnight(kind: str) -> str:
@@ -112,12 +134,36 @@ def target_for(table: str, columns: tuple[Column, ...]) -> Target | None:
     return None
 
 
+def time_sets_for(table: str, columns: tuple[Column, ...]) -> TimeSets | None:
+    """The table's sets of times, when it has any (all of one element type); else None."""
+    found = [
+        (name, match.group(1))
+        for name, kind, _, _ in columns
+        if (match := _TIME_SET_TYPE.match(kind))
+    ]
+    if not found or len({kind for _, kind in found}) > 1:
+        return None
+    return TimeSets(table, tuple(name for name, _ in found), _midnight(found[0][1]))
+
+
+def time_sets(tables: privacy.Tables, catalogue: Catalogue) -> list[TimeSets]:
+    """The ClickHouse tables holding server data as sets of times, expired by rewriting."""
+    found = (
+        time_sets_for(table, catalogue.get(table, ()))
+        for table in privacy.plan_for("clickhouse", tables).guild_tables
+    )
+    return [sets for sets in found if sets is not None]
+
+
 def plan_for(tables: privacy.Tables, catalogue: Catalogue) -> tuple[list[Target], list[str]]:
-    """The ClickHouse tables to expire, and why any table holding server data cannot be."""
+    """The ClickHouse tables to expire row by row, and why any table holding server data
+    cannot be (those expired element by element, date arrays and time sets, are not listed)."""
     targets, problems = [], []
     for table in privacy.plan_for("clickhouse", tables).guild_tables:
         if table in CLICKHOUSE_DATE_ARRAYS:
             continue  # expired element by element (_expire_arrays)
+        if time_sets_for(table, catalogue.get(table, ())) is not None:
+            continue  # rewritten without the old times (_expire_time_sets)
         target = target_for(table, catalogue.get(table, ()))
         if target is None:
             problems.append(

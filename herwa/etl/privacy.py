@@ -156,11 +156,13 @@ async def postgres_tables(pg: asyncpg.Connection) -> dict[str, frozenset[str]]:
 
 async def clickhouse_tables(ch: AsyncClient) -> dict[str, frozenset[str]]:
     """Tables of the current database with their columns; ``engine`` as a pseudo-column
-    ``:engine=<name>`` so :func:`audit` can refuse a table DELETE cannot reach."""
+    ``:engine=<name>`` so :func:`audit` can refuse a table DELETE cannot reach. Views are left
+    out: they hold no rows (a materialized view writes TO a table, which is listed)."""
     result = await ch.query(
         "SELECT c.table, groupArray(c.name), any(t.engine) FROM system.columns AS c"
         " INNER JOIN system.tables AS t ON t.database = c.database AND t.name = c.table"
-        " WHERE c.database = currentDatabase() GROUP BY c.table"
+        " WHERE c.database = currentDatabase() AND t.engine NOT IN ('View', 'MaterializedView')"
+        " GROUP BY c.table"
     )
     return {
         str(t): frozenset({*(str(c) for c in cols), f":engine={engine}"})

@@ -49,6 +49,8 @@ FED = {
     "message_activity_hourly",
     "message_activity_15m",
     "message_activity_daily",
+    "member_joins",
+    "voice_starts_by_member",
 }
 
 
@@ -166,6 +168,16 @@ async def _targets(endpoints: Endpoints) -> list[expiry_plan.Target]:
     return targets
 
 
+async def _time_sets(endpoints: Endpoints) -> list[expiry_plan.TimeSets]:
+    ch = await clickhouse_url_client(endpoints.clickhouse_url)
+    try:
+        return expiry_plan.time_sets(
+            await privacy.clickhouse_tables(ch), await expiry_plan.clickhouse_catalogue(ch)
+        )
+    finally:
+        await ch.close()
+
+
 async def _rows_by_age(
     endpoints: Endpoints, pg: asyncpg.Connection, guild: int, now: datetime
 ) -> dict[str, dict[int, int]]:
@@ -193,15 +205,20 @@ async def _rows_by_age(
             below = upper
         if counts:
             out[target.table] = counts
-    for table, (dates, *_) in expiry_plan.CLICKHOUSE_DATE_ARRAYS.items():
-        # One row per member with an array of days: each element is counted like a row.
+    # One row per member with an array of days or a set of times: each element is counted
+    # like a row.
+    arrays = [(table, dates) for table, (dates, *_) in expiry_plan.CLICKHOUSE_DATE_ARRAYS.items()]
+    arrays += [
+        (sets.table, column) for sets in await _time_sets(endpoints) for column in sets.columns
+    ]
+    for table, dates in arrays:
         counts = {}
         below = None
         for age in sorted(AGES, reverse=True):
             upper = today - timedelta(days=age - 1)
-            where = "guild_id = {g:UInt64} AND d < {u:Date}"
+            where = "guild_id = {g:UInt64} AND toDate(d, 'UTC') < {u:Date}"
             if below is not None:
-                where += " AND d >= {b:Date}"
+                where += " AND toDate(d, 'UTC') >= {b:Date}"
             n = await ch_value(
                 endpoints,
                 f"SELECT count() FROM `{table}` FINAL ARRAY JOIN `{dates}` AS d WHERE {where}",
@@ -320,14 +337,16 @@ async def test_cut_at_utc_midnight_bounded_idempotent_and_due_on_change(
     await platform.seed(runtime.pool, runtime.platform)
     await _subscribe(runtime, PRO_G, "pro", str(uuid.uuid4()), 1)
     await pg.execute("DELETE FROM history_expiry")
-    targets = await _targets(migrated)
+    # Tables expired row by row, element by element and by rewriting their time sets.
+    tables = len(await _targets(migrated)) + len(await _time_sets(migrated))
+    tables += len(expiry_plan.CLICKHOUSE_DATE_ARRAYS)
 
     ch = await clickhouse_url_client(migrated.clickhouse_url)
     try:
         # No budget: each call deletes from one table only; nothing is recorded until the
         # pass is complete, and the next call carries on where the last one stopped.
         passes = []
-        for _ in range(len(targets) + 1):
+        for _ in range(tables + 1):
             passes.append(await expiry.expire_due(pg, ch, 0.0, now=now))
             if passes[-1].complete:
                 break
@@ -441,7 +460,13 @@ async def test_every_table_holding_server_data_is_expired_including_later_ones(
     try:
         assert await expiry_plan.audit(pg, ch) == []
         targets = {t.table: t for t in await _targets(migrated)}
-        assert set(targets) >= FED
+        sets = await _time_sets(migrated)
+        assert sets == [
+            expiry_plan.TimeSets(
+                "voice_starts_by_member", ("joined_at",), "toDateTime64({}, 3, 'UTC')"
+            )
+        ]
+        assert set(targets) | {s.table for s in sets} >= FED
         assert targets["member_count_snapshots"] == expiry_plan.Target(
             "member_count_snapshots", "day", "{}", True
         )
