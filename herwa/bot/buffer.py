@@ -261,6 +261,9 @@ class FlushBuffer:
         if self.depth >= self.capacity:
             self._room.clear()
 
+    def has_room(self) -> bool:
+        return self._room.is_set()
+
     async def wait_for_room(self) -> None:
         if self._room.is_set():
             return
