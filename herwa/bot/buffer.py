@@ -238,8 +238,16 @@ class FlushBuffer:
         return {table: count for table, count in counts.items() if count}
 
     def add(self, table: str, row: Row) -> None:
+        # _added(1), inlined: called for every captured event.
         self._live[table].append(row)
-        self._added(1)
+        count = self._live_count = self._live_count + 1
+        if self._oldest is None:
+            self._oldest = time.monotonic()
+        if count >= self.max_rows:
+            self._wake.set()
+        pending = self._pending
+        if count + (pending.count if pending is not None else 0) >= self.capacity:
+            self._room.clear()
 
     def add_many(self, table: str, rows: list[Row]) -> None:
         if rows:
@@ -260,6 +268,9 @@ class FlushBuffer:
             self._wake.set()
         if self.depth >= self.capacity:
             self._room.clear()
+
+    def has_room(self) -> bool:
+        return self._room.is_set()
 
     async def wait_for_room(self) -> None:
         if self._room.is_set():

@@ -11,12 +11,17 @@ The recorded events never become discord.py model objects: their entries in the 
 state's parser table are replaced by functions that turn the raw payload into rows. discord.py
 still parses READY, GUILD_CREATE, channels and threads (cheap and rare) so its connection logic
 keeps working.
+
+The websocket (:class:`CaptureWebSocket`) reads the frames already received in bursts, arms the
+receive timeout only when it has to wait, and hands a recorded event straight to its parser
+(figures: benchmarks/README.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,9 +29,10 @@ import aiohttp
 import discord
 import discord.gateway
 import discord.http
+import orjson
 from discord.backoff import ExponentialBackoff
 from discord.errors import ConnectionClosed, GatewayNotFound, HTTPException
-from discord.gateway import DiscordWebSocket, ReconnectWebSocket
+from discord.gateway import DiscordWebSocket, ReconnectWebSocket, WebSocketClosure
 
 from herwa.bot.capture import BadPayload, rejected
 
@@ -36,6 +42,10 @@ Parser = Callable[[Any], None]
 # Close codes after which reconnecting cannot help (bad token, shard, intents).
 FATAL_CLOSE_CODES = frozenset((4004, 4010, 4011, 4012, 4013, 4014))
 RESUMABLE_CLOSE = 4000
+# Frames read one after another before the loop runs its other tasks (the flusher, the lease
+# renewal, the other shards): a few milliseconds of parsing at most.
+BURST = 128
+_DISPATCH = DiscordWebSocket.DISPATCH
 
 
 def capture_intents(*, message_content: bool, presences: bool = False) -> discord.Intents:
@@ -51,6 +61,20 @@ def capture_intents(*, message_content: bool, presences: bool = False) -> discor
 
 
 def _guarded(event: str, *parsers: Parser) -> Parser:
+    if len(parsers) == 1:
+        (parse,) = parsers
+
+        def run_one(data: Any) -> None:
+            try:
+                parse(data)
+            except BadPayload as exc:
+                rejected(event, exc.reason)
+            except Exception:
+                rejected(event, "malformed")
+                log.exception("unreadable %s payload skipped", event)
+
+        return run_one
+
     def run(data: Any) -> None:
         for parse in parsers:
             try:
@@ -64,6 +88,101 @@ def _guarded(event: str, *parsers: Parser) -> Parser:
     return run
 
 
+class CaptureWebSocket(DiscordWebSocket):
+    """discord.py's gateway websocket, cheaper per event for a shard that records:
+
+    - :meth:`poll_burst` reads the frames already received one after another, as long as the
+      buffer has room, instead of one frame per turn of the event loop;
+    - :meth:`poll_event` arms discord.py's receive timeout (a dead connection's guard) only when
+      no frame is waiting: with one waiting it cannot fire, and arming it per frame was the
+      largest single cost of the bot's read loop;
+    - :meth:`received_message` hands a DISPATCH of a ``recorded`` event (discord.py never sees
+      those: :meth:`CaptureClient.install_parsers`) straight to its parser, with the sequence
+      and the keep-alive updated as discord.py does; everything else takes discord.py's path.
+      Not dispatched for those: ``socket_event_type``, a debug event nothing here listens to.
+    """
+
+    # The events whose parsers are capture's alone; set once the websocket is open.
+    recorded: frozenset[str] = frozenset()
+
+    def __init__(
+        self, socket: aiohttp.ClientWebSocketResponse, *, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        super().__init__(socket, loop=loop)
+        # aiohttp's queue of received frames (its internals): without it, every read waits
+        # with the timeout and a burst is one frame, which is discord.py's own behaviour.
+        frames = getattr(getattr(socket, "_reader", None), "_buffer", None)
+        self._frames: deque[Any] | None = frames if isinstance(frames, deque) else None
+
+    def frame_waiting(self) -> bool:
+        return bool(self._frames)
+
+    async def poll_burst(self, room: Callable[[], bool], limit: int = BURST) -> None:
+        """Read one frame (waiting for it if need be), then those already received, up to
+        ``limit`` in all, while ``room()``: the buffer's bound holds per event."""
+        await self.poll_event()
+        frames = self._frames
+        n = 1
+        while frames and n < limit and room():
+            await self.poll_event()
+            n += 1
+
+    async def poll_event(self) -> None:
+        # discord.py 2.7's poll_event, but for the timeout.
+        socket = self.socket
+        try:
+            if self._frames:
+                msg = await socket.receive()
+            else:
+                msg = await socket.receive(timeout=self._max_heartbeat_timeout)
+            if msg.type is aiohttp.WSMsgType.TEXT or msg.type is aiohttp.WSMsgType.BINARY:
+                await self.received_message(msg.data)
+            elif msg.type is aiohttp.WSMsgType.ERROR:
+                log.debug("Received error %s", msg)
+                raise WebSocketClosure
+            elif msg.type in (
+                aiohttp.WSMsgType.CLOSED,
+                aiohttp.WSMsgType.CLOSING,
+                aiohttp.WSMsgType.CLOSE,
+            ):
+                log.debug("Received %s", msg)
+                raise WebSocketClosure
+        except (TimeoutError, WebSocketClosure) as e:
+            if self._keep_alive:
+                self._keep_alive.stop()
+                self._keep_alive = None
+            await socket.close(code=RESUMABLE_CLOSE)
+            if isinstance(e, TimeoutError):
+                raise ReconnectWebSocket(self.shard_id) from None
+            code = self._close_code or socket.close_code
+            if self._can_handle_close():
+                raise ReconnectWebSocket(self.shard_id) from None
+            raise ConnectionClosed(socket, shard_id=self.shard_id, code=code) from None
+
+    async def received_message(self, msg: Any, /) -> None:
+        recorded = self.recorded
+        if not recorded:
+            await super().received_message(msg)
+            return
+        if type(msg) is bytes:
+            msg = self._decompressor.decompress(msg)
+            if msg is None:  # part of a message
+                return
+        payload = orjson.loads(msg)
+        event = payload.get("t")
+        if event in recorded and payload.get("op") == _DISPATCH and not self._dispatch_listeners:
+            self.log_receive(msg)
+            seq = payload.get("s")
+            if seq is not None:
+                self.sequence = seq
+            if self._keep_alive:
+                self._keep_alive.tick()
+            self._discord_parsers[event](payload.get("d"))
+            return
+        # The rest (READY, GUILD_CREATE, heartbeats, …) is rare: decoded once more by discord.py.
+        await super().received_message(msg)
+
+
 class CaptureClient(discord.Client):
     def __init__(
         self,
@@ -75,6 +194,7 @@ class CaptureClient(discord.Client):
         presences: bool = False,
         before_identify: Callable[[int], Awaitable[None]],
         wait_for_room: Callable[[], Awaitable[None]],
+        has_room: Callable[[], bool],
     ) -> None:
         super().__init__(
             intents=capture_intents(message_content=message_content, presences=presences),
@@ -87,6 +207,8 @@ class CaptureClient(discord.Client):
         )
         self._before_identify = before_identify
         self._wait_for_room = wait_for_room
+        self._has_room = has_room
+        self._recorded: frozenset[str] = frozenset()
         self._stopping = False
 
     def install_parsers(self, replace: dict[str, Parser], wrap: dict[str, Parser]) -> None:
@@ -95,6 +217,7 @@ class CaptureClient(discord.Client):
         and skipped, because an exception here would end the gateway loop, and the RESUME
         after it would deliver the same payload again, for ever."""
         parsers: dict[str, Parser] = self._connection.parsers
+        self._recorded = frozenset(replace)
         for event, fn in replace.items():
             parsers[event] = _guarded(event, fn)
         for event, fn in wrap.items():
@@ -119,14 +242,16 @@ class CaptureClient(discord.Client):
             params.update(resume=True, **resume)
         while not self._stopping:
             try:
-                self.ws = await asyncio.wait_for(DiscordWebSocket.from_client(self, **params), 60)
+                ws = await asyncio.wait_for(CaptureWebSocket.from_client(self, **params), 60)
+                ws.recorded = self._recorded
+                self.ws = ws
                 params["initial"] = False
                 while True:
                     await self._wait_for_room()
-                    await self.ws.poll_event()
+                    await ws.poll_burst(self._has_room)
                     # A burst already buffered (the GUILD_CREATEs after IDENTIFY, a RESUME's
                     # replay) is read without ever suspending: let the lease renewal, the
-                    # flusher and the other shards run between two events.
+                    # flusher and the other shards run between two bursts.
                     await asyncio.sleep(0)
             except ReconnectWebSocket as e:
                 if self.stopping():

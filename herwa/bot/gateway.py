@@ -20,10 +20,10 @@ from herwa.bot.capture import (
     guild_update_payload,
     member_join_row,
     member_leave_row,
-    message_row,
     presence_row,
     reaction_add_row,
     reaction_remove_row,
+    read_message,
     snowflake,
     voice_state_payload,
 )
@@ -72,7 +72,9 @@ def handlers(shard: GatewayShard, deps: ShardDeps) -> tuple[dict[str, Parser], d
 
     def message_create(d: Json) -> None:
         events[k_create] += 1
-        row = message_row(d, directory, content=content)
+        # Unguarded: an unreadable payload raises into the guard of install_parsers, which
+        # counts it under MESSAGE_CREATE as message_row would.
+        row = read_message(d, directory, content=content)
         if row is not None:
             add("message_events", row)
 

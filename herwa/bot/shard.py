@@ -84,6 +84,7 @@ class ShardRunner:
             guild_ready_timeout=deps.settings.guild_ready_timeout_seconds,
             before_identify=deps.identify_slot,
             wait_for_room=deps.buffer.wait_for_room,
+            has_room=deps.buffer.has_room,
         )
         # Resharding: one fleet generation records at a time (bot/generations.py).
         client.install_parsers(*deps.fleet.gate(self, *handlers(self, deps)))

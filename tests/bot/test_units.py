@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from herwa.bot import channel_types
-from herwa.bot.capture import message_kind, message_row
+from herwa.bot.capture import BadPayload, message_kind, message_row, snowflake
 from herwa.bot.directory import Directory
 from herwa.bot.guild_settings import GuildConfig
 from herwa.bot.sharding import assigned_shards, rendezvous_owner
@@ -71,3 +73,15 @@ def test_rendezvous_moves_only_the_shards_that_must_move() -> None:
     parts = [assigned_shards(["a", "b", "c"], m, shards) for m in "abc"]
     assert set().union(*parts) == set(range(shards))
     assert sum(len(p) for p in parts) == shards
+
+
+def test_snowflake_reads_only_ids_a_bigint_holds() -> None:
+    assert snowflake("1", "id") == 1
+    assert snowflake(str(2**63 - 1), "id") == 2**63 - 1
+    assert snowflake(7, "id") == 7
+    for bad in ("", "0", "-1", "+1", " 1", "1 ", "1_0", "\u0661", "\uff11", "9" * 19, "9" * 20):
+        with pytest.raises(BadPayload):
+            snowflake(bad, "id")
+    for bad_type in (True, 1.0, None, b"1", 0, 2**63):
+        with pytest.raises(BadPayload):
+            snowflake(bad_type, "id")
