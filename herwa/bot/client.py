@@ -61,20 +61,6 @@ def capture_intents(*, message_content: bool, presences: bool = False) -> discor
 
 
 def _guarded(event: str, *parsers: Parser) -> Parser:
-    if len(parsers) == 1:
-        (parse,) = parsers
-
-        def run_one(data: Any) -> None:
-            try:
-                parse(data)
-            except BadPayload as exc:
-                rejected(event, exc.reason)
-            except Exception:
-                rejected(event, "malformed")
-                log.exception("unreadable %s payload skipped", event)
-
-        return run_one
-
     def run(data: Any) -> None:
         for parse in parsers:
             try:

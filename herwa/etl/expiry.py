@@ -49,7 +49,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -322,24 +322,15 @@ async def _expire_arrays(
         for c in columns
     )
     listed = ", ".join(f"`{c}`" for c in columns)
-    name = f"clickhouse.{table}"
-    for at in range(0, len(due), GUILD_CHUNK):
-        chunk = due[at : at + GUILD_CHUNK]
-        params = {"ids": [g for g, _ in chunk], "cuts": [c for _, c in chunk]}
-        where = (
-            f"guild_id IN {{ids:Array(UInt64)}} AND notEmpty(`{dates}`) AND `{dates}`[1] < {cut}"
-        )
-        rows = (
-            await ch.query(f"SELECT count() FROM `{table}` FINAL WHERE {where}", parameters=params)
-        ).result_rows[0][0]
-        if not rows:  # their dates are all within their own windows
-            continue
+    where = f"guild_id IN {{ids:Array(UInt64)}} AND notEmpty(`{dates}`) AND `{dates}`[1] < {cut}"
+
+    async def rewrite(params: dict[str, Any]) -> None:
         await ch.command(
             f"INSERT INTO `{table}` ({listed}) SELECT {select} FROM `{table}` FINAL WHERE {where}",
             parameters=params,
         )
-        outcome.rows[name] = outcome.rows.get(name, 0) + int(rows)
-        outcome.guilds.update(g for g, _ in chunk)
+
+    await _rewrite_due(ch, table, due, f"`{table}` FINAL WHERE {where}", rewrite, outcome)
     return True
 
 
@@ -364,15 +355,8 @@ async def _expire_time_sets(
     where = f"guild_id IN {{ids:Array(UInt64)}} AND ({sets.any_before(cut)})"
     kept = ", ".join(f"`{c}` = {sets.kept(c, cut)}" for c in sets.columns)
     emptied = " AND ".join(f"empty(`{c}`)" for c in sets.columns)
-    name = f"clickhouse.{table}"
-    for at in range(0, len(due), GUILD_CHUNK):
-        chunk = due[at : at + GUILD_CHUNK]
-        params = {"ids": [g for g, _ in chunk], "cuts": [c for _, c in chunk]}
-        rows = (
-            await ch.query(f"SELECT count() FROM `{table}` WHERE {where}", parameters=params)
-        ).result_rows[0][0]
-        if not rows:  # their times are all within their own windows
-            continue
+
+    async def rewrite(params: dict[str, Any]) -> None:
         await ch.command(
             f"ALTER TABLE `{table}` UPDATE {kept} WHERE {where}",
             parameters=params,
@@ -381,9 +365,33 @@ async def _expire_time_sets(
         await privacy.ch_delete(
             ch, table, f"guild_id IN {{ids:Array(UInt64)}} AND {emptied}", params
         )
+
+    await _rewrite_due(ch, table, due, f"`{table}` WHERE {where}", rewrite, outcome)
+    return True
+
+
+async def _rewrite_due(
+    ch: AsyncClient,
+    table: str,
+    due: list[tuple[int, date]],
+    rows_from: str,
+    rewrite: Callable[[dict[str, Any]], Awaitable[None]],
+    outcome: ExpiryOutcome,
+) -> None:
+    """``rewrite`` per chunk of due servers (guild, cutoff) whose rows (``SELECT count() FROM
+    rows_from``) hold an element before their own cutoff, counted in ``outcome``."""
+    for at in range(0, len(due), GUILD_CHUNK):
+        chunk = due[at : at + GUILD_CHUNK]
+        params: dict[str, Any] = {"ids": [g for g, _ in chunk], "cuts": [c for _, c in chunk]}
+        rows = (await ch.query(f"SELECT count() FROM {rows_from}", parameters=params)).result_rows[
+            0
+        ][0]
+        if not rows:  # their elements are all within their own windows
+            continue
+        await rewrite(params)
+        name = f"clickhouse.{table}"
         outcome.rows[name] = outcome.rows.get(name, 0) + int(rows)
         outcome.guilds.update(g for g, _ in chunk)
-    return True
 
 
 async def _drop_partitions(
