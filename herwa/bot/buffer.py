@@ -238,16 +238,8 @@ class FlushBuffer:
         return {table: count for table, count in counts.items() if count}
 
     def add(self, table: str, row: Row) -> None:
-        # _added(1), inlined: called for every captured event.
         self._live[table].append(row)
-        count = self._live_count = self._live_count + 1
-        if self._oldest is None:
-            self._oldest = time.monotonic()
-        if count >= self.max_rows:
-            self._wake.set()
-        pending = self._pending
-        if count + (pending.count if pending is not None else 0) >= self.capacity:
-            self._room.clear()
+        self._added(1)
 
     def add_many(self, table: str, rows: list[Row]) -> None:
         if rows:

@@ -94,14 +94,10 @@ def reads(event: str, empty: Callable[[], object]) -> Callable[[Callable[P, R]],
 
 def snowflake(value: Any, field: str) -> int:
     """A Discord id: a decimal string (as the gateway sends it) or an int, in 1..2**63-1."""
-    if value.__class__ is str:  # the gateway's case, read a few times per event: tests first
-        if value.isascii() and value.isdigit() and 0 < len(value) <= _SNOWFLAKE_DIGITS:
-            n = int(value)
-            if 0 < n <= INT64_MAX:
-                return n
-        raise BadPayload(field)
-    if isinstance(value, str) and 0 < len(value) <= _SNOWFLAKE_DIGITS and value.isdecimal():
-        n = int(value) if value.isascii() else -1
+    if isinstance(value, str):  # the gateway's case, read a few times per event: tests first
+        if not (value.isascii() and value.isdigit() and 0 < len(value) <= _SNOWFLAKE_DIGITS):
+            raise BadPayload(field)
+        n = int(value)
     elif isinstance(value, int) and not isinstance(value, bool):
         n = value
     else:
