@@ -55,6 +55,12 @@ async def _fresh_restart(fleet: Fleet, name: str) -> None:
     IDENTIFY afresh, which is when it backfills."""
     fleet.bots[name].signal(signal.SIGTERM)
     assert await fleet.bots[name].wait_exit(30) == 0
+
+    async def sessions_dropped() -> bool:
+        return not fleet.sim.sessions()
+
+    # A bot started sooner would RESUME and receive the gap live, with no backfill at all.
+    await wait_for(sessions_dropped, 30, "the simulator dropped the old sessions")
     fleet.sim.step(150, family="message")  # history the restarted bot can only backfill
     await fleet.start(name)
     await wait_for(fleet.all_connected, 60, "the bot connected again")
