@@ -191,6 +191,17 @@ class BotSettings(SettingsSection):
         None, ge=1, le=1024, description="IDENTIFY buckets; default: from /gateway/bot"
     )
     guild_ready_timeout_seconds: Seconds = Field(2.0, le=60)
+    # At least a minute: four times the 15 s a new shard waits for an anchor it reads behind
+    # (herwa.bot.shard_gate.ANCHOR_WAIT_S) and twelve times the 5 s clock margin
+    # (herwa.bot.event_order.ANCHOR_MARGIN_S), and beyond the default member TTL and flush
+    # interval, so an event is dropped only long before any anchor or cut-off time can point.
+    reshard_hold_seconds: Seconds = Field(
+        600.0,
+        ge=60,
+        le=86_400,
+        description="a standby shard keeps the events it received at most this long before the "
+        "cut-over began; the recording fleet stored older ones",
+    )
     backfill_enabled: bool = True
     presence_capture: bool = Field(
         False,

@@ -18,9 +18,15 @@ nothing and looks again every heartbeat (:meth:`Generations.refresh`).
    recording shard, else they wait), and open their shards: each IDENTIFY takes the shared
    per-bucket identify slot, so both fleets together stay within ``max_concurrency`` per
    window. A standby shard records nothing: it keeps its guilds' channels from their
-   GUILD_CREATEs and holds every message, member and voice event in memory, in order. Shards
-   are not handed between standby pods (a pod keeps what it opened until the cut-over), so
-   nothing held is lost to a handover.
+   GUILD_CREATEs and holds their message, member, voice, reaction and presence events in
+   memory, in order, for ``reshard_hold_seconds`` (``HERWA_BOT_RESHARD_HOLD_SECONDS``, 10
+   minutes by default) before the cut-over began: older ones were stored by the recording
+   fleet, precede every anchor and cut-off time taken at the cut-over, and are dropped, so a
+   standby that lasts (a new pod that cannot be scheduled, a short session budget) does not
+   grow without bound. The pod drops only what it received that long before it last read
+   that the cut-over had not begun, so a pod that cannot read ``bot_fleet`` drops nothing
+   the cut-over may need. Shards are not handed between standby pods (a pod keeps what it
+   opened until the cut-over), so nothing held is lost to a handover.
 2. **cut-over** (all at once) — once every shard of the target count is connected, the
    recording fleet stops its shards as on a handover (close the gateway, flush every row with
    its gateway mark) and, with nothing left unflushed, writes one ``bot_handovers`` row per
@@ -32,14 +38,17 @@ nothing and looks again every heartbeat (:meth:`Generations.refresh`).
    merge on Discord's ids with what the old fleet stored), order-sensitive events only after
    the guild's anchor. Discord delivers a guild's events to every session in one order, so the
    anchor's place in what the new shard received is exact. An anchor that is not there yet
-   (the new shard reads behind the old one) is waited for; one older than the new session
-   means everything it holds is new. From then on it records live.
+   (the new shard reads behind the old one) is waited for; one older than the new session,
+   or than the held events dropped for their age, means everything it holds is new. From
+   then on it records live.
 4. The old fleet owns nothing (**idle**) and may be stopped; ``bot_fleet.previous`` remembers it.
 
 A shard whose old owner vanished during the cut-over is handed over by another old pod after
 the shutdown grace, without anchors: its guilds are recorded by the new fleet from the last
 moment the old shard committed (``recorded_until``), so an event within the clocks' skew of that
-moment may be lost or doubled.
+moment may be lost or doubled. If that moment is more than the hold horizon before the
+cut-over began (the old shard was disconnected that long), the events in between were neither
+recorded by the old fleet nor kept by the new one: lost to all but backfill.
 
 Where the parts are: this module holds the pod's role and the fleet's phases;
 :mod:`herwa.bot.shard_gate` holds and replays one shard's events; :mod:`herwa.bot.event_order`
@@ -114,6 +123,9 @@ class Generations:
         self.previous: int | None = None
         self.gates: dict[int, ShardGate] = {}
         self.handing: set[int] = set()  # shards this pod stops at a cut-over, to hand over
+        # When this pod last read that the cut-over had not begun (phase 'standby'): held events
+        # received the hold horizon before then are never replayed (see the module docstring).
+        self.standby_seen_at: float | None = None
         self._budget_ok = False
         self._budget_checked = 0.0
         self._cutover_at: float | None = None
@@ -170,11 +182,29 @@ class Generations:
                 await self.refresh()
             except Exception as exc:
                 log.warning("fleet generation check failed: %s: %s", type(exc).__name__, exc)
-            for gate in list(self.gates.values()):
-                gate.expire_waits()
+            self.tick()
             await asyncio.sleep(interval)
 
+    def tick(self) -> None:
+        """Every heartbeat: give up anchors waited for too long and, while on standby, drop
+        the held events received the hold horizon before the cut-over could have begun."""
+        seen = self.standby_seen_at
+        trim_before = (
+            seen - self.settings.reshard_hold_seconds
+            if self.role == "standby" and seen is not None
+            else None
+        )
+        held = 0
+        for gate in list(self.gates.values()):
+            gate.expire_waits()
+            if trim_before is not None:
+                gate.trim(trim_before)
+            held += gate.holding
+        metrics.RESHARD_HELD.set(held)
+
     async def refresh(self) -> None:
+        # Taken before the read: a cut-over the read does not show began after this moment.
+        read_at = time.time()
         async with self.pool.acquire() as conn:
             # The first pod of a new installation records with its own shard count.
             await conn.execute(
@@ -203,6 +233,8 @@ class Generations:
                 self._set_role("waiting")
                 return
             self._set_role("standby")
+            if phase == "standby":
+                self.standby_seen_at = read_at
             await self._publish_standby()
             if phase == "standby" and await self._all_standby():
                 await self._exec(

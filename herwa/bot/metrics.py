@@ -98,19 +98,26 @@ FLEET_ROLE = Gauge(
 RESHARD_EVENTS = PromCounter(
     "herwa_bot_reshard_events",
     "Events a standby fleet received before its cut-over: outcome=recorded (after the previous "
-    "fleet's anchor, or keyed by Discord's ids) or skipped (the previous fleet recorded them)",
+    "fleet's anchor, or keyed by Discord's ids), skipped (the previous fleet recorded them) or "
+    "trimmed (held longer than HERWA_BOT_RESHARD_HOLD_SECONDS before the cut-over began: the "
+    "previous fleet recorded them)",
     ["outcome"],
+)
+RESHARD_HELD = Gauge(
+    "herwa_bot_reshard_held_events",
+    "Events this pod's shards hold for the cut-over (while standby, or waiting for an anchor)",
 )
 RESHARD_ANCHORS = PromCounter(
     "herwa_bot_reshard_anchors",
     "How each guild's cut-over point was found: found (the previous fleet's last events among "
-    "those received), before_session (they preceded this session), cutoff (its shard's owner "
+    "those received), before_session (they preceded all this shard holds: its session, or the "
+    "events held too long and dropped), cutoff (its shard's owner "
     "was gone: by time), timed_out (never received: everything recorded)",
     ["outcome"],
 )
 for _role in ("recording", "standby", "retiring", "idle", "waiting"):
     FLEET_ROLE.labels(_role)
-for _outcome in ("recorded", "skipped"):
+for _outcome in ("recorded", "skipped", "trimmed"):
     RESHARD_EVENTS.labels(_outcome)
 for _outcome in ("found", "before_session", "cutoff", "timed_out"):
     RESHARD_ANCHORS.labels(_outcome)

@@ -1,7 +1,15 @@
 """One shard's gate between its gateway and its parsers, for resharding (the procedure is
 :mod:`herwa.bot.generations`): it notes the fingerprints of the order-sensitive events it lets
 through (the anchors its shard hands over), and while its fleet is on standby holds its
-guilds' events until the cut-over, then replays them from the previous generation's anchor on.
+guilds' message, member, voice, reaction and presence events until the cut-over, then replays
+them from the previous generation's anchor on.
+
+What it holds is bounded by age, not by the length of the standby: an event received more than
+the hold horizon (``HERWA_BOT_RESHARD_HOLD_SECONDS``) before the cut-over began is dropped
+(:meth:`ShardGate.trim`). The recording fleet stored it, and the replay never needs it: message
+events merge on Discord's ids with what that fleet stored, and order-sensitive ones are replayed
+only after the guild's anchor or its old shard's cut-off time, both taken at the cut-over. An
+anchor older than everything still held means all of it is new (like one older than the session).
 """
 
 from __future__ import annotations
@@ -85,13 +93,15 @@ class ShardGate:
         self.runner = runner
         self.standby = standby
         self.activated = False
-        self.held: dict[int, list[_Held]] = defaultdict(list)
+        # Per guild in receive order, so the oldest are dropped from the front.
+        self.held: dict[int, deque[_Held]] = defaultdict(deque)
         self.waiting: dict[int, tuple[Anchor, float]] = {}  # guild → (anchor, waiting since)
         self.live: set[int] = set()  # guilds replayed and recorded since
         self.tails: dict[int, deque[str]] = {}
         self.last_at: dict[int, float] = {}
         self.initial: set[int] = set()  # guilds of the READY whose GUILD_CREATE is still due
         self.since: float | None = None  # when this session began (its READY)
+        self.trimmed_until: float | None = None  # held events received before were dropped
 
     def wrap(self, event: str, fn: Parser) -> Parser:
         if not self.standby and event not in ORDERED and event not in ("READY", "GUILD_CREATE"):
@@ -156,8 +166,8 @@ class ShardGate:
         if self.since is not None and self.standby and not self.activated:
             # A new session: what the gateway sent in between is missing from the order, so
             # the anchor is looked for only in what follows.
-            for events in self.held.values():
-                events[:] = [e for e in events if e.fp is None]
+            for gid, events in list(self.held.items()):
+                self.held[gid] = deque(e for e in events if e.fp is None)
         self.since = time.time()
 
     def _standby_guild(self, raw: Json) -> None:
@@ -166,6 +176,31 @@ class ShardGate:
             return
         self.fleet.directory.add_guild(d)
         self.runner.guilds.add(int(d["id"]))
+
+    # -- the standby ----------------------------------------------------------------------
+    def trim(self, before: float) -> None:
+        """While on standby: drop the held events received before ``before``, which the caller
+        keeps at least the hold horizon before the cut-over began (the module docstring says
+        why none of them is needed). Each guild's oldest go first, so a call costs one look per
+        guild plus one per event dropped."""
+        if not self.standby or self.activated:
+            return
+        dropped = 0
+        for gid, events in list(self.held.items()):
+            while events and events[0].at < before:
+                events.popleft()
+                dropped += 1
+            if not events:
+                del self.held[gid]
+        if self.trimmed_until is None or before > self.trimmed_until:
+            self.trimmed_until = before
+        if dropped:
+            metrics.RESHARD_EVENTS.labels("trimmed").inc(dropped)
+
+    @property
+    def holding(self) -> int:
+        """Events held now."""
+        return sum(len(events) for events in self.held.values())
 
     # -- the cut-over ---------------------------------------------------------------------
     async def activate(self, anchors: dict[int, Anchor], cutoffs: dict[int, float]) -> None:
@@ -207,13 +242,21 @@ class ShardGate:
             if found is not None:
                 start = found
                 metrics.RESHARD_ANCHORS.labels("found").inc()
-            elif self.since is not None and anchor.at < self.since - ANCHOR_MARGIN_S:
+            elif (held_from := self._held_from()) is not None and (
+                anchor.at < held_from - ANCHOR_MARGIN_S
+            ):
                 start = 0
                 metrics.RESHARD_ANCHORS.labels("before_session").inc()
             else:
                 self.waiting[gid] = (anchor, time.time())
                 return
         self._go_live(gid, start)
+
+    def _held_from(self) -> float | None:
+        """Since when this shard holds every order-sensitive event of its guilds: its session's
+        start, or the time it last dropped older ones up to, whichever is later."""
+        marks = [t for t in (self.since, self.trimmed_until) if t is not None]
+        return max(marks) if marks else None
 
     def _retry(self, gid: int) -> None:
         anchor, _since = self.waiting[gid]
@@ -234,7 +277,7 @@ class ShardGate:
     def _go_live(self, gid: int, start: int) -> None:
         """Replay the guild's held events (order-sensitive ones from index ``start``) with their
         receive times, then let its events through."""
-        events = self.held.pop(gid, [])
+        events = self.held.pop(gid, ())
         self.waiting.pop(gid, None)
         self.live.add(gid)
         i = 0
