@@ -20,6 +20,7 @@ BAD_VALUES: list[tuple[tuple[str, ...], str]] = [
     (("--set", "bot.replica=3"), "bot: Additional property replica is not allowed"),
     (("--set", "bot.shardCount=0"), "bot.shardCount"),
     (("--set", "bot.shutdownGraceSeconds=0"), "bot.shutdownGraceSeconds"),
+    (("--set", "bot.reshardHoldSeconds=30"), "bot.reshardHoldSeconds"),
     (("--set", "bot.podManagementPolicy=Sometimes"), "bot.podManagementPolicy"),
     (("--set-string", "bot.pdb.maxUnavailable=lots"), "bot.pdb.maxUnavailable"),
     (("--set-string", "etl.schedule=every five minutes"), "etl.schedule: Does not match pattern"),
