@@ -1,0 +1,18 @@
+-- Herwa ClickHouse schema, version 12: message_activity_daily (0003) is dropped.
+--
+-- Since 0009 the daily rollup was the sum over the bot flag of message_activity_author_days,
+-- written again by every recompute, and read by nothing but the weekly recompute. That write
+-- was nearly the size of the messages themselves, in the recompute that is half of
+-- ClickHouse's ETL work. The weekly recompute (rollups.py) now sums the author days over the
+-- bot flag itself, zero rows included, so the weekly and per-author week tables come out the
+-- same. Every author the weekly table holds for a week has author-day rows in that week: all
+-- recomputes since 0009 derived both from them.
+--
+-- An ETL run of the previous release still going when this is applied fails at its next
+-- recompute (its insert into this table does): the batches it loaded stay loaded, but the rollup
+-- progress mark and the queued buckets go only after a whole recompute, so the run ends failed
+-- without recording that one, and the next run, of this release, recomputes the same buckets.
+-- A deletion request it was carrying out is recorded as failed and retried the same way. This makes the previous release's ETL unable to run against this
+-- schema at all, against the one-release compatibility the README promises: roll back across
+-- this migration only with a backup of ClickHouse from before it.
+DROP TABLE IF EXISTS message_activity_daily;
