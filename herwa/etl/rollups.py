@@ -12,7 +12,7 @@ Monday) of every such day, and the per-author week arrays retention reads
 (message_activity_weeks_by_author) from that for every author in those weeks. Its sum over the
 bot flag per day is the daily rollup: the table that once held it (message_activity_daily) was
 read by nothing but the weekly recompute and cost a write nearly the size of the messages, so
-ClickHouse migration 0012 dropped it.
+it is no longer written (ClickHouse migration 0012 marks it stale; the next release drops it).
 
 Affected buckets come from two places:
 

@@ -1,6 +1,6 @@
 """Upgrades across migrations that change what the ETL reads or writes: staging rows written
 before postgres migration 0006 (staged_xid) are loaded exactly once, and the week rollups are
-unchanged by ClickHouse 0012 (the daily rollup dropped, the weeks summed from the author days).
+unchanged by ClickHouse 0012 (the daily rollup retired, the weeks summed from the author days).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ async def test_rows_staged_before_the_upgrade_are_loaded_once(endpoints: Endpoin
         await ch.close()
 
 
-_DAILY_DROPPED = 12  # the ClickHouse migration that drops message_activity_daily
+_DAILY_RETIRED = 12  # the ClickHouse migration that retires message_activity_daily
 G = 9
 CHANNEL = 10
 
@@ -103,6 +103,10 @@ _WEEKS_BY_AUTHOR = (
     "SELECT author_id, weeks, first_at, last_at FROM message_activity_weeks_by_author FINAL"
     " WHERE guild_id = {g:UInt64} ORDER BY author_id"
 )
+_DAILY = (
+    "SELECT day, author_id, messages, first_at, last_at FROM message_activity_daily FINAL"
+    " WHERE guild_id = {g:UInt64} ORDER BY day, author_id"
+)
 _RAW_WEEKS = """
     SELECT toMonday(created_at) AS week, author_id, toUInt32(count()),
            toDateTime(min(created_at), 'UTC'), toDateTime(max(created_at), 'UTC')
@@ -122,7 +126,7 @@ async def _migrate_clickhouse_below_then_load(ch: AsyncClient) -> None:
     """ClickHouse as the release before 0012 left it, with _LOADED_EARLY in every rollup."""
     await clickhouse_history(ch)
     for migration in discover("clickhouse"):
-        if migration.version >= _DAILY_DROPPED:
+        if migration.version >= _DAILY_RETIRED:
             break
         if migration.version == 3:
             await ch.insert(
@@ -147,7 +151,7 @@ async def _migrate_clickhouse_below_then_load(ch: AsyncClient) -> None:
         await apply_clickhouse(ch, migration)
 
 
-async def test_the_week_rollups_survive_dropping_the_daily_rollup(endpoints: Endpoints) -> None:
+async def test_the_week_rollups_survive_retiring_the_daily_rollup(endpoints: Endpoints) -> None:
     ch = await clickhouse_url_client(endpoints.clickhouse_url)
     try:
         await _migrate_clickhouse_below_then_load(ch)
@@ -157,8 +161,15 @@ async def test_the_week_rollups_survive_dropping_the_daily_rollup(endpoints: End
         assert [a for a, *_ in by_author_before] == [600, 601, 602, 603]
 
         report = await migrate(endpoints.postgres_dsn, endpoints.clickhouse_url)
-        assert report.applied["clickhouse"] == [_DAILY_DROPPED]
-        assert await _rows(ch, "EXISTS TABLE message_activity_daily") == [(0,)]
+        assert report.applied["clickhouse"] == [_DAILY_RETIRED]
+        # Kept for the previous release's ETL (a rollback), marked stale, no longer written.
+        comment = await ch.command(
+            "SELECT comment FROM system.tables"
+            " WHERE database = currentDatabase() AND name = 'message_activity_daily'"
+        )
+        assert "No longer maintained" in str(comment)
+        daily_before = await _rows(ch, _DAILY)
+        assert daily_before
         # Every bucket recomputed from the author days gives the weeks the daily rollup gave.
         buckets = await ch.query(
             "SELECT DISTINCT guild_id, toUnixTimestamp(toStartOfHour(created_at)) FROM messages"
@@ -193,6 +204,7 @@ async def test_the_week_rollups_survive_dropping_the_daily_rollup(endpoints: End
         weeks = await _rows(ch, _WEEKS)
         assert [w for w in weeks if w[2] > 0] == await _rows(ch, _RAW_WEEKS)
         assert [(a, w) for w, a, n, *_ in weeks if n == 0] == [(603, _z("2024-03-11").date())]
+        assert await _rows(ch, _DAILY) == daily_before
         assert [(a, w) for a, w, *_ in await _rows(ch, _WEEKS_BY_AUTHOR)] == [
             (600, [_z("2024-03-04").date(), _z("2024-03-11").date()]),
             (601, [_z("2024-03-04").date(), _z("2024-03-11").date()]),
