@@ -315,7 +315,9 @@ async def _etl(
     try:
         assert await ch.command("SELECT count() FROM messages FINAL") == rows
         assert await ch.command("SELECT sum(messages) FROM message_activity_hourly FINAL") == rows
-        assert await ch.command("SELECT sum(messages) FROM message_activity_daily FINAL") == rows
+        for rollup in ("message_activity_author_days", "message_activity_weekly"):
+            sql = f"SELECT sum(messages) FROM {rollup} FINAL"
+            assert await ch.command(sql) == rows, rollup
     finally:
         await ch.close()
 

@@ -5,11 +5,14 @@ the ClickHouse insert and the Postgres commit) the view counts it twice, and it 
 a message deleted later. Instead, every affected (guild, UTC hour) bucket is recomputed from
 ``messages FINAL`` minus ``message_deletions`` and written again whole, with a newer version;
 keys that no longer have messages are written as zero rows so they replace the stale counts.
-The per-author daily rollups (message_activity_author_days, with the bot flag, and
-message_activity_daily, its sum over that flag) are recomputed for the whole UTC day of every
-affected bucket; the weekly one (message_activity_weekly) from it for the whole UTC week
-(Monday to Monday) of every such day, and the per-author week arrays retention reads
-(message_activity_weeks_by_author) from that for every author in those weeks.
+The per-author daily rollup (message_activity_author_days, with the bot flag in its key) is
+recomputed for the whole UTC day of every affected bucket; the weekly one
+(message_activity_weekly) from it, summed over the bot flag, for the whole UTC week (Monday to
+Monday) of every such day, and the per-author week arrays retention reads
+(message_activity_weeks_by_author) from that for every author in those weeks. Its sum over the
+bot flag per day is the daily rollup: the table that once held it (message_activity_daily) was
+read by nothing but the weekly recompute and cost a write nearly the size of the messages, so
+it is no longer written (ClickHouse migration 0012 marks it stale; the next release drops it).
 
 Affected buckets come from two places:
 
@@ -291,8 +294,8 @@ async def _recompute_chunk(ch: AsyncClient, buckets: list[tuple[int, int]]) -> N
 
 
 async def _recompute_days(ch: AsyncClient, days: list[tuple[int, int]]) -> None:
-    """Rewrite message_activity_author_days, then message_activity_daily from it, for these
-    (guild_id, UTC day start epoch seconds)."""
+    """Rewrite message_activity_author_days for these (guild_id, UTC day start epoch seconds),
+    then the weeks they lie in."""
     guilds = sorted({g for g, _ in days})
     lo = min(d for _, d in days)
     hi = max(d for _, d in days) + 86400
@@ -305,20 +308,9 @@ async def _recompute_days(ch: AsyncClient, days: list[tuple[int, int]]) -> None:
             file_name="days", data=csv, fmt="CSV", structure="guild_id UInt64, day UInt32"
         )
 
-    def zero_rows(table: str, key: str) -> str:
-        # Keys without a live message any more. Their times are the identities of min and
-        # max, so they never displace a live message's time.
-        return f"""
-            SELECT {key}, toUInt32(0), toDateTime(4294967295, 'UTC'), toDateTime(0, 'UTC')
-            FROM {table} FINAL
-            WHERE guild_id IN {{guilds:Array(UInt64)}}
-              AND day >= toDate(toDateTime({{lo:UInt32}}, 'UTC'))
-              AND day < toDate(toDateTime({{hi:UInt32}}, 'UTC'))
-              AND (guild_id, toUInt32(toUnixTimestamp(toDateTime(day, 'UTC')))) {in_days}
-        """
-
-    # The messages are read once, into the table with the bot flag; the daily rollup is its
-    # sum over that flag, so it costs a read of a table about a tenth of the messages' size.
+    # The messages are read once, here; the weeks are summed from this table, about a tenth of
+    # the messages' size. Keys without a live message any more become zero rows, with the
+    # identities of min and max as their times, so they never displace a live message's time.
     await ch.command(
         f"""
         INSERT INTO message_activity_author_days
@@ -330,30 +322,15 @@ async def _recompute_days(ch: AsyncClient, days: list[tuple[int, int]]) -> None:
                    toDateTime(created_at, 'UTC') AS first, toDateTime(created_at, 'UTC') AS last
             FROM ({_live_messages("toStartOfDay(created_at)", in_days)})
             UNION ALL
-            {zero_rows("message_activity_author_days", "guild_id, day, is_bot, author_id")}
-        )
-        GROUP BY guild_id, day, is_bot, author_id
-        """,
-        parameters=params,
-        settings=_RECOMPUTE_SETTINGS,
-        external_data=external(),
-    )
-    await ch.command(
-        f"""
-        INSERT INTO message_activity_daily
-            (guild_id, day, author_id, messages, first_at, last_at, version)
-        SELECT guild_id, day, author_id, sum(n), min(first), max(last), {{version:UInt64}}
-        FROM (
-            SELECT guild_id, day, author_id, messages AS n, first_at AS first, last_at AS last
+            SELECT guild_id, day, is_bot, author_id, toUInt32(0),
+                   toDateTime(4294967295, 'UTC'), toDateTime(0, 'UTC')
             FROM message_activity_author_days FINAL
             WHERE guild_id IN {{guilds:Array(UInt64)}}
               AND day >= toDate(toDateTime({{lo:UInt32}}, 'UTC'))
               AND day < toDate(toDateTime({{hi:UInt32}}, 'UTC'))
               AND (guild_id, toUInt32(toUnixTimestamp(toDateTime(day, 'UTC')))) {in_days}
-            UNION ALL
-            {zero_rows("message_activity_daily", "guild_id, day, author_id")}
         )
-        GROUP BY guild_id, day, author_id
+        GROUP BY guild_id, day, is_bot, author_id
         """,
         parameters=params,
         settings=_RECOMPUTE_SETTINGS,
@@ -364,7 +341,7 @@ async def _recompute_days(ch: AsyncClient, days: list[tuple[int, int]]) -> None:
 
 async def _recompute_weeks(ch: AsyncClient, weeks: list[tuple[int, int]]) -> None:
     """Rewrite message_activity_weekly for these (guild_id, UTC Monday epoch seconds) from the
-    daily rollup just rewritten, then the per-author week arrays of every author in them."""
+    author days just rewritten, then the per-author week arrays of every author in them."""
     guilds = sorted({g for g, _ in weeks})
     lo = min(w for _, w in weeks)
     hi = max(w for _, w in weeks) + 7 * 86400
@@ -376,13 +353,14 @@ async def _recompute_weeks(ch: AsyncClient, weeks: list[tuple[int, int]]) -> Non
             file_name="weeks", data=csv, fmt="CSV", structure="guild_id UInt64, week UInt32"
         )
 
-    # Zero rows of the daily rollup are read too: their times are the identities of min and
-    # max, and an author left with only those becomes a zero row here. No zero rows from this
-    # table are needed besides: every author it holds for a week has daily rows in that week
-    # (zero rows once their messages are gone), as it is derived from them.
+    # Both bot flags of an author are summed here, as a week has no bot flag. Zero rows of the
+    # author days are read too: their times are the identities of min and max, and an author
+    # left with only those becomes a zero row here. No zero rows from this table are needed
+    # besides: every author it holds for a week has author-day rows in that week (zero rows
+    # once their messages are gone), as it is derived from them.
     week_rows = """
         SELECT guild_id, toMonday(day) AS week, author_id, messages, first_at, last_at
-        FROM message_activity_daily FINAL
+        FROM message_activity_author_days FINAL
         WHERE guild_id IN {guilds:Array(UInt64)}
           AND day >= toDate(toDateTime({lo:UInt32}, 'UTC'))
           AND day < toDate(toDateTime({hi:UInt32}, 'UTC'))

@@ -5,13 +5,16 @@ import logging
 import re
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from pydantic import SecretStr
 
 from herwa.stores import clickhouse_url_client, postgres_connection
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.asyncclient import AsyncClient
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +202,34 @@ async def apply_postgres(conn: asyncpg.Connection, migration: Migration) -> None
         )
 
 
+async def clickhouse_history(client: AsyncClient) -> dict[int, str]:
+    """The applied ClickHouse migrations (version → checksum); creates the record table."""
+    await client.command(
+        """
+        CREATE TABLE IF NOT EXISTS schema_migrations (
+            version    UInt32,
+            name       String,
+            checksum   String,
+            applied_at DateTime64(3, 'UTC') DEFAULT now64(3)
+        ) ENGINE = ReplacingMergeTree(applied_at) ORDER BY version
+        """
+    )
+    result = await client.query("SELECT version, checksum FROM schema_migrations FINAL")
+    return {int(version): str(checksum) for version, checksum in result.result_rows}
+
+
+async def apply_clickhouse(client: AsyncClient, migration: Migration) -> None:
+    """One migration, statement by statement, then its record (no transactions: see 0001)."""
+    log.info("applying clickhouse migration %04d_%s", migration.version, migration.name)
+    for statement in migration.statements():
+        await client.command(statement)
+    await client.insert(
+        "schema_migrations",
+        [[migration.version, migration.name, migration.checksum]],
+        column_names=["version", "name", "checksum"],
+    )
+
+
 async def migrate_postgres(conn: asyncpg.Connection, report: MigrationReport) -> None:
     """Postgres alone, without ``migrate``'s cross-pod lock: for callers that own the database."""
     applied = await postgres_history(conn)
@@ -226,31 +257,13 @@ async def _migrate_clickhouse(url: SecretStr | str, report: MigrationReport) -> 
 
     client = await clickhouse_url_client(raw)
     try:
-        await client.command(
-            """
-            CREATE TABLE IF NOT EXISTS schema_migrations (
-                version    UInt32,
-                name       String,
-                checksum   String,
-                applied_at DateTime64(3, 'UTC') DEFAULT now64(3)
-            ) ENGINE = ReplacingMergeTree(applied_at) ORDER BY version
-            """
-        )
-        result = await client.query("SELECT version, checksum FROM schema_migrations FINAL")
-        applied = {int(version): str(checksum) for version, checksum in result.result_rows}
+        applied = await clickhouse_history(client)
         known = discover("clickhouse")
         _check_applied("clickhouse", applied, known)
         for migration in known:
             if migration.version in applied:
                 continue
-            log.info("applying clickhouse migration %04d_%s", migration.version, migration.name)
-            for statement in migration.statements():
-                await client.command(statement)
-            await client.insert(
-                "schema_migrations",
-                [[migration.version, migration.name, migration.checksum]],
-                column_names=["version", "name", "checksum"],
-            )
+            await apply_clickhouse(client, migration)
             report.applied["clickhouse"].append(migration.version)
         report.current["clickhouse"] = known[-1].version if known else 0
     finally:

@@ -2,9 +2,9 @@
 
 Humans and a bot write on two UTC days around a Kolkata midnight (18:30 UTC); a later run
 loads deletions, one of which empties an author's only day there. The rollup must equal the
-same figures computed from the raw messages, the daily rollup derived from it must too, and
-/overview's active members must equal the raw count for ranges that cut a UTC day at its start,
-at its end, and inside it.
+same figures computed from the raw messages, the weekly rollup derived from it (summed over the
+bot flag) must too, and /overview's active members must equal the raw count for ranges that cut
+a UTC day at its start, at its end, and inside it.
 """
 
 from __future__ import annotations
@@ -44,6 +44,15 @@ _RAW_DAYS = """
         SELECT message_id FROM message_deletions WHERE guild_id = {g:UInt64})
     GROUP BY guild_id, day, is_bot, author_id
     ORDER BY day, is_bot, author_id
+"""
+_RAW_WEEKS = """
+    SELECT toMonday(created_at) AS week, author_id, toUInt32(count()),
+           toDateTime(min(created_at), 'UTC'), toDateTime(max(created_at), 'UTC')
+    FROM messages FINAL
+    WHERE guild_id = {g:UInt64} AND message_id NOT IN (
+        SELECT message_id FROM message_deletions WHERE guild_id = {g:UInt64})
+    GROUP BY week, author_id
+    ORDER BY week, author_id
 """
 _RAW_ACTIVE = """
     SELECT uniqExact(author_id) FROM messages FINAL
@@ -101,11 +110,16 @@ async def test_author_days_equal_the_raw_messages_and_answer_overview(
             "SELECT author_id, day FROM message_activity_author_days FINAL"
             " WHERE guild_id = {g:UInt64} AND messages = 0 ORDER BY author_id"
         ) == [(400, datetime(2024, 3, 11).date()), (403, datetime(2024, 3, 10).date())]
-        # The daily rollup, now derived from it, is still the raw per-author day.
+        # The weekly rollup, derived from it over both bot flags, is the raw per-author week,
+        # and the weeks the deletions emptied (403's, and 400's second) are zero rows.
         assert await fetch(
-            "SELECT day, author_id, messages, first_at, last_at FROM message_activity_daily FINAL"
-            " WHERE guild_id = {g:UInt64} AND messages > 0 ORDER BY day, author_id"
-        ) == sorted((d, a, n, f, last) for _, d, _, a, n, f, last in raw)
+            "SELECT week, author_id, messages, first_at, last_at FROM message_activity_weekly"
+            " FINAL WHERE guild_id = {g:UInt64} AND messages > 0 ORDER BY week, author_id"
+        ) == await fetch(_RAW_WEEKS)
+        assert await fetch(
+            "SELECT author_id, week FROM message_activity_weekly FINAL"
+            " WHERE guild_id = {g:UInt64} AND messages = 0 ORDER BY author_id"
+        ) == [(400, datetime(2024, 3, 11).date()), (403, datetime(2024, 3, 4).date())]
 
         kolkata_midnight = Z("2024-03-10 18:30")
         for since, until in (

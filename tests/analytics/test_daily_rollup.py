@@ -1,4 +1,4 @@
-"""Retention from the per-author daily rollup is exact at a +05:30 week boundary.
+"""Retention from the per-author day and week rollups is exact at a +05:30 week boundary.
 
 Monday 00:00 in Asia/Kolkata is Sunday 18:30 UTC: 18:10 and 18:45 UTC on Sunday 2024-03-10 lie
 in one UTC hour and one UTC day but in two Kolkata weeks. An hourly bucket cannot tell them
@@ -68,8 +68,8 @@ async def test_retention_rollup_is_exact_across_a_half_hour_week_boundary(
             assert utc == [Cohort(date(2024, 3, 4), 5, (4, 0, 0), (0, 0, 0))], source
         # The deleted-only author's day was rewritten as a zero row, not left stale.
         result = await client.query(
-            "SELECT author_id, messages FROM message_activity_daily FINAL"
-            " WHERE guild_id = {g:UInt64} ORDER BY author_id",
+            "SELECT author_id, sum(messages) FROM message_activity_author_days FINAL"
+            " WHERE guild_id = {g:UInt64} GROUP BY author_id ORDER BY author_id",
             parameters={"g": G},
         )
         assert [tuple(r) for r in result.result_rows] == [

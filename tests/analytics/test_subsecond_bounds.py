@@ -62,9 +62,13 @@ async def ch_value(endpoints: Endpoints, sql: str, **params: object) -> Any:
         await client.close()
 
 
+# The hour, the quarter hour and the day the last subsecond belongs to.
+_ROLLUPS = ("message_activity_hourly", "message_activity_15m", "message_activity_author_days")
+
+
 async def _rollup_totals(endpoints: Endpoints) -> dict[str, int]:
     out = {}
-    for rollup in ("message_activity_hourly", "message_activity_15m", "message_activity_daily"):
+    for rollup in _ROLLUPS:
         sql = f"SELECT sum(messages) FROM {rollup} FINAL WHERE guild_id = {G}"  # noqa: S608
         out[rollup] = int(await ch_value(endpoints, sql))
     return out
@@ -75,14 +79,10 @@ async def test_a_message_in_the_last_subsecond_of_an_hour_and_a_day_is_rolled_up
 ) -> None:
     await _message(pg, 1, LAST_OF_HOUR)
     await _run(migrated)
-    assert await _rollup_totals(migrated) == dict.fromkeys(
-        ("message_activity_hourly", "message_activity_15m", "message_activity_daily"), 1
-    )
+    assert await _rollup_totals(migrated) == dict.fromkeys(_ROLLUPS, 1)
     await _message(pg, 2, LAST_OF_DAY)
     await _run(migrated)
-    assert await _rollup_totals(migrated) == dict.fromkeys(
-        ("message_activity_hourly", "message_activity_15m", "message_activity_daily"), 2
-    )
+    assert await _rollup_totals(migrated) == dict.fromkeys(_ROLLUPS, 2)
     hourly = await ch_value(
         migrated,
         "SELECT groupArray(toHour(hour)) FROM (SELECT hour FROM message_activity_hourly FINAL"

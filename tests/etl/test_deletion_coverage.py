@@ -168,10 +168,12 @@ async def test_every_table_holding_an_id_is_classified(migrated: Endpoints) -> N
     schemas = await _schemas(migrated)
     problems = [p for store, tables in schemas.items() for p in privacy.audit(store, tables)]
     assert problems == []
-    # And the deletion plan reaches what the issue found missed: the daily rollup, for both.
+    # And the deletion plan reaches what the issue found missed: the per-author day rollup
+    # (then message_activity_daily) and the week one derived from it, for both.
     ch = privacy.plan_for("clickhouse", schemas["clickhouse"])
-    assert "message_activity_daily" in ch.guild_tables
-    assert ("message_activity_daily", "author_id") in ch.user_tables
+    for rollup in ("message_activity_author_days", "message_activity_weekly"):
+        assert rollup in ch.guild_tables
+        assert (rollup, "author_id") in ch.user_tables
     # A table the audit would refuse: an unknown id column, a member id without guild_id.
     assert privacy.audit("postgres", {"x": frozenset({"guild_id", "member_id"})})
     assert privacy.audit("clickhouse", {"y": frozenset({"user_id", "day"})})
@@ -187,7 +189,7 @@ async def test_guild_deletion_leaves_no_row_in_any_table_or_cache(
     assert (
         await ch_value(
             migrated,
-            "SELECT count() FROM message_activity_daily FINAL WHERE guild_id = {g:UInt64}",
+            "SELECT count() FROM message_activity_author_days FINAL WHERE guild_id = {g:UInt64}",
             g=G,
         )
         > 0
@@ -210,20 +212,26 @@ async def test_guild_deletion_leaves_no_row_in_any_table_or_cache(
     assert await redis.keys(f"t:cmdresult:{OTHER}:*") != []
 
 
+# The live figures of a guild's other members: per day (summed over the bot flag), and per week
+# as the deletion's recompute rewrites them from the days.
+_OTHERS_FIGURES = (
+    "SELECT day, author_id, sum(messages) FROM message_activity_author_days FINAL"
+    " WHERE guild_id = {g:UInt64} AND author_id != {u:UInt64} AND messages > 0"
+    " GROUP BY day, author_id ORDER BY day, author_id",
+    "SELECT week, author_id, messages, first_at, last_at FROM message_activity_weekly FINAL"
+    " WHERE guild_id = {g:UInt64} AND author_id != {u:UInt64} AND messages > 0"
+    " ORDER BY week, author_id",
+)
+
+
 async def test_member_deletion_leaves_no_row_with_their_id(
     migrated: Endpoints, pg: asyncpg.Connection, redis: Redis
 ) -> None:
     await _stage_everything(pg, G)
     await _stage_everything(pg, OTHER)
     await run_once(migrated.postgres_dsn, migrated.clickhouse_url, redis, OPTIONS)
-    daily_before = await ch_rows(
-        migrated,
-        "SELECT day, author_id, messages FROM message_activity_daily FINAL"
-        " WHERE guild_id = {g:UInt64} AND author_id != {u:UInt64} AND messages > 0 ORDER BY 1, 2",
-        g=G,
-        u=MEMBER,
-    )
-    assert daily_before
+    others_before = [await ch_rows(migrated, sql, g=G, u=MEMBER) for sql in _OTHERS_FIGURES]
+    assert all(others_before)
     await redis.set(f"t:cmdresult:{G}:leaderboard:abc", b"reply")
     await pg.execute(
         "INSERT INTO deletion_requests (scope, guild_id, user_id) VALUES ('user', $1, $2)",
@@ -241,15 +249,8 @@ async def test_member_deletion_leaves_no_row_with_their_id(
         assert await pg.fetchval(f"SELECT count(*) FROM {table} WHERE {mine}") == 0
         assert await ch_value(migrated, f"SELECT count() FROM {table} WHERE {mine}") == 0
     # Everybody else's figures are exactly what they were, and the hourly rollup is exact.
-    assert (
-        await ch_rows(
-            migrated,
-            "SELECT day, author_id, messages FROM message_activity_daily FINAL"
-            " WHERE guild_id = {g:UInt64} AND messages > 0 ORDER BY 1, 2",
-            g=G,
-        )
-        == daily_before
-    )
+    for sql, before in zip(_OTHERS_FIGURES, others_before, strict=True):
+        assert await ch_rows(migrated, sql, g=G, u=MEMBER) == before, sql
     assert await actual_hourly(migrated) == await expected_hourly(pg)
     assert len(await _rows_with(migrated, pg, OTHER, MEMBER)) >= 4
     assert await redis.keys(f"t:cmdresult:{G}:*") == []

@@ -48,7 +48,7 @@ FED = {
     "presence_events",
     "message_activity_hourly",
     "message_activity_15m",
-    "message_activity_daily",
+    "message_activity_author_days",
     "member_joins",
     "voice_starts_by_member",
 }
@@ -370,7 +370,8 @@ async def test_cut_at_utc_midnight_bounded_idempotent_and_due_on_change(
         # The next UTC day is due again, and takes the day that left the window.
         tomorrow = await expiry.expire_due(pg, ch, 60.0, now=now + timedelta(days=1))
         assert (tomorrow.due, tomorrow.complete) == (True, True)
-        assert {"clickhouse.messages", "clickhouse.message_activity_daily"} <= set(tomorrow.rows)
+        expired = set(tomorrow.rows)
+        assert {"clickhouse.messages", "clickhouse.message_activity_author_days"} <= expired
         assert await _messages(ch, FREE_G) == set()
         assert await _days(ch, FREE_G) == []
         assert len(await _messages(ch, PRO_G)) == 2
@@ -387,7 +388,8 @@ async def _messages(ch: AsyncClient, guild: int) -> set[int]:
 
 async def _days(ch: AsyncClient, guild: int) -> list[date]:
     result = await ch.query(
-        "SELECT day FROM message_activity_daily FINAL WHERE guild_id = {g:UInt64} ORDER BY day",
+        "SELECT DISTINCT day FROM message_activity_author_days FINAL WHERE guild_id = {g:UInt64}"
+        " ORDER BY day",
         parameters={"g": guild},
     )
     return [r[0] for r in result.result_rows]

@@ -165,7 +165,12 @@ async def test_fault_clickhouse_down_during_etl_run(
         # The rollups the commands read count every live message once.
         assert await actual_hourly(ep) == await expected_hourly(pg)
         live = MESSAGES - ROWS  # the deletions remove messages 3, 6, …, 900
-        for rollup in ("message_activity_hourly", "message_activity_15m", "message_activity_daily"):
+        for rollup in (
+            "message_activity_hourly",
+            "message_activity_15m",
+            "message_activity_author_days",
+            "message_activity_weekly",
+        ):
             assert await ch_value(ep, f"SELECT sum(messages) FROM {rollup} FINAL") == live, rollup
         # A third run has nothing left to do.
         idle = await run_once(ep.postgres_dsn, ep.clickhouse_url, None, OPTIONS)

@@ -27,8 +27,8 @@ async def _assert_rollups_complete(endpoints: Endpoints, pg: asyncpg.Connection)
     for rollup in (
         "message_activity_hourly",
         "message_activity_15m",
-        "message_activity_daily",
         "message_activity_author_days",
+        "message_activity_weekly",
     ):
         total = await ch_value(endpoints, f"SELECT sum(messages) FROM {rollup} FINAL")  # noqa: S608
         assert total == staged, rollup

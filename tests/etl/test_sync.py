@@ -75,9 +75,9 @@ async def _assert_exact(endpoints: Endpoints, pg: asyncpg.Connection) -> None:
         "(SELECT 1 FROM message_deletions d WHERE d.message_id = m.message_id)"
     )
     assert await ch_value(endpoints, "SELECT sum(messages) FROM message_activity_15m FINAL") == live
-    assert (
-        await ch_value(endpoints, "SELECT sum(messages) FROM message_activity_daily FINAL") == live
-    )
+    for rollup in ("message_activity_author_days", "message_activity_weekly"):
+        sql = f"SELECT sum(messages) FROM {rollup} FINAL"
+        assert await ch_value(endpoints, sql) == live, rollup
 
 
 async def test_a_run_loads_every_family_once(migrated: Endpoints, pg: asyncpg.Connection) -> None:
@@ -565,7 +565,12 @@ async def test_rollups_owed_before_a_reset_of_the_marks_are_still_recomputed(
     )
     assert crashed.outcome == "failed"
     async with clickhouse(migrated.clickhouse_url) as ch:
-        for rollup in ("message_activity_hourly", "message_activity_15m", "message_activity_daily"):
+        for rollup in (
+            "message_activity_hourly",
+            "message_activity_15m",
+            "message_activity_author_days",
+            "message_activity_weekly",
+        ):
             await ch.command(f"TRUNCATE TABLE {rollup}")  # type: ignore[attr-defined]
     # ... when the database is restored into a cluster whose transaction ids are far behind:
     # emulated by moving every id of the old cluster up (marks, rows, rollup progress, and the
