@@ -39,6 +39,12 @@ STAGING_COLUMN = "ch_ingested_at"
 # elements before the cutoff, under a newer version. The date array, then the parallel ones.
 CLICKHOUSE_DATE_ARRAYS: Mapping[str, tuple[str, ...]] = {
     "message_activity_weeks_by_author": ("weeks", "first_at", "last_at"),
+    "message_local_weeks": ("weeks",),
+}
+# ClickHouse tables with a server id but no event time, and why they stay bounded (deletion
+# requests reach them through guild_id all the same).
+CLICKHOUSE_BOUNDED: Mapping[str, str] = {
+    "message_local_weeks_zone": "one row per server: the time zone its local weeks are in",
 }
 _TIME_TYPE = re.compile(r"^(Date|Date32|DateTime|DateTime64)(\(.*\))?$")
 # A column holding a set of times per row, merged by set union (AggregatingMergeTree). An insert
@@ -162,6 +168,8 @@ def plan_for(tables: privacy.Tables, catalogue: Catalogue) -> tuple[list[Target]
     for table in privacy.plan_for("clickhouse", tables).guild_tables:
         if table in CLICKHOUSE_DATE_ARRAYS:
             continue  # expired element by element (_expire_arrays)
+        if table in CLICKHOUSE_BOUNDED:
+            continue
         if time_sets_for(table, catalogue.get(table, ())) is not None:
             continue  # rewritten without the old times (_expire_time_sets)
         target = target_for(table, catalogue.get(table, ()))

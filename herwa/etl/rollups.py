@@ -8,11 +8,12 @@ keys that no longer have messages are written as zero rows so they replace the s
 The per-author daily rollup (message_activity_author_days, with the bot flag in its key) is
 recomputed for the whole UTC day of every affected bucket; the weekly one
 (message_activity_weekly) from it, summed over the bot flag, for the whole UTC week (Monday to
-Monday) of every such day, and the per-author week arrays retention reads
-(message_activity_weeks_by_author) from that for every author in those weeks. Its sum over the
-bot flag per day is the daily rollup: the table that once held it (message_activity_daily) was
-read by nothing but the weekly recompute and cost a write nearly the size of the messages, so
-it is no longer written (ClickHouse migration 0012 marks it stale; the next release drops it).
+Monday) of every such day; the per-author week arrays (message_activity_weeks_by_author) from
+that for every author in those weeks; and from those the same authors' local weeks in their
+guild's recorded zone (message_local_weeks, local_weeks.py), which retention reads. The daily
+rollup's table (message_activity_daily) was read by nothing but the weekly recompute and cost a
+write nearly the size of the messages, so it is no longer written (ClickHouse migration 0012
+marks it stale; the next release drops it).
 
 Affected buckets come from two places:
 
@@ -51,6 +52,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 from clickhouse_connect.driver.external import ExternalData
 
+from herwa.etl import local_weeks
 from herwa.etl.families import BY_NAME, WIRE_FORMAT
 from herwa.etl.low_water import low_water
 
@@ -399,3 +401,24 @@ async def _recompute_weeks(ch: AsyncClient, weeks: list[tuple[int, int]]) -> Non
         settings=_RECOMPUTE_SETTINGS,
         external_data=external(),
     )
+    # The same authors' local weeks, in each guild's recorded zone: one statement per zone, as
+    # toTimeZone takes only a constant zone (a batch's guilds are in few zones).
+    recorded = await local_weeks.recorded_zones(ch, guilds)
+    by_zone: dict[str, list[int]] = {}
+    for guild in guilds:
+        zone = recorded[guild].tz if guild in recorded else local_weeks.DEFAULT_ZONE
+        by_zone.setdefault(zone, []).append(guild)
+    for zone, zone_guilds in sorted(by_zone.items()):
+        await ch.command(
+            f"""
+            INSERT INTO message_local_weeks (guild_id, tz, author_id, weeks, version)
+            SELECT guild_id, {{tz:String}}, author_id,
+                   {local_weeks.local_mondays("first_at", "last_at")}, {{version:UInt64}}
+            FROM message_activity_weeks_by_author FINAL
+            WHERE guild_id IN {{zone_guilds:Array(UInt64)}}
+              AND (guild_id, author_id) IN (SELECT DISTINCT guild_id, author_id FROM ({week_rows}))
+            """,
+            parameters={**params, "tz": zone, "zone_guilds": zone_guilds},
+            settings=_RECOMPUTE_SETTINGS,
+            external_data=external(),
+        )

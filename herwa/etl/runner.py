@@ -15,7 +15,7 @@ from opentelemetry import trace
 from redis.asyncio import Redis
 
 from herwa import schema, usage
-from herwa.etl import cleanup, expiry, lock, low_water, metrics, privacy, rollups
+from herwa.etl import cleanup, expiry, local_weeks, lock, low_water, metrics, privacy, rollups
 from herwa.etl.families import BY_NAME, FAMILIES
 from herwa.etl.low_water import load_cursors
 from herwa.etl.sync import (
@@ -297,6 +297,8 @@ async def _locked_run(
         with _tracer.start_as_current_span("etl.rollups"):
             await rollups.flush_loaded(pg, ch, after_recompute)
             await rollups.flush_queue(pg, ch, after_recompute)
+            # After the last recompute, so that none writes a zone being replaced.
+            await local_weeks.follow_zones(pg, ch)
         cutoff = datetime.now(UTC) - timedelta(hours=options.retention_hours)
         with _tracer.start_as_current_span("etl.cleanup"):
             stats.rows_cleaned = await cleanup.cleanup(pg, cutoff)

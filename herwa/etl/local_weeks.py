@@ -1,0 +1,160 @@
+"""Each member's active LOCAL weeks, kept in their server's time zone (ClickHouse migration 0013).
+
+Retention reads ``message_local_weeks`` when the zone asked for is the one recorded for the
+server in ``message_local_weeks_zone`` (no row: 'UTC', what the migration built). The rollups'
+recompute (rollups.py) rewrites the rows of every author whose UTC weeks it rewrote, in the
+server's recorded zone, with :func:`local_mondays`. This module keeps the recorded zone equal
+to the server's setting in Postgres (``guilds.timezone``): :func:`follow_zones`, once per ETL
+run, rebuilds every server whose zone there differs.
+
+A rebuild goes in an order that a crash anywhere leaves for the next run, and that a reader
+never sees half done:
+
+1. the zone row is marked ``others_deleted = false``: rows of another zone may remain;
+2. every author's rows are written in the new zone, from ``message_activity_weeks_by_author``;
+3. the zone row names the new zone (still not clean): readers switch to the complete rows;
+4. the rows of every other zone are deleted;
+5. the zone row is marked clean.
+
+A run that finds a server's zone current but not clean does 4 and 5 only: so rows written by a
+rebuild that crashed and whose zone was then set back are not left behind.
+
+The zone is checked with zoneinfo, as the analytics check the zone they are asked for: a zone
+Postgres holds that is not an IANA name is logged and the server keeps its recorded zone, so
+one server's bad setting never fails the run.
+
+Both steps and the recompute run inside the ETL's lock and one after another (the runner calls
+:func:`follow_zones` after the last recompute), so a recompute never writes a zone a rebuild is
+replacing.
+"""
+
+# ruff: noqa: S608 - identifiers in SQL are this module's constants; values are bound.
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
+
+import asyncpg
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.asyncclient import AsyncClient
+
+log = logging.getLogger(__name__)
+
+# What a server without a zone row is in: the migration built every server's rows in it, and it
+# is guilds.timezone's default.
+DEFAULT_ZONE = "UTC"
+
+
+def local_mondays(first_at: str, last_at: str, tz: str = "{tz:String}") -> str:
+    """SQL: the distinct local Mondays in ``tz`` (a constant: toTimeZone takes no per-row zone)
+    of the per-UTC-week first and last times, ascending (migration 0005: exactly the local
+    weeks with a message)."""
+    return (
+        f"arraySort(arrayDistinct(arrayMap(t -> toStartOfWeek(toTimeZone(t, {tz}), 1),"
+        f" arrayConcat({first_at}, {last_at}))))"
+    )
+
+
+@dataclass(frozen=True)
+class Recorded:
+    tz: str
+    others_deleted: bool
+
+
+async def recorded_zones(ch: AsyncClient, guilds: list[int] | None = None) -> dict[int, Recorded]:
+    """The recorded zone of these servers (every server with a zone row when None); a server
+    without one is in DEFAULT_ZONE, with no other zone's rows."""
+    where = "" if guilds is None else "WHERE guild_id IN {guilds:Array(UInt64)}"
+    result = await ch.query(
+        "SELECT guild_id, argMax(tz, version), argMax(others_deleted, version)"
+        f" FROM message_local_weeks_zone {where} GROUP BY guild_id",
+        parameters={"guilds": guilds or []},
+    )
+    return {int(g): Recorded(str(tz), bool(clean)) for g, tz, clean in result.result_rows}
+
+
+def _valid(tz: str) -> bool:
+    try:
+        ZoneInfo(tz)
+    except (ValueError, KeyError):  # KeyError: ZoneInfoNotFoundError
+        return False
+    return True
+
+
+async def follow_zones(pg: asyncpg.Connection, ch: AsyncClient) -> int:
+    """Rebuild every server whose recorded zone differs from its Postgres setting, finish any
+    rebuild left half done; returns how many servers were rebuilt."""
+    wanted = {
+        int(r["guild_id"]): str(r["timezone"])
+        for r in await pg.fetch("SELECT guild_id, timezone FROM guilds")
+    }
+    # A deleted server (tombstone not resumed) keeps its guilds row; its deletion request
+    # removes its zone row: none is written again, nor its rows moved meanwhile.
+    deleted = {
+        int(r["guild_id"])
+        for r in await pg.fetch("SELECT guild_id FROM guild_tombstones WHERE resumed_at IS NULL")
+    }
+    recorded = await recorded_zones(ch)
+    rebuilt = 0
+    for guild in sorted((wanted.keys() | recorded.keys()) - deleted):
+        tz = wanted.get(guild, DEFAULT_ZONE)
+        now = recorded.get(guild, Recorded(DEFAULT_ZONE, others_deleted=True))
+        if now.tz == tz:
+            if not now.others_deleted:
+                await _delete_other_zones(ch, guild, tz)
+            continue
+        if not _valid(tz):
+            log.warning(
+                "guild %s: time zone %r in Postgres is not an IANA zone; its local weeks stay"
+                " in %s",
+                guild,
+                tz,
+                now.tz,
+            )
+            continue
+        await _rebuild(ch, guild, tz, now)
+        rebuilt += 1
+    return rebuilt
+
+
+async def _rebuild(ch: AsyncClient, guild: int, tz: str, now: Recorded) -> None:
+    """Move a server's local weeks to zone ``tz`` (steps 1-5 of the module docstring)."""
+    if now.others_deleted:
+        await _record(ch, guild, now.tz, others_deleted=False)
+    await ch.command(
+        f"""
+        INSERT INTO message_local_weeks (guild_id, tz, author_id, weeks, version)
+        SELECT guild_id, {{tz:String}}, author_id, {local_mondays("first_at", "last_at")},
+               {{version:UInt64}}
+        FROM message_activity_weeks_by_author FINAL
+        WHERE guild_id = {{guild:UInt64}}
+        """,
+        parameters={"guild": guild, "tz": tz, "version": time.time_ns() // 1_000_000},
+    )
+    await _record(ch, guild, tz, others_deleted=False)
+    await _delete_other_zones(ch, guild, tz)
+
+
+async def _delete_other_zones(ch: AsyncClient, guild: int, tz: str) -> None:
+    # Lightweight DELETE, as deletion requests use (privacy.ch_delete): masked at once, FINAL
+    # reads honour it, and lightweight_deletes_sync (default) waits for it, so the zone row is
+    # marked clean only once the rows are gone.
+    await ch.command(
+        "DELETE FROM message_local_weeks WHERE guild_id = {guild:UInt64} AND tz != {tz:String}",
+        parameters={"guild": guild, "tz": tz},
+    )
+    await _record(ch, guild, tz, others_deleted=True)
+
+
+async def _record(ch: AsyncClient, guild: int, tz: str, *, others_deleted: bool) -> None:
+    # Nanoseconds: the steps of one rebuild write this row several times within a millisecond.
+    await ch.command(
+        "INSERT INTO message_local_weeks_zone (guild_id, tz, others_deleted, version)"
+        " SELECT {guild:UInt64}, {tz:String}, {clean:Bool}, {version:UInt64}",
+        parameters={"guild": guild, "tz": tz, "clean": others_deleted, "version": time.time_ns()},
+    )
