@@ -4,11 +4,19 @@ A cohort member is "active" in week N when they sent at least one (not deleted) 
 N-th local week after their join week, "voice-active" when a voice session of theirs started in
 it. Weeks start on Monday in the guild's time zone.
 
-Message activity comes from the per-author week arrays (message_activity_weeks_by_author:
-per UTC week with a live message, its first and last one), exact in every time zone (+05:30
-and +05:45 included, no raw fallback needed): a UTC week touches at most two local weeks, so the
-local weeks an author was active in that week are exactly those of its first and last live
-message (migration 0005 explains why). ``source="raw"`` reads the messages themselves.
+Message activity comes, in the guild's own time zone, from each author's active local weeks
+(message_local_weeks, migration 0013), which the ETL keeps in the zone the guild has set
+(etl/local_weeks.py): the statement slices them, with no time to convert. Reading the guild's
+recorded zone first costs a round trip of about a millisecond; the conversion it saves cost a
+third of the statement (issue 19).
+
+In any other zone (a viewer's choice in the Grafana panel, which runs :func:`cohort_sql`, or a
+guild whose new zone the next ETL run has not rebuilt yet) it comes from the per-author week
+arrays (message_activity_weeks_by_author: per UTC week with a live message, its first and last
+one), exact in every zone (+05:30 and +05:45 included): a UTC week touches at most two local
+weeks, so the local weeks an author was active in that week are exactly those of its first and
+last live message (migration 0005 explains why). Both give the same answer; ``source="raw"``
+reads the messages themselves.
 
 Cohorts come from member_joins (the joins alone, a row each) and voice from
 voice_starts_by_member (per member, the set of their sessions' start times), both kept by
@@ -73,7 +81,11 @@ _COHORT = {
 
 # Per member, what their activity is read from (joined on user_id).
 _MESSAGES = {
-    "rollup": """
+    "local_weeks": """
+        SELECT author_id AS user_id, weeks
+        FROM message_local_weeks FINAL WHERE guild_id = {guild_id:UInt64} AND tz = {tz:String}
+    """,
+    "any_zone": """
         SELECT author_id AS user_id, weeks, first_at, last_at
         FROM message_activity_weeks_by_author FINAL WHERE guild_id = {guild_id:UInt64}
     """,
@@ -114,12 +126,12 @@ _IN_WINDOW = (
 # the member skipped weeks the slice runs past the window; those times fall in local weeks
 # after week weeks-1, which are counted but never read.
 _SLICE = {
-    "rollup": "arrayCount(w -> w < m.week - 7, a.weeks) + 1 AS slice_from,",
+    "any_zone": "arrayCount(w -> w < m.week - 7, a.weeks) + 1 AS slice_from,",
     "raw": "",
 }
 # The times (UTC) of a member's activity that can fall in their first weeks.
 _TIMES = {
-    "rollup": """
+    "any_zone": """
         arrayConcat(arraySlice(a.first_at, slice_from, {weeks:UInt16} + 2),
                     arraySlice(a.last_at, slice_from, {weeks:UInt16} + 2))
     """,
@@ -133,6 +145,18 @@ def _local_weeks(times: str) -> str:
     return f"arrayDistinct(arrayMap(t -> toStartOfWeek(toTimeZone(t, {{tz:String}}), 1), {times}))"
 
 
+def _message_weeks(source: Statement) -> str:
+    """A member's distinct local Mondays with a message that can be in their first weeks."""
+    if source == "local_weeks":
+        # Already local Mondays, distinct and ascending: the first ``weeks`` from the join week
+        # on hold every one in the window (later ones are counted but never read).
+        return """
+            arrayCount(w -> w < m.week, a.weeks) + 1 AS slice_from,
+            arraySlice(a.weeks, slice_from, {weeks:UInt16})
+        """
+    return f"{_SLICE[source]} {_local_weeks(_TIMES[source])}"
+
+
 def _counted(weeks: str) -> str:
     """``weeks`` (distinct) as a map of each to 1, for sumMap to count members per week."""
     return f"CAST(({weeks}, arrayWithConstant(length({weeks}), toUInt64(1))), 'Map(Date, UInt64)')"
@@ -143,7 +167,18 @@ def _counted(weeks: str) -> str:
 _BEGUN = "cohort + 7 * n <= toDate(now(), {tz:String})"
 
 
-def cohort_sql(source: Literal["rollup", "raw"] = "rollup") -> str:
+# What a statement reads messages from: local weeks precomputed in the guild's recorded zone
+# (correct only in that zone), the per-UTC-week arrays (any zone), or the messages themselves.
+Statement = Literal["local_weeks", "any_zone", "raw"]
+# The tables the statements read members' joins and voice from, which have no zone.
+_ROLLUP_OR_RAW: dict[Statement, Literal["rollup", "raw"]] = {
+    "local_weeks": "rollup",
+    "any_zone": "rollup",
+    "raw": "raw",
+}
+
+
+def cohort_sql(source: Statement = "any_zone") -> str:
     """One row per cohort and week N: (cohort, joined, n, active, voice_active), the last
     two NULL for a week N that has not begun.
 
@@ -154,8 +189,10 @@ def cohort_sql(source: Literal["rollup", "raw"] = "rollup") -> str:
     copies a lambda's captured columns for every element).
 
     Parameters: guild_id, tz, since, until (epoch seconds), weeks, bots. The Grafana retention
-    panel runs this same statement (herwa.analytics.dashboard).
+    panel runs the ``any_zone`` statement (herwa.analytics.dashboard): its viewer picks the
+    zone. ``local_weeks`` answers only in the guild's recorded zone (:func:`recorded_zone`).
     """
+    joins = _ROLLUP_OR_RAW[source]
     return f"""
         SELECT cohort, joined, n, if({_BEGUN}, active[cohort + 7 * n], NULL) AS active,
                if({_BEGUN}, voice[cohort + 7 * n], NULL) AS voice_active
@@ -163,14 +200,13 @@ def cohort_sql(source: Literal["rollup", "raw"] = "rollup") -> str:
             SELECT cohort, count() AS joined, sumMap(message_counted) AS active,
                    sumMap(voice_counted) AS voice
             FROM (
-                SELECT m.week AS cohort, {_SLICE[source]}
-                       {_local_weeks(_TIMES[source])} AS message_weeks,
+                SELECT m.week AS cohort, {_message_weeks(source)} AS message_weeks,
                        {_local_weeks(_VOICE_TIMES)} AS voice_weeks,
                        {_counted("message_weeks")} AS message_counted,
                        {_counted("voice_weeks")} AS voice_counted
-                FROM ({_COHORT[source]}) AS m
+                FROM ({_COHORT[joins]}) AS m
                 LEFT JOIN ({_MESSAGES[source]}) AS a ON a.user_id = m.user_id
-                LEFT JOIN ({_VOICE[source]}) AS v ON v.user_id = m.user_id
+                LEFT JOIN ({_VOICE[joins]}) AS v ON v.user_id = m.user_id
             )
             GROUP BY cohort
         ) ARRAY JOIN arrayMap(k -> toUInt16(k), range({{weeks:UInt16}})) AS n
@@ -187,14 +223,27 @@ async def retention(
     *,
     weeks: int = 8,
     include_bots: bool = False,
-    source: Literal["rollup", "raw"] = "rollup",
+    source: Literal["rollup"] | Statement = "rollup",
 ) -> list[Cohort]:
-    """Cohorts of members whose first join lies in [since, until), oldest first."""
+    """Cohorts of members whose first join lies in [since, until), oldest first.
+
+    ``rollup`` reads the precomputed local weeks when ``tz`` is the guild's recorded zone, the
+    per-UTC-week arrays otherwise; a :data:`Statement` runs that one (``local_weeks`` raises
+    ValueError in another zone, where its answer would be wrong).
+    """
     p = params(guild_id, since, until, tz=check_tz(tz), bots=include_bots, weeks=weeks)
+    statement: Statement
+    if source == "rollup" or source == "local_weeks":
+        recorded = await recorded_zone(client, guild_id)
+        if source == "local_weeks" and recorded != tz:
+            raise ValueError(f"guild {guild_id}'s local weeks are in {recorded}, not {tz}")
+        statement = "local_weeks" if recorded == tz else "any_zone"
+    else:
+        statement = source
     joined: dict[date, int] = {}
     active: dict[date, list[int | None]] = {}
     voice: dict[date, list[int | None]] = {}
-    for week, size, n, members, voice_members in await rows(client, cohort_sql(source), p):
+    for week, size, n, members, voice_members in await rows(client, cohort_sql(statement), p):
         joined[week] = int(size)
         active.setdefault(week, [0] * weeks)[int(n)] = _count(members)
         voice.setdefault(week, [0] * weeks)[int(n)] = _count(voice_members)
@@ -202,6 +251,19 @@ async def retention(
         Cohort(week, joined[week], tuple(active[week]), tuple(voice[week]))
         for week in sorted(joined)
     ]
+
+
+async def recorded_zone(client: AsyncClient, guild_id: int) -> str:
+    """The zone the guild's precomputed local weeks are in (migration 0013: 'UTC' when the
+    ETL recorded none)."""
+    result = await rows(
+        client,
+        "SELECT argMax(tz, version) FROM message_local_weeks_zone"
+        " WHERE guild_id = {guild_id:UInt64}",
+        {"guild_id": guild_id},
+    )
+    # An aggregate over no rows gives the type's default, the empty string.
+    return str(result[0][0]) or "UTC"
 
 
 def _count(value: int | None) -> int | None:
