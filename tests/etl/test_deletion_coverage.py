@@ -60,8 +60,19 @@ async def _schemas(endpoints: Endpoints) -> dict[str, dict[str, frozenset[str]]]
         await pg.close()
 
 
+# Zones other than UTC, so that the guilds' local weeks have a zone row and are rebuilt.
+_ZONES = {G: "Asia/Kathmandu", OTHER: "Pacific/Kiritimati"}
+
+
 async def _stage_everything(pg: asyncpg.Connection, guild: int) -> None:
-    """Every family, a deleted message and an edit of MEMBER's, and other members' rows."""
+    """Every family, a deleted message and an edit of MEMBER's, and other members' rows, in a
+    guild whose time zone is set."""
+    await pg.execute(
+        "INSERT INTO guilds (guild_id, timezone) VALUES ($1, $2)"
+        " ON CONFLICT (guild_id) DO UPDATE SET timezone = EXCLUDED.timezone",
+        guild,
+        _ZONES[guild],
+    )
     base = guild * 1000
     # Authors 100..104; 100 is MEMBER. Messages over two UTC days, so two daily rollup days.
     await stage_messages(pg, range(base, base + 60), guild_id=guild, step=timedelta(minutes=50))
@@ -186,20 +197,26 @@ async def test_guild_deletion_leaves_no_row_in_any_table_or_cache(
     await _stage_everything(pg, OTHER)
     first = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, redis, OPTIONS)
     assert first.outcome == "caught_up", first.error
-    assert (
-        await ch_value(
-            migrated,
-            "SELECT count() FROM message_activity_author_days FINAL WHERE guild_id = {g:UInt64}",
-            g=G,
-        )
-        > 0
-    )
+    for table in (
+        "message_activity_author_days",
+        "message_local_weeks",
+        "message_local_weeks_zone",
+    ):
+        assert (
+            await ch_value(
+                migrated, f"SELECT count() FROM {table} FINAL WHERE guild_id = {{g:UInt64}}", g=G
+            )
+            > 0
+        ), table
     # Cached replies and an open voice session of both guilds, as the bot keeps them.
     for guild in (G, OTHER):
         await redis.set(f"t:cmdresult:{guild}:leaderboard:abc", b"reply")
         await redis.hset(f"t:bot:voice:{guild}", "101", b"session")
         await redis.sadd("t:bot:voice:guilds", str(guild))
+    # With the tombstone, as the bot's /privacy command records both: the guild keeps its
+    # guilds row (its settings), and no later run writes its local weeks again.
     await pg.execute("INSERT INTO deletion_requests (scope, guild_id) VALUES ('guild', $1)", G)
+    await pg.execute("INSERT INTO guild_tombstones (guild_id) VALUES ($1)", G)
     result = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, redis, OPTIONS)
     assert result.outcome == "caught_up", result.error
     assert result.stats.deletions == 1
@@ -212,8 +229,8 @@ async def test_guild_deletion_leaves_no_row_in_any_table_or_cache(
     assert await redis.keys(f"t:cmdresult:{OTHER}:*") != []
 
 
-# The live figures of a guild's other members: per day (summed over the bot flag), and per week
-# as the deletion's recompute rewrites them from the days.
+# The live figures of a guild's other members: per day (summed over the bot flag), per week as
+# the deletion's recompute rewrites them from the days, and their local weeks from those.
 _OTHERS_FIGURES = (
     "SELECT day, author_id, sum(messages) FROM message_activity_author_days FINAL"
     " WHERE guild_id = {g:UInt64} AND author_id != {u:UInt64} AND messages > 0"
@@ -221,6 +238,9 @@ _OTHERS_FIGURES = (
     "SELECT week, author_id, messages, first_at, last_at FROM message_activity_weekly FINAL"
     " WHERE guild_id = {g:UInt64} AND author_id != {u:UInt64} AND messages > 0"
     " ORDER BY week, author_id",
+    "SELECT tz, author_id, weeks FROM message_local_weeks FINAL"
+    " WHERE guild_id = {g:UInt64} AND author_id != {u:UInt64} AND notEmpty(weeks)"
+    " ORDER BY tz, author_id",
 )
 
 

@@ -52,6 +52,9 @@ FED = {
     "member_joins",
     "voice_starts_by_member",
 }
+# Those of them holding one row per member with an ascending array of dates, expired element by
+# element: retention's per-author week arrays, UTC and local.
+FED_ARRAYS = {"message_activity_weeks_by_author", "message_local_weeks"}
 
 
 @pytest.fixture
@@ -268,7 +271,7 @@ async def test_each_server_keeps_its_tiers_window_and_a_downgrade_shortens_it(
     assert first.outcome == "caught_up", first.error
     before = {g: await _rows_by_age(migrated, pg, g, now) for g in (FREE_G, PRO_G, ENT_G)}
     for guild in (FREE_G, PRO_G, ENT_G):
-        assert set(before[guild]) >= FED | {"dead_letter_rows"}
+        assert set(before[guild]) >= FED | FED_ARRAYS | {"dead_letter_rows"}
         assert all(set(ages) == set(AGES) for ages in before[guild].values())
     old = (now - timedelta(days=2000, hours=1)).strftime("%Y%m")
     assert await _active_partition(migrated, "messages", old) > 0
@@ -469,6 +472,7 @@ async def test_every_table_holding_server_data_is_expired_including_later_ones(
             )
         ]
         assert set(targets) | {s.table for s in sets} >= FED
+        assert set(expiry_plan.CLICKHOUSE_DATE_ARRAYS) == FED_ARRAYS
         assert targets["member_count_snapshots"] == expiry_plan.Target(
             "member_count_snapshots", "day", "{}", True
         )

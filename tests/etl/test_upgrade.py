@@ -1,6 +1,8 @@
 """Upgrades across migrations that change what the ETL reads or writes: staging rows written
-before postgres migration 0006 (staged_xid) are loaded exactly once, and the week rollups are
-unchanged by ClickHouse 0012 (the daily rollup retired, the weeks summed from the author days).
+before postgres migration 0006 (staged_xid) are loaded exactly once, the week rollups are
+unchanged by ClickHouse 0012 (the daily rollup retired, the weeks summed from the author days),
+and ClickHouse 0013 builds every guild's local weeks in UTC from the week rollups, harmlessly
+again when re-run.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ async def test_rows_staged_before_the_upgrade_are_loaded_once(endpoints: Endpoin
 
 
 _DAILY_RETIRED = 12  # the ClickHouse migration that retires message_activity_daily
+_LOCAL_WEEKS = 13  # the ClickHouse migration that adds message_local_weeks
 G = 9
 CHANNEL = 10
 
@@ -102,6 +105,10 @@ _WEEKS = (
 _WEEKS_BY_AUTHOR = (
     "SELECT author_id, weeks, first_at, last_at FROM message_activity_weeks_by_author FINAL"
     " WHERE guild_id = {g:UInt64} ORDER BY author_id"
+)
+_LOCAL = (
+    "SELECT author_id, weeks FROM message_local_weeks FINAL"
+    " WHERE guild_id = {g:UInt64} AND tz = 'UTC' ORDER BY author_id"
 )
 _DAILY = (
     "SELECT day, author_id, messages, first_at, last_at FROM message_activity_daily FINAL"
@@ -161,7 +168,13 @@ async def test_the_week_rollups_survive_retiring_the_daily_rollup(endpoints: End
         assert [a for a, *_ in by_author_before] == [600, 601, 602, 603]
 
         report = await migrate(endpoints.postgres_dsn, endpoints.clickhouse_url)
-        assert report.applied["clickhouse"] == [_DAILY_RETIRED]
+        assert report.applied["clickhouse"] == [_DAILY_RETIRED, _LOCAL_WEEKS]
+        # 0013's backfill: in UTC a local week is the UTC one. Run again, it changes nothing.
+        assert await _rows(ch, _LOCAL) == [(a, w) for a, w, *_ in by_author_before]
+        (local_weeks,) = [m for m in discover("clickhouse") if m.version == _LOCAL_WEEKS]
+        for statement in local_weeks.statements():
+            await ch.command(statement)
+        assert await _rows(ch, _LOCAL) == [(a, w) for a, w, *_ in by_author_before]
         # Kept for the previous release's ETL (a rollback), marked stale, no longer written.
         comment = await ch.command(
             "SELECT comment FROM system.tables"
@@ -211,5 +224,7 @@ async def test_the_week_rollups_survive_retiring_the_daily_rollup(endpoints: End
             (602, [_z("2024-03-04").date()]),
             (603, []),
         ]
+        # The recompute rewrote the local weeks with them (the guild has no zone: UTC).
+        assert await _rows(ch, _LOCAL) == [(a, w) for a, w, *_ in await _rows(ch, _WEEKS_BY_AUTHOR)]
     finally:
         await ch.close()
