@@ -19,9 +19,9 @@ never sees half done:
 A run that finds a server's zone current but not clean does 4 and 5 only: so rows written by a
 rebuild that crashed and whose zone was then set back are not left behind.
 
-The zone is checked with zoneinfo, as the analytics check the zone they are asked for: a zone
-Postgres holds that is not an IANA name is logged and the server keeps its recorded zone, so
-one server's bad setting never fails the run.
+The zone is checked with zoneinfo, as the analytics check the zone they are asked for, and
+against ClickHouse's own list: a zone Postgres holds that either does not know is logged and the
+server keeps its recorded zone, so one server's bad setting never fails the run.
 
 Both steps and the recompute run inside the ETL's lock and one after another (the runner calls
 :func:`follow_zones` after the last recompute), so a recompute never writes a zone a rebuild is
@@ -50,12 +50,12 @@ log = logging.getLogger(__name__)
 DEFAULT_ZONE = "UTC"
 
 
-def local_mondays(first_at: str, last_at: str, tz: str = "{tz:String}") -> str:
-    """SQL: the distinct local Mondays in ``tz`` (a constant: toTimeZone takes no per-row zone)
-    of the per-UTC-week first and last times, ascending (migration 0005: exactly the local
-    weeks with a message)."""
+def local_mondays(first_at: str, last_at: str) -> str:
+    """SQL: the distinct local Mondays in the zone bound as ``tz`` (a constant: toTimeZone
+    takes no per-row zone) of the per-UTC-week first and last times, ascending (migration
+    0005: exactly the local weeks with a message)."""
     return (
-        f"arraySort(arrayDistinct(arrayMap(t -> toStartOfWeek(toTimeZone(t, {tz}), 1),"
+        "arraySort(arrayDistinct(arrayMap(t -> toStartOfWeek(toTimeZone(t, {tz:String}), 1),"
         f" arrayConcat({first_at}, {last_at}))))"
     )
 
@@ -78,12 +78,19 @@ async def recorded_zones(ch: AsyncClient, guilds: list[int] | None = None) -> di
     return {int(g): Recorded(str(tz), bool(clean)) for g, tz, clean in result.result_rows}
 
 
-def _valid(tz: str) -> bool:
+async def _valid(ch: AsyncClient, tz: str) -> bool:
+    """Both the analytics (which check the zone they are asked for with zoneinfo) and this
+    ClickHouse know the zone: a zone newer than either's time zone data would fail the rebuild
+    on every run, or leave weeks no query could ask for."""
     try:
         ZoneInfo(tz)
     except (ValueError, KeyError):  # KeyError: ZoneInfoNotFoundError
         return False
-    return True
+    known = await ch.command(
+        "SELECT count() FROM system.time_zones WHERE time_zone = {tz:String}",
+        parameters={"tz": tz},
+    )
+    return bool(known)
 
 
 async def follow_zones(pg: asyncpg.Connection, ch: AsyncClient) -> int:
@@ -108,10 +115,10 @@ async def follow_zones(pg: asyncpg.Connection, ch: AsyncClient) -> int:
             if not now.others_deleted:
                 await _delete_other_zones(ch, guild, tz)
             continue
-        if not _valid(tz):
+        if not await _valid(ch, tz):
             log.warning(
-                "guild %s: time zone %r in Postgres is not an IANA zone; its local weeks stay"
-                " in %s",
+                "guild %s: time zone %r in Postgres is not a zone both Python and ClickHouse"
+                " know; its local weeks stay in %s",
                 guild,
                 tz,
                 now.tz,
