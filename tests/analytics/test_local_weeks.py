@@ -234,6 +234,43 @@ async def test_a_rebuild_cut_short_is_finished_by_the_next_run(
     await _all_agree(ro, guild, "UTC")
 
 
+async def test_rows_of_a_rebuild_cut_short_go_when_the_zone_is_set_back(
+    migrated: Endpoints,
+    pg: asyncpg.Connection,
+    ro: AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    guild = 33
+    await _stage(pg, guild, "Asia/Kathmandu")
+    await _run(migrated)
+    await pg.execute("UPDATE guilds SET timezone = 'Pacific/Kiritimati' WHERE guild_id = $1", guild)
+    original = local_weeks._record
+
+    async def crash_before_the_new_zone(
+        ch: AsyncClient, guild: int, tz: str, *, others_deleted: bool
+    ) -> None:
+        if tz == "Pacific/Kiritimati":
+            raise RuntimeError("the ETL died here")
+        await original(ch, guild, tz, others_deleted=others_deleted)
+
+    # The new zone's rows are written, the zone row still names the old one.
+    monkeypatch.setattr(local_weeks, "_record", crash_before_the_new_zone)
+    failed = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS)
+    assert failed.outcome == "failed"
+    assert await recorded_zone(ro, guild) == "Asia/Kathmandu"
+    assert set(await _stored(ro, guild)) == {"Asia/Kathmandu", "Pacific/Kiritimati"}
+    await _all_agree(ro, guild, "Asia/Kathmandu")
+
+    # The admin sets the old zone back: nothing to rebuild, but the orphaned rows go.
+    monkeypatch.setattr(local_weeks, "_record", original)
+    await pg.execute("UPDATE guilds SET timezone = 'Asia/Kathmandu' WHERE guild_id = $1", guild)
+    await _run(migrated)
+    assert await _stored(ro, guild) == {
+        "Asia/Kathmandu": _expected_weeks("Asia/Kathmandu", deleted=False)
+    }
+    await _all_agree(ro, guild, "Asia/Kathmandu")
+
+
 async def test_a_bad_zone_in_postgres_keeps_the_recorded_one(
     migrated: Endpoints,
     pg: asyncpg.Connection,
