@@ -19,6 +19,12 @@ never sees half done:
 A run that finds a server's zone current but not clean does 4 and 5 only: so rows written by a
 rebuild that crashed and whose zone was then set back are not left behind.
 
+An ETL of the release before 0013 (a run still going when the migration ran, or a rollback)
+rewrites authors' per-UTC-week arrays and not their local weeks. Every writer of this release
+gives local weeks the version of the arrays they come from or a newer one, so arrays newer than
+every local week were written by such a run: :func:`heal`, first in every run, writes those
+authors' local weeks again.
+
 The zone is checked with zoneinfo, as the analytics check the zone they are asked for, and
 against ClickHouse's own list: a zone Postgres holds that either does not know is logged and the
 server keeps its recorded zone, so one server's bad setting never fails the run.
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
@@ -58,6 +65,67 @@ def local_mondays(first_at: str, last_at: str) -> str:
         "arraySort(arrayDistinct(arrayMap(t -> toStartOfWeek(toTimeZone(t, {tz:String}), 1),"
         f" arrayConcat({first_at}, {last_at}))))"
     )
+
+
+async def rewrite(
+    ch: AsyncClient,
+    guilds: list[int],
+    authors: str,
+    parameters: Mapping[str, object],
+    *,
+    version: str = "{version:UInt64}",
+    settings: Mapping[str, object] | None = None,
+) -> None:
+    """Write again, in each guild's recorded zone, the local weeks of the (guild_id,
+    author_id) pairs ``authors`` selects (SQL, with ``parameters``) among these guilds, from
+    their per-UTC-week arrays; ``version`` is the rows' version (SQL). One statement per zone,
+    as toTimeZone takes only a constant zone (a batch's guilds are in few zones)."""
+    recorded = await recorded_zones(ch, guilds)
+    by_zone: dict[str, list[int]] = {}
+    for guild in guilds:
+        zone = recorded[guild].tz if guild in recorded else DEFAULT_ZONE
+        by_zone.setdefault(zone, []).append(guild)
+    for zone, zone_guilds in sorted(by_zone.items()):
+        await ch.command(
+            f"""
+            INSERT INTO message_local_weeks (guild_id, tz, author_id, weeks, version)
+            SELECT guild_id, {{tz:String}}, author_id, {local_mondays("first_at", "last_at")},
+                   {version}
+            FROM message_activity_weeks_by_author FINAL
+            WHERE guild_id IN {{zone_guilds:Array(UInt64)}} AND (guild_id, author_id) IN ({authors})
+            """,
+            parameters={**parameters, "tz": zone, "zone_guilds": zone_guilds},
+            settings=dict(settings or {}),
+        )
+
+
+async def heal(ch: AsyncClient) -> int:
+    """Write again the local weeks of every author whose per-UTC-week arrays are newer than
+    any local weeks written; returns how many servers it touched.
+
+    Every writer of this release gives an author's local weeks the version of the arrays
+    they come from, or a newer one. An ETL of a release before 0013 (a run still going when
+    the migration ran, or a rollback) rewrites the arrays and not the local weeks, always
+    after this release's last write, as runs take turns under the ETL's lock. The run calls
+    this first, before anything of its own writes local weeks."""
+    newest = (await ch.query("SELECT max(version) FROM message_local_weeks")).result_rows[0][0]
+    stale = (
+        "SELECT guild_id, author_id FROM message_activity_weeks_by_author"
+        " WHERE version > {newest:UInt64}"
+    )
+    result = await ch.query(
+        f"SELECT DISTINCT guild_id FROM ({stale}) ORDER BY guild_id",
+        parameters={"newest": int(newest)},
+    )
+    guilds = [int(g) for (g,) in result.result_rows]
+    if guilds:
+        log.warning(
+            "%d servers' per-author weeks were rewritten by an ETL that does not keep their"
+            " local weeks (a release before ClickHouse 0013): rewriting those",
+            len(guilds),
+        )
+        await rewrite(ch, guilds, stale, {"newest": int(newest)}, version="version")
+    return len(guilds)
 
 
 @dataclass(frozen=True)
@@ -96,9 +164,12 @@ async def _valid(ch: AsyncClient, tz: str) -> bool:
 async def follow_zones(pg: asyncpg.Connection, ch: AsyncClient) -> int:
     """Rebuild every server whose recorded zone differs from its Postgres setting, finish any
     rebuild left half done; returns how many servers were rebuilt."""
+    # Servers in the default zone are only read when a zone row says otherwise: most are.
     wanted = {
         int(r["guild_id"]): str(r["timezone"])
-        for r in await pg.fetch("SELECT guild_id, timezone FROM guilds")
+        for r in await pg.fetch(
+            "SELECT guild_id, timezone FROM guilds WHERE timezone <> $1", DEFAULT_ZONE
+        )
     }
     # A deleted server (tombstone not resumed) keeps its guilds row; its deletion request
     # removes its zone row: none is written again, nor its rows moved meanwhile.

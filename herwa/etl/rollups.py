@@ -401,24 +401,13 @@ async def _recompute_weeks(ch: AsyncClient, weeks: list[tuple[int, int]]) -> Non
         settings=_RECOMPUTE_SETTINGS,
         external_data=external(),
     )
-    # The same authors' local weeks, in each guild's recorded zone: one statement per zone, as
-    # toTimeZone takes only a constant zone (a batch's guilds are in few zones).
-    recorded = await local_weeks.recorded_zones(ch, guilds)
-    by_zone: dict[str, list[int]] = {}
-    for guild in guilds:
-        zone = recorded[guild].tz if guild in recorded else local_weeks.DEFAULT_ZONE
-        by_zone.setdefault(zone, []).append(guild)
-    for zone, zone_guilds in sorted(by_zone.items()):
-        await ch.command(
-            f"""
-            INSERT INTO message_local_weeks (guild_id, tz, author_id, weeks, version)
-            SELECT guild_id, {{tz:String}}, author_id,
-                   {local_weeks.local_mondays("first_at", "last_at")}, {{version:UInt64}}
-            FROM message_activity_weeks_by_author FINAL
-            WHERE guild_id IN {{zone_guilds:Array(UInt64)}}
-              AND (guild_id, author_id) IN (SELECT DISTINCT guild_id, author_id FROM ({week_rows}))
-            """,
-            parameters={**params, "tz": zone, "zone_guilds": zone_guilds},
-            settings=_RECOMPUTE_SETTINGS,
-            external_data=external(),
-        )
+    # The same authors' local weeks: those whose arrays this call just wrote, found by its
+    # version (a version shared with another call only rewrites more authors, which is exact).
+    await local_weeks.rewrite(
+        ch,
+        guilds,
+        "SELECT guild_id, author_id FROM message_activity_weeks_by_author"
+        " WHERE guild_id IN {guilds:Array(UInt64)} AND version = {version:UInt64}",
+        params,
+        settings=_RECOMPUTE_SETTINGS,
+    )

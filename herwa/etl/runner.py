@@ -259,6 +259,8 @@ async def _locked_run(
         if missing := await schema.pending(*stores):
             raise schema.MigrationError(f"the schema is not current: {', '.join(missing)} pending")
         await low_water.check_counter(pg)
+        # Before anything of this run writes local weeks (deletions recompute too).
+        await local_weeks.heal(ch)
         # Deletions first, within their share of the deadline, so that requests (however
         # many, however slow or failing) never starve loading. A deferred request lets nothing
         # through: asking for a member's opted them out (the purge below drops their rows), and

@@ -202,6 +202,47 @@ async def test_a_zone_change_rebuilds_on_the_next_run(
     await _all_agree(ro, guild, "UTC")
 
 
+async def test_weeks_an_older_etl_rewrote_alone_are_healed_by_the_next_run(
+    migrated: Endpoints,
+    pg: asyncpg.Connection,
+    ro: AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An ETL of the release before 0013 (in flight during the upgrade, or after a rollback)
+    rewrites the per-author UTC weeks and not the local ones: the next run of this release
+    writes those authors' local weeks again."""
+    guild = 34
+    await _stage(pg, guild, "Asia/Kathmandu")
+    await _run(migrated)
+    late = "2024-04-10 12:00"  # a week author 500 had no message in
+    await pg.execute(
+        "INSERT INTO message_events (message_id, guild_id, channel_id, author_id,"
+        " created_at, kind, is_bot) VALUES ($1, $2, $3, 500, $4, 'text', false)",
+        guild * 1000 + 999,
+        guild,
+        CHANNEL,
+        Z(late),
+    )
+    original = local_weeks.rewrite
+
+    async def older_release(*_: object, **__: object) -> None:
+        return None
+
+    monkeypatch.setattr(local_weeks, "rewrite", older_release)
+    await _run(migrated)
+    expected = dict(_expected_weeks("Asia/Kathmandu", deleted=False))
+    stale = dict((await _stored(ro, guild))["Asia/Kathmandu"])
+    assert stale == expected  # the new week is missing
+    local = Z(late).astimezone(ZoneInfo("Asia/Kathmandu")).date()
+    expected[500] = sorted({*expected[500], local - timedelta(days=local.weekday())})
+    assert stale[500] != expected[500]
+
+    monkeypatch.setattr(local_weeks, "rewrite", original)
+    await _run(migrated)  # nothing new staged: only the heal writes
+    assert dict((await _stored(ro, guild))["Asia/Kathmandu"]) == expected
+    await _all_agree(ro, guild, "Asia/Kathmandu")
+
+
 async def test_a_rebuild_cut_short_is_finished_by_the_next_run(
     migrated: Endpoints,
     pg: asyncpg.Connection,

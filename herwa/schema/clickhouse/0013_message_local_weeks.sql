@@ -40,10 +40,12 @@ CREATE TABLE IF NOT EXISTS message_local_weeks_zone (
 ) ENGINE = ReplacingMergeTree(version)
 ORDER BY guild_id;
 
--- Backfill every guild in 'UTC', what a guild without a zone row is read as, at version 0 (see
--- 0003): any ETL recompute or rebuild writes a newer version, and re-running this after an
--- interruption writes the same rows again. In UTC a local Monday is the UTC one, so the weeks
--- are the per-author arrays' own.
+-- Backfill every guild in 'UTC', what a guild without a zone row is read as, each row at the
+-- version of the arrays it comes from, as every writer of local weeks does (the ETL rewrites
+-- the local weeks of arrays newer than all of them: an ETL of the release before this one
+-- rewrote those arrays alone, local_weeks.heal). Any later recompute or rebuild writes a newer
+-- version, and re-running this after an interruption writes the same rows again. In UTC a
+-- local Monday is the UTC one, so the weeks are the per-author arrays' own.
 INSERT INTO message_local_weeks (guild_id, tz, author_id, weeks, version)
-SELECT guild_id, 'UTC', author_id, weeks, 0
+SELECT guild_id, 'UTC', author_id, weeks, version
 FROM message_activity_weeks_by_author FINAL;
