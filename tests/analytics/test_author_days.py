@@ -17,7 +17,7 @@ from herwa import analytics
 from herwa.devstack import Endpoints
 from herwa.etl.runner import RunOptions, run_once
 from herwa.stores import clickhouse_url_client
-from tests.analytics._rollup_data import CHANNEL, Z
+from tests.analytics._rollup_data import CHANNEL, RAW_WEEKS, Z
 
 G = 7
 BOT = 499
@@ -44,15 +44,6 @@ _RAW_DAYS = """
         SELECT message_id FROM message_deletions WHERE guild_id = {g:UInt64})
     GROUP BY guild_id, day, is_bot, author_id
     ORDER BY day, is_bot, author_id
-"""
-_RAW_WEEKS = """
-    SELECT toMonday(created_at) AS week, author_id, toUInt32(count()),
-           toDateTime(min(created_at), 'UTC'), toDateTime(max(created_at), 'UTC')
-    FROM messages FINAL
-    WHERE guild_id = {g:UInt64} AND message_id NOT IN (
-        SELECT message_id FROM message_deletions WHERE guild_id = {g:UInt64})
-    GROUP BY week, author_id
-    ORDER BY week, author_id
 """
 _RAW_ACTIVE = """
     SELECT uniqExact(author_id) FROM messages FINAL
@@ -115,7 +106,7 @@ async def test_author_days_equal_the_raw_messages_and_answer_overview(
         assert await fetch(
             "SELECT week, author_id, messages, first_at, last_at FROM message_activity_weekly"
             " FINAL WHERE guild_id = {g:UInt64} AND messages > 0 ORDER BY week, author_id"
-        ) == await fetch(_RAW_WEEKS)
+        ) == await fetch(RAW_WEEKS)
         assert await fetch(
             "SELECT author_id, week FROM message_activity_weekly FINAL"
             " WHERE guild_id = {g:UInt64} AND messages = 0 ORDER BY author_id"

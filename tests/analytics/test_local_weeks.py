@@ -93,13 +93,6 @@ async def _run(endpoints: Endpoints) -> None:
 
 
 @pytest.fixture
-async def pg(migrated: Endpoints) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(migrated.postgres_dsn)
-    yield conn
-    await conn.close()
-
-
-@pytest.fixture
 async def ro(migrated: Endpoints) -> AsyncIterator[AsyncClient]:
     client = await clickhouse_url_client(migrated.clickhouse_readonly_url)
     yield client

@@ -11,7 +11,6 @@ message is.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
@@ -30,13 +29,6 @@ HOUR = datetime(2024, 3, 4, 10, tzinfo=UTC)  # a Monday
 LAST_OF_HOUR = HOUR + timedelta(minutes=59, seconds=59, milliseconds=500)
 LAST_OF_DAY = datetime(2024, 3, 4, 23, 59, 59, 999_000, tzinfo=UTC)
 OPTIONS = RunOptions(batch_rows=1000)
-
-
-@pytest.fixture
-async def pg(migrated: Endpoints) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(migrated.postgres_dsn)
-    yield conn
-    await conn.close()
 
 
 async def _run(endpoints: Endpoints) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+from redis.asyncio import Redis
 
 from herwa.bot.sharding import assigned_shards
 from herwa.devstack import DevStack, Endpoints
@@ -288,3 +289,15 @@ async def pg(dsn: str, query: str, *args: Any) -> list[asyncpg.Record]:
         return list(await conn.fetch(query, *args))
     finally:
         await conn.close()
+
+
+@pytest.fixture
+async def stores(migrated: Endpoints) -> AsyncIterator[tuple[asyncpg.Pool, Redis]]:
+    """A pool on the migrated Postgres and a Redis client, as a pod holds them."""
+    pool = await asyncpg.create_pool(migrated.postgres_dsn, min_size=1, max_size=4)
+    redis = Redis.from_url(migrated.redis_url)
+    try:
+        yield pool, redis
+    finally:
+        await pool.close()
+        await redis.aclose()

@@ -4,7 +4,6 @@ previous fleet's anchor on."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -20,7 +19,6 @@ from herwa.bot.guild_settings import GuildConfig
 from herwa.bot.shard_gate import ANCHOR_WAIT_S, ShardGate
 from herwa.bot.voice import VoiceTracker
 from herwa.config import BotSettings, DiscordSettings
-from herwa.devstack import Endpoints
 from herwa.discord_api import point_discord_at, restore_discord_defaults
 from herwa.json_types import Json
 from herwa.simulator import Simulator
@@ -237,15 +235,6 @@ def test_hold_horizon_is_well_above_what_the_anchors_are_waited_for() -> None:
 
 
 # -- the pod: when it stops trimming -------------------------------------------------------
-@pytest.fixture
-async def stores(migrated: Endpoints) -> AsyncIterator[tuple[asyncpg.Pool, Redis]]:
-    pool = await asyncpg.create_pool(migrated.postgres_dsn, min_size=1, max_size=4)
-    redis = Redis.from_url(migrated.redis_url)
-    try:
-        yield pool, redis
-    finally:
-        await pool.close()
-        await redis.aclose()
 
 
 async def test_standby_pod_trims_by_its_horizon_until_it_reads_the_cut_over(

@@ -3,11 +3,9 @@ old and a new owner of one shard, through real Postgres."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-import pytest
 from redis.asyncio import Redis
 
 from herwa.bot.app import BotApp
@@ -15,21 +13,9 @@ from herwa.bot.capture import snowflake_time
 from herwa.bot.shard import ShardRunner
 from herwa.bot.voice import OpenSession, VoiceOp
 from herwa.config import BotSettings, DiscordSettings
-from herwa.devstack import Endpoints
 
 GUILD = 81_000_000_000_000_000
 USER = 90_000_000_000_000_001
-
-
-@pytest.fixture
-async def stores(migrated: Endpoints) -> AsyncIterator[tuple[asyncpg.Pool, Redis]]:
-    pool = await asyncpg.create_pool(migrated.postgres_dsn, min_size=1, max_size=4)
-    redis = Redis.from_url(migrated.redis_url)
-    try:
-        yield pool, redis
-    finally:
-        await pool.close()
-        await redis.aclose()
 
 
 async def _owner(pool: asyncpg.Pool, redis: Redis, pod: str) -> BotApp:

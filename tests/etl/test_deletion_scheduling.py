@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import asyncpg
-import pytest
 
 from herwa.devstack import Endpoints
 from herwa.etl.runner import RunOptions, run_once
 from tests.etl._support import ch_value, stage_messages
-
-
-@pytest.fixture
-async def pg(migrated: Endpoints) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(migrated.postgres_dsn)
-    yield conn
-    await conn.close()
 
 
 async def _request(pg: asyncpg.Connection, guild: int, user: int | None = None) -> None:

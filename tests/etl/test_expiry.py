@@ -58,13 +58,6 @@ FED_ARRAYS = {"message_activity_weeks_by_author", "message_local_weeks"}
 
 
 @pytest.fixture
-async def pg(migrated: Endpoints) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(migrated.postgres_dsn)
-    yield conn
-    await conn.close()
-
-
-@pytest.fixture
 async def runtime(migrated: Endpoints) -> AsyncIterator[OperatorRuntime]:
     pool = await asyncpg.create_pool(migrated.postgres_dsn, min_size=0, max_size=2)
     redis = Redis.from_url(migrated.redis_url)

@@ -22,13 +22,6 @@ OPTIONS = RunOptions(batch_rows=1000)
 
 
 @pytest.fixture
-async def pg(migrated: Endpoints) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(migrated.postgres_dsn)
-    yield conn
-    await conn.close()
-
-
-@pytest.fixture
 async def redis(migrated: Endpoints) -> AsyncIterator[Redis]:
     client = Redis.from_url(migrated.redis_url)
     yield client

@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import asyncpg
-import pytest
 
 from herwa.devstack import Endpoints
 from herwa.etl.runner import RunOptions, run_once
 from tests.etl._support import actual_hourly, ch_value, expected_hourly, stage_messages
 
 OPTIONS = RunOptions(batch_rows=100, deadline_seconds=60, retention_hours=72)
-
-
-@pytest.fixture
-async def pg(migrated: Endpoints) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(migrated.postgres_dsn)
-    yield conn
-    await conn.close()
 
 
 async def _assert_rollups_complete(endpoints: Endpoints, pg: asyncpg.Connection) -> None:

@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import asyncpg
@@ -38,13 +37,6 @@ OPTIONS = RunOptions(batch_rows=100, deadline_seconds=60, retention_hours=72)
 
 class InjectedCrash(RuntimeError):
     pass
-
-
-@pytest.fixture
-async def pg(migrated: Endpoints) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(migrated.postgres_dsn)
-    yield conn
-    await conn.close()
 
 
 async def _herwa_etl(endpoints: Endpoints, action: str) -> tuple[int | None, str]:

@@ -24,6 +24,7 @@ from herwa.schema import (
     postgres_history,
 )
 from herwa.stores import clickhouse_url_client
+from tests.analytics._rollup_data import RAW_WEEKS
 from tests.etl._support import pending_rows, stage_messages
 
 if TYPE_CHECKING:
@@ -114,15 +115,6 @@ _DAILY = (
     "SELECT day, author_id, messages, first_at, last_at FROM message_activity_daily FINAL"
     " WHERE guild_id = {g:UInt64} ORDER BY day, author_id"
 )
-_RAW_WEEKS = """
-    SELECT toMonday(created_at) AS week, author_id, toUInt32(count()),
-           toDateTime(min(created_at), 'UTC'), toDateTime(max(created_at), 'UTC')
-    FROM messages FINAL
-    WHERE guild_id = {g:UInt64} AND message_id NOT IN (
-        SELECT message_id FROM message_deletions WHERE guild_id = {g:UInt64})
-    GROUP BY week, author_id
-    ORDER BY week, author_id
-"""
 
 
 async def _rows(ch: AsyncClient, sql: str) -> list[tuple[Any, ...]]:
@@ -164,7 +156,7 @@ async def test_the_week_rollups_survive_retiring_the_daily_rollup(endpoints: End
         await _migrate_clickhouse_below_then_load(ch)
         weeks_before = await _rows(ch, _WEEKS)
         by_author_before = await _rows(ch, _WEEKS_BY_AUTHOR)
-        assert weeks_before == await _rows(ch, _RAW_WEEKS)
+        assert weeks_before == await _rows(ch, RAW_WEEKS)
         assert [a for a, *_ in by_author_before] == [600, 601, 602, 603]
 
         report = await migrate(endpoints.postgres_dsn, endpoints.clickhouse_url)
@@ -215,7 +207,7 @@ async def test_the_week_rollups_survive_retiring_the_daily_rollup(endpoints: End
         )
         assert result.outcome == "caught_up", result.error
         weeks = await _rows(ch, _WEEKS)
-        assert [w for w in weeks if w[2] > 0] == await _rows(ch, _RAW_WEEKS)
+        assert [w for w in weeks if w[2] > 0] == await _rows(ch, RAW_WEEKS)
         assert [(a, w) for w, a, n, *_ in weeks if n == 0] == [(603, _z("2024-03-11").date())]
         assert await _rows(ch, _DAILY) == daily_before
         assert [(a, w) for a, w, *_ in await _rows(ch, _WEEKS_BY_AUTHOR)] == [
