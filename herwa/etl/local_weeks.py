@@ -12,12 +12,16 @@ never sees half done:
 
 1. the zone row is marked ``others_deleted = false``: rows of another zone may remain;
 2. every author's rows are written in the new zone, from ``message_activity_weeks_by_author``;
-3. the zone row names the new zone (still not clean): readers switch to the complete rows;
-4. the rows of every other zone are deleted;
-5. the zone row is marked clean.
+3. the zone row names the new zone (still not clean): readers switch to the complete rows.
 
-A run that finds a server's zone current but not clean does 4 and 5 only: so rows written by a
-rebuild that crashed and whose zone was then set back are not left behind.
+The next run, finding the server's zone current but not clean:
+
+4. deletes the rows of every other zone;
+5. marks the zone row clean.
+
+Steps 4 and 5 wait for the next run because a reader reads the zone, then the rows, in two
+statements: one that read the old zone just before step 3 still finds that zone's rows. They
+also remove the rows of a rebuild that crashed and whose zone was then set back.
 
 An ETL of the release before 0013 (a run still going when the migration ran, or a rollback)
 rewrites authors' per-UTC-week arrays and not their local weeks. Every writer of this release
@@ -182,11 +186,11 @@ async def follow_zones(pg: asyncpg.Connection, ch: AsyncClient) -> int:
     for guild in sorted((wanted.keys() | recorded.keys()) - deleted):
         tz = wanted.get(guild, DEFAULT_ZONE)
         now = recorded.get(guild, Recorded(DEFAULT_ZONE, others_deleted=True))
-        if now.tz == tz:
-            if not now.others_deleted:
-                await _delete_other_zones(ch, guild, tz)
-            continue
-        if not await _valid(ch, tz):
+        if now.tz != tz:
+            if await _valid(ch, tz):
+                await _rebuild(ch, guild, tz, now)
+                rebuilt += 1
+                continue
             log.warning(
                 "guild %s: time zone %r in Postgres is not a zone both Python and ClickHouse"
                 " know; its local weeks stay in %s",
@@ -194,14 +198,13 @@ async def follow_zones(pg: asyncpg.Connection, ch: AsyncClient) -> int:
                 tz,
                 now.tz,
             )
-            continue
-        await _rebuild(ch, guild, tz, now)
-        rebuilt += 1
+        if not now.others_deleted:
+            await _delete_other_zones(ch, guild, now.tz)
     return rebuilt
 
 
 async def _rebuild(ch: AsyncClient, guild: int, tz: str, now: Recorded) -> None:
-    """Move a server's local weeks to zone ``tz`` (steps 1-5 of the module docstring)."""
+    """Move a server's local weeks to zone ``tz`` (steps 1-3 of the module docstring)."""
     if now.others_deleted:
         await _record(ch, guild, now.tz, others_deleted=False)
     await ch.command(
@@ -215,7 +218,6 @@ async def _rebuild(ch: AsyncClient, guild: int, tz: str, now: Recorded) -> None:
         parameters={"guild": guild, "tz": tz, "version": time.time_ns() // 1_000_000},
     )
     await _record(ch, guild, tz, others_deleted=False)
-    await _delete_other_zones(ch, guild, tz)
 
 
 async def _delete_other_zones(ch: AsyncClient, guild: int, tz: str) -> None:

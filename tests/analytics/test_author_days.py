@@ -17,7 +17,8 @@ from herwa import analytics
 from herwa.devstack import Endpoints
 from herwa.etl.runner import RunOptions, run_once
 from herwa.stores import clickhouse_url_client
-from tests.analytics._rollup_data import CHANNEL, RAW_WEEKS, Z
+from tests.analytics._rollup_data import CHANNEL, Z
+from tests.support.rollups import RAW_WEEKS
 
 G = 7
 BOT = 499

@@ -92,6 +92,12 @@ async def _run(endpoints: Endpoints) -> None:
     assert result.outcome == "caught_up", result.error
 
 
+async def _settle(endpoints: Endpoints) -> None:
+    """Two runs: the first moves a guild to its zone, the next deletes the zone it left."""
+    await _run(endpoints)
+    await _run(endpoints)
+
+
 @pytest.fixture
 async def ro(migrated: Endpoints) -> AsyncIterator[AsyncClient]:
     client = await clickhouse_url_client(migrated.clickhouse_readonly_url)
@@ -138,7 +144,7 @@ async def test_the_guilds_zone_is_precomputed_exactly_and_follows_deletions(
 ) -> None:
     for guild, tz in ZONES.items():
         await _stage(pg, guild, tz)
-    await _run(migrated)
+    await _settle(migrated)
     for guild, tz in ZONES.items():
         assert await recorded_zone(ro, guild) == tz
         assert await _stored(ro, guild) == {tz: _expected_weeks(tz, deleted=False)}
@@ -167,7 +173,7 @@ async def test_a_zone_change_rebuilds_on_the_next_run(
 ) -> None:
     guild = 31
     await _stage(pg, guild, "Asia/Kathmandu")
-    await _run(migrated)
+    await _settle(migrated)
     assert await recorded_zone(ro, guild) == "Asia/Kathmandu"
 
     await pg.execute(
@@ -180,7 +186,13 @@ async def test_a_zone_change_rebuilds_on_the_next_run(
 
     await _run(migrated)
     assert await recorded_zone(ro, guild) == "America/Los_Angeles"
-    # The old zone's rows are gone, the new one's complete.
+    # The new zone's rows are complete; the old zone's stay for a reader that read the old
+    # zone just before, until the next run.
+    assert await _stored(ro, guild) == {
+        "America/Los_Angeles": _expected_weeks("America/Los_Angeles", deleted=False),
+        "Asia/Kathmandu": _expected_weeks("Asia/Kathmandu", deleted=False),
+    }
+    await _run(migrated)
     assert await _stored(ro, guild) == {
         "America/Los_Angeles": _expected_weeks("America/Los_Angeles", deleted=False)
     }
@@ -189,7 +201,7 @@ async def test_a_zone_change_rebuilds_on_the_next_run(
 
     # Back to the default: UTC, like a guild the migration built.
     await pg.execute("UPDATE guilds SET timezone = 'UTC' WHERE guild_id = $1", guild)
-    await _run(migrated)
+    await _settle(migrated)
     assert await recorded_zone(ro, guild) == "UTC"
     assert await _stored(ro, guild) == {"UTC": _expected_weeks("UTC", deleted=False)}
     await _all_agree(ro, guild, "UTC")
@@ -206,7 +218,7 @@ async def test_weeks_an_older_etl_rewrote_alone_are_healed_by_the_next_run(
     writes those authors' local weeks again."""
     guild = 34
     await _stage(pg, guild, "Asia/Kathmandu")
-    await _run(migrated)
+    await _settle(migrated)
     late = "2024-04-10 12:00"  # a week author 500 had no message in
     await pg.execute(
         "INSERT INTO message_events (message_id, guild_id, channel_id, author_id,"
@@ -246,12 +258,13 @@ async def test_a_rebuild_cut_short_is_finished_by_the_next_run(
     await _stage(pg, guild, "UTC")
     await _run(migrated)
     await pg.execute("UPDATE guilds SET timezone = 'Pacific/Kiritimati' WHERE guild_id = $1", guild)
+    await _run(migrated)  # the rebuild: the new zone's rows and its zone row
     original = local_weeks._delete_other_zones
 
     async def crash(*_: object) -> None:
         raise RuntimeError("the ETL died here")
 
-    # The new zone's rows and its zone row are written, the old zone's rows not yet deleted.
+    # The next run dies deleting the old zone's rows.
     monkeypatch.setattr(local_weeks, "_delete_other_zones", crash)
     failed = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS)
     assert failed.outcome == "failed"
@@ -276,7 +289,7 @@ async def test_rows_of_a_rebuild_cut_short_go_when_the_zone_is_set_back(
 ) -> None:
     guild = 33
     await _stage(pg, guild, "Asia/Kathmandu")
-    await _run(migrated)
+    await _settle(migrated)
     await pg.execute("UPDATE guilds SET timezone = 'Pacific/Kiritimati' WHERE guild_id = $1", guild)
     original = local_weeks._record
 

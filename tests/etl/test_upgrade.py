@@ -24,8 +24,8 @@ from herwa.schema import (
     postgres_history,
 )
 from herwa.stores import clickhouse_url_client
-from tests.analytics._rollup_data import RAW_WEEKS
 from tests.etl._support import pending_rows, stage_messages
+from tests.support.rollups import RAW_WEEKS
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.asyncclient import AsyncClient
