@@ -190,6 +190,7 @@ async def _sync_families(
             rounds.committed(result.rows)
 
     inflight: asyncio.Task[BatchResult] | None = None
+    inflight_family = ""
     claimed: Claimed | None = None
     turn = 0
     outcome = "caught_up"
@@ -202,13 +203,23 @@ async def _sync_families(
             for cursor in list(pending):
                 rounds.check()
                 claimed = await claim(conns[turn], cursor, options.batch_rows, horizon, fault=fault)
-                turn = (turn + 1) % len(conns)
                 if cursor.caught_up:
                     pending.remove(cursor)
+                if not claimed.rows and (inflight is None or inflight_family != cursor.family.name):
+                    # Nothing for ClickHouse: its record commits now and the connection takes
+                    # the next claim, which so overlaps the batch in flight. As a turn of its
+                    # own, every other family's empty batch held the first pass's second
+                    # message claim back until the first message batch was loaded. Marks are
+                    # per family, and this family has no batch in flight.
+                    empty, claimed = claimed, None
+                    record(await empty.load_and_commit(ch, fault))
+                    continue
+                turn = (turn + 1) % len(conns)
                 if inflight is not None:
                     task, inflight = inflight, None
                     record(await task)
                 inflight = asyncio.create_task(claimed.load_and_commit(ch, fault))
+                inflight_family = cursor.family.name
                 claimed = None
                 if len(conns) == 1:  # unpipelined: the next claim needs this connection
                     task, inflight = inflight, None

@@ -540,6 +540,38 @@ async def test_message_rollups_are_recomputed_while_the_loop_still_runs(
     assert final is True
 
 
+async def test_the_second_message_batch_is_claimed_while_the_first_loads(
+    migrated: Endpoints, pg: asyncpg.Connection
+) -> None:
+    # Every other family is empty: their batches come between the first two message batches in
+    # the run's first pass, and must not hold the second claim back until the first is loaded.
+    await stage_messages(pg, range(1, 301))
+    second_claimed = asyncio.Event()
+    claims = 0
+
+    async def hold_first_load(at: str, family: Family) -> None:
+        nonlocal claims
+        if family.name != "message_events":
+            return
+        if at == "claimed":
+            claims += 1
+            if claims == 2:
+                second_claimed.set()
+        elif at == "inserted" and not second_claimed.is_set():
+            # The first batch is in ClickHouse, not yet committed: the loop goes on meanwhile.
+            await asyncio.wait_for(second_claimed.wait(), timeout=20)
+
+    result = await run_once(
+        migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS, fault=hold_first_load
+    )
+    assert result.outcome == "caught_up", result.error
+    assert claims >= 3
+    # Every family's mark moved, the empty ones' included, and nothing was loaded twice.
+    marked = await pg.fetchval("SELECT count(DISTINCT family) FROM etl_low_water")
+    assert marked == len(FAMILIES)
+    await _assert_exact(migrated, pg)
+
+
 async def test_rollups_owed_before_a_reset_of_the_marks_are_still_recomputed(
     migrated: Endpoints, pg: asyncpg.Connection
 ) -> None:
