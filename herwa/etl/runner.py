@@ -120,6 +120,12 @@ class _RecomputeRounds:
             self._owed = 0
             self._wake.set()
 
+    def last_batch_claimed(self) -> None:
+        """From now on every committed batch gets a round: rounds of two batches left the last
+        two to the round after the loop, which has nothing beside it."""
+        self._min_rows = 1
+        self.committed(0)
+
     def check(self) -> None:
         """Raise a round's failure in the sync loop, which then stops like on its own."""
         if self._task is not None and self._task.done():
@@ -205,6 +211,8 @@ async def _sync_families(
                 claimed = await claim(conns[turn], cursor, options.batch_rows, horizon, fault=fault)
                 if cursor.caught_up:
                     pending.remove(cursor)
+                    if cursor.family.name == "message_events":
+                        rounds.last_batch_claimed()
                 if not claimed.rows and (inflight is None or inflight_family != cursor.family.name):
                     # Nothing for ClickHouse: its record commits now and the connection takes
                     # the next claim, which so overlaps the batch in flight. As a turn of its
