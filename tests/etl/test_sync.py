@@ -572,6 +572,41 @@ async def test_the_second_message_batch_is_claimed_while_the_first_loads(
     await _assert_exact(migrated, pg)
 
 
+async def test_the_batch_before_the_last_is_rolled_up_while_the_last_loads(
+    migrated: Endpoints, pg: asyncpg.Connection
+) -> None:
+    # Four batches: the first two make a round; once the last is claimed, the third gets a
+    # round of its own at once instead of waiting for the fourth, to share the loop's end.
+    await stage_messages(pg, range(1, 401))
+    inserts = 0
+    covered = False
+
+    async def hold_last_load(at: str, family: Family) -> None:
+        nonlocal inserts, covered
+        if at != "inserted" or family.name != "message_events":
+            return
+        inserts += 1
+        if inserts != 4:
+            return
+        for _ in range(400):
+            covered = await pg.fetchval(
+                "SELECT p.loaded_batch = (SELECT max(staged_xid) FROM etl_low_water"
+                " WHERE family = 'message_events') FROM etl_rollup_progress p"
+                " WHERE rollup = 'messages'"
+            )
+            if covered:
+                return
+            await asyncio.sleep(0.05)
+
+    result = await run_once(
+        migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS, fault=hold_last_load
+    )
+    assert result.outcome == "caught_up", result.error
+    assert inserts == 4
+    assert covered, "the third batch's round waited for the loop to end"
+    await _assert_exact(migrated, pg)
+
+
 async def test_rollups_owed_before_a_reset_of_the_marks_are_still_recomputed(
     migrated: Endpoints, pg: asyncpg.Connection
 ) -> None:
