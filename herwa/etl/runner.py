@@ -98,7 +98,9 @@ class _RecomputeRounds:
     covers every batch committed before it started (rollups.flush_loaded); the run ends with one
     more recompute after the loop. A round starts once two batches' worth of rows are owed: each
     round redoes the boundary hours and whole UTC days it shares with the next, so a round per
-    batch costs more than it overlaps (figures: benchmarks/README.md).
+    batch costs more than it overlaps. Once the last message batch is claimed, every batch that
+    commits gets its round, so the one after the loop covers the last batch alone (figures:
+    benchmarks/README.md).
     """
 
     def __init__(
@@ -122,7 +124,7 @@ class _RecomputeRounds:
 
     def last_batch_claimed(self) -> None:
         """From now on every committed batch gets a round: rounds of two batches left the last
-        two to the round after the loop, which has nothing beside it."""
+        two to the end of the run, where nothing runs beside them."""
         self._min_rows = 1
         self.committed(0)
 
