@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from herwa.demo import _checks, _report
+from herwa.demo._checks import online_checks
 from herwa.demo._console import Console
 from herwa.demo._pipeline import Demo
 from herwa.demo._run import DemoFailed, DemoOptions
@@ -39,6 +40,7 @@ __all__ = [
     "clear_previous_run",
     "configure",
     "main",
+    "online_checks",
     "options",
     "run",
     "write_report",
