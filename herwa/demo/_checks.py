@@ -563,16 +563,17 @@ def online_checks(sim: Simulator, guild_id: int, text: str) -> list[Check]:
         for i, (at, status) in enumerate(seq):
             if at % 3_600_000 < _PRESENCE_EDGE_MS or -at % 3_600_000 < _PRESENCE_EDGE_MS:
                 edge.add(user)
-            following = seq[i + 1][0] if i + 1 < len(seq) else None
-            start = max(at, w.start_ms)
-            end = min(until if following is None else following, until)
             if status == "offline":
                 continue
+            following = seq[i + 1][0] if i + 1 < len(seq) else None
+            start = max(at, w.start_ms)
+            end = until if following is None else min(following, until)
             if end <= start:
                 # The next update in the same millisecond (the live phase sends a granted
                 # guild several at once): the bot's receive times, in microseconds, still give
-                # this one a moment online, which the reply counts in its hour.
-                if following != at or not w.start_ms <= at < until:
+                # this one a moment online, which the reply counts in its hour. (Every ``at``
+                # here is before ``until``.)
+                if following != at or at < w.start_ms:
                     continue
                 end = start + 1
             hour = datetime.fromtimestamp(start / 1000, zone).replace(minute=0, second=0)

@@ -273,7 +273,7 @@ def running_operator(
     text = log.read_text(errors="replace")
     # Any RBAC refusal the operator met is a missing rule, even if the tests passed. A status
     # 403 stands alone: inside a longer number (a timestamp's microseconds) it is not one.
-    refusal = re.search(r"(?<![\d.])403(?![\d])|forbidden", text, re.IGNORECASE)
+    refusal = re.search(r"(?<![\d.])403(?!\d)|forbidden", text, re.IGNORECASE)
     assert refusal is None, text[-4000:]
 
 
