@@ -103,12 +103,18 @@ _CHUNK = 20_000
 # and the same skip-index granule ranges. Without the first two every recompute read the whole
 # months of its guilds with FINAL, whatever its buckets: a round of a few buckets cost as much
 # as a round of all (benchmarks/README.md).
-# Every rollup row written has a unique key (GROUP BY), so the insert-time merge is pure cost.
+# Every rollup row written has a unique key (GROUP BY), so the insert-time merge changes no row.
+# It still marks the part as merged (level 1), and FINAL reads the key ranges of a merged part
+# that no other part overlaps without merging them; an insert-level part may hold a key twice,
+# so FINAL merges all of it. The heatmap reads its small table across a year of monthly
+# partitions, so that table is written merged (_MERGED_ON_INSERT). For the large tables the
+# merge is pure insert cost. (Both measured: benchmarks/README.md.)
 _RECOMPUTE_SETTINGS = {
     "do_not_merge_across_partitions_select_final": 1,
     "use_skip_indexes_if_final": 1,
     "optimize_on_insert": 0,
 }
+_MERGED_ON_INSERT = {**_RECOMPUTE_SETTINGS, "optimize_on_insert": 1}
 
 
 async def mark_dirty(pg: asyncpg.Connection, buckets: list[tuple[int, int]]) -> None:
@@ -289,7 +295,7 @@ async def _recompute_chunk(ch: AsyncClient, buckets: list[tuple[int, int]]) -> N
         GROUP BY guild_id, bucket, bot
         """,
         parameters=params,
-        settings=_RECOMPUTE_SETTINGS,
+        settings=_MERGED_ON_INSERT,
         external_data=external(),
     )
     await _recompute_days(ch, sorted({(g, h - h % 86400) for g, h in buckets}))

@@ -144,6 +144,16 @@ HEATMAPS = {
 ZONES = [*sorted(HEATMAPS), "Asia/Tehran"]  # Tehran, +03:30: a voice session across midnight
 
 
+async def test_the_heatmap_rollup_is_written_merged(ro: AsyncClient) -> None:
+    """Parts of insert level would make every heatmap merge its whole range under FINAL."""
+    parts = await ro.query(
+        "SELECT level FROM system.parts WHERE active AND database = currentDatabase()"
+        " AND table = 'message_activity_15m'"
+    )
+    assert parts.result_rows, "the ETL wrote no heatmap rollup"
+    assert min(level for (level,) in parts.result_rows) >= 1, parts.result_rows
+
+
 @pytest.mark.parametrize("tz", sorted(HEATMAPS))
 async def test_heatmap_cells_in_the_guilds_time_zone(ro: AsyncClient, tz: str) -> None:
     for source in ("rollup", "raw"):
