@@ -4,24 +4,25 @@ A cohort member is "active" in week N when they sent at least one (not deleted) 
 N-th local week after their join week, "voice-active" when a voice session of theirs started in
 it. Weeks start on Monday in the guild's time zone.
 
-Message activity comes, in the guild's own time zone, from each author's active local weeks
-(message_local_weeks, migration 0013), which the ETL keeps in the zone the guild has set
-(etl/local_weeks.py): the statement slices them, with no time to convert. That needs the
-guild's recorded zone first, one more round trip reading one row; the conversions it saves were
-a third of the statement (issue 19's experiment: 30 ms against 46 for a 20k-member guild).
+Message and voice activity come, in the guild's own time zone, from each member's active local
+weeks (message_local_weeks, migration 0013; voice_local_weeks, 0014), which the ETL keeps in the
+zone the guild has set (etl/local_weeks.py): the statement slices them, with no time to convert.
+That needs the guild's recorded zone first, one more round trip reading one row; the
+conversions it saves were about half of the statement (benchmarks/README.md).
 
-In any other zone (a viewer's choice in the Grafana panel, which runs :func:`cohort_sql`, or a
-guild whose new zone the next ETL run has not rebuilt yet) it comes from the per-author week
+In any other zone (a viewer's choice in the Grafana panel, which runs :func:`cohort_sql`, a
+guild whose new zone the next ETL run has not rebuilt yet, or whose voice weeks it has not
+written yet after 0014) message activity comes from the per-author week
 arrays (message_activity_weeks_by_author: per UTC week with a live message, its first and last
 one), exact in every zone (+05:30 and +05:45 included): a UTC week touches at most two local
 weeks, so the local weeks an author was active in that week are exactly those of its first and
 last live message (migration 0005 explains why). Both give the same answer; ``source="raw"``
 reads the messages themselves.
 
-Cohorts come from member_joins (the joins alone, a row each) and voice from
-voice_starts_by_member (per member, the set of their sessions' start times), both kept by
-ClickHouse from the loaded rows (migration 0010); ``source="raw"`` reads member_events and
-voice_sessions instead.
+Cohorts come from member_joins (the joins alone, a row each) and, but in the recorded zone,
+voice from voice_starts_by_member (per member, the set of their sessions' start times), both
+kept by ClickHouse from the loaded rows (migration 0010); ``source="raw"`` reads member_events
+and voice_sessions instead.
 
 The query handles one row per member: the cohort is joined to each member's week arrays and
 voice start times (both small per member). The times are cut to those that can fall in the
@@ -100,6 +101,10 @@ _MESSAGES = {
 # before its first join, its last week ends at most 7 * weeks days and 12 hours after the last
 # one. The per-member sets are cut to each member's own weeks below, before any conversion.
 _VOICE = {
+    "local_weeks": """
+        SELECT user_id, weeks
+        FROM voice_local_weeks FINAL WHERE guild_id = {guild_id:UInt64} AND tz = {tz:String}
+    """,
     "rollup": """
         SELECT user_id, joined_at AS times
         FROM voice_starts_by_member FINAL WHERE guild_id = {guild_id:UInt64}
@@ -145,16 +150,28 @@ def _local_weeks(times: str) -> str:
     return f"arrayDistinct(arrayMap(t -> toStartOfWeek(toTimeZone(t, {{tz:String}}), 1), {times}))"
 
 
+def _first_weeks(alias: str) -> str:
+    """A member's local Mondays ``alias``.weeks (distinct, ascending) from the join week on:
+    the first ``weeks`` hold every one in the window (later ones are counted but never read)."""
+    return (
+        f"arraySlice({alias}.weeks, arrayCount(w -> w < m.week, {alias}.weeks) + 1,"
+        " {weeks:UInt16})"
+    )
+
+
 def _message_weeks(source: Statement) -> str:
     """A member's distinct local Mondays with a message that can be in their first weeks."""
     if source == "local_weeks":
-        # Already local Mondays, distinct and ascending: the first ``weeks`` from the join week
-        # on hold every one in the window (later ones are counted but never read).
-        return """
-            arrayCount(w -> w < m.week, a.weeks) + 1 AS slice_from,
-            arraySlice(a.weeks, slice_from, {weeks:UInt16})
-        """
+        return _first_weeks("a")
     return f"{_SLICE[source]} {_local_weeks(_TIMES[source])}"
+
+
+def _voice_weeks(source: Statement) -> str:
+    """A member's distinct local Mondays with a voice session that can be in their first
+    weeks."""
+    if source == "local_weeks":
+        return _first_weeks("v")
+    return _local_weeks(_VOICE_TIMES)
 
 
 def _counted(weeks: str) -> str:
@@ -193,6 +210,7 @@ def cohort_sql(source: Statement = "any_zone") -> str:
     zone. ``local_weeks`` answers only in the guild's recorded zone (:func:`recorded_zone`).
     """
     joins = _ROLLUP_OR_RAW[source]
+    voice = "local_weeks" if source == "local_weeks" else joins
     return f"""
         SELECT cohort, joined, n, if({_BEGUN}, active[cohort + 7 * n], NULL) AS active,
                if({_BEGUN}, voice[cohort + 7 * n], NULL) AS voice_active
@@ -201,12 +219,12 @@ def cohort_sql(source: Statement = "any_zone") -> str:
                    sumMap(voice_counted) AS voice
             FROM (
                 SELECT m.week AS cohort, {_message_weeks(source)} AS message_weeks,
-                       {_local_weeks(_VOICE_TIMES)} AS voice_weeks,
+                       {_voice_weeks(source)} AS voice_weeks,
                        {_counted("message_weeks")} AS message_counted,
                        {_counted("voice_weeks")} AS voice_counted
                 FROM ({_COHORT[joins]}) AS m
                 LEFT JOIN ({_MESSAGES[source]}) AS a ON a.user_id = m.user_id
-                LEFT JOIN ({_VOICE[joins]}) AS v ON v.user_id = m.user_id
+                LEFT JOIN ({_VOICE[voice]}) AS v ON v.user_id = m.user_id
             )
             GROUP BY cohort
         ) ARRAY JOIN arrayMap(k -> toUInt16(k), range({{weeks:UInt16}})) AS n
@@ -228,15 +246,16 @@ async def retention(
     """Cohorts of members whose first join lies in [since, until), oldest first.
 
     ``rollup`` reads the precomputed local weeks when ``tz`` is the guild's recorded zone, the
-    per-UTC-week arrays otherwise; a :data:`Statement` runs that one (``local_weeks`` raises
-    ValueError in another zone, where its answer would be wrong).
+    per-UTC-week arrays and voice sets otherwise; a :data:`Statement` runs that one
+    (``local_weeks`` raises ValueError in another zone, where its answer would be wrong).
     """
     p = params(guild_id, since, until, tz=check_tz(tz), bots=include_bots, weeks=weeks)
     statement: Statement
     if source == "rollup" or source == "local_weeks":
         recorded = await recorded_zone(client, guild_id)
         if source == "local_weeks" and recorded != tz:
-            raise ValueError(f"guild {guild_id}'s local weeks are in {recorded}, not {tz}")
+            where = "incomplete" if recorded is None else f"in {recorded}"
+            raise ValueError(f"guild {guild_id}'s local weeks are {where}, not in {tz}")
         statement = "local_weeks" if recorded == tz else "any_zone"
     else:
         statement = source
@@ -253,17 +272,19 @@ async def retention(
     ]
 
 
-async def recorded_zone(client: AsyncClient, guild_id: int) -> str:
-    """The zone the guild's precomputed local weeks are in (migration 0013: 'UTC' when the
-    ETL recorded none)."""
+async def recorded_zone(client: AsyncClient, guild_id: int) -> str | None:
+    """The zone the guild's precomputed local weeks are in ('UTC' when the ETL recorded none,
+    migration 0013); None while its voice weeks are not complete in it (0014)."""
     result = await rows(
         client,
-        "SELECT argMax(tz, version) FROM message_local_weeks_zone"
-        " WHERE guild_id = {guild_id:UInt64}",
+        "SELECT argMax(tz, version), argMax(voice, version), count()"
+        " FROM message_local_weeks_zone WHERE guild_id = {guild_id:UInt64}",
         {"guild_id": guild_id},
     )
-    # An aggregate over no rows gives the type's default, the empty string.
-    return str(result[0][0]) or "UTC"
+    tz, voice, recorded = result[0]
+    if not recorded:
+        return "UTC"
+    return str(tz) if voice else None
 
 
 def _count(value: int | None) -> int | None:

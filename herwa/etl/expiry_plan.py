@@ -40,6 +40,7 @@ STAGING_COLUMN = "ch_ingested_at"
 CLICKHOUSE_DATE_ARRAYS: Mapping[str, tuple[str, ...]] = {
     "message_activity_weeks_by_author": ("weeks", "first_at", "last_at"),
     "message_local_weeks": ("weeks",),
+    "voice_local_weeks": ("weeks",),
 }
 # ClickHouse tables with a server id but no event time, and why they stay bounded (deletion
 # requests reach them through guild_id all the same).

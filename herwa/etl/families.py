@@ -139,6 +139,7 @@ FAMILIES: tuple[Family, ...] = (
             ("is_bot", "is_bot::int"),
             ("version", _ms("captured_at")),
         ),
+        batch_column="loaded_batch",
     ),
     Family(
         staging=MEMBER_EVENTS,

@@ -1,4 +1,4 @@
-"""Each member's active LOCAL weeks, kept in their server's time zone (ClickHouse migration 0013).
+"""Each member's active LOCAL weeks, kept in their server's time zone (ClickHouse 0013, 0014).
 
 Retention reads ``message_local_weeks`` when the zone asked for is the one recorded for the
 server in ``message_local_weeks_zone`` (no row: 'UTC', what the migration built). The rollups'
@@ -28,6 +28,19 @@ rewrites authors' per-UTC-week arrays and not their local weeks. Every writer of
 gives local weeks the version of the arrays they come from or a newer one, so arrays newer than
 every local week were written by such a run: :func:`heal`, first in every run, writes those
 authors' local weeks again.
+
+Voice weeks (``voice_local_weeks``, ClickHouse 0014) live beside them, in the same zone and by
+the same rebuild, which writes both before the zone row names the new zone and deletes both
+after. Each is written from the member's whole set of session starts
+(``voice_starts_by_member``), so a rewrite is exact whatever came before:
+
+* :func:`rewrite_voice`, for the members of every voice batch loaded since the last run
+  (rollups.flush_voice, by the sessions' ``loaded_batch``);
+* :func:`heal_voice`, first in every run, for what no batch of this release covered: every
+  member of a server whose zone row does not say its voice weeks are complete (the migration
+  leaves them so; a zone row written by the release before does), and the members of sessions
+  loaded with no batch (before the migration, or by the release before), which it then marks.
+  Only then does it say the weeks are complete: until then retention reads the voice sets.
 
 The zone is checked with zoneinfo, as the analytics check the zone they are asked for, and
 against ClickHouse's own list: a zone Postgres holds that either does not know is logged and the
@@ -59,6 +72,8 @@ log = logging.getLogger(__name__)
 # What a server without a zone row is in: the migration built every server's rows in it, and it
 # is guilds.timezone's default.
 DEFAULT_ZONE = "UTC"
+# The tables of per-member weeks kept in a server's recorded zone.
+_ZONED_TABLES = ("message_local_weeks", "voice_local_weeks")
 
 
 def local_mondays(first_at: str, last_at: str) -> str:
@@ -103,6 +118,84 @@ async def rewrite(
         )
 
 
+def _voice_mondays() -> str:
+    """SQL: the distinct local Mondays (zone bound as ``tz``) of a member's session starts."""
+    return (
+        "arraySort(arrayDistinct(arrayMap(t -> toStartOfWeek(toTimeZone(t, {tz:String}), 1),"
+        " joined_at)))"
+    )
+
+
+async def rewrite_voice(
+    ch: AsyncClient, guilds: list[int], members: str, parameters: Mapping[str, object]
+) -> None:
+    """Write again, in each guild's recorded zone, the voice weeks of the (guild_id, user_id)
+    pairs ``members`` selects (SQL, with ``parameters``) among these guilds, from their whole
+    set of session starts: exact whatever was written before."""
+    recorded = await recorded_zones(ch, guilds)
+    by_zone: dict[str, list[int]] = {}
+    for guild in guilds:
+        zone = recorded[guild].tz if guild in recorded else DEFAULT_ZONE
+        by_zone.setdefault(zone, []).append(guild)
+    for zone, zone_guilds in sorted(by_zone.items()):
+        await ch.command(
+            f"""
+            INSERT INTO voice_local_weeks (guild_id, tz, user_id, weeks, version)
+            SELECT guild_id, {{tz:String}}, user_id, {_voice_mondays()}, {{voice_version:UInt64}}
+            FROM voice_starts_by_member FINAL
+            WHERE guild_id IN {{zone_guilds:Array(UInt64)}} AND (guild_id, user_id) IN ({members})
+            """,
+            parameters={
+                **parameters,
+                "tz": zone,
+                "zone_guilds": zone_guilds,
+                "voice_version": time.time_ns() // 1_000_000,
+            },
+            settings={"optimize_on_insert": 0},
+        )
+
+
+async def heal_voice(ch: AsyncClient) -> int:
+    """Write the voice weeks nothing of this release wrote (ClickHouse 0014); returns how many
+    servers it touched.
+
+    Those are every member of a server whose zone row says its voice weeks are incomplete (all
+    servers with voice, after the migration; a zone row written by the release before), and
+    the members of sessions loaded with no batch (before the migration, or by the release
+    before), which are then marked as rewritten (loaded_batch 1). The zone rows say complete
+    last, so a reader never takes half-written weeks for whole ones. The run calls this first,
+    before anything of its own writes voice weeks."""
+    incomplete = sorted(g for g, r in (await recorded_zones(ch)).items() if not r.voice)
+    unbatched = "SELECT DISTINCT guild_id, user_id FROM voice_sessions WHERE loaded_batch = 0"
+    result = await ch.query(f"SELECT DISTINCT guild_id FROM ({unbatched}) ORDER BY guild_id")
+    loose = [int(g) for (g,) in result.result_rows]
+    guilds = sorted({*incomplete, *loose})
+    if not guilds:
+        return 0
+    log.info(
+        "voice weeks: rewriting %d servers whose weeks are incomplete and %d with sessions"
+        " loaded without a batch (ClickHouse 0014, or an ETL of the release before)",
+        len(incomplete),
+        len(loose),
+    )
+    members = (
+        "SELECT guild_id, user_id FROM voice_starts_by_member"
+        " WHERE guild_id IN {incomplete:Array(UInt64)}"
+        f" UNION ALL {unbatched}"
+    )
+    await rewrite_voice(ch, guilds, members, {"incomplete": incomplete})
+    if loose:
+        await ch.command(
+            "ALTER TABLE voice_sessions UPDATE loaded_batch = 1 WHERE loaded_batch = 0",
+            settings={"mutations_sync": 2},
+        )
+    recorded = await recorded_zones(ch, incomplete)
+    for guild in incomplete:
+        now = recorded[guild]
+        await _record(ch, guild, now.tz, others_deleted=now.others_deleted, voice=True)
+    return len(guilds)
+
+
 async def heal(ch: AsyncClient) -> int:
     """Write again the local weeks of every author whose per-UTC-week arrays are newer than
     any local weeks written; returns how many servers it touched.
@@ -136,18 +229,22 @@ async def heal(ch: AsyncClient) -> int:
 class Recorded:
     tz: str
     others_deleted: bool
+    voice: bool  # the voice weeks are complete in tz (ClickHouse 0014)
 
 
 async def recorded_zones(ch: AsyncClient, guilds: list[int] | None = None) -> dict[int, Recorded]:
     """The recorded zone of these servers (every server with a zone row when None); a server
-    without one is in DEFAULT_ZONE, with no other zone's rows."""
+    without one is in DEFAULT_ZONE, with no other zone's rows and its voice weeks complete."""
     where = "" if guilds is None else "WHERE guild_id IN {guilds:Array(UInt64)}"
     result = await ch.query(
-        "SELECT guild_id, argMax(tz, version), argMax(others_deleted, version)"
-        f" FROM message_local_weeks_zone {where} GROUP BY guild_id",
+        "SELECT guild_id, argMax(tz, version), argMax(others_deleted, version),"
+        f" argMax(voice, version) FROM message_local_weeks_zone {where} GROUP BY guild_id",
         parameters={"guilds": guilds or []},
     )
-    return {int(g): Recorded(str(tz), bool(clean)) for g, tz, clean in result.result_rows}
+    return {
+        int(g): Recorded(str(tz), bool(clean), bool(voice))
+        for g, tz, clean, voice in result.result_rows
+    }
 
 
 async def _valid(ch: AsyncClient, tz: str) -> bool:
@@ -185,7 +282,7 @@ async def follow_zones(pg: asyncpg.Connection, ch: AsyncClient) -> int:
     rebuilt = 0
     for guild in sorted((wanted.keys() | recorded.keys()) - deleted):
         tz = wanted.get(guild, DEFAULT_ZONE)
-        now = recorded.get(guild, Recorded(DEFAULT_ZONE, others_deleted=True))
+        now = recorded.get(guild, Recorded(DEFAULT_ZONE, others_deleted=True, voice=True))
         if now.tz != tz:
             if await _valid(ch, tz):
                 await _rebuild(ch, guild, tz, now)
@@ -199,14 +296,15 @@ async def follow_zones(pg: asyncpg.Connection, ch: AsyncClient) -> int:
                 now.tz,
             )
         if not now.others_deleted:
-            await _delete_other_zones(ch, guild, now.tz)
+            await _delete_other_zones(ch, guild, now.tz, now.voice)
     return rebuilt
 
 
 async def _rebuild(ch: AsyncClient, guild: int, tz: str, now: Recorded) -> None:
     """Move a server's local weeks to zone ``tz`` (steps 1-3 of the module docstring)."""
     if now.others_deleted:
-        await _record(ch, guild, now.tz, others_deleted=False)
+        await _record(ch, guild, now.tz, others_deleted=False, voice=now.voice)
+    parameters = {"guild": guild, "tz": tz, "version": time.time_ns() // 1_000_000}
     await ch.command(
         f"""
         INSERT INTO message_local_weeks (guild_id, tz, author_id, weeks, version)
@@ -215,26 +313,44 @@ async def _rebuild(ch: AsyncClient, guild: int, tz: str, now: Recorded) -> None:
         FROM message_activity_weeks_by_author FINAL
         WHERE guild_id = {{guild:UInt64}}
         """,
-        parameters={"guild": guild, "tz": tz, "version": time.time_ns() // 1_000_000},
+        parameters=parameters,
     )
-    await _record(ch, guild, tz, others_deleted=False)
+    await ch.command(
+        f"""
+        INSERT INTO voice_local_weeks (guild_id, tz, user_id, weeks, version)
+        SELECT guild_id, {{tz:String}}, user_id, {_voice_mondays()}, {{version:UInt64}}
+        FROM voice_starts_by_member FINAL
+        WHERE guild_id = {{guild:UInt64}}
+        """,
+        parameters=parameters,
+    )
+    await _record(ch, guild, tz, others_deleted=False, voice=True)
 
 
-async def _delete_other_zones(ch: AsyncClient, guild: int, tz: str) -> None:
+async def _delete_other_zones(ch: AsyncClient, guild: int, tz: str, voice: bool) -> None:
     # Lightweight DELETE, as deletion requests use (privacy.ch_delete): masked at once, FINAL
     # reads honour it, and lightweight_deletes_sync (default) waits for it, so the zone row is
     # marked clean only once the rows are gone.
-    await ch.command(
-        "DELETE FROM message_local_weeks WHERE guild_id = {guild:UInt64} AND tz != {tz:String}",
-        parameters={"guild": guild, "tz": tz},
-    )
-    await _record(ch, guild, tz, others_deleted=True)
+    for table in _ZONED_TABLES:
+        await ch.command(
+            f"DELETE FROM {table} WHERE guild_id = {{guild:UInt64}} AND tz != {{tz:String}}",
+            parameters={"guild": guild, "tz": tz},
+        )
+    await _record(ch, guild, tz, others_deleted=True, voice=voice)
 
 
-async def _record(ch: AsyncClient, guild: int, tz: str, *, others_deleted: bool) -> None:
+async def _record(
+    ch: AsyncClient, guild: int, tz: str, *, others_deleted: bool, voice: bool
+) -> None:
     # Nanoseconds: the steps of one rebuild write this row several times within a millisecond.
     await ch.command(
-        "INSERT INTO message_local_weeks_zone (guild_id, tz, others_deleted, version)"
-        " SELECT {guild:UInt64}, {tz:String}, {clean:Bool}, {version:UInt64}",
-        parameters={"guild": guild, "tz": tz, "clean": others_deleted, "version": time.time_ns()},
+        "INSERT INTO message_local_weeks_zone (guild_id, tz, others_deleted, voice, version)"
+        " SELECT {guild:UInt64}, {tz:String}, {clean:Bool}, {voice:Bool}, {version:UInt64}",
+        parameters={
+            "guild": guild,
+            "tz": tz,
+            "clean": others_deleted,
+            "voice": voice,
+            "version": time.time_ns(),
+        },
     )

@@ -144,16 +144,18 @@ async def reset(pg: asyncpg.Connection) -> dict[str, int]:
                 str(await low_water(pg, family)),
             )
             restaged[family.name] = rows_affected(status)
-        # Messages loaded by batches the rollups had not reached yet carry old-cluster bounds
-        # that the new marks will not pass for a long time: their range is owed separately.
+        # Rows loaded by batches a rollup had not reached yet carry old-cluster bounds that
+        # the new marks will not pass for a long time: their range is owed separately.
         await pg.execute(
             """
             INSERT INTO etl_rollup_owed (rollup, above, upto)
             SELECT p.rollup, p.loaded_batch, m.mark
-            FROM etl_rollup_progress p,
-                 (SELECT max(staged_xid) AS mark FROM etl_low_water
-                  WHERE family = 'message_events') m
-            WHERE p.rollup = 'messages' AND p.loaded_batch < m.mark
+            FROM etl_rollup_progress p
+            JOIN (VALUES ('messages', 'message_events'), ('voice', 'voice_sessions'))
+                AS r(rollup, family) USING (rollup)
+            JOIN (SELECT family, max(staged_xid) AS mark FROM etl_low_water GROUP BY family) m
+                USING (family)
+            WHERE p.loaded_batch < m.mark
             ON CONFLICT DO NOTHING
             """
         )

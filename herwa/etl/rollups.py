@@ -28,6 +28,10 @@ Affected buckets come from two places:
 
 A deletion request recomputes the buckets it empties itself (privacy.py).
 
+Voice batches are followed the same way: every session records its batch too (ClickHouse 0014),
+and :func:`flush_voice` rewrites the voice weeks (local_weeks.py) of the members of the sessions
+above its own mark (``etl_rollup_progress`` 'voice'), after the sync loop.
+
 A missing progress row (the table emptied by hand or by a tool, as ``herwa demo`` once did) is
 read as 0, the mark migration 0007 starts from, and written back: recomputing a bucket again is
 always correct, only slower, whereas skipping — what the code once did — left every later batch
@@ -53,7 +57,7 @@ import asyncpg
 from clickhouse_connect.driver.external import ExternalData
 
 from herwa.etl import local_weeks
-from herwa.etl.families import BY_NAME, WIRE_FORMAT
+from herwa.etl.families import BY_NAME, WIRE_FORMAT, Family
 from herwa.etl.low_water import low_water
 
 if TYPE_CHECKING:
@@ -132,25 +136,7 @@ _NO_PROGRESS = 0
 
 async def flush_loaded(pg: asyncpg.Connection, ch: AsyncClient, on_recomputed: Hook | None) -> int:
     """Recompute the buckets of every message batch committed since the last call."""
-    done = await pg.fetchval(
-        "SELECT loaded_batch::text::bigint FROM etl_rollup_progress WHERE rollup = 'messages'"
-    )
-    if done is None:
-        log.warning(
-            "etl_rollup_progress has no 'messages' row: recomputing the rollups of every"
-            " message batch loaded so far, as after migration 0007"
-        )
-        done = _NO_PROGRESS
-    upto = await low_water(pg, BY_NAME["message_events"])
-    # Ranges left from before a reset-low-water (low_water.reset), usually none.
-    owed = [
-        (int(r["above"]), int(r["upto"]))
-        for r in await pg.fetch(
-            "SELECT above::text::bigint AS above, upto::text::bigint AS upto"
-            " FROM etl_rollup_owed WHERE rollup = 'messages'"
-        )
-    ]
-    ranges = [*owed, *([(done, upto)] if upto > done else [])]
+    ranges, owed, upto = await _owed_ranges(pg, "messages", BY_NAME["message_events"])
     if not ranges:
         return 0
     buckets: set[tuple[int, int]] = set()
@@ -163,21 +149,79 @@ async def flush_loaded(pg: asyncpg.Connection, ch: AsyncClient, on_recomputed: H
         )
         buckets.update((int(g), int(h)) for g, h in result.result_rows)
     await _recompute_then(ch, sorted(buckets), on_recomputed)
+    await _record_progress(pg, "messages", upto, owed)
+    return len(buckets)
+
+
+async def flush_voice(pg: asyncpg.Connection, ch: AsyncClient) -> int:
+    """Rewrite the voice weeks of every member of the voice batches committed since the last
+    call (local_weeks.py); returns how many servers it touched."""
+    ranges, owed, upto = await _owed_ranges(pg, "voice", BY_NAME["voice_sessions"])
+    if not ranges:
+        return 0
+    members = " UNION ALL ".join(
+        "SELECT guild_id, user_id FROM voice_sessions"
+        f" WHERE loaded_batch > {{above_{i}:UInt64}} AND loaded_batch <= {{below_{i}:UInt64}}"
+        for i in range(len(ranges))
+    )
+    bounds: dict[str, object] = {}
+    for i, (above, below) in enumerate(ranges):
+        bounds |= {f"above_{i}": above, f"below_{i}": below}
+    result = await ch.query(f"SELECT DISTINCT guild_id FROM ({members})", parameters=bounds)
+    guilds = sorted(int(g) for (g,) in result.result_rows)
+    if guilds:
+        await local_weeks.rewrite_voice(ch, guilds, members, bounds)
+    await _record_progress(pg, "voice", upto, owed)
+    return len(guilds)
+
+
+async def _owed_ranges(
+    pg: asyncpg.Connection, rollup: str, family: Family
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]], int]:
+    """The ranges of loaded_batch the rollup has still to cover: those owed since a
+    reset-low-water (low_water.reset, usually none) and the one from its mark to the family's
+    committed low-water mark. Also the owed ranges alone and that low-water mark."""
+    done = await pg.fetchval(
+        "SELECT loaded_batch::text::bigint FROM etl_rollup_progress WHERE rollup = $1", rollup
+    )
+    if done is None:
+        log.warning(
+            "etl_rollup_progress has no %r row: redoing the %s rollup for every batch loaded"
+            " so far, as after its migration",
+            rollup,
+            rollup,
+        )
+        done = _NO_PROGRESS
+    upto = await low_water(pg, family)
+    owed = [
+        (int(r["above"]), int(r["upto"]))
+        for r in await pg.fetch(
+            "SELECT above::text::bigint AS above, upto::text::bigint AS upto"
+            " FROM etl_rollup_owed WHERE rollup = $1",
+            rollup,
+        )
+    ]
+    return [*owed, *([(done, upto)] if upto > done else [])], owed, upto
+
+
+async def _record_progress(
+    pg: asyncpg.Connection, rollup: str, upto: int, owed: list[tuple[int, int]]
+) -> None:
     async with pg.transaction():
         # An upsert: the row may be the one that was missing.
         await pg.execute(
             "INSERT INTO etl_rollup_progress AS p (rollup, loaded_batch)"
-            " VALUES ('messages', $1::text::xid8) ON CONFLICT (rollup) DO UPDATE"
+            " VALUES ($1, $2::text::xid8) ON CONFLICT (rollup) DO UPDATE"
             " SET loaded_batch = EXCLUDED.loaded_batch, updated_at = now()"
             " WHERE p.loaded_batch < EXCLUDED.loaded_batch",
+            rollup,
             str(upto),
         )
         await pg.execute(
-            "DELETE FROM etl_rollup_owed WHERE rollup = 'messages'"
-            " AND above = ANY($1::text[]::xid8[])",
+            "DELETE FROM etl_rollup_owed WHERE rollup = $1 AND above = ANY($2::text[]::xid8[])",
+            rollup,
             [str(above) for above, _ in owed],
         )
-    return len(buckets)
 
 
 async def flush_queue(pg: asyncpg.Connection, ch: AsyncClient, on_recomputed: Hook | None) -> int:

@@ -282,6 +282,7 @@ async def _locked_run(
         await low_water.check_counter(pg)
         # Before anything of this run writes local weeks (deletions recompute too).
         await local_weeks.heal(ch)
+        await local_weeks.heal_voice(ch)
         # Deletions first, within their share of the deadline, so that requests (however
         # many, however slow or failing) never starve loading. A deferred request lets nothing
         # through: asking for a member's opted them out (the purge below drops their rows), and
@@ -320,6 +321,7 @@ async def _locked_run(
         with _tracer.start_as_current_span("etl.rollups"):
             await rollups.flush_loaded(pg, ch, after_recompute)
             await rollups.flush_queue(pg, ch, after_recompute)
+            await rollups.flush_voice(pg, ch)
             # After the last recompute, so that none writes a zone being replaced.
             await local_weeks.follow_zones(pg, ch)
         cutoff = datetime.now(UTC) - timedelta(hours=options.retention_hours)

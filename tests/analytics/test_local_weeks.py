@@ -12,6 +12,7 @@ while the UTC week stays active.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from datetime import date, timedelta
 from zoneinfo import ZoneInfo
@@ -44,6 +45,8 @@ MESSAGES = [(i, 500 + i * 3 % 8, t) for i, t in enumerate(_TIMES)] + [
     (101, 520, "2024-03-11 07:00"),
 ]
 DELETED = 100
+# (member, UTC start) of voice sessions on the same edges, in another rotation of the members.
+VOICE = [(500 + i * 5 % 8, t) for i, t in enumerate(_TIMES)]
 # member -> their join (UTC), every 3 days and 5 hours; 520 never joins (checked in the table).
 JOINS = {
     m: Z("2024-02-28 12:00") + timedelta(days=3 * k, hours=5 * k) for k, m in enumerate(MEMBERS)
@@ -74,6 +77,36 @@ async def _stage(pg: asyncpg.Connection, guild: int, tz: str) -> None:
         " created_at, kind, is_bot) VALUES ($1, $2, $3, $4, $5, 'text', false)",
         [(guild * 1000 + i, guild, CHANNEL, a, Z(t)) for i, a, t in MESSAGES],
     )
+    await _stage_voice(pg, guild, VOICE)
+
+
+async def _stage_voice(pg: asyncpg.Connection, guild: int, sessions: list[tuple[int, str]]) -> None:
+    await pg.executemany(
+        "INSERT INTO voice_sessions (session_id, guild_id, channel_id, user_id, joined_at,"
+        " left_at, close_reason) VALUES (gen_random_uuid(), $1, 50, $2, $3, $4, 'leave')",
+        [(guild, m, Z(t), Z(t) + timedelta(minutes=30)) for m, t in sessions],
+    )
+
+
+async def _voice_weeks(ro: AsyncClient, guild: int) -> dict[str, dict[int, list[date]]]:
+    """The guild's voice weeks by zone and member."""
+    result = await ro.query(
+        "SELECT tz, user_id, weeks FROM voice_local_weeks FINAL WHERE guild_id = {g:UInt64}",
+        parameters={"g": guild},
+    )
+    out: dict[str, dict[int, list[date]]] = {}
+    for tz, user, weeks in result.result_rows:
+        out.setdefault(str(tz), {})[int(user)] = list(weeks)
+    return out
+
+
+def _expected_voice(tz: str, sessions: list[tuple[int, str]]) -> dict[int, list[date]]:
+    zone = ZoneInfo(tz)
+    out: dict[int, set[date]] = {}
+    for member, at in sessions:
+        local = Z(at).astimezone(zone).date()
+        out.setdefault(member, set()).add(local - timedelta(days=local.weekday()))
+    return {m: sorted(w) for m, w in sorted(out.items())}
 
 
 async def _delete_message(pg: asyncpg.Connection, guild: int) -> None:
@@ -131,7 +164,7 @@ async def _all_agree(ro: AsyncClient, guild: int, tz: str) -> list[analytics.Coh
         )
         assert precomputed == raw, tz
     else:
-        with pytest.raises(ValueError, match="local weeks are in"):
+        with pytest.raises(ValueError, match=r"local weeks are (in \S+|incomplete), not in"):
             await analytics.retention(ro, guild, tz, *SPAN, weeks=WEEKS, source="local_weeks")
     return raw
 
@@ -294,11 +327,11 @@ async def test_rows_of_a_rebuild_cut_short_go_when_the_zone_is_set_back(
     original = local_weeks._record
 
     async def crash_before_the_new_zone(
-        ch: AsyncClient, guild: int, tz: str, *, others_deleted: bool
+        ch: AsyncClient, guild: int, tz: str, *, others_deleted: bool, voice: bool
     ) -> None:
         if tz == "Pacific/Kiritimati":
             raise RuntimeError("the ETL died here")
-        await original(ch, guild, tz, others_deleted=others_deleted)
+        await original(ch, guild, tz, others_deleted=others_deleted, voice=voice)
 
     # The new zone's rows are written, the zone row still names the old one.
     monkeypatch.setattr(local_weeks, "_record", crash_before_the_new_zone)
@@ -338,6 +371,77 @@ async def test_a_bad_zone_in_postgres_keeps_the_recorded_one(
     assert await _stored(ro, 31) == {"Asia/Kathmandu": _expected_weeks("Asia/Kathmandu", False)}
     await _all_agree(ro, 31, "Asia/Kathmandu")
     await _all_agree(ro, 33, "UTC")
+
+
+async def test_voice_weeks_follow_the_zone_and_each_later_batch(
+    migrated: Endpoints, pg: asyncpg.Connection, ro: AsyncClient
+) -> None:
+    guild = 31
+    await _stage(pg, guild, "Asia/Kathmandu")
+    await _settle(migrated)
+    assert await _voice_weeks(ro, guild) == {
+        "Asia/Kathmandu": _expected_voice("Asia/Kathmandu", VOICE)
+    }
+    cohorts = await _all_agree(ro, guild, "Asia/Kathmandu")
+    assert any(n for c in cohorts for n in c.voice_active), "no voice-active member: a weak test"
+
+    # A later batch: a member's first session in a new local week (Sunday 18:15 UTC is Monday
+    # in Kathmandu), and another's session in a week they already had.
+    later = [(501, "2024-03-24 18:15"), (502, "2024-03-17 18:14")]
+    await _stage_voice(pg, guild, later)
+    await _run(migrated)
+    assert await _voice_weeks(ro, guild) == {
+        "Asia/Kathmandu": _expected_voice("Asia/Kathmandu", VOICE + later)
+    }
+    assert await _all_agree(ro, guild, "Asia/Kathmandu") != cohorts
+
+    # The zone changes: the voice weeks move with the message weeks.
+    await pg.execute("UPDATE guilds SET timezone = 'Pacific/Kiritimati' WHERE guild_id = $1", guild)
+    await _settle(migrated)
+    assert await _voice_weeks(ro, guild) == {
+        "Pacific/Kiritimati": _expected_voice("Pacific/Kiritimati", VOICE + later)
+    }
+    await _all_agree(ro, guild, "Pacific/Kiritimati")
+
+
+async def test_voice_weeks_no_batch_of_this_release_wrote_are_healed(
+    migrated: Endpoints, pg: asyncpg.Connection, ro: AsyncClient
+) -> None:
+    """As after migration 0014, or a run of the release before it: a zone row that does not
+    say the voice weeks are complete, and a session loaded without a batch."""
+    guild = 32
+    await _stage(pg, guild, "Asia/Kathmandu")
+    await _settle(migrated)
+    ch = await clickhouse_url_client(migrated.clickhouse_url)
+    try:
+        await ch.command(
+            "INSERT INTO message_local_weeks_zone (guild_id, tz, others_deleted, version)"
+            " SELECT {g:UInt64}, 'Asia/Kathmandu', true, {v:UInt64}",
+            parameters={"g": guild, "v": time.time_ns()},
+        )
+        await ch.command(
+            "INSERT INTO voice_sessions (session_id, guild_id, channel_id, user_id, channel_kind,"
+            " joined_at, left_at, duration_seconds, muted_seconds, close_reason, is_bot, version)"
+            " SELECT generateUUIDv4(), {g:UInt64}, 50, 503, 'voice',"
+            " toDateTime64('2024-03-31 18:15:00', 3, 'UTC'),"
+            " toDateTime64('2024-03-31 18:45:00', 3, 'UTC'), 1800, 0, 'leave', false, 1",
+            parameters={"g": guild},
+        )
+        # Not complete: retention reads the voice sets, and still answers exactly.
+        assert await recorded_zone(ro, guild) is None
+        await _all_agree(ro, guild, "Asia/Kathmandu")
+
+        await _run(migrated)
+        assert await recorded_zone(ro, guild) == "Asia/Kathmandu"
+        sessions = [*VOICE, (503, "2024-03-31 18:15")]
+        assert await _voice_weeks(ro, guild) == {
+            "Asia/Kathmandu": _expected_voice("Asia/Kathmandu", sessions)
+        }
+        unbatched = "SELECT count() FROM voice_sessions WHERE loaded_batch = 0"
+        assert await ch.command(unbatched) == 0
+    finally:
+        await ch.close()
+    await _all_agree(ro, guild, "Asia/Kathmandu")
 
 
 def test_the_messages_sit_on_the_local_week_edges() -> None:

@@ -54,7 +54,7 @@ FED = {
 }
 # Those of them holding one row per member with an ascending array of dates, expired element by
 # element: retention's per-author week arrays, UTC and local.
-FED_ARRAYS = {"message_activity_weeks_by_author", "message_local_weeks"}
+FED_ARRAYS = {"message_activity_weeks_by_author", "message_local_weeks", "voice_local_weeks"}
 
 
 @pytest.fixture

@@ -25,10 +25,11 @@ async def _assert_rollups_complete(endpoints: Endpoints, pg: asyncpg.Connection)
 
 
 async def _progress(pg: asyncpg.Connection) -> list[tuple[str, bool]]:
-    """(rollup, whether its mark equals the message family's low-water mark)."""
+    """(rollup, whether its mark equals its family's low-water mark)."""
     rows = await pg.fetch(
         "SELECT rollup, loaded_batch = (SELECT max(staged_xid) FROM etl_low_water"
-        " WHERE family = 'message_events') AS current FROM etl_rollup_progress"
+        " WHERE family = CASE rollup WHEN 'messages' THEN 'message_events'"
+        " ELSE 'voice_sessions' END) AS current FROM etl_rollup_progress ORDER BY rollup"
     )
     return [(r["rollup"], r["current"]) for r in rows]
 
@@ -44,7 +45,7 @@ async def test_a_missing_rollup_mark_recomputes_everything_loaded(
     assert result.stats.rows_moved["message_events"] == 250
     await _assert_rollups_complete(migrated, pg)
     # The mark is back, at the batches it covers, so the next run does not redo them.
-    assert await _progress(pg) == [("messages", True)]
+    assert await _progress(pg) == [("messages", True), ("voice", True)]
 
     # Emptied again between runs: the messages already rolled up are recomputed again (same
     # numbers), and the new ones are added.
@@ -54,4 +55,4 @@ async def test_a_missing_rollup_mark_recomputes_everything_loaded(
     assert again.outcome == "caught_up", again.error
     assert again.stats.rows_moved["message_events"] == 50
     await _assert_rollups_complete(migrated, pg)
-    assert await _progress(pg) == [("messages", True)]
+    assert await _progress(pg) == [("messages", True), ("voice", True)]

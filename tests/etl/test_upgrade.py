@@ -1,8 +1,8 @@
 """Upgrades across migrations that change what the ETL reads or writes: staging rows written
 before postgres migration 0006 (staged_xid) are loaded exactly once, the week rollups are
 unchanged by ClickHouse 0012 (the daily rollup retired, the weeks summed from the author days),
-and ClickHouse 0013 builds every guild's local weeks in UTC from the week rollups, harmlessly
-again when re-run.
+ClickHouse 0013 builds every guild's local weeks in UTC from the week rollups, harmlessly
+again when re-run, and the first run after 0014 writes the voice weeks of sessions loaded before.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from herwa.analytics.retention import recorded_zone
 from herwa.devstack import Endpoints
 from herwa.etl import rollups
 from herwa.etl.runner import RunOptions, run_once
@@ -79,6 +80,7 @@ async def test_rows_staged_before_the_upgrade_are_loaded_once(endpoints: Endpoin
 
 _DAILY_RETIRED = 12  # the ClickHouse migration that retires message_activity_daily
 _LOCAL_WEEKS = 13  # the ClickHouse migration that adds message_local_weeks
+_VOICE_WEEKS = 14  # the ClickHouse migration that adds voice_local_weeks
 G = 9
 CHANNEL = 10
 
@@ -106,6 +108,10 @@ _WEEKS = (
 _WEEKS_BY_AUTHOR = (
     "SELECT author_id, weeks, first_at, last_at FROM message_activity_weeks_by_author FINAL"
     " WHERE guild_id = {g:UInt64} ORDER BY author_id"
+)
+_VOICE = (
+    "SELECT user_id, weeks FROM voice_local_weeks FINAL WHERE guild_id = {g:UInt64}"
+    " AND tz = 'UTC' ORDER BY user_id"
 )
 _LOCAL = (
     "SELECT author_id, weeks FROM message_local_weeks FINAL"
@@ -147,6 +153,14 @@ async def _migrate_clickhouse_below_then_load(ch: AsyncClient) -> None:
                 [[7, G, CHANNEL, _z("2024-03-14 00:00"), 1]],
                 column_names=["message_id", "guild_id", "channel_id", "deleted_at", "version"],
             )
+            await ch.command(
+                "INSERT INTO voice_sessions (session_id, guild_id, channel_id, user_id,"
+                " channel_kind, joined_at, left_at, duration_seconds, muted_seconds,"
+                " close_reason, is_bot, version) SELECT generateUUIDv4(), {g:UInt64}, 50, 602,"
+                " 'voice', toDateTime64('2024-03-13 20:00:00', 3, 'UTC'),"
+                " toDateTime64('2024-03-13 20:30:00', 3, 'UTC'), 1800, 0, 'leave', false, 1",
+                parameters={"g": G},
+            )
         await apply_clickhouse(ch, migration)
 
 
@@ -160,7 +174,10 @@ async def test_the_week_rollups_survive_retiring_the_daily_rollup(endpoints: End
         assert [a for a, *_ in by_author_before] == [600, 601, 602, 603]
 
         report = await migrate(endpoints.postgres_dsn, endpoints.clickhouse_url)
-        assert report.applied["clickhouse"] == [_DAILY_RETIRED, _LOCAL_WEEKS]
+        assert report.applied["clickhouse"] == [_DAILY_RETIRED, _LOCAL_WEEKS, _VOICE_WEEKS]
+        # 0014: the guild's voice weeks are not written yet, and its zone row says so.
+        assert await recorded_zone(ch, G) is None
+        assert await _rows(ch, _VOICE) == []
         # 0013's backfill: in UTC a local week is the UTC one. Run again, it changes nothing.
         assert await _rows(ch, _LOCAL) == [(a, w) for a, w, *_ in by_author_before]
         (local_weeks,) = [m for m in discover("clickhouse") if m.version == _LOCAL_WEEKS]
@@ -218,5 +235,9 @@ async def test_the_week_rollups_survive_retiring_the_daily_rollup(endpoints: End
         ]
         # The recompute rewrote the local weeks with them (the guild has no zone: UTC).
         assert await _rows(ch, _LOCAL) == [(a, w) for a, w, *_ in await _rows(ch, _WEEKS_BY_AUTHOR)]
+        # The run wrote the voice weeks of the session loaded before 0014, then said so.
+        assert await _rows(ch, _VOICE) == [(602, [_z("2024-03-11").date()])]
+        assert await recorded_zone(ch, G) == "UTC"
+        assert await _rows(ch, "SELECT loaded_batch FROM voice_sessions") == [(1,)]
     finally:
         await ch.close()
