@@ -11,8 +11,8 @@ migration 0006) from the family's :class:`Cursor`. Per batch, inside one Postgre
 2. ``COPY (SELECT <ClickHouse columns> WHERE staged_xid in the bound) TO STDOUT``: Postgres
    renders the rows in its text format (ClickHouse's TabSeparated) in ClickHouse column order,
    so no row passes through Python objects. Nothing is written to the rows: the batch record
-   (step 4) says they are loaded. Message rows carry the batch's upper bound as
-   ``loaded_batch``.
+   (step 4) says they are loaded. Message and voice session rows carry the batch's upper
+   bound as ``loaded_batch``.
 3. The batch goes to ClickHouse as one insert with an ``insert_deduplication_token`` derived from
    the bounds, the row count and a crc of the bytes (the fast path: an identical retry is
    dropped by the server).
