@@ -31,6 +31,7 @@ amount of overlap can beat.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import resource
 import time
@@ -126,6 +127,31 @@ async def _stage(base_pg: str, base_ch: str, rows: int, guilds: int) -> tuple[st
     finally:
         await pg.close()
     return name, pg_dsn, ch_url
+
+
+async def _quiet(pg_dsn: str, ch_url: str) -> float:
+    """Wait (up to two minutes) until no server works in the background: no ClickHouse merge or
+    mutation (the previous variant's tables included) and no Postgres autovacuum worker.
+    Returns the seconds waited: each variant is timed on its own work alone."""
+    t = time.perf_counter()
+    pg = await asyncpg.connect(pg_dsn)
+    ch = await clickhouse_url_client(ch_url)
+    try:
+        for _ in range(240):
+            busy = await ch.command(
+                "SELECT (SELECT count() FROM system.merges)"
+                " + (SELECT count() FROM system.mutations WHERE NOT is_done)"
+            )
+            vacuums = await pg.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"
+            )
+            if not busy and not vacuums:
+                break
+            await asyncio.sleep(0.5)
+    finally:
+        await ch.close()
+        await pg.close()
+    return time.perf_counter() - t
 
 
 async def _drop(base_pg: str, base_ch: str, name: str) -> None:
@@ -338,6 +364,8 @@ async def main(
         print(f"{variant}: staging {rows:,} message events across {guilds} guilds …", flush=True)
         name, pg_dsn, ch_url = await _stage(base_pg, base_ch, rows, guilds)
         try:
+            waited = await _quiet(pg_dsn, ch_url)
+            print(f"  servers quiet after {waited:.1f}s", flush=True)
             if variant == "ceilings":
                 embedded = {"postgres", "clickhouse"} <= servers.seconds().keys()
                 await _ceilings(meter, pg_dsn, ch_url, rows, batch_rows, embedded)

@@ -165,7 +165,11 @@ async def heal_voice(ch: AsyncClient) -> int:
     before), which are then marked as rewritten (loaded_batch 1). The zone rows say complete
     last, so a reader never takes half-written weeks for whole ones. The run calls this first,
     before anything of its own writes voice weeks."""
-    incomplete = sorted(g for g, r in (await recorded_zones(ch)).items() if not r.voice)
+    result = await ch.query(
+        "SELECT guild_id FROM message_local_weeks_zone GROUP BY guild_id"
+        " HAVING NOT argMax(voice, version) ORDER BY guild_id"
+    )
+    incomplete = [int(g) for (g,) in result.result_rows]
     unbatched = "SELECT DISTINCT guild_id, user_id FROM voice_sessions WHERE loaded_batch = 0"
     result = await ch.query(f"SELECT DISTINCT guild_id FROM ({unbatched}) ORDER BY guild_id")
     loose = [int(g) for (g,) in result.result_rows]
