@@ -86,6 +86,16 @@ def local_mondays(first_at: str, last_at: str) -> str:
     )
 
 
+async def _by_recorded_zone(ch: AsyncClient, guilds: list[int]) -> list[tuple[str, list[int]]]:
+    """These guilds grouped by their recorded zone, zones in order."""
+    recorded = await recorded_zones(ch, guilds)
+    by_zone: dict[str, list[int]] = {}
+    for guild in guilds:
+        zone = recorded[guild].tz if guild in recorded else DEFAULT_ZONE
+        by_zone.setdefault(zone, []).append(guild)
+    return sorted(by_zone.items())
+
+
 async def rewrite(
     ch: AsyncClient,
     guilds: list[int],
@@ -99,12 +109,7 @@ async def rewrite(
     author_id) pairs ``authors`` selects (SQL, with ``parameters``) among these guilds, from
     their per-UTC-week arrays; ``version`` is the rows' version (SQL). One statement per zone,
     as toTimeZone takes only a constant zone (a batch's guilds are in few zones)."""
-    recorded = await recorded_zones(ch, guilds)
-    by_zone: dict[str, list[int]] = {}
-    for guild in guilds:
-        zone = recorded[guild].tz if guild in recorded else DEFAULT_ZONE
-        by_zone.setdefault(zone, []).append(guild)
-    for zone, zone_guilds in sorted(by_zone.items()):
+    for zone, zone_guilds in await _by_recorded_zone(ch, guilds):
         await ch.command(
             f"""
             INSERT INTO message_local_weeks (guild_id, tz, author_id, weeks, version)
@@ -132,12 +137,7 @@ async def rewrite_voice(
     """Write again, in each guild's recorded zone, the voice weeks of the (guild_id, user_id)
     pairs ``members`` selects (SQL, with ``parameters``) among these guilds, from their whole
     set of session starts: exact whatever was written before."""
-    recorded = await recorded_zones(ch, guilds)
-    by_zone: dict[str, list[int]] = {}
-    for guild in guilds:
-        zone = recorded[guild].tz if guild in recorded else DEFAULT_ZONE
-        by_zone.setdefault(zone, []).append(guild)
-    for zone, zone_guilds in sorted(by_zone.items()):
+    for zone, zone_guilds in await _by_recorded_zone(ch, guilds):
         await ch.command(
             f"""
             INSERT INTO voice_local_weeks (guild_id, tz, user_id, weeks, version)

@@ -55,14 +55,18 @@ JOINS = {
 
 def _expected_weeks(tz: str, deleted: bool) -> list[tuple[int, list[date]]]:
     """Per author, the local Mondays in ``tz`` of their live messages: what the table holds."""
-    zone = ZoneInfo(tz)
     out: dict[int, set[date]] = {}
     for i, author, at in MESSAGES:
         if deleted and i == DELETED:
             continue
-        local = Z(at).astimezone(zone).date()
-        out.setdefault(author, set()).add(local - timedelta(days=local.weekday()))
+        out.setdefault(author, set()).add(_local_monday(at, tz))
     return [(a, sorted(w)) for a, w in sorted(out.items())]
+
+
+def _local_monday(at: str, tz: str) -> date:
+    """The local Monday in ``tz`` of the week of ``at`` (UTC)."""
+    local = Z(at).astimezone(ZoneInfo(tz)).date()
+    return local - timedelta(days=local.weekday())
 
 
 async def _stage(pg: asyncpg.Connection, guild: int, tz: str) -> None:
@@ -101,11 +105,9 @@ async def _voice_weeks(ro: AsyncClient, guild: int) -> dict[str, dict[int, list[
 
 
 def _expected_voice(tz: str, sessions: list[tuple[int, str]]) -> dict[int, list[date]]:
-    zone = ZoneInfo(tz)
     out: dict[int, set[date]] = {}
     for member, at in sessions:
-        local = Z(at).astimezone(zone).date()
-        out.setdefault(member, set()).add(local - timedelta(days=local.weekday()))
+        out.setdefault(member, set()).add(_local_monday(at, tz))
     return {m: sorted(w) for m, w in sorted(out.items())}
 
 
