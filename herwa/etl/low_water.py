@@ -14,6 +14,7 @@ which is how cleanup finds old rows by range.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -21,6 +22,10 @@ import asyncpg
 
 from herwa.etl.families import FAMILIES, Family
 from herwa.stores import rows_affected
+
+# The rollups that follow a family's loaded batches by a mark in etl_rollup_progress, and the
+# family each follows (rollups.py).
+ROLLUP_FAMILIES: Mapping[str, str] = {"messages": "message_events", "voice": "voice_sessions"}
 
 
 @dataclass
@@ -151,13 +156,14 @@ async def reset(pg: asyncpg.Connection) -> dict[str, int]:
             INSERT INTO etl_rollup_owed (rollup, above, upto)
             SELECT p.rollup, p.loaded_batch, m.mark
             FROM etl_rollup_progress p
-            JOIN (VALUES ('messages', 'message_events'), ('voice', 'voice_sessions'))
-                AS r(rollup, family) USING (rollup)
+            JOIN unnest($1::text[], $2::text[]) AS r(rollup, family) USING (rollup)
             JOIN (SELECT family, max(staged_xid) AS mark FROM etl_low_water GROUP BY family) m
                 USING (family)
             WHERE p.loaded_batch < m.mark
             ON CONFLICT DO NOTHING
-            """
+            """,
+            list(ROLLUP_FAMILIES),
+            list(ROLLUP_FAMILIES.values()),
         )
         # Opt-outs committed on the old cluster are old: below any snapshot from now on.
         await pg.execute(

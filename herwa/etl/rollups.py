@@ -57,8 +57,8 @@ import asyncpg
 from clickhouse_connect.driver.external import ExternalData
 
 from herwa.etl import local_weeks
-from herwa.etl.families import BY_NAME, WIRE_FORMAT, Family
-from herwa.etl.low_water import low_water
+from herwa.etl.families import BY_NAME, WIRE_FORMAT
+from herwa.etl.low_water import ROLLUP_FAMILIES, low_water
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.asyncclient import AsyncClient
@@ -136,7 +136,7 @@ _NO_PROGRESS = 0
 
 async def flush_loaded(pg: asyncpg.Connection, ch: AsyncClient, on_recomputed: Hook | None) -> int:
     """Recompute the buckets of every message batch committed since the last call."""
-    ranges, owed, upto = await _owed_ranges(pg, "messages", BY_NAME["message_events"])
+    ranges, owed, upto = await _owed_ranges(pg, "messages")
     if not ranges:
         return 0
     buckets: set[tuple[int, int]] = set()
@@ -156,7 +156,7 @@ async def flush_loaded(pg: asyncpg.Connection, ch: AsyncClient, on_recomputed: H
 async def flush_voice(pg: asyncpg.Connection, ch: AsyncClient) -> int:
     """Rewrite the voice weeks of every member of the voice batches committed since the last
     call (local_weeks.py); returns how many servers it touched."""
-    ranges, owed, upto = await _owed_ranges(pg, "voice", BY_NAME["voice_sessions"])
+    ranges, owed, upto = await _owed_ranges(pg, "voice")
     if not ranges:
         return 0
     members = " UNION ALL ".join(
@@ -176,7 +176,7 @@ async def flush_voice(pg: asyncpg.Connection, ch: AsyncClient) -> int:
 
 
 async def _owed_ranges(
-    pg: asyncpg.Connection, rollup: str, family: Family
+    pg: asyncpg.Connection, rollup: str
 ) -> tuple[list[tuple[int, int]], list[tuple[int, int]], int]:
     """The ranges of loaded_batch the rollup has still to cover: those owed since a
     reset-low-water (low_water.reset, usually none) and the one from its mark to the family's
@@ -192,7 +192,7 @@ async def _owed_ranges(
             rollup,
         )
         done = _NO_PROGRESS
-    upto = await low_water(pg, family)
+    upto = await low_water(pg, BY_NAME[ROLLUP_FAMILIES[rollup]])
     owed = [
         (int(r["above"]), int(r["upto"]))
         for r in await pg.fetch(
