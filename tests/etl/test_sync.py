@@ -662,6 +662,52 @@ async def test_rollups_owed_before_a_reset_of_the_marks_are_still_recomputed(
     assert await pg.fetchval("SELECT count(*) FROM etl_rollup_owed") == 0
 
 
+async def test_voice_weeks_owed_before_a_reset_of_the_marks_are_still_written(
+    migrated: Endpoints, pg: asyncpg.Connection
+) -> None:
+    await pg.executemany(
+        "INSERT INTO voice_sessions (session_id, guild_id, channel_id, user_id, joined_at,"
+        " left_at, close_reason) VALUES (gen_random_uuid(), 1, 50, $1, $2, $3, 'leave')",
+        [
+            (100 + n, T0 + timedelta(days=7 * n), T0 + timedelta(days=7 * n, hours=1))
+            for n in range(3)
+        ],
+    )
+    first = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS)
+    assert first.outcome == "caught_up", first.error
+    voice_weeks = "SELECT user_id, weeks FROM voice_local_weeks FINAL ORDER BY user_id"
+    async with clickhouse(migrated.clickhouse_url) as ch:
+        written = (await ch.query(voice_weeks)).result_rows  # type: ignore[attr-defined]
+        assert [u for u, _ in written] == [100, 101, 102]
+        # The sessions are loaded and committed, their voice weeks still owed: the weeks
+        # emptied and the mark set back to what 0023 starts from stand for that ...
+        await ch.command("TRUNCATE TABLE voice_local_weeks")  # type: ignore[attr-defined]
+    await pg.execute("UPDATE etl_rollup_progress SET loaded_batch = '1' WHERE rollup = 'voice'")
+    # ... when the database is restored into a cluster whose transaction ids are far behind.
+    ahead = 1 << 40
+    for table, column in (
+        ("voice_sessions", "staged_xid"),
+        ("etl_low_water", "staged_xid"),
+        ("etl_rollup_progress", "loaded_batch"),
+    ):
+        await pg.execute(
+            f"UPDATE {table} SET {column} = ({column}::text::bigint + {ahead})::text::xid8"
+        )
+    async with clickhouse(migrated.clickhouse_url) as ch:
+        await ch.command(  # type: ignore[attr-defined]
+            f"ALTER TABLE voice_sessions UPDATE loaded_batch = loaded_batch + {ahead} WHERE 1"
+            " SETTINGS mutations_sync = 2"
+        )
+    code, stderr = await _herwa_etl(migrated, "reset-low-water")
+    assert code == 0, stderr
+
+    result = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS)
+    assert result.outcome == "caught_up", result.error
+    async with clickhouse(migrated.clickhouse_url) as ch:
+        assert (await ch.query(voice_weeks)).result_rows == written  # type: ignore[attr-defined]
+    assert await pg.fetchval("SELECT count(*) FROM etl_rollup_owed") == 0
+
+
 async def test_receive_times_within_one_millisecond_stay_apart(
     migrated: Endpoints, pg: asyncpg.Connection
 ) -> None:
