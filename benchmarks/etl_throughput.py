@@ -7,16 +7,18 @@ throw-away databases, stages N message events, then measures on the same machine
 
 1. COPY out of Postgres alone (the same SELECT the ETL renders, by message id, no claim);
 2. bulk insert into ClickHouse alone (those bytes, same batch size, format, settings, schema);
-3. the ETL's claims alone (bound, COPY, batch record), committed, nothing loaded: the Postgres
-   half of the ETL, which the ETL can only beat by running it beside the ClickHouse half;
-   and, against embedded servers, the other design alone: ClickHouse reading the same rows
-   from Postgres itself through its postgresql() table function, the insert included;
+3. the push ETL's claims alone (bound, COPY, batch record), committed, nothing loaded: the
+   Postgres half of the push transfer; and, against embedded servers, ClickHouse reading the
+   same rows from Postgres itself through its postgresql() table function alone, the insert
+   included: what the pull transfer does in place of both;
 4. ``herwa etl run`` end to end: claim + insert + rollup recompute + batch record + commit,
-   pipelined (claim of batch N+1 overlapping the insert of batch N) and, on a freshly staged
-   copy, serial; with ``--compare-batch-rows C``, pipelined with batches of C rows too, each
-   on its own fresh copy. The serial run is split by stage (claim, insert, batch record,
-   rollup recompute, …: each process's CPU between the run's step hooks, which run one at a
-   time when unpipelined), followed by the cleanup pass a later run makes for these rows.
+   pipelined (claim of batch N+1 overlapping the insert of batch N) with the default transfer
+   (ClickHouse pulls each batch) and, each on a freshly staged copy, pipelined with the push
+   transfer (the ETL copies each batch through) and serial (pull); with
+   ``--compare-batch-rows C``, pipelined with batches of C rows too. The serial run is split
+   by stage (claim, insert, batch record, rollup recompute, …: each process's CPU between the
+   run's step hooks, which run one at a time when unpipelined), followed by the cleanup pass a
+   later run makes for these rows.
 
 The targets (issue 19) are printed beside the figures, and a last line says whether the
 pipelined ETL met them in this run: ``target met: yes|no``.
@@ -51,7 +53,7 @@ from herwa.etl import cleanup
 from herwa.etl.families import BY_NAME, INSERT_SETTINGS, WIRE_FORMAT, Family
 from herwa.etl.low_water import load_cursors, record_batch
 from herwa.etl.runner import RunOptions, run_once
-from herwa.etl.sync import claim, opt_out_horizon, prepare_session, rendered_columns
+from herwa.etl.sync import Transfer, claim, opt_out_horizon, prepare_session, rendered_columns
 from herwa.schema import migrate
 from herwa.stores import clickhouse_url_client
 
@@ -220,9 +222,9 @@ async def _pull(
     rows: int,
     batch_rows: int,
 ) -> None:
-    """The other design: ClickHouse reads the rendered rows from Postgres itself (postgresql()
-    table function over a view), so no row passes through this process. Only against embedded
-    servers: the Postgres password travels in the query text, which ClickHouse logs."""
+    """ClickHouse reads the rendered rows from Postgres itself (postgresql() table function over
+    a view), so no row passes through this process: the pull transfer's data path alone. Only
+    against embedded servers, whose CPU time can be read."""
     family = BY_NAME["message_events"]
     await pg.execute(
         f"CREATE VIEW ceiling_rows AS SELECT {rendered_columns(family, 1)} FROM message_events"
@@ -246,7 +248,8 @@ async def _pull(
 
 
 async def _claims(meter: _Meter, pg_dsn: str, rows: int, batch_rows: int) -> None:
-    """The Postgres half of the ETL alone: every claim and batch record, committed, no load."""
+    """The Postgres half of the push transfer alone: every claim (COPY out included) and batch
+    record, committed, no load."""
     pg = await asyncpg.connect(pg_dsn)
     try:
         await prepare_session(pg)
@@ -255,8 +258,9 @@ async def _claims(meter: _Meter, pg_dsn: str, rows: int, batch_rows: int) -> Non
         with meter.span("claims"):
             horizon = await opt_out_horizon(pg)  # as a run does before its purges
             while not cursor.caught_up:
-                claimed = await claim(pg, cursor, batch_rows, horizon)
+                claimed = await claim(pg, cursor, batch_rows, horizon, transfer="push")
                 await record_batch(pg, cursor.family, claimed.bounds, claimed.rows, None)
+                assert claimed.tx is not None  # push leaves it open
                 await claimed.tx.commit()
                 claimed_rows += claimed.rows
         assert claimed_rows == rows
@@ -315,8 +319,11 @@ async def _etl(
     batch_rows: int,
     pipeline: bool,
     key: str,
+    transfer: Transfer,
 ) -> None:
-    options = RunOptions(batch_rows=batch_rows, deadline_seconds=3600, pipeline=pipeline)
+    options = RunOptions(
+        batch_rows=batch_rows, deadline_seconds=3600, pipeline=pipeline, transfer=transfer
+    )
     stages = None if pipeline else _Stages(meter)
     with meter.span(key):
         result = await run_once(
@@ -360,7 +367,7 @@ async def main(
     meter = _Meter(servers)
     # Each ETL variant gets a freshly staged database: a loaded table is not the same table.
     others = [f"pipelined@{n}" for n in compare]
-    for variant in ("ceilings", "claims", "pipelined", *others, "serial"):
+    for variant in ("ceilings", "claims", "pipelined", "push", *others, "serial"):
         print(f"{variant}: staging {rows:,} message events across {guilds} guilds …", flush=True)
         name, pg_dsn, ch_url = await _stage(base_pg, base_ch, rows, guilds)
         try:
@@ -371,10 +378,13 @@ async def main(
                 await _ceilings(meter, pg_dsn, ch_url, rows, batch_rows, embedded)
             elif variant == "claims":
                 await _claims(meter, pg_dsn, rows, batch_rows)
+            elif variant == "push":
+                await _etl(meter, pg_dsn, ch_url, rows, batch_rows, True, variant, "push")
             else:
                 pipeline, _, other = variant.partition("@")
                 size = int(other) if other else batch_rows
-                await _etl(meter, pg_dsn, ch_url, rows, size, pipeline == "pipelined", variant)
+                pipelined = pipeline == "pipelined"
+                await _etl(meter, pg_dsn, ch_url, rows, size, pipelined, variant, "pull")
         finally:
             await _drop(base_pg, base_ch, name)
 
@@ -390,10 +400,11 @@ async def main(
     for key, label in (
         ("copy", "COPY out of Postgres alone"),
         ("insert", "bulk insert into ClickHouse alone (TSV)"),
-        ("claims", "ETL's claims alone (Postgres, nothing loaded)"),
-        ("pipelined", "ETL pipelined: claim | insert, rollups, record"),
-        ("serial", "ETL serial: claim, insert, rollups, record"),
-        ("pull", "other design: ClickHouse pulls (postgresql()), alone"),
+        ("claims", "push: the ETL's claims alone (nothing loaded)"),
+        ("pull", "pull: ClickHouse pulls (postgresql()), alone"),
+        ("pipelined", "ETL pipelined, pull: claim | pull, rollups, record"),
+        ("push", "ETL pipelined, push: claim | insert, rollups, record"),
+        ("serial", "ETL serial, pull: claim, pull, rollups, record"),
         *((key, f"ETL pipelined, batches of {key[10:]} rows") for key in others),
     ):
         if key not in uses:
@@ -413,10 +424,10 @@ async def main(
     etl_rate, share = rate["pipelined"], rate["pipelined"] / slower
     met = etl_rate >= _TARGET_ROWS_PER_SECOND and share >= _TARGET_SHARE_OF_CEILING
     print(
-        f"\nETL (pipelined): {etl_rate:,.0f} rows/s (target >= {_TARGET_ROWS_PER_SECOND:,})"
+        f"\nETL (pipelined, pull): {etl_rate:,.0f} rows/s (target >= {_TARGET_ROWS_PER_SECOND:,})"
         f" = {share:.0%} of the slower raw ceiling, {slower:,.0f} rows/s"
         f" (target >= {_TARGET_SHARE_OF_CEILING:.0%})\n"
-        f"ETL (pipelined) CPU: {etl_cpu:.2f} s over the measured processes = at least "
+        f"ETL (pipelined, pull) CPU: {etl_cpu:.2f} s over the measured processes = at least "
         f"{etl_cpu / cores:.2f} s of wall time on {cores} cores, i.e. at most "
         f"{rows * cores / etl_cpu:,.0f} rows/s with perfect overlap"
         + ("" if servers_seen else " (servers not embedded: their CPU is not counted)")

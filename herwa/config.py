@@ -228,6 +228,13 @@ class EtlSettings(SettingsSection):
     deadline_seconds: Seconds = Field(600.0, le=86_400)
     retention_hours: Seconds = Field(72.0, le=24 * 365)
     pushgateway_url: str | None = Field(None, pattern=r"^https?://")
+    # pull: ClickHouse reads each batch from Postgres itself (its postgresql() table function),
+    # so no row passes through the ETL; push: the ETL copies each batch from one to the other,
+    # for a ClickHouse that cannot reach Postgres. Pull costs less CPU (benchmarks/README.md).
+    transfer: Literal["pull", "push"] = "pull"
+    pull_postgres_dsn: PostgresDsn | None = Field(
+        None, description="Postgres as ClickHouse reaches it, for pull; default: HERWA_POSTGRES_DSN"
+    )
 
 
 class OperatorSettings(SettingsSection):

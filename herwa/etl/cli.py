@@ -86,7 +86,7 @@ async def _main(args: argparse.Namespace) -> int:
     pg = config.postgres()
     ch = config.clickhouse()
     redis_settings = config.redis()
-    for url in (pg.dsn, ch.url, redis_settings.url):
+    for url in (pg.dsn, ch.url, redis_settings.url, *filter(None, [settings.pull_postgres_dsn])):
         register_url(url.get_secret_value())
     options = RunOptions(
         batch_rows=settings.batch_rows,
@@ -94,6 +94,10 @@ async def _main(args: argparse.Namespace) -> int:
         retention_hours=settings.retention_hours,
         pushgateway_url=settings.pushgateway_url,
         redis_prefix=redis_settings.key_prefix,
+        transfer=settings.transfer,
+        pull_postgres_dsn=(
+            settings.pull_postgres_dsn.get_secret_value() if settings.pull_postgres_dsn else None
+        ),
     )
     redis = redis_client(redis_settings)
     try:

@@ -50,6 +50,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -76,8 +77,8 @@ _BATCH_STRUCTURE = {
 _AFFECTED = {
     "deletions": (
         "SELECT DISTINCT guild_id, toStartOfHour(created_at) FROM messages "
-        "WHERE guild_id IN (SELECT guild_id FROM batch) "
-        "AND (guild_id, message_id) IN (SELECT guild_id, message_id FROM batch)"
+        "WHERE guild_id IN (SELECT guild_id FROM {batch}) "
+        "AND (guild_id, message_id) IN (SELECT guild_id, message_id FROM {batch})"
     ),
 }
 
@@ -86,15 +87,35 @@ def _version() -> int:
     return time.time_ns() // 1_000_000
 
 
-async def affected_buckets_from_batch(
-    ch: AsyncClient, kind: str, batch: bytes
+@dataclass(frozen=True)
+class PulledBatch:
+    """A batch ClickHouse reads from Postgres itself (sync.PullSource): its SELECT."""
+
+    select: str
+    parameters: dict[str, str]
+    settings: dict[str, object]
+
+
+async def affected_buckets(
+    ch: AsyncClient, kind: str, batch: bytes | PulledBatch
 ) -> list[tuple[int, int]]:
-    """(guild_id, hour as epoch seconds) touched by a batch of ``kind`` (as loaded)."""
-    external = ExternalData(
-        file_name="batch", data=batch, fmt=WIRE_FORMAT, structure=_BATCH_STRUCTURE[kind]
-    )
+    """(guild_id, hour as epoch seconds) touched by a batch of ``kind`` (as loaded): its rows
+    as pushed, or read from Postgres again."""
+    if isinstance(batch, bytes):
+        table = "batch"
+        external = ExternalData(
+            file_name=table, data=batch, fmt=WIRE_FORMAT, structure=_BATCH_STRUCTURE[kind]
+        )
+        parameters: dict[str, str] = {}
+        settings: dict[str, object] = {}
+    else:
+        table, external = f"({batch.select})", None
+        parameters, settings = batch.parameters, batch.settings
     result = await ch.query(
-        f"SELECT guild_id, toUnixTimestamp(h) FROM ({_AFFECTED[kind]}) AS a(guild_id, h)",
+        f"SELECT guild_id, toUnixTimestamp(h) FROM ({_AFFECTED[kind].format(batch=table)})"
+        " AS a(guild_id, h)",
+        parameters=parameters,
+        settings=settings,
         external_data=external,
     )
     return [(int(g), int(h)) for g, h in result.result_rows]

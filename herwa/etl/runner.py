@@ -22,6 +22,8 @@ from herwa.etl.sync import (
     BatchResult,
     Claimed,
     FaultHook,
+    PullSource,
+    Transfer,
     claim,
     opt_out_horizon,
     prepare_session,
@@ -52,6 +54,10 @@ class RunOptions:
     deletion_share: float = 0.25
     # Delete each server's history past its tier's history_days (etl/expiry.py) after loading.
     expire_history: bool = True
+    # How a batch reaches ClickHouse (config.EtlSettings.transfer), and for pull, Postgres as
+    # ClickHouse reaches it (default: the run's own DSN).
+    transfer: Transfer = "pull"
+    pull_postgres_dsn: str | None = None
 
 
 @dataclass
@@ -180,6 +186,9 @@ async def _sync_families(
     and the message rollups are recomputed beside them (:class:`_RecomputeRounds`).
     """
     postgres_dsn, clickhouse_url = stores
+    source = None
+    if options.transfer == "pull":
+        source = PullSource.from_dsn(options.pull_postgres_dsn or postgres_dsn)
     conns = [pg]
     rounds = _RecomputeRounds(postgres_dsn, clickhouse_url, rounds_hook, 2 * options.batch_rows)
     if options.pipeline:
@@ -210,7 +219,14 @@ async def _sync_families(
                 break
             for cursor in list(pending):
                 rounds.check()
-                claimed = await claim(conns[turn], cursor, options.batch_rows, horizon, fault=fault)
+                claimed = await claim(
+                    conns[turn],
+                    cursor,
+                    options.batch_rows,
+                    horizon,
+                    transfer=options.transfer,
+                    fault=fault,
+                )
                 if cursor.caught_up:
                     pending.remove(cursor)
                     if cursor.family.name == "message_events":
@@ -222,13 +238,13 @@ async def _sync_families(
                     # message claim back until the first message batch was loaded. Marks are
                     # per family, and this family has no batch in flight.
                     empty, claimed = claimed, None
-                    record(await empty.load_and_commit(ch, fault))
+                    record(await empty.load_and_commit(ch, source, fault))
                     continue
                 turn = (turn + 1) % len(conns)
                 if inflight is not None:
                     task, inflight = inflight, None
                     record(await task)
-                inflight = asyncio.create_task(claimed.load_and_commit(ch, fault))
+                inflight = asyncio.create_task(claimed.load_and_commit(ch, source, fault))
                 inflight_family = cursor.family.name
                 claimed = None
                 if len(conns) == 1:  # unpipelined: the next claim needs this connection

@@ -1,41 +1,48 @@
 """One claim → load → record batch for one event family, exactly once in effect.
 
 Rows are claimed in ``staged_xid`` order (the id of the transaction that staged them, postgres
-migration 0006) from the family's :class:`Cursor`. Per batch, inside one Postgres transaction:
+migration 0006) from the family's :class:`Cursor`. Per batch:
 
 1. Bound the batch: from the cursor up to the (n+1)-th row's staged_xid, never past the xmin of
    a snapshot taken now (every transaction below it has ended, so no row below the bound can
    still appear: the hole of watermarks on serial ids does not open). A batch is always whole
    staging transactions; one larger than n rows becomes one larger batch. Opted-out members'
    rows in the bound that the run-start purge could not see are deleted (_purge_unseen).
-2. ``COPY (SELECT <ClickHouse columns> WHERE staged_xid in the bound) TO STDOUT``: Postgres
-   renders the rows in its text format (ClickHouse's TabSeparated) in ClickHouse column order,
-   so no row passes through Python objects. Nothing is written to the rows: the batch record
-   (step 4) says they are loaded. Message and voice session rows carry the batch's upper
-   bound as ``loaded_batch``.
+2. Render the batch: ``SELECT <ClickHouse columns> WHERE staged_xid in the bound`` (claim_sql),
+   Postgres's text output in ClickHouse column order, so no row passes through Python objects.
+   Nothing is written to the rows: the batch record (step 4) says they are loaded. Message and
+   voice session rows carry the batch's upper bound as ``loaded_batch``. Two transfers:
+
+   - **pull** (the default): ClickHouse runs that SELECT itself through its postgresql() table
+     function, inside its insert (step 3), in a session of its own. So the claim's transaction
+     commits after step 1 (that session must see the purge), holding only the batch's row
+     count; the batch record takes a transaction of its own.
+   - **push**, for a ClickHouse that cannot reach Postgres: ``COPY (SELECT …) TO STDOUT`` in the
+     claim's transaction, left open, and the bytes go to ClickHouse (its TabSeparated).
 3. The batch goes to ClickHouse as one insert with an ``insert_deduplication_token`` derived from
-   the bounds, the row count and a crc of the bytes (the fast path: an identical retry is
-   dropped by the server).
-4. The batch is recorded in ``etl_low_water`` (same transaction): its bounds, row count and
-   token; its upper bound is the family's new low-water mark, below which every row is loaded.
-   A batch of message deletions queues its rollup buckets in ``etl_dirty_buckets``.
+   the bounds and the row count (push: and a crc of the bytes), the fast path: an identical
+   retry is dropped by the server.
+4. The batch is recorded in ``etl_low_water``: its bounds, row count and token; its upper bound
+   is the family's new low-water mark, below which every row is loaded. A batch of message
+   deletions queues its rollup buckets in ``etl_dirty_buckets``.
 5. COMMIT makes the record durable. The message rollups are recomputed for every batch at or
    below the committed low-water mark (rollups.py), beside the sync loop.
 
 A crash before 5 leaves no record: the rows are still pending (above the mark), and the next
 run claims and loads them again. That is harmless because every ClickHouse table is a
 ReplacingMergeTree keyed by the natural id and every query reads FINAL, and the rollups are
-recomputed rather than incremented.
+recomputed rather than incremented. (A purge committed by a pull's claim is never undone: those
+rows must never be loaded anyway.)
 
 Why the bound's rows are stable without a row lock: they were staged by transactions that have
 all ended, and the ETL is their only remover besides cleanup and privacy (same run, same lock).
 The one other writer is the member-count upsert, which gives the row a new staged_xid (a
-trigger, migration 0016): committed before the COPY's snapshot, the row has left the bound for
-a later batch; committed after, this batch loads the earlier count and a later batch the new
-one (the newer taken_at wins in ClickHouse); rolled back, the row is loaded as it was.
+trigger, migration 0016): committed before the rows are read, the row has left the bound for a
+later batch; committed after, this batch loads the earlier count and a later batch the new one
+(the newer taken_at wins in ClickHouse); rolled back, the row is loaded as it was.
 
 Pipelining (runner.py): batch N+1 is claimed on a second connection while batch N is being
-inserted into ClickHouse. Step 2 of N+1 only ever overlaps steps 3-5 of N; steps 3-5 run one
+inserted into ClickHouse. Steps 1-2 of N+1 only ever overlap steps 3-5 of N; steps 3-5 run one
 batch at a time and in claim order, so every batch still commits after its own insert, the
 low-water mark only moves forward, and the crash analysis above holds per batch. The two claims
 are disjoint because their staged_xid bounds are (the cursor moves at claim time).
@@ -47,13 +54,15 @@ from __future__ import annotations
 
 import contextlib
 import time
+import urllib.parse
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import asyncpg
 from asyncpg.transaction import Transaction
+from clickhouse_connect.driver.exceptions import DatabaseError
 
 from herwa.etl import rollups
 from herwa.etl.families import INSERT_SETTINGS, WIRE_FORMAT, Family
@@ -62,6 +71,8 @@ from herwa.stores import rows_affected
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.asyncclient import AsyncClient
+
+Transfer = Literal["pull", "push"]  # as config.EtlSettings.transfer
 
 # Test seam: called at each named step; raising there simulates a crash at that step.
 FaultHook = Callable[[str, Family], Awaitable[None]]
@@ -74,7 +85,82 @@ class BatchResult:
     rows: int  # rows loaded into ClickHouse and recorded
     skipped: int  # opted-out members' rows deleted instead (_purge_unseen)
     seconds: float
-    deduplicated: bool  # ClickHouse recognised the batch token and stored nothing new
+
+
+class PullUnavailableError(RuntimeError):
+    """ClickHouse cannot read a batch from Postgres itself (transfer "pull")."""
+
+
+_PULL_CONNECTION_FAILURE = 614  # ClickHouse's POSTGRESQL_CONNECTION_FAILURE
+_PULL_HINT = (
+    "let ClickHouse reach Postgres (HERWA_ETL_PULL_POSTGRES_DSN: Postgres as ClickHouse sees it)"
+    " or set HERWA_ETL_TRANSFER=push (chart: etl.transfer)"
+)
+
+
+@dataclass(frozen=True)
+class PullSource:
+    """Postgres as ClickHouse connects to it to read a batch (transfer "pull").
+
+    ClickHouse's postgresql() takes a host, port, database, user and password, nothing else; the
+    password reaches ClickHouse in the query's text, which ClickHouse shows as '[HIDDEN]' in its
+    process list and query log.
+    """
+
+    address: str  # host:port
+    database: str
+    user: str
+    password: str
+
+    @classmethod
+    def from_dsn(cls, dsn: str) -> PullSource:
+        parts = urllib.parse.urlsplit(dsn)
+        try:
+            port = parts.port or 5432
+        except ValueError as exc:
+            raise PullUnavailableError(
+                f"the Postgres DSN's port is not a number; {_PULL_HINT}"
+            ) from exc
+        if not parts.hostname or "," in parts.netloc:
+            raise PullUnavailableError(
+                f"ClickHouse needs one Postgres host name in the DSN to pull from; {_PULL_HINT}"
+            )
+        if options := sorted(urllib.parse.parse_qs(parts.query)):
+            raise PullUnavailableError(
+                f"ClickHouse cannot apply the Postgres DSN's options ({', '.join(options)});"
+                f" {_PULL_HINT}"
+            )
+        unquote = urllib.parse.unquote
+        user = unquote(parts.username or "")
+        return cls(
+            address=f"{parts.hostname}:{port}",
+            database=unquote(parts.path.lstrip("/")) or user,
+            user=user,
+            password=unquote(parts.password or ""),
+        )
+
+    def select(self, query: str) -> tuple[str, dict[str, str]]:
+        """A SELECT of every column of Postgres's ``query``, and its parameters."""
+        return (
+            "SELECT * FROM postgresql({pg_address:String}, {pg_database:String},"
+            " query({pg_query:String}), {pg_user:String}, {pg_password:String})",
+            {
+                "pg_address": self.address,
+                "pg_database": self.database,
+                "pg_user": self.user,
+                "pg_password": self.password,
+                "pg_query": query,
+            },
+        )
+
+
+# The pulled columns come typed by Postgres (timestamps without a zone): ClickHouse reads those in
+# the session's zone, which must be UTC whatever the server's. Its connection is closed after
+# each batch rather than kept idle in Postgres.
+_PULL_SETTINGS: dict[str, object] = {
+    "session_timezone": "UTC",
+    "postgresql_connection_pool_auto_close_connection": 1,
+}
 
 
 async def _bound(pg: asyncpg.Connection, cursor: Cursor, batch_rows: int) -> tuple[int, bool]:
@@ -200,10 +286,15 @@ async def _delete_opted_out(
 
 @dataclass
 class Claimed:
-    """A batch claimed in an open transaction, not yet loaded nor recorded nor committed."""
+    """A claimed batch, not yet loaded nor recorded.
+
+    Push: its rows are in ``data`` and its transaction is still open. Pull: its transaction
+    committed at once (ClickHouse reads in a session of its own, which must see the purge of
+    opted-out members' rows), so the batch record takes a transaction of its own.
+    """
 
     pg: asyncpg.Connection
-    tx: Transaction
+    tx: Transaction | None  # open (push) or committed (pull)
     family: Family
     rows: int
     skipped: int
@@ -211,52 +302,93 @@ class Claimed:
     started: float
     bounds: tuple[int, int]  # staged_xid >= first, < second: the low-water mark after commit
 
-    async def load_and_commit(self, ch: AsyncClient, fault: FaultHook | None = None) -> BatchResult:
-        """Steps 3-5; rolls the transaction back (un-claims the rows) if any of them fails."""
+    async def load_and_commit(
+        self, ch: AsyncClient, source: PullSource | None = None, fault: FaultHook | None = None
+    ) -> BatchResult:
+        """Steps 3-5; rolls the transaction back (un-claims the rows) if any of them fails.
+
+        ``source``: where ClickHouse pulls the rows from, if they were not pushed (``data``).
+        """
         family = self.family
+        tx = self.tx
         try:
-            deduplicated = False
             token: str | None = None
             if self.rows:
-                # The same bounds always hold the same rows (their transactions had ended),
-                # and a re-claim renders them in the same order: a crc of the bytes only guards
-                # against a row deleted in between (~8x cheaper than sha256 on 10 MB).
-                lower, upper = self.bounds
-                token = (
-                    f"herwa:{family.target_table}:{lower}-{upper}:{self.rows}:"
-                    f"{zlib.crc32(self.data):08x}"
-                )
-                summary = await ch.raw_insert(
-                    family.target_table,
-                    family.target_columns,
-                    insert_block=self.data,
-                    fmt=WIRE_FORMAT,
-                    settings={**INSERT_SETTINGS, "insert_deduplication_token": token},
-                )
-                deduplicated = summary.written_rows == 0
+                token = await self._insert(ch, source)
                 if fault:
                     await fault("inserted", family)
-                if family.rollup == "deletions":
-                    # A deleted message's hour is known only from the message row in ClickHouse.
-                    buckets = await rollups.affected_buckets_from_batch(
-                        ch, family.rollup, self.data
-                    )
-                    await rollups.mark_dirty(self.pg, buckets)
+            if tx is None:
+                tx = self.pg.transaction()
+                await tx.start()
+            if self.rows and family.rollup == "deletions":
+                # A deleted message's hour is known only from the message row in ClickHouse.
+                batch = self._as_loaded(source)
+                buckets = await rollups.affected_buckets(ch, family.rollup, batch)
+                await rollups.mark_dirty(self.pg, buckets)
             await record_batch(self.pg, family, self.bounds, self.rows, token)
             if fault:
                 await fault("before_commit", family)
-            await self.tx.commit()
+            await tx.commit()
         except BaseException:
-            await self.rollback()
+            await _rollback(self.pg, tx)
             raise
         seconds = time.perf_counter() - self.started
-        return BatchResult(family.name, self.rows, self.skipped, seconds, deduplicated)
+        return BatchResult(family.name, self.rows, self.skipped, seconds)
+
+    async def _insert(self, ch: AsyncClient, source: PullSource | None) -> str:
+        """Step 3: the rows into ClickHouse, under a dedup token; returns the token."""
+        family = self.family
+        lower, upper = self.bounds
+        # The same bounds always hold the same rows (their transactions had ended), and a
+        # re-claim renders them in the same order. A row may only leave the bounds in between
+        # (deleted, or re-staged by the member-count upsert): pushed bytes carry a crc against
+        # that (~8x cheaper than sha256 on 10 MB); a pulled batch is known by its row count.
+        token = f"herwa:{family.target_table}:{lower}-{upper}:{self.rows}"
+        settings: dict[str, object] = {**INSERT_SETTINGS}
+        if source is None:
+            token = f"{token}:{zlib.crc32(self.data):08x}"
+            settings["insert_deduplication_token"] = token
+            await ch.raw_insert(
+                family.target_table,
+                family.target_columns,
+                insert_block=self.data,
+                fmt=WIRE_FORMAT,
+                settings=settings,
+            )
+            return token
+        settings.update(_PULL_SETTINGS, insert_deduplication_token=token)
+        select, parameters = source.select(claim_sql(family, lower, upper))
+        columns = ", ".join(family.target_columns)
+        try:
+            await ch.command(
+                f"INSERT INTO {family.target_table} ({columns}) {select}",
+                parameters=parameters,
+                settings=settings,
+            )
+        except DatabaseError as exc:
+            if exc.code != _PULL_CONNECTION_FAILURE:
+                raise
+            raise PullUnavailableError(
+                f"ClickHouse could not connect to Postgres at {source.address} to pull a batch"
+                f" of {family.name}: {_PULL_HINT}"
+            ) from exc
+        return token
+
+    def _as_loaded(self, source: PullSource | None) -> bytes | rollups.PulledBatch:
+        if source is None:
+            return self.data
+        select, parameters = source.select(claim_sql(self.family, *self.bounds))
+        return rollups.PulledBatch(select, parameters, _PULL_SETTINGS)
 
     async def rollback(self) -> None:
-        if self.pg.is_closed():
-            return  # the server rolled it back with the session
-        with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-            await self.tx.rollback()
+        await _rollback(self.pg, self.tx)
+
+
+async def _rollback(pg: asyncpg.Connection, tx: Transaction | None) -> None:
+    if tx is None or pg.is_closed():
+        return  # nothing open, or the server rolled it back with the session
+    with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        await tx.rollback()
 
 
 async def claim(
@@ -265,9 +397,11 @@ async def claim(
     batch_rows: int,
     horizon: int,
     *,
+    transfer: Transfer = "push",
     fault: FaultHook | None = None,
 ) -> Claimed:
-    """Steps 1-2 in a new transaction on ``pg``, left open for :meth:`Claimed.load_and_commit`.
+    """Steps 1-2 in a new transaction on ``pg``: left open for :meth:`Claimed.load_and_commit`
+    (push), or committed at once, the rows counted but not read (pull).
 
     ``horizon``: :func:`opt_out_horizon` from before this run's :func:`purge_opted_out`.
 
@@ -281,24 +415,31 @@ async def claim(
     try:
         upper, cursor.caught_up = await _bound(pg, cursor, batch_rows)
         skipped = await _purge_unseen(pg, family, cursor.next_xid, upper, horizon)
-        parts: list[bytes] = []
-
-        async def collect(chunk: bytes) -> None:
-            # A coroutine sink: with a file object asyncpg hands every chunk to a thread.
-            parts.append(chunk)
-
-        status = await pg.copy_from_query(
-            claim_sql(family, cursor.next_xid, upper), output=collect, format="text"
-        )
-        rows = rows_affected(status)
         bounds = (cursor.next_xid, upper)
-        claimed = Claimed(pg, tx, family, rows, skipped, b"".join(parts), started, bounds)
+        data = b""
+        if transfer == "pull":
+            rows = await pg.fetchval(
+                f"SELECT count(*) FROM {family.staging_table} WHERE staged_xid >= "
+                f"'{int(bounds[0])}'::xid8 AND staged_xid < '{int(upper)}'::xid8"
+            )
+            await tx.commit()
+            claimed = Claimed(pg, None, family, rows, skipped, data, started, bounds)
+        else:
+            parts: list[bytes] = []
+
+            async def collect(chunk: bytes) -> None:
+                # A coroutine sink: with a file object asyncpg hands every chunk to a thread.
+                parts.append(chunk)
+
+            status = await pg.copy_from_query(
+                claim_sql(family, *bounds), output=collect, format="text"
+            )
+            rows = rows_affected(status)
+            claimed = Claimed(pg, tx, family, rows, skipped, b"".join(parts), started, bounds)
         cursor.next_xid = upper
         if fault:
             await fault("claimed", family)
     except BaseException:
-        if not pg.is_closed():
-            with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                await tx.rollback()
+        await _rollback(pg, tx)
         raise
     return claimed

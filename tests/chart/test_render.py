@@ -294,6 +294,7 @@ def test_every_herwa_variable_exists_and_parses(
         "HERWA_REDIS_URL": "redis://h:6379/0",
         "HERWA_CLICKHOUSE_URL": "http://h:8123/db",
         "HERWA_CLICKHOUSE_READONLY_URL": "http://h:8123/db",
+        "HERWA_ETL_PULL_POSTGRES_DSN": "postgresql://u:p@h/db",
         "HERWA_DISCORD_TOKEN": "t",
         "HERWA_BOT_POD_NAME": "herwa-bot-0",
     }

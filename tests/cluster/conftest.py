@@ -145,6 +145,8 @@ def release_values(node: KubeNode, stores: Endpoints, sim: Simulator, image: str
             "redisUrl": node.for_pods(stores.redis_url),
             "clickhouseUrl": node.for_pods(stores.clickhouse_url),
             "clickhouseReadonlyUrl": node.for_pods(stores.clickhouse_readonly_url),
+            # ClickHouse runs beside Postgres, outside the node: it pulls from loopback.
+            "etlPullPostgresDsn": stores.postgres_dsn,
         },
         "extraEnv": [{"name": k, "value": v} for k, v in sorted(env.items())],
         "bot": {"replicas": 2, "shardCount": SHARDS},

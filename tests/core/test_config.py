@@ -38,6 +38,12 @@ from herwa import config
             "HERWA_TELEMETRY_LOG_LEVEL",
         ),
         (config.EtlSettings, {"HERWA_ETL_BATCH_ROWS": "10"}, "HERWA_ETL_BATCH_ROWS"),
+        (config.EtlSettings, {"HERWA_ETL_TRANSFER": "sideways"}, "HERWA_ETL_TRANSFER"),
+        (
+            config.EtlSettings,
+            {"HERWA_ETL_PULL_POSTGRES_DSN": "mysql://u:p@db/herwa"},
+            "HERWA_ETL_PULL_POSTGRES_DSN",
+        ),
         (config.GuildDefaults, {"HERWA_GUILD_TIMEZONE": "Mars/Olympus"}, "HERWA_GUILD_TIMEZONE"),
     ],
 )
