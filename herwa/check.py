@@ -5,7 +5,8 @@ Two kinds of check, each repeated until it passes or ``--wait`` runs out:
 * ``--readyz URL``: a long-running role's ``/readyz`` (through its Service, or a bot pod's
   stable DNS name) answers 200;
 * ``--stores``: the stores the batch roles (ETL, migrate) use answer — Postgres (with the
-  schema applied), Redis and ClickHouse, from the usual ``HERWA_*`` variables.
+  schema applied), Redis and ClickHouse, from the usual ``HERWA_*`` variables; and, when the
+  ETL has ClickHouse pull its batches (``HERWA_ETL_TRANSFER``), ClickHouse reaches Postgres.
 
 Exit code 0 when every check passed, 1 otherwise; each check's result is one log line.
 """
@@ -24,7 +25,13 @@ import aiohttp
 
 from herwa import config
 from herwa.logs import register_secret
-from herwa.stores import clickhouse_url_client, postgres_connection, redis_client
+from herwa.stores import (
+    PULL_SETTINGS,
+    PullSource,
+    clickhouse_url_client,
+    postgres_connection,
+    redis_client,
+)
 
 log = logging.getLogger(__name__)
 
@@ -154,4 +161,22 @@ def _store_checks() -> dict[str, Check]:
             await client.close()
         return f"select 1 = {result.result_rows[0][0]}"
 
-    return {"postgres": postgres, "redis": redis, "clickhouse": clickhouse}
+    checks: dict[str, Check] = {"postgres": postgres, "redis": redis, "clickhouse": clickhouse}
+    etl = config.etl()
+    if etl.transfer == "pull":
+        pull_dsn = etl.pull_postgres_dsn or pg.dsn
+        register_secret(pull_dsn.get_secret_value())
+
+        async def clickhouse_reaches_postgres() -> str:
+            source = PullSource.from_dsn(pull_dsn.get_secret_value())
+            select, parameters = source.select("SELECT 1 AS reached")
+            client = await clickhouse_url_client(ch.url)
+            try:
+                with source.reaching("for the ETL"):
+                    await client.query(select, parameters=parameters, settings=PULL_SETTINGS)
+            finally:
+                await client.close()
+            return f"ClickHouse reads from Postgres at {source.address}"
+
+        checks["clickhouse reaches postgres"] = clickhouse_reaches_postgres
+    return checks

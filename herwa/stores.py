@@ -6,10 +6,15 @@ closes them on shutdown; nothing else in the code base opens connections of its 
 
 from __future__ import annotations
 
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import clickhouse_connect
+from clickhouse_connect.driver.exceptions import DatabaseError
 from pydantic import SecretStr
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -78,3 +83,92 @@ async def clickhouse_client(
 async def clickhouse_url_client(url: SecretStr | str, **kwargs: Any) -> AsyncClient:
     client: AsyncClient = await clickhouse_connect.get_async_client(dsn=_secret(url), **kwargs)
     return client
+
+
+class PullUnavailableError(RuntimeError):
+    """ClickHouse cannot read from Postgres itself (the ETL's transfer "pull")."""
+
+
+_POSTGRESQL_CONNECTION_FAILURE = 614  # ClickHouse's POSTGRESQL_CONNECTION_FAILURE
+_PULL_HINT = (
+    "let ClickHouse reach Postgres (HERWA_ETL_PULL_POSTGRES_DSN: Postgres as ClickHouse sees it)"
+    " or set HERWA_ETL_TRANSFER=push (chart: etl.transfer)"
+)
+
+
+@dataclass(frozen=True)
+class PullSource:
+    """Postgres as ClickHouse connects to it, to read from it (the ETL's transfer "pull").
+
+    ClickHouse's postgresql() takes a host, port, database, user and password, nothing else; the
+    password reaches ClickHouse in the query's text, which ClickHouse shows as '[HIDDEN]' in its
+    process list and query log.
+    """
+
+    address: str  # host:port
+    database: str
+    user: str
+    password: str
+
+    @classmethod
+    def from_dsn(cls, dsn: str) -> PullSource:
+        parts = urllib.parse.urlsplit(dsn)
+        try:
+            port = parts.port or 5432
+        except ValueError as exc:
+            raise PullUnavailableError(
+                f"the Postgres DSN's port is not a number; {_PULL_HINT}"
+            ) from exc
+        if not parts.hostname or "," in parts.netloc:
+            raise PullUnavailableError(
+                f"ClickHouse needs one Postgres host name in the DSN to pull from; {_PULL_HINT}"
+            )
+        if options := sorted(urllib.parse.parse_qs(parts.query)):
+            raise PullUnavailableError(
+                f"ClickHouse cannot apply the Postgres DSN's options ({', '.join(options)});"
+                f" {_PULL_HINT}"
+            )
+        unquote = urllib.parse.unquote
+        user = unquote(parts.username or "")
+        return cls(
+            address=f"{parts.hostname}:{port}",
+            database=unquote(parts.path.lstrip("/")) or user,
+            user=user,
+            password=unquote(parts.password or ""),
+        )
+
+    @contextmanager
+    def reaching(self, what: str) -> Iterator[None]:
+        """Around a statement that reads from this source: ClickHouse's failure to connect
+        becomes a :class:`PullUnavailableError` that says ``what`` failed and the way out."""
+        try:
+            yield
+        except DatabaseError as exc:
+            if exc.code != _POSTGRESQL_CONNECTION_FAILURE:
+                raise
+            raise PullUnavailableError(
+                f"ClickHouse could not connect to Postgres at {self.address} {what}: {_PULL_HINT}"
+            ) from exc
+
+    def select(self, query: str) -> tuple[str, dict[str, str]]:
+        """A SELECT of every column of Postgres's ``query``, and its parameters."""
+        return (
+            "SELECT * FROM postgresql({pg_address:String}, {pg_database:String},"
+            " query({pg_query:String}), {pg_user:String}, {pg_password:String})",
+            {
+                "pg_address": self.address,
+                "pg_database": self.database,
+                "pg_user": self.user,
+                "pg_password": self.password,
+                "pg_query": query,
+            },
+        )
+
+
+# For every statement that reads from a PullSource: the columns come typed by Postgres
+# (timestamps without a zone), which ClickHouse reads in the session's zone, so UTC whatever the
+# server's; and its connection is closed after each statement rather than kept idle in Postgres.
+PULL_SETTINGS: dict[str, object] = {
+    "session_timezone": "UTC",
+    "postgresql_connection_pool_auto_close_connection": 1,
+}

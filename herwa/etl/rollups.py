@@ -89,7 +89,7 @@ def _version() -> int:
 
 @dataclass(frozen=True)
 class PulledBatch:
-    """A batch ClickHouse reads from Postgres itself (sync.PullSource): its SELECT."""
+    """A batch ClickHouse reads from Postgres itself (stores.PullSource): its SELECT."""
 
     select: str
     parameters: dict[str, str]

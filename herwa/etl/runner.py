@@ -22,7 +22,6 @@ from herwa.etl.sync import (
     BatchResult,
     Claimed,
     FaultHook,
-    PullSource,
     Transfer,
     claim,
     opt_out_horizon,
@@ -30,7 +29,7 @@ from herwa.etl.sync import (
     purge_opted_out,
 )
 from herwa.staging import STAGING_TABLES, ingestion_lag
-from herwa.stores import clickhouse_url_client, postgres_connection
+from herwa.stores import PullSource, clickhouse_url_client, postgres_connection
 from herwa.telemetry import tracer
 
 if TYPE_CHECKING:

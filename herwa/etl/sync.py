@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-import urllib.parse
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -62,12 +61,11 @@ from typing import TYPE_CHECKING, Literal
 
 import asyncpg
 from asyncpg.transaction import Transaction
-from clickhouse_connect.driver.exceptions import DatabaseError
 
 from herwa.etl import rollups
 from herwa.etl.families import INSERT_SETTINGS, WIRE_FORMAT, Family
 from herwa.etl.low_water import Cursor, low_water, record_batch
-from herwa.stores import rows_affected
+from herwa.stores import PULL_SETTINGS, PullSource, rows_affected
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.asyncclient import AsyncClient
@@ -85,82 +83,6 @@ class BatchResult:
     rows: int  # rows loaded into ClickHouse and recorded
     skipped: int  # opted-out members' rows deleted instead (_purge_unseen)
     seconds: float
-
-
-class PullUnavailableError(RuntimeError):
-    """ClickHouse cannot read a batch from Postgres itself (transfer "pull")."""
-
-
-_PULL_CONNECTION_FAILURE = 614  # ClickHouse's POSTGRESQL_CONNECTION_FAILURE
-_PULL_HINT = (
-    "let ClickHouse reach Postgres (HERWA_ETL_PULL_POSTGRES_DSN: Postgres as ClickHouse sees it)"
-    " or set HERWA_ETL_TRANSFER=push (chart: etl.transfer)"
-)
-
-
-@dataclass(frozen=True)
-class PullSource:
-    """Postgres as ClickHouse connects to it to read a batch (transfer "pull").
-
-    ClickHouse's postgresql() takes a host, port, database, user and password, nothing else; the
-    password reaches ClickHouse in the query's text, which ClickHouse shows as '[HIDDEN]' in its
-    process list and query log.
-    """
-
-    address: str  # host:port
-    database: str
-    user: str
-    password: str
-
-    @classmethod
-    def from_dsn(cls, dsn: str) -> PullSource:
-        parts = urllib.parse.urlsplit(dsn)
-        try:
-            port = parts.port or 5432
-        except ValueError as exc:
-            raise PullUnavailableError(
-                f"the Postgres DSN's port is not a number; {_PULL_HINT}"
-            ) from exc
-        if not parts.hostname or "," in parts.netloc:
-            raise PullUnavailableError(
-                f"ClickHouse needs one Postgres host name in the DSN to pull from; {_PULL_HINT}"
-            )
-        if options := sorted(urllib.parse.parse_qs(parts.query)):
-            raise PullUnavailableError(
-                f"ClickHouse cannot apply the Postgres DSN's options ({', '.join(options)});"
-                f" {_PULL_HINT}"
-            )
-        unquote = urllib.parse.unquote
-        user = unquote(parts.username or "")
-        return cls(
-            address=f"{parts.hostname}:{port}",
-            database=unquote(parts.path.lstrip("/")) or user,
-            user=user,
-            password=unquote(parts.password or ""),
-        )
-
-    def select(self, query: str) -> tuple[str, dict[str, str]]:
-        """A SELECT of every column of Postgres's ``query``, and its parameters."""
-        return (
-            "SELECT * FROM postgresql({pg_address:String}, {pg_database:String},"
-            " query({pg_query:String}), {pg_user:String}, {pg_password:String})",
-            {
-                "pg_address": self.address,
-                "pg_database": self.database,
-                "pg_user": self.user,
-                "pg_password": self.password,
-                "pg_query": query,
-            },
-        )
-
-
-# The pulled columns come typed by Postgres (timestamps without a zone): ClickHouse reads those in
-# the session's zone, which must be UTC whatever the server's. Its connection is closed after
-# each batch rather than kept idle in Postgres.
-_PULL_SETTINGS: dict[str, object] = {
-    "session_timezone": "UTC",
-    "postgresql_connection_pool_auto_close_connection": 1,
-}
 
 
 async def _bound(pg: asyncpg.Connection, cursor: Cursor, batch_rows: int) -> tuple[int, bool]:
@@ -356,29 +278,22 @@ class Claimed:
                 settings=settings,
             )
             return token
-        settings.update(_PULL_SETTINGS, insert_deduplication_token=token)
+        settings.update(PULL_SETTINGS, insert_deduplication_token=token)
         select, parameters = source.select(claim_sql(family, lower, upper))
         columns = ", ".join(family.target_columns)
-        try:
+        with source.reaching(f"to pull a batch of {family.name}"):
             await ch.command(
                 f"INSERT INTO {family.target_table} ({columns}) {select}",
                 parameters=parameters,
                 settings=settings,
             )
-        except DatabaseError as exc:
-            if exc.code != _PULL_CONNECTION_FAILURE:
-                raise
-            raise PullUnavailableError(
-                f"ClickHouse could not connect to Postgres at {source.address} to pull a batch"
-                f" of {family.name}: {_PULL_HINT}"
-            ) from exc
         return token
 
     def _as_loaded(self, source: PullSource | None) -> bytes | rollups.PulledBatch:
         if source is None:
             return self.data
         select, parameters = source.select(claim_sql(self.family, *self.bounds))
-        return rollups.PulledBatch(select, parameters, _PULL_SETTINGS)
+        return rollups.PulledBatch(select, parameters, PULL_SETTINGS)
 
     async def rollback(self) -> None:
         await _rollback(self.pg, self.tx)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import sys
+import urllib.parse
 
 from herwa.devstack import Endpoints
 from herwa.schema import migrate
@@ -75,7 +77,32 @@ async def test_stores_must_answer_and_be_migrated(endpoints: Endpoints) -> None:
         "postgres",
         "redis",
         "clickhouse",
+        "clickhouse reaches postgres",  # the ETL's default transfer: ClickHouse pulls
     }
+
+
+async def test_a_clickhouse_that_cannot_reach_postgres_fails_the_etl_check(
+    endpoints: Endpoints,
+) -> None:
+    await migrate(endpoints.postgres_dsn, endpoints.clickhouse_url)
+    dsn = urllib.parse.urlsplit(endpoints.postgres_dsn)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    elsewhere = dsn._replace(netloc=f"{dsn.username}:{dsn.password}@127.0.0.1:{closed}")
+    env = {**endpoints.as_env(), "HERWA_ETL_PULL_POSTGRES_DSN": urllib.parse.urlunsplit(elsewhere)}
+    code, lines = await herwa_check("--stores", "--wait", "0", env=env)
+    assert code == 1
+    (failed,) = [line for line in lines if line["msg"] == "not ready"]
+    assert failed["check"] == "clickhouse reaches postgres"
+    assert "HERWA_ETL_TRANSFER=push" in str(failed["error"])
+    assert str(dsn.password) not in json.dumps(lines)
+    # With push, ClickHouse need not reach Postgres.
+    code, lines = await herwa_check(
+        "--stores", "--wait", "0", env={**env, "HERWA_ETL_TRANSFER": "push"}
+    )
+    assert code == 0, lines
+    assert "clickhouse reaches postgres" not in {line["check"] for line in lines}
 
 
 async def test_bad_input_is_refused_with_a_clear_error() -> None:

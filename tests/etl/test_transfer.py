@@ -14,15 +14,8 @@ from herwa.devstack import Endpoints
 from herwa.etl.families import FAMILIES, WIRE_FORMAT
 from herwa.etl.low_water import load_cursors
 from herwa.etl.runner import RunOptions, run_once
-from herwa.etl.sync import (
-    PullSource,
-    PullUnavailableError,
-    claim,
-    claim_sql,
-    opt_out_horizon,
-    prepare_session,
-)
-from herwa.stores import clickhouse_url_client
+from herwa.etl.sync import claim, claim_sql, opt_out_horizon, prepare_session
+from herwa.stores import PullSource, PullUnavailableError, clickhouse_url_client
 from tests.etl._support import T0, ch_value, pending_rows, stage_messages, stage_other_families
 
 OPTIONS = RunOptions(batch_rows=100, deadline_seconds=60, retention_hours=72, transfer="pull")
