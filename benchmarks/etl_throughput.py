@@ -258,7 +258,7 @@ async def _claims(meter: _Meter, pg_dsn: str, rows: int, batch_rows: int) -> Non
         with meter.span("claims"):
             horizon = await opt_out_horizon(pg)  # as a run does before its purges
             while not cursor.caught_up:
-                claimed = await claim(pg, cursor, batch_rows, horizon, transfer="push")
+                claimed = await claim(pg, cursor, batch_rows, horizon)  # push: COPY out
                 await record_batch(pg, cursor.family, claimed.bounds, claimed.rows, None)
                 assert claimed.tx is not None  # push leaves it open
                 await claimed.tx.commit()

@@ -223,7 +223,7 @@ async def _sync_families(
                     cursor,
                     options.batch_rows,
                     horizon,
-                    transfer=options.transfer,
+                    source=source,
                     fault=fault,
                 )
                 if cursor.caught_up:
@@ -237,13 +237,13 @@ async def _sync_families(
                     # message claim back until the first message batch was loaded. Marks are
                     # per family, and this family has no batch in flight.
                     empty, claimed = claimed, None
-                    record(await empty.load_and_commit(ch, source, fault))
+                    record(await empty.load_and_commit(ch, fault))
                     continue
                 turn = (turn + 1) % len(conns)
                 if inflight is not None:
                     task, inflight = inflight, None
                     record(await task)
-                inflight = asyncio.create_task(claimed.load_and_commit(ch, source, fault))
+                inflight = asyncio.create_task(claimed.load_and_commit(ch, fault))
                 inflight_family = cursor.family.name
                 claimed = None
                 if len(conns) == 1:  # unpipelined: the next claim needs this connection

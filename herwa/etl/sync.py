@@ -210,13 +210,15 @@ async def _delete_opted_out(
 class Claimed:
     """A claimed batch, not yet loaded nor recorded.
 
-    Push: its rows are in ``data`` and its transaction is still open. Pull: its transaction
-    committed at once (ClickHouse reads in a session of its own, which must see the purge of
-    opted-out members' rows), so the batch record takes a transaction of its own.
+    Push (no ``source``): its rows are in ``data`` and its transaction is still open. Pull:
+    ClickHouse reads them from ``source``; the claim's transaction committed at once (ClickHouse
+    reads in a session of its own, which must see the purge of opted-out members' rows), so the
+    batch record takes a transaction of its own.
     """
 
     pg: asyncpg.Connection
     tx: Transaction | None  # open (push) or committed (pull)
+    source: PullSource | None
     family: Family
     rows: int
     skipped: int
@@ -224,19 +226,14 @@ class Claimed:
     started: float
     bounds: tuple[int, int]  # staged_xid >= first, < second: the low-water mark after commit
 
-    async def load_and_commit(
-        self, ch: AsyncClient, source: PullSource | None = None, fault: FaultHook | None = None
-    ) -> BatchResult:
-        """Steps 3-5; rolls the transaction back (un-claims the rows) if any of them fails.
-
-        ``source``: where ClickHouse pulls the rows from, if they were not pushed (``data``).
-        """
+    async def load_and_commit(self, ch: AsyncClient, fault: FaultHook | None = None) -> BatchResult:
+        """Steps 3-5; rolls the transaction back (un-claims the rows) if any of them fails."""
         family = self.family
         tx = self.tx
         try:
             token: str | None = None
             if self.rows:
-                token = await self._insert(ch, source)
+                token = await self._insert(ch)
                 if fault:
                     await fault("inserted", family)
             if tx is None:
@@ -244,7 +241,7 @@ class Claimed:
                 await tx.start()
             if self.rows and family.rollup == "deletions":
                 # A deleted message's hour is known only from the message row in ClickHouse.
-                batch = self._as_loaded(source)
+                batch = self._as_loaded()
                 buckets = await rollups.affected_buckets(ch, family.rollup, batch)
                 await rollups.mark_dirty(self.pg, buckets)
             await record_batch(self.pg, family, self.bounds, self.rows, token)
@@ -257,9 +254,9 @@ class Claimed:
         seconds = time.perf_counter() - self.started
         return BatchResult(family.name, self.rows, self.skipped, seconds)
 
-    async def _insert(self, ch: AsyncClient, source: PullSource | None) -> str:
+    async def _insert(self, ch: AsyncClient) -> str:
         """Step 3: the rows into ClickHouse, under a dedup token; returns the token."""
-        family = self.family
+        family, source = self.family, self.source
         lower, upper = self.bounds
         # The same bounds always hold the same rows (their transactions had ended), and a
         # re-claim renders them in the same order. A row may only leave the bounds in between
@@ -289,10 +286,10 @@ class Claimed:
             )
         return token
 
-    def _as_loaded(self, source: PullSource | None) -> bytes | rollups.PulledBatch:
-        if source is None:
+    def _as_loaded(self) -> bytes | rollups.PulledBatch:
+        if self.source is None:
             return self.data
-        select, parameters = source.select(claim_sql(self.family, *self.bounds))
+        select, parameters = self.source.select(claim_sql(self.family, *self.bounds))
         return rollups.PulledBatch(select, parameters, PULL_SETTINGS)
 
     async def rollback(self) -> None:
@@ -312,11 +309,12 @@ async def claim(
     batch_rows: int,
     horizon: int,
     *,
-    transfer: Transfer = "push",
+    source: PullSource | None = None,
     fault: FaultHook | None = None,
 ) -> Claimed:
     """Steps 1-2 in a new transaction on ``pg``: left open for :meth:`Claimed.load_and_commit`
-    (push), or committed at once, the rows counted but not read (pull).
+    (push), or committed at once, the rows counted but not read, when ClickHouse is to pull
+    them from ``source``.
 
     ``horizon``: :func:`opt_out_horizon` from before this run's :func:`purge_opted_out`.
 
@@ -332,13 +330,13 @@ async def claim(
         skipped = await _purge_unseen(pg, family, cursor.next_xid, upper, horizon)
         bounds = (cursor.next_xid, upper)
         data = b""
-        if transfer == "pull":
+        if source is not None:
             rows = await pg.fetchval(
                 f"SELECT count(*) FROM {family.staging_table} WHERE staged_xid >= "
                 f"'{int(bounds[0])}'::xid8 AND staged_xid < '{int(upper)}'::xid8"
             )
             await tx.commit()
-            claimed = Claimed(pg, None, family, rows, skipped, data, started, bounds)
+            claimed = Claimed(pg, None, source, family, rows, skipped, data, started, bounds)
         else:
             parts: list[bytes] = []
 
@@ -350,7 +348,8 @@ async def claim(
                 claim_sql(family, *bounds), output=collect, format="text"
             )
             rows = rows_affected(status)
-            claimed = Claimed(pg, tx, family, rows, skipped, b"".join(parts), started, bounds)
+            data = b"".join(parts)
+            claimed = Claimed(pg, tx, None, family, rows, skipped, data, started, bounds)
         cursor.next_xid = upper
         if fault:
             await fault("claimed", family)

@@ -48,8 +48,8 @@ async def test_pulled_rows_are_the_rows_push_sends_in_any_session_zone(
     try:
         for cursor in (await load_cursors(pg)).values():
             while not cursor.caught_up:
-                claimed = await claim(pg, cursor, 100, horizon, transfer="pull")
-                await claimed.load_and_commit(elsewhere, source)
+                claimed = await claim(pg, cursor, 100, horizon, source=source)
+                await claimed.load_and_commit(elsewhere)
     finally:
         await elsewhere.close()
     assert await pending_rows(pg, "message_events") == 0
