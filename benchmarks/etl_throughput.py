@@ -49,11 +49,12 @@ import asyncpg
 import uvloop
 from _stores import ServerCpu, bench_servers
 
+from herwa.config import Transfer
 from herwa.etl import cleanup
 from herwa.etl.families import BY_NAME, INSERT_SETTINGS, WIRE_FORMAT, Family
 from herwa.etl.low_water import load_cursors, record_batch
 from herwa.etl.runner import RunOptions, run_once
-from herwa.etl.sync import Transfer, claim, opt_out_horizon, prepare_session, rendered_columns
+from herwa.etl.sync import claim, opt_out_horizon, prepare_session, rendered_columns
 from herwa.schema import migrate
 from herwa.stores import clickhouse_url_client
 

@@ -24,9 +24,8 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 
 from herwa import config
-from herwa.logs import register_secret
+from herwa.logs import register_url
 from herwa.stores import (
-    PULL_SETTINGS,
     PullSource,
     clickhouse_url_client,
     postgres_connection,
@@ -132,7 +131,7 @@ def _readyz(url: str) -> Check:
 def _store_checks() -> dict[str, Check]:
     pg, rd, ch = config.postgres(), config.redis(), config.clickhouse()
     for secret in (pg.dsn, rd.url, ch.url):
-        register_secret(secret.get_secret_value())
+        register_url(secret.get_secret_value())
 
     async def postgres() -> str:
         conn = await postgres_connection(pg.dsn)
@@ -165,18 +164,15 @@ def _store_checks() -> dict[str, Check]:
     etl = config.etl()
     if etl.transfer == "pull":
         pull_dsn = etl.pull_postgres_dsn or pg.dsn
-        register_secret(pull_dsn.get_secret_value())
+        register_url(pull_dsn.get_secret_value())
 
         async def clickhouse_reaches_postgres() -> str:
             source = PullSource.from_dsn(pull_dsn.get_secret_value())
-            select, parameters = source.select("SELECT 1 AS reached")
             client = await clickhouse_url_client(ch.url)
             try:
-                with source.reaching("for the ETL"):
-                    await client.query(select, parameters=parameters, settings=PULL_SETTINGS)
+                return await source.probe(client, "for the ETL")
             finally:
                 await client.close()
-            return f"ClickHouse reads from Postgres at {source.address}"
 
         checks["clickhouse reaches postgres"] = clickhouse_reaches_postgres
     return checks

@@ -65,6 +65,7 @@ def _timezone(value: str) -> str:
 
 
 PostgresDsn = Annotated[SecretStr, AfterValidator(_postgres_dsn)]
+Transfer = Literal["pull", "push"]  # how the ETL moves a batch: EtlSettings.transfer
 RedisUrl = Annotated[SecretStr, AfterValidator(_redis_url)]
 ClickHouseUrl = Annotated[SecretStr, AfterValidator(_clickhouse_url)]
 TimeZoneName = Annotated[str, AfterValidator(_timezone)]
@@ -231,7 +232,7 @@ class EtlSettings(SettingsSection):
     # pull: ClickHouse reads each batch from Postgres itself (its postgresql() table function),
     # so no row passes through the ETL; push: the ETL copies each batch from one to the other,
     # for a ClickHouse that cannot reach Postgres. Pull costs less CPU (benchmarks/README.md).
-    transfer: Literal["pull", "push"] = "pull"
+    transfer: Transfer = "pull"
     pull_postgres_dsn: PostgresDsn | None = Field(
         None, description="Postgres as ClickHouse reaches it, for pull; default: HERWA_POSTGRES_DSN"
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -100,15 +100,16 @@ _PULL_HINT = (
 class PullSource:
     """Postgres as ClickHouse connects to it, to read from it (the ETL's transfer "pull").
 
-    ClickHouse's postgresql() takes a host, port, database, user and password, nothing else; the
-    password reaches ClickHouse in the query's text, which ClickHouse shows as '[HIDDEN]' in its
-    process list and query log.
+    ClickHouse's postgresql() takes a host, port, database, user and password, nothing else. The
+    password goes in the statement's text as that function's fifth argument, which ClickHouse
+    shows as '[HIDDEN]' in its process list and query log; never as a query parameter, which
+    travels in the request's URL and so into ClickHouse's trace log and any proxy's.
     """
 
     address: str  # host:port
     database: str
     user: str
-    password: str
+    password: str = field(repr=False)
 
     @classmethod
     def from_dsn(cls, dsn: str) -> PullSource:
@@ -125,8 +126,8 @@ class PullSource:
             )
         if options := sorted(urllib.parse.parse_qs(parts.query)):
             raise PullUnavailableError(
-                f"ClickHouse cannot apply the Postgres DSN's options ({', '.join(options)});"
-                f" {_PULL_HINT}"
+                f"ClickHouse cannot apply the Postgres DSN's options ({', '.join(options)}: it"
+                f" connects with libpq's defaults, sslmode=prefer); {_PULL_HINT}"
             )
         unquote = urllib.parse.unquote
         user = unquote(parts.username or "")
@@ -150,19 +151,42 @@ class PullSource:
                 f"ClickHouse could not connect to Postgres at {self.address} {what}: {_PULL_HINT}"
             ) from exc
 
-    def select(self, query: str) -> tuple[str, dict[str, str]]:
-        """A SELECT of every column of Postgres's ``query``, and its parameters."""
-        return (
-            "SELECT * FROM postgresql({pg_address:String}, {pg_database:String},"
-            " query({pg_query:String}), {pg_user:String}, {pg_password:String})",
-            {
-                "pg_address": self.address,
-                "pg_database": self.database,
-                "pg_user": self.user,
-                "pg_password": self.password,
-                "pg_query": query,
-            },
+    def select(self, query: str) -> str:
+        """A ClickHouse SELECT of every column of Postgres's ``query``."""
+        address, database = _literal(self.address), _literal(self.database)
+        user, password = _literal(self.user), _literal(self.password)
+        source = f"postgresql({address}, {database}, query({_literal(query)}), {user}, {password})"
+        return f"SELECT * FROM {source}"  # noqa: S608 - every value is a quoted literal
+
+    async def probe(self, ch: AsyncClient, what: str) -> str:
+        """Check, through ClickHouse, that this source can be pulled from; returns a detail.
+
+        Raises :class:`PullUnavailableError` unless ClickHouse reaches Postgres, and unless that
+        Postgres is a primary (a standby's snapshot lags: rows the claim saw could be missing)
+        whose DateStyle renders ISO timestamps (the only ones ClickHouse reads back exactly)."""
+        select = self.select(
+            "SELECT pg_is_in_recovery() AS standby, current_setting('DateStyle') AS datestyle"
         )
+        with self.reaching(what):
+            result = await ch.query(select, settings=PULL_SETTINGS)
+        ((standby, datestyle),) = result.result_rows
+        if standby:
+            raise PullUnavailableError(
+                f"Postgres at {self.address} is a standby: ClickHouse must pull from the primary"
+                f" {what}; {_PULL_HINT}"
+            )
+        if not str(datestyle).upper().startswith("ISO"):
+            raise PullUnavailableError(
+                f"Postgres at {self.address} renders timestamps as DateStyle {datestyle!r}, which"
+                f" ClickHouse cannot read {what}: set it to 'ISO, YMD' for the database"
+                f" (ALTER DATABASE … SET DateStyle) or set HERWA_ETL_TRANSFER=push"
+            )
+        return f"ClickHouse reads from Postgres at {self.address}"
+
+
+def _literal(value: str) -> str:
+    """A ClickHouse string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 # For every statement that reads from a PullSource: the columns come typed by Postgres

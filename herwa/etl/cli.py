@@ -86,8 +86,10 @@ async def _main(args: argparse.Namespace) -> int:
     pg = config.postgres()
     ch = config.clickhouse()
     redis_settings = config.redis()
-    for url in (pg.dsn, ch.url, redis_settings.url, *filter(None, [settings.pull_postgres_dsn])):
+    for url in (pg.dsn, ch.url, redis_settings.url):
         register_url(url.get_secret_value())
+    if settings.pull_postgres_dsn is not None:
+        register_url(settings.pull_postgres_dsn.get_secret_value())
     options = RunOptions(
         batch_rows=settings.batch_rows,
         deadline_seconds=settings.deadline_seconds,

@@ -50,7 +50,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -60,6 +60,7 @@ from clickhouse_connect.driver.external import ExternalData
 from herwa.etl import local_weeks
 from herwa.etl.families import BY_NAME, WIRE_FORMAT
 from herwa.etl.low_water import ROLLUP_FAMILIES, low_water
+from herwa.stores import PULL_SETTINGS
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.asyncclient import AsyncClient
@@ -89,11 +90,10 @@ def _version() -> int:
 
 @dataclass(frozen=True)
 class PulledBatch:
-    """A batch ClickHouse reads from Postgres itself (stores.PullSource): its SELECT."""
+    """A batch ClickHouse reads from Postgres itself: its SELECT (stores.PullSource.select,
+    which holds the password)."""
 
-    select: str
-    parameters: dict[str, str]
-    settings: dict[str, object]
+    select: str = field(repr=False)
 
 
 async def affected_buckets(
@@ -106,15 +106,12 @@ async def affected_buckets(
         external = ExternalData(
             file_name=table, data=batch, fmt=WIRE_FORMAT, structure=_BATCH_STRUCTURE[kind]
         )
-        parameters: dict[str, str] = {}
         settings: dict[str, object] = {}
     else:
-        table, external = f"({batch.select})", None
-        parameters, settings = batch.parameters, batch.settings
+        table, external, settings = f"({batch.select})", None, PULL_SETTINGS
     result = await ch.query(
         f"SELECT guild_id, toUnixTimestamp(h) FROM ({_AFFECTED[kind].format(batch=table)})"
         " AS a(guild_id, h)",
-        parameters=parameters,
         settings=settings,
         external_data=external,
     )

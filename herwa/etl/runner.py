@@ -15,6 +15,7 @@ from opentelemetry import trace
 from redis.asyncio import Redis
 
 from herwa import schema, usage
+from herwa.config import Transfer
 from herwa.etl import cleanup, expiry, local_weeks, lock, low_water, metrics, privacy, rollups
 from herwa.etl.families import BY_NAME, FAMILIES
 from herwa.etl.low_water import load_cursors
@@ -22,7 +23,6 @@ from herwa.etl.sync import (
     BatchResult,
     Claimed,
     FaultHook,
-    Transfer,
     claim,
     opt_out_horizon,
     prepare_session,
@@ -56,7 +56,7 @@ class RunOptions:
     # How a batch reaches ClickHouse (config.EtlSettings.transfer), and for pull, Postgres as
     # ClickHouse reaches it (default: the run's own DSN).
     transfer: Transfer = "pull"
-    pull_postgres_dsn: str | None = None
+    pull_postgres_dsn: str | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -188,6 +188,7 @@ async def _sync_families(
     source = None
     if options.transfer == "pull":
         source = PullSource.from_dsn(options.pull_postgres_dsn or postgres_dsn)
+        await source.probe(ch, "to pull batches")
     conns = [pg]
     rounds = _RecomputeRounds(postgres_dsn, clickhouse_url, rounds_hook, 2 * options.batch_rows)
     if options.pipeline:

@@ -57,7 +57,7 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import asyncpg
 from asyncpg.transaction import Transaction
@@ -70,8 +70,6 @@ from herwa.stores import PULL_SETTINGS, PullSource, rows_affected
 if TYPE_CHECKING:
     from clickhouse_connect.driver.asyncclient import AsyncClient
 
-Transfer = Literal["pull", "push"]  # as config.EtlSettings.transfer
-
 # Test seam: called at each named step; raising there simulates a crash at that step.
 FaultHook = Callable[[str, Family], Awaitable[None]]
 FAULT_POINTS = ("claimed", "inserted", "before_commit", "rolled_up")
@@ -80,7 +78,7 @@ FAULT_POINTS = ("claimed", "inserted", "before_commit", "rolled_up")
 @dataclass(frozen=True)
 class BatchResult:
     family: str
-    rows: int  # rows loaded into ClickHouse and recorded
+    rows: int  # rows claimed (pull: counted at claim time), loaded into ClickHouse, recorded
     skipped: int  # opted-out members' rows deleted instead (_purge_unseen)
     seconds: float
 
@@ -118,16 +116,23 @@ def rendered_columns(family: Family, upper: int) -> str:
     return ", ".join(rendered)
 
 
+def _in_bounds(lower: int, upper: int) -> str:
+    return f"staged_xid >= '{int(lower)}'::xid8 AND staged_xid < '{int(upper)}'::xid8"
+
+
 def claim_sql(family: Family, lower: int, upper: int) -> str:
     # Nothing but select and render: opted-out members' rows are purged before it
     # (_purge_unseen), and the message rollups find their buckets from loaded_batch.
     # A re-claim after a crash usually has the same bounds (not when the crashed batch ended at
-    # the snapshot bound, which has moved since), finds the same rows in the same order (the
-    # staged_xid index's) and sends the same bytes: ClickHouse recognises the dedup token.
-    # Otherwise FINAL hides the duplicates, which carry the same version.
+    # the snapshot bound, which has moved since) and finds the same rows, in the same order
+    # whatever plan Postgres picks (a row's ctid is stable: only the member-count upsert moves
+    # one, out of the bounds). So it sends the same bytes, cut into the same insert blocks: each
+    # block's dedup id derives from the token and its place, so ClickHouse drops exactly the
+    # blocks a crashed attempt had stored. Otherwise FINAL hides the duplicates, which carry the
+    # same version.
     return f"""
         SELECT {rendered_columns(family, upper)} FROM {family.staging_table}
-        WHERE staged_xid >= '{int(lower)}'::xid8 AND staged_xid < '{int(upper)}'::xid8
+        WHERE {_in_bounds(lower, upper)} ORDER BY staged_xid, ctid
     """
 
 
@@ -217,7 +222,7 @@ class Claimed:
     """
 
     pg: asyncpg.Connection
-    tx: Transaction | None  # open (push) or committed (pull)
+    tx: Transaction | None  # open (push), or None: committed at claim time (pull)
     source: PullSource | None
     family: Family
     rows: int
@@ -276,21 +281,18 @@ class Claimed:
             )
             return token
         settings.update(PULL_SETTINGS, insert_deduplication_token=token)
-        select, parameters = source.select(claim_sql(family, lower, upper))
+        select = source.select(claim_sql(family, lower, upper))
         columns = ", ".join(family.target_columns)
         with source.reaching(f"to pull a batch of {family.name}"):
             await ch.command(
-                f"INSERT INTO {family.target_table} ({columns}) {select}",
-                parameters=parameters,
-                settings=settings,
+                f"INSERT INTO {family.target_table} ({columns}) {select}", settings=settings
             )
         return token
 
     def _as_loaded(self) -> bytes | rollups.PulledBatch:
         if self.source is None:
             return self.data
-        select, parameters = self.source.select(claim_sql(self.family, *self.bounds))
-        return rollups.PulledBatch(select, parameters, PULL_SETTINGS)
+        return rollups.PulledBatch(self.source.select(claim_sql(self.family, *self.bounds)))
 
     async def rollback(self) -> None:
         await _rollback(self.pg, self.tx)
@@ -332,8 +334,7 @@ async def claim(
         data = b""
         if source is not None:
             rows = await pg.fetchval(
-                f"SELECT count(*) FROM {family.staging_table} WHERE staged_xid >= "
-                f"'{int(bounds[0])}'::xid8 AND staged_xid < '{int(upper)}'::xid8"
+                f"SELECT count(*) FROM {family.staging_table} WHERE {_in_bounds(*bounds)}"
             )
             await tx.commit()
             claimed = Claimed(pg, None, source, family, rows, skipped, data, started, bounds)

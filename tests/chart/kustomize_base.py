@@ -114,7 +114,8 @@ def build(helm_bin: Path, *extra: str) -> dict[str, str]:
             "# The Herwa workloads without Helm. Needs a Secret named `herwa` in the namespace\n"
             "# with the "
             "keys discord-token, postgres-dsn, redis-url, clickhouse-url (and optionally\n"
-            "# clickhouse-readonly-url); k8s/kustomization.yaml adds the CRDs.\n"
+            "# clickhouse-readonly-url, etl-pull-postgres-dsn); k8s/kustomization.yaml adds the\n"
+            "# CRDs.\n"
         )
         + yaml.safe_dump(kustomization, sort_keys=False)
     )

@@ -16,11 +16,12 @@ import asyncpg
 import pytest
 
 from herwa.bot.snapshots import UPSERT as SNAPSHOT_UPSERT
+from herwa.config import Transfer
 from herwa.devstack import Endpoints
 from herwa.etl import lock
 from herwa.etl.families import FAMILIES, Family
 from herwa.etl.runner import RunOptions, RunResult, run_once
-from herwa.etl.sync import FAULT_POINTS, Transfer
+from herwa.etl.sync import FAULT_POINTS
 from herwa.stores import clickhouse_url_client
 from tests.etl._support import (
     T0,

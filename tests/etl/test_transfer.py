@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
 
 import asyncpg
 import pytest
 
+from herwa.bot.snapshots import UPSERT as SNAPSHOT_UPSERT
 from herwa.devstack import Endpoints
-from herwa.etl.families import FAMILIES, WIRE_FORMAT
+from herwa.etl.families import FAMILIES, WIRE_FORMAT, Family
 from herwa.etl.low_water import load_cursors
 from herwa.etl.runner import RunOptions, run_once
 from herwa.etl.sync import claim, claim_sql, opt_out_horizon, prepare_session
@@ -82,6 +85,77 @@ async def test_pulled_rows_are_the_rows_push_sends_in_any_session_zone(
             assert loaded == expected, family.name
     finally:
         await ch.close()
+
+
+async def test_the_password_reaches_clickhouse_only_where_clickhouse_hides_it(
+    migrated: Endpoints,
+) -> None:
+    """In the statement's text, as postgresql()'s password argument, which ClickHouse masks in
+    its process list (and query log); a query parameter would travel in the request's URL."""
+    source = PullSource.from_dsn(migrated.postgres_dsn)
+    assert source.password not in repr(source)
+    ch = await clickhouse_url_client(migrated.clickhouse_url)
+    watcher = await clickhouse_url_client(migrated.clickhouse_url)
+    try:
+        pulling = asyncio.create_task(ch.query(source.select("SELECT pg_sleep(2) AS slept")))
+        running: Sequence[Sequence[object]] = []
+        for _ in range(40):
+            await asyncio.sleep(0.05)
+            result = await watcher.query(
+                "SELECT * FROM system.processes WHERE query LIKE '%pg_sleep%'"
+                " AND query NOT LIKE '%system.processes%'"
+            )
+            if running := result.result_rows:
+                break
+        await pulling
+    finally:
+        await ch.close()
+        await watcher.close()
+    assert running, "the pull never showed in system.processes"
+    assert "'[HIDDEN]'" in repr(running)
+    assert source.password not in repr(running)
+
+
+async def test_an_upsert_between_the_claim_and_the_pull_loads_the_newest_count(
+    migrated: Endpoints, pg: asyncpg.Connection
+) -> None:
+    """The claim commits before ClickHouse reads: a member-count upsert committed in between
+    moves its row out of the claimed bounds, and the next run loads the new count."""
+    day = T0.date()
+    await pg.execute(SNAPSHOT_UPSERT, 1, day, 40, T0)
+
+    async def upsert_after_the_claim(at: str, family: Family) -> None:
+        if at == "claimed" and family.name == "member_count_snapshots":
+            await pg.execute(SNAPSHOT_UPSERT, 1, day, 42, T0 + timedelta(hours=1))
+
+    first = await run_once(
+        migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS, fault=upsert_after_the_claim
+    )
+    assert first.outcome == "caught_up", first.error
+    assert await pending_rows(pg, "member_count_snapshots") == 1
+    second = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS)
+    assert second.outcome == "caught_up", second.error
+    assert await pending_rows(pg, "member_count_snapshots") == 0
+    sql = "SELECT member_count FROM member_count_snapshots FINAL"
+    assert await ch_value(migrated, sql) == 42
+
+
+async def test_a_postgres_whose_timestamps_clickhouse_cannot_read_is_refused(
+    migrated: Endpoints, pg: asyncpg.Connection
+) -> None:
+    await stage_messages(pg, range(1, 11))
+    database = await pg.fetchval("SELECT current_database()")
+    await pg.execute(f"ALTER DATABASE \"{database}\" SET DateStyle = 'SQL, DMY'")
+    failed = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS)
+    assert failed.outcome == "failed"
+    assert "DateStyle 'SQL, DMY'" in (failed.error or "")
+    assert await pending_rows(pg, "message_events") == 10
+    # Push renders in its own session's DateStyle.
+    pushed = await run_once(
+        migrated.postgres_dsn, migrated.clickhouse_url, None, replace(OPTIONS, transfer="push")
+    )
+    assert pushed.outcome == "caught_up", pushed.error
+    assert await ch_value(migrated, "SELECT count() FROM messages FINAL") == 10
 
 
 def _closed_port() -> int:
