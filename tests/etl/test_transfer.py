@@ -71,7 +71,9 @@ async def test_pulled_rows_are_the_rows_push_sends_in_any_session_zone(
             async def collect(chunk: bytes, out: list[bytes] = parts_out) -> None:
                 out.append(chunk)
 
-            await pg.copy_from_query(claim_sql(family, 0, 2**62), output=collect, format="text")
+            await pg.copy_from_query(
+                claim_sql(family, 0, 2**62, ordered=True), output=collect, format="text"
+            )
             pushed = f"pushed_{family.target_table}"
             await ch.command(f"CREATE TABLE {pushed} AS {family.target_table}")
             await ch.raw_insert(
