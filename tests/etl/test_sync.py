@@ -74,6 +74,34 @@ async def _assert_exact(endpoints: Endpoints, pg: asyncpg.Connection) -> None:
         assert await ch_value(endpoints, sql) == live, rollup
 
 
+async def _restore_behind(
+    endpoints: Endpoints,
+    pg: asyncpg.Connection,
+    staging_table: str,
+    loaded_table: str | None,
+    ahead: int = 1 << 40,
+) -> None:
+    """A restore into a cluster whose transaction ids are far behind, emulated by moving every
+    id of the old cluster up by ``ahead``: the staged rows', the marks, the rollups' progress,
+    and the batch bounds the loaded rows carry in ClickHouse (``loaded_table``'s
+    loaded_batch, if given)."""
+    for table, column in (
+        (staging_table, "staged_xid"),
+        ("etl_low_water", "staged_xid"),
+        ("etl_rollup_progress", "loaded_batch"),
+    ):
+        await pg.execute(
+            f"UPDATE {table} SET {column} = ({column}::text::bigint + {ahead})::text::xid8"
+        )
+    if loaded_table is None:
+        return
+    async with clickhouse(endpoints.clickhouse_url) as ch:
+        await ch.command(  # type: ignore[attr-defined]
+            f"ALTER TABLE {loaded_table} UPDATE loaded_batch = loaded_batch + {ahead} WHERE 1"
+            " SETTINGS mutations_sync = 2"
+        )
+
+
 @pytest.mark.parametrize("transfer", ["pull", "push"])
 async def test_a_run_loads_every_family_once(
     migrated: Endpoints, pg: asyncpg.Connection, transfer: Transfer
@@ -493,15 +521,7 @@ async def test_marks_from_another_cluster_stop_the_run_until_reset(
     loaded = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS)
     assert loaded.stats.rows_moved["message_events"] == 50
     await stage_messages(pg, range(51, 101))
-    ahead = 10_000_000
-    for table, column in (
-        ("message_events", "staged_xid"),
-        ("etl_low_water", "staged_xid"),
-        ("etl_rollup_progress", "loaded_batch"),
-    ):
-        await pg.execute(
-            f"UPDATE {table} SET {column} = ({column}::text::bigint + {ahead})::text::xid8"
-        )
+    await _restore_behind(migrated, pg, "message_events", None, ahead=10_000_000)
     await stage_messages(pg, range(101, 151))  # staged on the new cluster, below the marks
 
     refused = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS)
@@ -646,23 +666,8 @@ async def test_rollups_owed_before_a_reset_of_the_marks_are_still_recomputed(
             "message_activity_weekly",
         ):
             await ch.command(f"TRUNCATE TABLE {rollup}")  # type: ignore[attr-defined]
-    # ... when the database is restored into a cluster whose transaction ids are far behind:
-    # emulated by moving every id of the old cluster up (marks, rows, rollup progress, and the
-    # batch bounds the messages carry in ClickHouse).
-    ahead = 1 << 40
-    for table, column in (
-        ("message_events", "staged_xid"),
-        ("etl_low_water", "staged_xid"),
-        ("etl_rollup_progress", "loaded_batch"),
-    ):
-        await pg.execute(
-            f"UPDATE {table} SET {column} = ({column}::text::bigint + {ahead})::text::xid8"
-        )
-    async with clickhouse(migrated.clickhouse_url) as ch:
-        await ch.command(  # type: ignore[attr-defined]
-            f"ALTER TABLE messages UPDATE loaded_batch = loaded_batch + {ahead} WHERE 1"
-            " SETTINGS mutations_sync = 2"
-        )
+    # ... when the database is restored into a cluster whose transaction ids are far behind.
+    await _restore_behind(migrated, pg, "message_events", "messages")
     refused = await run_once(migrated.postgres_dsn, migrated.clickhouse_url, None, OPTIONS)
     assert "herwa etl reset-low-water" in (refused.error or "")
     code, stderr = await _herwa_etl(migrated, "reset-low-water")
@@ -699,20 +704,7 @@ async def test_voice_weeks_owed_before_a_reset_of_the_marks_are_still_written(
         await ch.command("TRUNCATE TABLE voice_local_weeks")  # type: ignore[attr-defined]
     await pg.execute("UPDATE etl_rollup_progress SET loaded_batch = '1' WHERE rollup = 'voice'")
     # ... when the database is restored into a cluster whose transaction ids are far behind.
-    ahead = 1 << 40
-    for table, column in (
-        ("voice_sessions", "staged_xid"),
-        ("etl_low_water", "staged_xid"),
-        ("etl_rollup_progress", "loaded_batch"),
-    ):
-        await pg.execute(
-            f"UPDATE {table} SET {column} = ({column}::text::bigint + {ahead})::text::xid8"
-        )
-    async with clickhouse(migrated.clickhouse_url) as ch:
-        await ch.command(  # type: ignore[attr-defined]
-            f"ALTER TABLE voice_sessions UPDATE loaded_batch = loaded_batch + {ahead} WHERE 1"
-            " SETTINGS mutations_sync = 2"
-        )
+    await _restore_behind(migrated, pg, "voice_sessions", "voice_sessions")
     code, stderr = await _herwa_etl(migrated, "reset-low-water")
     assert code == 0, stderr
 
