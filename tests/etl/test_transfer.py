@@ -118,6 +118,45 @@ async def test_the_password_reaches_clickhouse_only_where_clickhouse_hides_it(
     assert source.password not in repr(running)
 
 
+async def test_the_password_never_travels_in_the_request_line(migrated: Endpoints) -> None:
+    """The request line (its URL and any query parameters in it) reaches ClickHouse's trace log
+    and every proxy's access log; a pull's password goes in the request body only. Recorded by
+    a TCP relay between the client and ClickHouse."""
+    source = PullSource.from_dsn(migrated.postgres_dsn)
+    upstream = urllib.parse.urlsplit(migrated.clickhouse_url)
+    sent = bytearray()
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(upstream.hostname, upstream.port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, log: bool) -> None:
+            while data := await src.read(65536):
+                if log:
+                    sent.extend(data)
+                dst.write(data)
+                await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
+
+    server = await asyncio.start_server(relay, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    netloc = upstream.netloc.rsplit("@", 1)
+    via_relay = upstream._replace(netloc=f"{netloc[0]}@127.0.0.1:{port}")
+    ch = await clickhouse_url_client(urllib.parse.urlunsplit(via_relay))
+    try:
+        await source.probe(ch, "in this test")
+    finally:
+        await ch.close()
+        server.close()
+    heads = [part.split(b"\r\n\r\n", 1)[0] for part in sent.split(b"POST ")[1:]]
+    assert heads, "nothing went through the relay"
+    password = source.password.encode()
+    assert password in sent  # in a body, as postgresql()'s masked argument
+    assert not [head for head in heads if password in head]
+    assert not [head for head in heads if urllib.parse.quote(source.password).encode() in head]
+
+
 async def test_an_upsert_between_the_claim_and_the_pull_loads_the_newest_count(
     migrated: Endpoints, pg: asyncpg.Connection
 ) -> None:
